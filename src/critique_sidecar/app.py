@@ -1,0 +1,107 @@
+"""Wires everything: Redis, stores, core, gRPC servicers, health and the HTTP routes.
+
+The only place that turns Settings into running objects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import uvicorn
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from redis.asyncio import Redis, RedisCluster
+
+from .core.auth import Authenticator
+from .core.catalog import Catalog, load_catalog
+from .core.clock import Clock, utc_now
+from .core.metering import Meter
+from .envoy.authz import AuthorizationServicer
+from .envoy.ext_proc import ExtProcServicer
+from .envoy.health import StoreHealth
+from .settings import Settings
+from .store.key_store import RedisKeyStore
+from .store.ledger import RedisLedger
+from .web.app import WebContext, build_web_app
+
+log = logging.getLogger("critique_sidecar")
+
+
+def connect_redis(settings: Settings) -> Any:
+    opts: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout_s,
+        "socket_connect_timeout": settings.redis_timeout_s,
+    }
+    if settings.redis_cluster:
+        return RedisCluster.from_url(settings.redis_url, **opts)
+    return Redis.from_url(settings.redis_url, **opts)
+
+
+@dataclass
+class Components:
+    """The core objects both front doors share."""
+
+    redis: Any
+    catalog: Catalog
+    keys: RedisKeyStore
+    auth: Authenticator
+    meter: Meter
+
+
+def build_components(settings: Settings, redis: Any | None = None, clock: Clock = utc_now) -> Components:
+    redis = redis if redis is not None else connect_redis(settings)
+    catalog = load_catalog(settings.catalog_path)
+    keys = RedisKeyStore(redis)
+    auth = Authenticator(keys, cache_ttl_s=settings.key_cache_ttl_s)
+    ledger = RedisLedger(redis, settled_ttl_s=settings.settled_ttl_s, stream_maxlen=settings.usage_stream_maxlen)
+    meter = Meter(catalog, ledger, settings.usd_per_credit, hold_ttl_s=settings.hold_ttl_s, clock=clock)
+    return Components(redis, catalog, keys, auth, meter)
+
+
+async def serve(settings: Settings) -> None:
+    c = build_components(settings)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(c.auth, c.meter), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    store_health = StoreHealth(health_servicer, c.redis.ping, settings.health_interval_s)
+    server.add_insecure_port(settings.grpc_listen)
+
+    host, _, port = settings.http_listen.rpartition(":")
+    web = uvicorn.Server(
+        uvicorn.Config(
+            build_web_app(WebContext(c.auth, c.catalog)),
+            host=host,
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    web.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own signals
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await server.start()
+    await store_health.check_once()
+    tasks = [asyncio.create_task(store_health.run()), asyncio.create_task(web.serve())]
+    log.info("critique-sidecar serving grpc=%s http=%s", settings.grpc_listen, settings.http_listen)
+    await stop.wait()
+
+    log.info("draining")
+    await store_health.drain()
+    await server.stop(grace=30)  # open streams finish and settle
+    web.should_exit = True
+    tasks[0].cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await c.redis.aclose()
+    log.info("stopped")

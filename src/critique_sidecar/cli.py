@@ -1,0 +1,157 @@
+"""`critique-sidecar`: serve, and the operator commands for keys and the shared credit pool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from .core.catalog import CatalogError
+from .core.errors import StoreUnavailable
+from .core.money import format_credits, parse_credits
+from .core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
+from .settings import Settings
+
+
+class CliError(Exception):
+    """A one-line message for the operator; exit status 2."""
+
+
+def _scopes(text: str) -> tuple[str, ...]:
+    try:
+        return parse_scopes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _credits(text: str) -> int:
+    try:
+        return parse_credits(text)
+    except (ValueError, ArithmeticError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid credit amount {text!r}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="critique-sidecar", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the gRPC (ext_authz, ext_proc, health) and HTTP servers")
+
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(dest="action", required=True)
+    create = keys.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--account", required=True)
+    create.add_argument("--scopes", type=_scopes, default=DEFAULT_KEY_SCOPES, help="comma-separated scopes")
+    create.add_argument("--name", default="")
+    create.add_argument("--json", action="store_true", help="machine-readable output")
+    lst = keys.add_parser("list", help="list an account's keys (never the keys themselves)")
+    lst.add_argument("--account", required=True)
+    lst.add_argument("--json", action="store_true")
+    revoke = keys.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("key_id")
+
+    credits = sub.add_parser("credits", help="the shared credit pool").add_subparsers(dest="action", required=True)
+    grant = credits.add_parser("grant", help="add credits (negative to debit)")
+    grant.add_argument("--account", required=True)
+    grant.add_argument("--credits", required=True, type=_credits)
+    show = credits.add_parser("show", help="balance and open holds")
+    show.add_argument("--account", required=True)
+    show.add_argument("--json", action="store_true")
+    return p
+
+
+async def _with_redis(settings: Settings, fn: Callable[[Any], Awaitable[int]]) -> int:
+    from .app import connect_redis
+
+    redis = connect_redis(settings)
+    try:
+        return await fn(redis)
+    finally:
+        await redis.aclose()
+
+
+async def _keys(args: argparse.Namespace, redis: Any) -> int:
+    from .store.key_store import RedisKeyStore
+
+    store = RedisKeyStore(redis)
+    if args.action == "create":
+        key, record = await store.create(args.account, args.scopes, args.name)
+        out = {"key": key, "key_id": record.key_id, "account": record.account, "scopes": sorted(record.scopes)}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"key_id:  {record.key_id}\naccount: {record.account}\nscopes:  {','.join(sorted(record.scopes))}")
+            print(f"key:     {key}\n(store it now: it is shown only once)")
+        return 0
+    if args.action == "list":
+        records = await store.list(args.account)
+        rows = [
+            {"key_id": r.key_id, "name": r.name, "scopes": sorted(r.scopes), "created_at": r.created_at, "revoked": r.revoked}
+            for r in records
+        ]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                state = "revoked" if r["revoked"] else "active"
+                print(f"{r['key_id']}  {state:8} {','.join(r['scopes'])}  {r['name']}")
+        return 0
+    revoked = await store.revoke(args.key_id)
+    if revoked is None:
+        raise CliError(f"no key with id {args.key_id}")
+    print(f"revoked {revoked.key_id} (account {revoked.account})")
+    return 0
+
+
+async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
+    from .store.accounts import RedisAccounts
+
+    accounts = RedisAccounts(redis)
+    if args.action == "grant":
+        balance = await accounts.grant(args.account, args.credits)
+        print(f"account {args.account}: balance {format_credits(balance)} credits")
+        return 0
+    b = await accounts.balance(args.account)
+    out = {
+        "account": args.account,
+        "balance": format_credits(b.balance),
+        "held": format_credits(b.held),
+        "available": format_credits(b.balance - b.held),
+        "open_holds": b.open_holds,
+    }
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+        logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+        if args.command == "serve":
+            import uvloop
+
+            from .app import serve
+
+            uvloop.run(serve(settings))
+            return 0
+        handler = {"keys": _keys, "credits": _credits_cmd}[args.command]
+        return asyncio.run(_with_redis(settings, lambda redis: handler(args, redis)))
+    except (CliError, CatalogError, ValueError) as exc:
+        print(f"critique-sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"critique-sidecar: error: bad configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

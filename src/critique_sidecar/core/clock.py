@@ -1,0 +1,34 @@
+"""Injectable UTC clock, and the UTC window names the ledger keys are derived from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def day_window(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d")
+
+
+def month_window(at: datetime) -> str:
+    return at.strftime("%Y-%m")
+
+
+def seconds_to_next_utc_midnight(at: datetime) -> int:
+    tomorrow = (at + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((tomorrow - at).total_seconds() + 0.999))
+
+
+def next_month_start(at: datetime) -> datetime:
+    first = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def to_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

@@ -1,0 +1,73 @@
+"""The product's error table (DESIGN.md) as one exception type.
+
+Every denial in the core raises `ApiError`; each front door turns it into a transport
+response in exactly one place, using `status` and `body()` (OpenAI's error shape).
+"""
+
+from __future__ import annotations
+
+import orjson
+
+# code -> (HTTP status, OpenAI error "type")
+ERROR_TABLE: dict[str, tuple[int, str]] = {
+    "invalid_api_key": (401, "authentication_error"),
+    "insufficient_scope": (403, "permission_error"),
+    "inference_disabled": (403, "permission_error"),
+    "insufficient_credits": (402, "insufficient_quota"),
+    "daily_credit_cap_reached": (429, "rate_limit_error"),
+    "monthly_credit_cap_reached": (429, "rate_limit_error"),
+    "daily_request_cap_reached": (429, "rate_limit_error"),
+    "invalid_request": (400, "invalid_request_error"),
+    "model_not_found": (404, "invalid_request_error"),
+    "not_found": (404, "invalid_request_error"),
+    "method_not_allowed": (405, "invalid_request_error"),
+    "request_too_large": (413, "invalid_request_error"),
+    "upstream_error": (502, "api_error"),
+    "upstream_timeout": (504, "api_error"),
+    "service_unavailable": (503, "api_error"),
+}
+
+
+class ApiError(Exception):
+    """A request the product refuses, with the code from the error table."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if code not in ERROR_TABLE:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    @property
+    def status(self) -> int:
+        return ERROR_TABLE[self.code][0]
+
+    @property
+    def type(self) -> str:
+        return ERROR_TABLE[self.code][1]
+
+    def body(self) -> bytes:
+        return error_body(self.code, self.message, self.param)
+
+
+def error_body(code: str, message: str, param: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": ERROR_TABLE[code][1], "code": code, "param": param}}
+    )
+
+
+class StoreUnavailable(ApiError):
+    """The store did not answer in time: fail closed with 503, never a free pass."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__("service_unavailable", "The metering store is unavailable; retry shortly.")
+        self.detail = detail

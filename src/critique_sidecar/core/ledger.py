@@ -1,0 +1,67 @@
+"""The storage-neutral ledger interface the core meters through (Redis implements it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .keys import KeyRecord
+
+
+@dataclass(frozen=True, slots=True)
+class HoldRequest:
+    account: str
+    request_id: str
+    amount: int  # micro-credits: the request's maximum cost
+    now_ms: int
+    expires_ms: int
+    day: str  # UTC window names, e.g. 2026-11-26 and 2026-11
+    month: str
+
+
+@dataclass(frozen=True, slots=True)
+class HoldResult:
+    """Either admitted (code None) or refused with an error-table code and the numbers behind it."""
+
+    code: str | None
+    warnings: tuple[str, ...] = ()
+    training_opt_in: bool = False  # the account-wide opt-in setting
+    detail: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    """One settlement: written with the charge, in the same atomic step."""
+
+    request_id: str
+    account: str
+    key_id: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    credits: int  # micro-credits charged
+    usd: str  # exact USD as a decimal string
+    price_version: str
+    opt_in: bool
+    estimated: bool
+    status: str  # ok | estimated | upstream_error | client_cancelled ...
+    latency_ms: int
+    ts_ms: int
+    day: str
+    month: str
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    credits: int  # what this request is charged (the first settlement's, on a repeat)
+    applied: bool  # False when the request id was already settled
+
+
+class Ledger(Protocol):
+    async def place_hold(self, hold: HoldRequest) -> HoldResult: ...
+
+    async def settle(self, record: UsageRecord) -> SettleResult: ...
+
+
+class KeyDirectory(Protocol):
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None: ...

@@ -1,0 +1,161 @@
+"""The metering use cases every front door calls: admit (hold) and settle (charge).
+
+    admit:  body -> validated ChatRequest -> max cost at the start-time price -> atomic hold
+    settle: usage (or an estimate) -> exact USD -> micro-credits -> atomic, idempotent charge
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from .auth import Identity
+from .catalog import Catalog, Price, price_for
+from .chat_request import ChatRequest, estimate_tokens, parse_chat_request
+from .clock import Clock, day_window, month_window, seconds_to_next_utc_midnight, to_ms, utc_now
+from .errors import ApiError
+from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
+from .money import format_credits, usd_for_tokens, usd_to_micro_credits
+from .usage import Usage
+
+
+@dataclass(slots=True)
+class MeteredRequest:
+    """An admitted request: its hold is open until `Meter.settle` closes it."""
+
+    request_id: str
+    identity: Identity
+    chat: ChatRequest
+    price: Price
+    hold: int
+    started_at: datetime
+    started_mono: float
+    warnings: tuple[str, ...]
+    settled: SettleResult | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    usage: Usage
+    usd: Decimal
+    credits: int
+    estimated: bool
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+_CAP_MESSAGES = {
+    "daily_request_cap_reached": "Daily request cap reached for this account (resets at 00:00 UTC)",
+    "daily_credit_cap_reached": "Daily inference credit cap reached for this account (resets at 00:00 UTC)",
+    "monthly_credit_cap_reached": "Monthly inference credit cap reached for this account (resets on the 1st, UTC)",
+    "inference_disabled": "The Inference API is disabled for this account (Settings -> Connections)",
+}
+
+
+def hold_refusal(result: HoldResult, hold: int, now: datetime) -> ApiError:
+    """The client-facing error for a refused hold."""
+    code = result.code or "service_unavailable"
+    if code == "insufficient_credits":
+        d = result.detail
+        available = d.get("balance", 0) - d.get("floor", 0) - d.get("held", 0)
+        reason = (
+            f"the reserve floor of {format_credits(d['floor'])} credits is kept for review"
+            if d.get("floor", 0) > 0 and d.get("balance", 0) - d.get("held", 0) >= hold
+            else "the balance is too low"
+        )
+        return ApiError(
+            "insufficient_credits",
+            f"Insufficient credits: this request may cost up to {format_credits(hold)} credits but only "
+            f"{format_credits(max(available, 0))} are available ({reason}).",
+        )
+    headers = {}
+    if code in ("daily_request_cap_reached", "daily_credit_cap_reached"):
+        headers["retry-after"] = str(seconds_to_next_utc_midnight(now))
+    return ApiError(code, _CAP_MESSAGES.get(code, code), headers=headers)
+
+
+class Meter:
+    def __init__(
+        self,
+        catalog: Catalog,
+        ledger: Ledger,
+        usd_per_credit: Decimal,
+        hold_ttl_s: int = 900,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.catalog = catalog
+        self._ledger = ledger
+        self._usd_per_credit = usd_per_credit
+        self._hold_ttl = timedelta(seconds=hold_ttl_s)
+        self._clock = clock
+
+    def parse(self, raw_body: bytes) -> ChatRequest:
+        return parse_chat_request(raw_body, self.catalog)
+
+    async def admit(self, identity: Identity, chat: ChatRequest, opt_in_header: bool) -> MeteredRequest:
+        """Reserve the request's maximum cost. The hold is priced without the account-wide
+        opt-in (unknown until the store answers), which can only make it larger, never short."""
+        now = self._clock()
+        hold_price = price_for(self.catalog, chat.model, now, opt_in_header)
+        hold = self.credits_for(Usage(chat.input_token_bound, chat.max_output_tokens), hold_price)
+        request_id = new_request_id()
+        result = await self._ledger.place_hold(
+            HoldRequest(
+                account=identity.account,
+                request_id=request_id,
+                amount=hold,
+                now_ms=to_ms(now),
+                expires_ms=to_ms(now + self._hold_ttl),
+                day=day_window(now),
+                month=month_window(now),
+            )
+        )
+        if result.code is not None:
+            raise hold_refusal(result, hold, now)
+        price = price_for(self.catalog, chat.model, now, opt_in_header or result.training_opt_in)
+        return MeteredRequest(request_id, identity, chat, price, hold, now, time.monotonic(), result.warnings)
+
+    def credits_for(self, usage: Usage, price: Price) -> int:
+        usd = usd_for_tokens(usage.input_tokens, usage.output_tokens, price.input, price.output)
+        return usd_to_micro_credits(usd, self._usd_per_credit)
+
+    def charge(self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int = 0) -> Charge:
+        """Price reported usage exactly; without usage, estimate input plus what was delivered."""
+        estimated = usage is None
+        if usage is None:
+            usage = Usage(req.chat.input_token_estimate, estimate_tokens(delivered_text_bytes))
+        usd = usd_for_tokens(usage.input_tokens, usage.output_tokens, req.price.input, req.price.output)
+        return Charge(usage, usd, usd_to_micro_credits(usd, self._usd_per_credit), estimated)
+
+    async def settle(self, req: MeteredRequest, charge: Charge | None, status: str) -> SettleResult:
+        """Close the hold: charge `charge` (None = release, charge nothing). Idempotent by
+        request id, so a repeated or replayed settlement never charges twice."""
+        if req.settled is not None:
+            return req.settled
+        at = req.started_at
+        usage = charge.usage if charge else Usage(0, 0)
+        record = UsageRecord(
+            request_id=req.request_id,
+            account=req.identity.account,
+            key_id=req.identity.key_id,
+            model=req.chat.model.id,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            credits=charge.credits if charge else 0,
+            usd=format(charge.usd, "f") if charge else "0",
+            price_version=req.price.version,
+            opt_in=req.price.opt_in,
+            estimated=bool(charge and charge.estimated),
+            status=status,
+            latency_ms=int((time.monotonic() - req.started_mono) * 1000),
+            ts_ms=to_ms(self._clock()),
+            day=day_window(at),
+            month=month_window(at),
+        )
+        req.settled = await self._ledger.settle(record)
+        return req.settled

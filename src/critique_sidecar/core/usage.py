@@ -1,0 +1,61 @@
+"""Token usage from upstream responses. "Not reported" (None) is kept apart from zero."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def usage_from_obj(obj: Any) -> Usage | None:
+    """`usage` of a chat completion object or stream chunk, if well-formed."""
+    if not isinstance(obj, dict):
+        return None
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("prompt_tokens"))
+    completion = _count(usage.get("completion_tokens"))
+    if prompt is None or completion is None:
+        return None
+    return Usage(prompt, completion)
+
+
+def parse_json_response(raw: bytes) -> tuple[Usage | None, int]:
+    """(usage, bytes of completion text) of a non-streaming response body.
+
+    The text size feeds the estimate when usage is missing; a body that is not a JSON
+    object yields (None, len(raw))."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, len(raw)
+    usage = usage_from_obj(obj)
+    return usage, completion_text_bytes(obj) if usage is None else 0
+
+
+def completion_text_bytes(obj: Any) -> int:
+    """UTF-8 bytes of message/delta content in a completion or chunk."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+        return 0
+    total = 0
+    for choice in obj["choices"]:
+        if not isinstance(choice, dict):
+            continue
+        part = choice.get("message") or choice.get("delta")
+        if isinstance(part, dict) and isinstance(part.get("content"), str):
+            total += len(part["content"].encode("utf-8", "replace"))
+    return total

@@ -1,0 +1,1 @@
+"""Development tools: the fake OpenAI-compatible upstream and the local stack runner."""

@@ -1,0 +1,58 @@
+"""ext_authz servicer: bearer key -> identity and route scope, as an Envoy Check."""
+
+from __future__ import annotations
+
+import grpc
+from envoy.config.core.v3 import base_pb2 as core_pb
+from envoy.service.auth.v3 import external_auth_pb2 as pb
+from envoy.service.auth.v3 import external_auth_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from ..core.auth import Authenticator, authorize
+from ..core.errors import ApiError
+from ..core.scopes import CHAT_PATH, required_scopes
+from .identity import identity_metadata
+from .messages import JSON
+
+_OK = status_pb2.Status(code=code_pb2.OK)
+
+
+def denied(error: ApiError) -> pb.CheckResponse:
+    """The one place an ext_authz denial becomes an HTTP response."""
+    rpc_code = code_pb2.UNAUTHENTICATED if error.status == 401 else code_pb2.PERMISSION_DENIED
+    headers = {"content-type": JSON, **error.headers}
+    return pb.CheckResponse(
+        status=status_pb2.Status(code=rpc_code, message=error.code),
+        denied_response=pb.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            headers=[core_pb.HeaderValueOption(header=core_pb.HeaderValue(key=k, value=v)) for k, v in headers.items()],
+            body=error.body().decode(),
+        ),
+    )
+
+
+class AuthorizationServicer(pb_grpc.AuthorizationServicer):
+    def __init__(self, auth: Authenticator) -> None:
+        self._auth = auth
+
+    async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:  # noqa: N802
+        http = request.attributes.request.http
+        needed = required_scopes(http.method, http.path)
+        spoofed = [k for k in http.headers if k.startswith("x-critique-")]
+        if needed is None:  # not an API route (e.g. the dashboard page): identity not needed
+            return pb.CheckResponse(status=_OK, ok_response=pb.OkHttpResponse(headers_to_remove=spoofed))
+        try:
+            identity = await self._auth.identify(http.headers.get("authorization"))
+            authorize(identity, needed)
+        except ApiError as error:
+            return denied(error)
+        # The model upstream never sees the key; the sidecar's own routes re-check it.
+        # The opt-in header is a request option ext_proc still has to read, not identity.
+        remove = ["authorization"] if http.path.split("?", 1)[0] == CHAT_PATH else []
+        remove += [k for k in spoofed if k != "x-critique-deepseek-training-opt-in"]
+        return pb.CheckResponse(
+            status=_OK,
+            ok_response=pb.OkHttpResponse(headers_to_remove=remove),
+            dynamic_metadata=identity_metadata(identity),
+        )

@@ -1,0 +1,56 @@
+"""Builders for Envoy's ext_proc / ext_authz protobuf messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from envoy.config.core.v3 import base_pb2 as core_pb
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+
+from ..core.errors import ApiError
+
+JSON = "application/json"
+
+# Pre-built "carry on unchanged" replies, one per phase (never mutated).
+CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+CONTINUE_REQUEST_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
+CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+CONTINUE_RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
+CONTINUE_REQUEST_TRAILERS = pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+
+
+def headers_of(header_map: core_pb.HeaderMap) -> dict[str, str]:
+    """Envoy sends values in raw_value (bytes); later duplicates win, keys are lower-case."""
+    return {
+        h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in header_map.headers
+    }
+
+
+def header_option(key: str, value: str) -> core_pb.HeaderValueOption:
+    # raw_value, not value: Envoy sends `value` empty when set on a mutation.
+    return core_pb.HeaderValueOption(
+        header=core_pb.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def mutation(set_headers: Mapping[str, str] | None = None, remove: Iterable[str] = ()) -> pb.HeaderMutation:
+    return pb.HeaderMutation(
+        set_headers=[header_option(k, v) for k, v in (set_headers or {}).items()],
+        remove_headers=list(remove),
+    )
+
+
+def immediate(error: ApiError) -> pb.ProcessingResponse:
+    """The one place an ext_proc denial becomes an HTTP response."""
+    headers = {"content-type": JSON, **error.headers}
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            headers=mutation(headers),
+            body=error.body(),
+            details=error.code,
+        )
+    )

@@ -1,0 +1,36 @@
+"""Every setting of the sidecar, each an environment variable (prefix CRITIQUE_) with a default.
+
+This is the only place configuration is read; `app.py` passes values on explicitly."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CRITIQUE_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or one Redis Cluster node) URL.")
+    redis_cluster: bool = Field(False, description="Treat redis_url as a Redis Cluster entry node.")
+    redis_timeout_s: float = Field(0.5, gt=0, description="Per-command Redis timeout; past it requests fail closed with 503.")
+    grpc_listen: str = Field("127.0.0.1:9001", description="ext_authz, ext_proc and gRPC health listen address.")
+    http_listen: str = Field("127.0.0.1:9002", description="Listen address of the HTTP routes (models, settings, dashboard).")
+    catalog_path: Path | None = Field(None, description="Model catalog TOML; empty uses the built-in catalog.toml.")
+    usd_per_credit: Decimal = Field(Decimal("0.01"), gt=0, description="USD value of one credit (Solo-plan economics).")
+    hold_ttl_s: int = Field(900, gt=0, description="Seconds an unsettled hold lives before it is released.")
+    key_cache_ttl_s: float = Field(5.0, ge=0, description="Seconds a key lookup is cached: the longest a revoked key keeps working on another replica.")
+    settled_ttl_s: int = Field(7 * 86400, gt=0, description="Seconds a settled request id is remembered, so a replayed settlement never charges twice.")
+    usage_stream_maxlen: int = Field(1_000_000, gt=0, description="Approximate per-account length cap of the usage-record stream.")
+    health_interval_s: float = Field(1.0, gt=0, description="Seconds between store health checks.")
+    log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+
+    @field_validator("usd_per_credit")
+    @classmethod
+    def _finite(cls, v: Decimal) -> Decimal:
+        if not v.is_finite():
+            raise ValueError("must be a finite decimal")
+        return v

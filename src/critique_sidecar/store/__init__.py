@@ -1,0 +1,1 @@
+"""Redis access: the only package that talks to Redis. Scripts live in lua/."""

@@ -1,0 +1,26 @@
+"""Turn Redis failures into the core's StoreUnavailable, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+from redis.exceptions import RedisError
+
+from ..core.errors import StoreUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def store_call(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+
+    return wrapper

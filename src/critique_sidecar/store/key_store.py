@@ -1,0 +1,65 @@
+"""API key records in Redis, stored by SHA-256 of the key (the key itself is never stored)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..core.keys import KeyRecord, generate_key, hash_key, new_key_id
+from . import keyspace as ks
+from .errors import store_call
+
+
+def _record(data: dict[bytes, bytes]) -> KeyRecord:
+    d = {k.decode(): v.decode() for k, v in data.items()}
+    return KeyRecord(
+        key_id=d["id"],
+        key_hash=d["hash"],
+        account=d["account"],
+        scopes=frozenset(s for s in d.get("scopes", "").split(",") if s),
+        name=d.get("name", ""),
+        created_at=int(d.get("created_at", "0")),
+        revoked=d.get("revoked") == "1",
+    )
+
+
+class RedisKeyStore:
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+
+    @store_call
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        data = await self._redis.hgetall(ks.key_by_hash(key_hash))
+        return _record(data) if data else None
+
+    async def create(self, account: str, scopes: tuple[str, ...], name: str = "") -> tuple[str, KeyRecord]:
+        """A new key; the caller shows it once. Returns (key, record)."""
+        ks.check_account(account)
+        key, key_id = generate_key(), new_key_id()
+        record = KeyRecord(key_id, hash_key(key), account, frozenset(scopes), name, int(time.time()))
+        await self._redis.hset(
+            ks.key_by_hash(record.key_hash),
+            mapping={
+                "id": key_id, "hash": record.key_hash, "account": account, "scopes": ",".join(scopes),
+                "name": name, "created_at": record.created_at, "revoked": "0",
+            },
+        )  # fmt: skip
+        await self._redis.set(ks.key_by_id(key_id), record.key_hash)
+        await self._redis.sadd(ks.account_keys(account), key_id)
+        return key, record
+
+    async def by_id(self, key_id: str) -> KeyRecord | None:
+        key_hash = await self._redis.get(ks.key_by_id(key_id))
+        return await self.find_by_hash(key_hash.decode()) if key_hash else None
+
+    async def list(self, account: str) -> list[KeyRecord]:
+        ids = sorted(i.decode() for i in await self._redis.smembers(ks.account_keys(ks.check_account(account))))
+        records = [await self.by_id(i) for i in ids]
+        return [r for r in records if r is not None]
+
+    async def revoke(self, key_id: str) -> KeyRecord | None:
+        record = await self.by_id(key_id)
+        if record is None:
+            return None
+        await self._redis.hset(ks.key_by_hash(record.key_hash), "revoked", "1")
+        return await self.by_id(key_id)

@@ -1,0 +1,69 @@
+"""Redis key names. All of one account's keys share the hash tag `{a:<account>}`, so every
+script touches a single Redis Cluster slot. Windows are in the names (UTC day / month), so
+nothing ever has to be reset."""
+
+from __future__ import annotations
+
+import re
+
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_account(account: str) -> str:
+    if not ACCOUNT_RE.match(account):
+        raise ValueError(f"invalid account id {account!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    return account
+
+
+def _tag(account: str) -> str:
+    return f"crt:{{a:{account}}}"
+
+
+def account(account: str) -> str:
+    """Hash: balance, held (micro-credits)."""
+    return f"{_tag(account)}:acct"
+
+
+def settings(account: str) -> str:
+    return f"{_tag(account)}:settings"
+
+
+def holds(account: str) -> str:
+    """Hash: request id -> held micro-credits."""
+    return f"{_tag(account)}:holds"
+
+
+def hold_expiry(account: str) -> str:
+    """Sorted set: request id scored by expiry (ms)."""
+    return f"{_tag(account)}:holdexp"
+
+
+def day(account: str, day: str) -> str:
+    """Hash: admitted, requests, credits, in, out, and m:<model>:* / k:<key>:* rollups."""
+    return f"{_tag(account)}:d:{day}"
+
+
+def month(account: str, month: str) -> str:
+    return f"{_tag(account)}:m:{month}"
+
+
+def settled(account: str, request_id: str) -> str:
+    """String: the micro-credits a settled request was charged (idempotency marker)."""
+    return f"{_tag(account)}:done:{request_id}"
+
+
+def usage_stream(account: str) -> str:
+    return f"{_tag(account)}:usage"
+
+
+def account_keys(account: str) -> str:
+    """Set of key ids of the account."""
+    return f"{_tag(account)}:keys"
+
+
+def key_by_hash(key_hash: str) -> str:
+    return f"crt:key:{key_hash}"
+
+
+def key_by_id(key_id: str) -> str:
+    return f"crt:keyid:{key_id}"

@@ -1,0 +1,83 @@
+"""The Redis ledger: admission and settlement as one Lua script each (one round trip)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
+from . import keyspace as ks
+from .errors import store_call
+from .scripts import register
+
+# Day/month windows outlive the longest dashboard view (90 days).
+WINDOW_TTL_S = 100 * 86400
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisLedger:
+    def __init__(self, redis: Any, settled_ttl_s: int = 7 * 86400, stream_maxlen: int = 1_000_000) -> None:
+        self._redis = redis
+        self._settled_ttl = settled_ttl_s
+        self._maxlen = stream_maxlen
+        self._place_hold = register(redis, "place_hold")
+        self._settle = register(redis, "settle")
+
+    @store_call
+    async def place_hold(self, hold: HoldRequest) -> HoldResult:
+        a = hold.account
+        keys = [ks.account(a), ks.settings(a), ks.holds(a), ks.hold_expiry(a), ks.day(a, hold.day), ks.month(a, hold.month)]
+        args = [hold.request_id, hold.amount, hold.now_ms, hold.expires_ms, WINDOW_TTL_S]
+        code, warnings, optin, balance, floor, held = await self._place_hold(keys=keys, args=args)
+        code = _s(code)
+        warnings_s = _s(warnings)
+        return HoldResult(
+            code=None if code == "ok" else code,
+            warnings=tuple(w for w in warnings_s.split(",") if w),
+            training_opt_in=bool(int(optin)),
+            detail={"balance": int(balance), "floor": int(floor), "held": int(held)},
+        )
+
+    @store_call
+    async def settle(self, record: UsageRecord) -> SettleResult:
+        a = record.account
+        keys = [
+            ks.account(a),
+            ks.holds(a),
+            ks.hold_expiry(a),
+            ks.day(a, record.day),
+            ks.month(a, record.month),
+            ks.settled(a, record.request_id),
+            ks.usage_stream(a),
+        ]
+        args: list[Any] = [
+            record.request_id,
+            record.credits,
+            WINDOW_TTL_S,
+            self._settled_ttl,
+            self._maxlen,
+            record.model,
+            record.key_id,
+            record.input_tokens,
+            record.output_tokens,
+        ]
+        args += record_fields(record)
+        applied, charged = await self._settle(keys=keys, args=args)
+        return SettleResult(credits=int(charged), applied=bool(int(applied)))
+
+
+RECORD_FIELDS = (
+    "ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens",
+    "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms",
+)  # fmt: skip
+
+
+def record_fields(record: UsageRecord) -> list[Any]:
+    """Flat field/value list for the usage stream (schema: proto/usage_record.proto)."""
+    out: list[Any] = []
+    for name in RECORD_FIELDS:
+        value = getattr(record, name)
+        out += [name, int(value) if isinstance(value, bool) else value]
+    return out

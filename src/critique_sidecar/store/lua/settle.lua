@@ -1,0 +1,34 @@
+-- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
+-- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
+-- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s  5 stream maxlen
+--       6 model  7 key id  8 input tokens  9 output tokens  10.. record field/value pairs
+-- Returns {applied (1|0), charged micro-credits}
+local done = redis.call('GET', KEYS[6])
+if done then return {0, tonumber(done)} end
+
+local rid, charge = ARGV[1], tonumber(ARGV[2])
+local amt = redis.call('HGET', KEYS[2], rid)
+if amt then
+  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(amt))
+  redis.call('HDEL', KEYS[2], rid)
+end
+redis.call('ZREM', KEYS[3], rid)
+if charge ~= 0 then redis.call('HINCRBY', KEYS[1], 'balance', -charge) end
+
+local inp, out = tonumber(ARGV[8]), tonumber(ARGV[9])
+local m, k = 'm:' .. ARGV[6] .. ':', 'k:' .. ARGV[7] .. ':'
+for _, p in ipairs({'', m, k}) do
+  redis.call('HINCRBY', KEYS[4], p .. 'credits', charge)
+  redis.call('HINCRBY', KEYS[4], p .. 'requests', 1)
+  redis.call('HINCRBY', KEYS[4], p .. 'in', inp)
+  redis.call('HINCRBY', KEYS[4], p .. 'out', out)
+end
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[5], 'credits', charge)
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
+
+local fields = {}
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[7], 'MAXLEN', '~', tonumber(ARGV[5]), '*', unpack(fields))
+redis.call('SET', KEYS[6], charge, 'EX', tonumber(ARGV[4]))
+return {1, charge}

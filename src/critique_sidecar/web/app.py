@@ -1,0 +1,61 @@
+"""The Starlette app for the sidecar's own routes. Errors become JSON in one handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..core.auth import Authenticator, Identity, authorize
+from ..core.catalog import Catalog
+from ..core.clock import Clock, utc_now
+from ..core.errors import ApiError
+from ..core.scopes import MODELS, MODELS_PATH
+from .models import model_list
+
+
+@dataclass(frozen=True)
+class WebContext:
+    auth: Authenticator
+    catalog: Catalog
+    clock: Clock = utc_now
+
+
+def json_response(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    """The one place a web-route denial becomes an HTTP response."""
+    return Response(error.body(), status_code=error.status, media_type="application/json", headers=error.headers)
+
+
+async def identify(ctx: WebContext, request: Request, any_of: frozenset[str]) -> Identity:
+    identity = await ctx.auth.identify(request.headers.get("authorization"))
+    authorize(identity, any_of)
+    return identity
+
+
+def build_web_app(ctx: WebContext) -> Starlette:
+    async def models(request: Request) -> Response:
+        await identify(ctx, request, MODELS)
+        return json_response(model_list(ctx.catalog, ctx.clock()))
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+        return error_response(ApiError(code, getattr(exc, "detail", "") or code))
+
+    return Starlette(
+        routes=[Route(MODELS_PATH, models, methods=["GET"])],
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},
+    )
