@@ -43,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the gRPC (ext_authz, ext_proc, health) and HTTP servers")
 
+    envoy = sub.add_parser("envoy-config", help="print the Envoy config generated from the catalog")
+    envoy.add_argument("--listen", default="127.0.0.1:8080", help="Envoy listener address")
+    envoy.add_argument("--sidecar-grpc", action="append", help="sidecar gRPC address (repeat for several processes)")
+    envoy.add_argument("--sidecar-http", default="127.0.0.1:9002")
+    envoy.add_argument(
+        "--chat-auth",
+        choices=["ext_proc", "ext_authz"],
+        default="ext_proc",
+        help="authorise chat inside the one ext_proc stream (default) or with ext_authz too",
+    )
+
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key (printed once)")
     create.add_argument("--account", required=True)
@@ -128,6 +139,20 @@ async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
     return 0
 
 
+def _envoy_config(args: argparse.Namespace, settings: Settings) -> int:
+    from .core.catalog import load_catalog
+    from .envoy_config import EnvoyOptions, render
+
+    opts = EnvoyOptions(
+        listen=args.listen,
+        sidecar_grpc=tuple(args.sidecar_grpc or ["127.0.0.1:9001"]),
+        sidecar_http=args.sidecar_http,
+        chat_auth=args.chat_auth,
+    )
+    sys.stdout.write(render(load_catalog(settings.catalog_path), opts))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -140,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
             uvloop.run(serve(settings))
             return 0
+        if args.command == "envoy-config":
+            return _envoy_config(args, settings)
         handler = {"keys": _keys, "credits": _credits_cmd}[args.command]
         return asyncio.run(_with_redis(settings, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:

@@ -121,6 +121,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                     "timeout": f"{opts.upstream_timeout_s}s",
                     "idle_timeout": "120s",
                 },
+                "request_headers_to_remove": [MODEL_HEADER],
                 "typed_per_filter_config": chat_filters,
             }
         )

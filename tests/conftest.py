@@ -1,0 +1,56 @@
+"""Shared fixtures: real redis-server processes on free ports, and the whole stack."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from critique_sidecar.devtools.stack import Stack, free_port, redis_binary, wait_until
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of our own (never the machine's shared one)."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=proc)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def account() -> str:
+    """A fresh account id per test, so tests sharing a Redis never see each other's data."""
+    return "acct-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Redis, fake upstream, sidecar and the real Envoy running the repo's envoy.yaml."""
+    s = Stack(tmp_path_factory.mktemp("stack"))
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop()
