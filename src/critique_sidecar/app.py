@@ -25,7 +25,7 @@ from .envoy.authz import AuthorizationServicer
 from .envoy.ext_proc import ExtProcServicer
 from .envoy.health import StoreHealth
 from .settings import Settings
-from .store.key_store import RedisKeyStore
+from .store.key_store import RedisKeyStore, watch_revocations
 from .store.ledger import RedisLedger
 from .web.app import WebContext, build_web_app
 
@@ -94,6 +94,8 @@ async def serve(settings: Settings) -> None:
     await server.start()
     await store_health.check_once()
     tasks = [asyncio.create_task(store_health.run()), asyncio.create_task(web.serve())]
+    if not settings.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
+        tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
     log.info("critique-sidecar serving grpc=%s http=%s", settings.grpc_listen, settings.http_listen)
     await stop.wait()
 
@@ -101,7 +103,8 @@ async def serve(settings: Settings) -> None:
     await store_health.drain()
     await server.stop(grace=30)  # open streams finish and settle
     web.should_exit = True
-    tasks[0].cancel()
+    for task in tasks[:1] + tasks[2:]:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await c.redis.aclose()
     log.info("stopped")

@@ -113,8 +113,8 @@ class Stack:
 
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
         self.procs[name] = proc
         return proc
 
@@ -130,7 +130,7 @@ class Stack:
 
     def start_redis(self) -> None:
         port = self.ports["redis"]
-        self._spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        self._spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)])
         import redis
 
         wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=self.procs["redis"])

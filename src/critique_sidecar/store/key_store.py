@@ -5,9 +5,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import asyncio
+import logging
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
 from ..core.keys import KeyRecord, generate_key, hash_key, new_key_id
 from . import keyspace as ks
 from .errors import store_call
+
+log = logging.getLogger(__name__)
+
+# Revocations are announced here so every sidecar drops the key from its cache at once.
+REVOCATIONS_CHANNEL = "crt:revocations"
 
 
 def _record(data: dict[bytes, bytes]) -> KeyRecord:
@@ -62,4 +73,24 @@ class RedisKeyStore:
         if record is None:
             return None
         await self._redis.hset(ks.key_by_hash(record.key_hash), "revoked", "1")
+        await self._redis.publish(REVOCATIONS_CHANNEL, record.key_hash)
         return await self.by_id(key_id)
+
+
+async def watch_revocations(redis: Any, forget: Callable[[str | None], None], retry_s: float = 1.0) -> None:
+    """Forget revoked keys as they are announced. After any gap in the subscription the
+    whole cache is dropped, since announcements may have been missed meanwhile."""
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(REVOCATIONS_CHANNEL)
+            forget(None)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    data = message["data"]
+                    forget(data.decode() if isinstance(data, bytes) else str(data))
+        except (RedisError, OSError) as exc:
+            log.warning("revocation feed interrupted (%s); key cache cleared, retrying", type(exc).__name__)
+        finally:
+            await pubsub.aclose()
+        await asyncio.sleep(retry_s)
