@@ -1,0 +1,228 @@
+"""An account's Inference API settings (the product page's "Settings -> Connections" panel).
+
+`AccountSettings` is the full, current state; `SettingsPatch` is a partial update (PATCH body
+or CLI options). Both are validated here, once, and converted to and from the Redis hash
+fields `store/lua/place_hold.lua` enforces.
+
+Wire format (JSON):
+- Credit amounts (`monthly_credit_cap`, `daily_credit_cap`, `reserve_credits_for_review`) are
+  exact decimals, >= 0 with at most 6 decimal places (whole micro-credits), at most
+  `MAX_CREDITS`. They may be sent as JSON numbers (`12.5`) or decimal strings (`"12.5"`):
+  responses carry them as fixed 6-decimal strings, so what GET returns PATCHes back unchanged.
+- `daily_request_cap` is a JSON integer (not `"12"`, not `12.0`), >= 0, at most `MAX_COUNT`.
+- The switches are JSON booleans (not `"true"`, not `1`).
+- `null` clears a cap (no limit); the switches and the floor cannot be null (a floor of 0 is
+  "no floor"). A cap of 0 blocks all inference spend (hard mode) or warns on every request.
+- Unknown fields are refused, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from typing import Annotated, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic.functional_validators import PlainValidator
+from pydantic_core import PydanticCustomError
+
+from .errors import ApiError
+from .money import MICRO, format_credits
+
+# Lua numbers are doubles: every stored amount stays below 2**53 micro-credits.
+MAX_CREDITS = Decimal(1_000_000_000)
+MAX_COUNT = 1_000_000_000
+
+_DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+_CREDITS_RULE = f"a number of credits >= 0 and <= {MAX_CREDITS} with at most 6 decimal places"
+
+
+def _credits(value: Any) -> Decimal:
+    """Exact credits from a JSON number (int, or Decimal when parsed with parse_float=Decimal)
+    or a plain decimal string. Floats are refused: they are not exact."""
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
+        raise PydanticCustomError("credits_type", f"must be {_CREDITS_RULE}")
+    if isinstance(value, str):
+        if not _DECIMAL_TEXT.match(value):
+            raise PydanticCustomError("credits_type", f"must be {_CREDITS_RULE}; got a non-numeric string")
+        value = Decimal(value)
+    amount = Decimal(value)
+    if not amount.is_finite():
+        problem = "is not a finite number"
+    elif amount < 0:
+        problem = "is negative"
+    elif amount > MAX_CREDITS:
+        problem = "is too large"
+    elif (amount * MICRO) % 1 != 0:
+        problem = "has more than 6 decimal places"
+    else:
+        return amount
+    raise PydanticCustomError("credits_value", f"must be {_CREDITS_RULE}; {{value}} {problem}", {"value": str(value)[:40]})
+
+
+Credits = Annotated[Decimal, PlainValidator(_credits)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+
+# Redis hash fields (read by place_hold.lua). Amounts are integer micro-credits.
+H_ENABLED = "enabled"
+H_DAILY_CREDIT_CAP = "daily_credit_cap"
+H_MONTHLY_CREDIT_CAP = "monthly_credit_cap"
+H_DAILY_REQUEST_CAP = "daily_request_cap"
+H_RESERVE_FLOOR = "reserve_floor"
+H_BLOCK = "block_when_cap_reached"
+H_OPT_IN = "training_opt_in"
+
+# API field -> hash field
+HASH_FIELDS = {
+    "enabled": H_ENABLED,
+    "monthly_credit_cap": H_MONTHLY_CREDIT_CAP,
+    "daily_credit_cap": H_DAILY_CREDIT_CAP,
+    "daily_request_cap": H_DAILY_REQUEST_CAP,
+    "reserve_credits_for_review": H_RESERVE_FLOOR,
+    "block_when_cap_reached": H_BLOCK,
+    "deepseek_training_opt_in": H_OPT_IN,
+}
+
+
+def _micro(amount: Decimal) -> int:
+    return int(amount * MICRO)
+
+
+def _flag(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _int_or_none(raw: str | None) -> int | None:
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None  # place_hold.lua's tonumber() would not enforce it either
+
+
+class AccountSettings(BaseModel):
+    """The full settings of one account; the defaults are an account nobody configured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: StrictBool = True
+    monthly_credit_cap: Credits | None = None
+    daily_credit_cap: Credits | None = None
+    daily_request_cap: Count | None = None
+    reserve_credits_for_review: Credits = Decimal(0)
+    block_when_cap_reached: StrictBool = True
+    deepseek_training_opt_in: StrictBool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The API representation: credit amounts as exact 6-decimal strings."""
+
+        def credits(v: Decimal | None) -> str | None:
+            return None if v is None else format_credits(_micro(v))
+
+        return {
+            "enabled": self.enabled,
+            "monthly_credit_cap": credits(self.monthly_credit_cap),
+            "daily_credit_cap": credits(self.daily_credit_cap),
+            "daily_request_cap": self.daily_request_cap,
+            "reserve_credits_for_review": credits(self.reserve_credits_for_review),
+            "block_when_cap_reached": self.block_when_cap_reached,
+            "deepseek_training_opt_in": self.deepseek_training_opt_in,
+        }
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> "AccountSettings":
+        """Read the stored hash with place_hold.lua's semantics, so what is shown is what is
+        enforced: enabled and blocking unless '0', opt-in only when '1', a cap only when numeric."""
+
+        def credits(raw: str | None) -> Decimal | None:
+            micro = _int_or_none(raw)
+            return None if micro is None else Decimal(micro) / MICRO
+
+        return cls.model_construct(
+            enabled=data.get(H_ENABLED) != "0",
+            monthly_credit_cap=credits(data.get(H_MONTHLY_CREDIT_CAP)),
+            daily_credit_cap=credits(data.get(H_DAILY_CREDIT_CAP)),
+            daily_request_cap=_int_or_none(data.get(H_DAILY_REQUEST_CAP)),
+            reserve_credits_for_review=credits(data.get(H_RESERVE_FLOOR)) or Decimal(0),
+            block_when_cap_reached=data.get(H_BLOCK) != "0",
+            deepseek_training_opt_in=data.get(H_OPT_IN) == "1",
+        )
+
+
+class SettingsPatch(BaseModel):
+    """A partial update: only the fields present change; `null` clears a cap."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: StrictBool | None = None
+    monthly_credit_cap: Credits | None = None
+    daily_credit_cap: Credits | None = None
+    daily_request_cap: Count | None = None
+    reserve_credits_for_review: Credits | None = None
+    block_when_cap_reached: StrictBool | None = None
+    deepseek_training_opt_in: StrictBool | None = None
+
+    @field_validator("enabled", "reserve_credits_for_review", "block_when_cap_reached", "deepseek_training_opt_in", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for fields the caller sent, so an explicit null is refused here.
+        if value is None:
+            raise PydanticCustomError("not_nullable", "cannot be null (only caps can be cleared with null)")
+        return value
+
+    @classmethod
+    def parse(cls, data: Any) -> "SettingsPatch":
+        """Validate a decoded PATCH body; any problem is an `invalid_request` naming the field."""
+        if not isinstance(data, dict):
+            raise ApiError("invalid_request", "the settings PATCH body must be a JSON object")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _as_api_error(exc) from None
+
+    def hash_changes(self) -> tuple[dict[str, str], list[str]]:
+        """(fields to set, fields to delete) for the stored hash."""
+        to_set: dict[str, str] = {}
+        to_delete: list[str] = []
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            field = HASH_FIELDS[name]
+            if value is None:
+                to_delete.append(field)  # only caps get here (see _not_null)
+            elif isinstance(value, bool):
+                to_set[field] = _flag(value)
+            elif isinstance(value, Decimal):
+                to_set[field] = str(_micro(value))
+            else:
+                to_set[field] = str(value)
+        return to_set, sorted(to_delete)
+
+
+def _as_api_error(exc: ValidationError) -> ApiError:
+    problems = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else None
+        if err["type"] == "extra_forbidden":
+            problems.append((field, f"unknown field '{field}'; known fields: {', '.join(HASH_FIELDS)}"))
+        else:
+            problems.append((field, f"'{field}' {_message(err)}"))
+    return ApiError("invalid_request", "Invalid settings: " + "; ".join(p[1] for p in problems), param=problems[0][0])
+
+
+def _message(err: Any) -> str:
+    if err["type"] in ("credits_type", "credits_value", "not_nullable"):
+        return str(err["msg"])
+    return "must be " + {
+        "bool_type": "true or false (a boolean)",
+        "int_type": "an integer (not a string or a decimal)",
+        "greater_than_equal": f"an integer >= 0 and <= {MAX_COUNT}",
+        "less_than_equal": f"an integer >= 0 and <= {MAX_COUNT}",
+    }.get(err["type"], f"valid: {err['msg']}")
+
+
+class SettingsStore(Protocol):
+    """Where settings live (Redis implements it in store/settings_store.py)."""
+
+    async def get(self, account: str) -> AccountSettings: ...
+
+    async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings: ...
+

@@ -1,0 +1,39 @@
+"""Account settings in Redis: one hash per account (keyspace.settings), read by place_hold.lua.
+
+A PATCH is validated before anything is written and applied by one Lua script (set and
+delete fields, read back the result), so it is atomic and a rejected PATCH changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.account_settings import AccountSettings, SettingsPatch
+from . import keyspace as ks
+from .errors import store_call
+from .scripts import register
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisSettingsStore:
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._patch = register(redis, "patch_settings")
+
+    @store_call
+    async def get(self, account: str) -> AccountSettings:
+        data = await self._redis.hgetall(ks.settings(ks.check_account(account)))
+        return AccountSettings.from_hash({_text(k): _text(v) for k, v in data.items()})
+
+    @store_call
+    async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings:
+        """Apply a validated partial update; returns the full settings after it."""
+        to_set, to_delete = patch.hash_changes()
+        args: list[str] = [str(len(to_set))]
+        for field, value in sorted(to_set.items()):
+            args += [field, value]
+        args += to_delete
+        flat = await self._patch(keys=[ks.settings(ks.check_account(account))], args=args)
+        return AccountSettings.from_hash({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
