@@ -27,6 +27,7 @@ from .envoy.health import StoreHealth
 from .settings import Settings
 from .store.key_store import RedisKeyStore, watch_revocations
 from .store.ledger import RedisLedger
+from .store.settings_store import RedisSettingsStore
 from .web.app import WebContext, build_web_app
 
 log = logging.getLogger("critique_sidecar")
@@ -76,7 +77,7 @@ async def serve(settings: Settings) -> None:
     host, _, port = settings.http_listen.rpartition(":")
     web = uvicorn.Server(
         uvicorn.Config(
-            build_web_app(WebContext(c.auth, c.catalog)),
+            build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis))),
             host=host,
             port=int(port),
             log_level="warning",

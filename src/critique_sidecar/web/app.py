@@ -11,12 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..core.account_settings import SettingsStore
 from ..core.auth import Authenticator, Identity, authorize
 from ..core.catalog import Catalog
 from ..core.clock import Clock, utc_now
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
 from .models import model_list
+from .settings import settings_routes
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class WebContext:
     auth: Authenticator
     catalog: Catalog
     clock: Clock = utc_now
+    settings: SettingsStore | None = None  # None: no settings routes (e.g. a models-only app)
 
 
 def json_response(data: object, status: int = 200) -> Response:
@@ -55,7 +58,10 @@ def build_web_app(ctx: WebContext) -> Starlette:
         code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
         return error_response(ApiError(code, getattr(exc, "detail", "") or code))
 
+    routes = [Route(MODELS_PATH, models, methods=["GET"])]
+    if ctx.settings is not None:
+        routes += settings_routes(ctx.settings, lambda request, any_of: identify(ctx, request, any_of))
     return Starlette(
-        routes=[Route(MODELS_PATH, models, methods=["GET"])],
+        routes=routes,
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},
     )

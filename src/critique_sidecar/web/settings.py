@@ -1,0 +1,61 @@
+"""GET / PATCH /api/settings/inference-api: the caller's account settings.
+
+GET needs read:inference (or admin:inference); PATCH needs admin:inference, which agent keys
+do not have, so an inference key can never raise its own caps. The body is parsed with
+exact decimals (a JSON number like 0.1 is never a float) and validated by the core's
+SettingsPatch; the response is always the full settings after the change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..core.account_settings import SettingsPatch, SettingsStore
+from ..core.auth import Identity
+from ..core.errors import ApiError
+from ..core.scopes import SETTINGS_PATH, SETTINGS_READ, SETTINGS_WRITE
+
+MAX_BODY_BYTES = 16 * 1024
+
+Identify = Callable[[Request, frozenset[str]], Awaitable[Identity]]
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def decode_body(raw: bytes) -> Any:
+    """JSON with exact decimals; NaN/Infinity and malformed text are invalid_request."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError("request_too_large", f"the settings body must be at most {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
+    except (ValueError, RecursionError):
+        raise ApiError("invalid_request", "the settings PATCH body is not valid JSON") from None
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json", headers={"cache-control": "no-store"})
+
+
+def settings_routes(store: SettingsStore, identify: Identify) -> list[Route]:
+    async def get_settings(request: Request) -> Response:
+        identity = await identify(request, SETTINGS_READ)
+        return _json((await store.get(identity.account)).to_json())
+
+    async def patch_settings(request: Request) -> Response:
+        identity = await identify(request, SETTINGS_WRITE)
+        patch = SettingsPatch.parse(decode_body(await request.body()))
+        return _json((await store.patch(identity.account, patch)).to_json())
+
+    return [
+        Route(SETTINGS_PATH, get_settings, methods=["GET"]),
+        Route(SETTINGS_PATH, patch_settings, methods=["PATCH"]),
+    ]
