@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,6 +36,31 @@ def _credits(text: str) -> int:
         return parse_credits(text)
     except (ValueError, ArithmeticError) as exc:
         raise argparse.ArgumentTypeError(f"invalid credit amount {text!r}: {exc}") from None
+
+
+# `settings set` flag -> (settings field, metavar, help). Values go through the same
+# validation as the settings API (core.account_settings.SettingsPatch).
+_SETTING_FLAGS = {
+    "--enabled": ("enabled", "true|false", "turn the Inference API on or off"),
+    "--daily-credit-cap": ("daily_credit_cap", "CREDITS|none", "daily inference credit cap (UTC day); none clears it"),
+    "--monthly-credit-cap": ("monthly_credit_cap", "CREDITS|none", "monthly inference credit cap (UTC month); none clears it"),
+    "--daily-request-cap": ("daily_request_cap", "N|none", "daily request cap (UTC day); none clears it"),
+    "--reserve-floor": ("reserve_credits_for_review", "CREDITS", "balance floor inference may never spend into"),
+    "--block-when-cap-reached": ("block_when_cap_reached", "true|false", "false: over-cap requests pass with a warning"),
+    "--training-opt-in": ("deepseek_training_opt_in", "true|false", "DeepSeek V4 Flash training opt-in (75%% off)"),
+}
+
+
+def _setting_value(text: str) -> object:
+    """CLI text -> the JSON value the settings API would receive (validated afterwards)."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    if re.fullmatch(r"-?[0-9]+", low):
+        return int(low)
+    return text.strip()  # credits as a decimal string; anything else fails validation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     show = credits.add_parser("show", help="balance and open holds")
     show.add_argument("--account", required=True)
     show.add_argument("--json", action="store_true")
+
+    account_settings = sub.add_parser("settings", help="an account's Inference API settings")
+    settings_cmds = account_settings.add_subparsers(dest="action", required=True)
+    sshow = settings_cmds.add_parser("show", help="the account's settings")
+    sshow.add_argument("--account", required=True)
+    sshow.add_argument("--json", action="store_true")
+    sset = settings_cmds.add_parser("set", help="change some settings (the others stay as they are)")
+    sset.add_argument("--account", required=True)
+    sset.add_argument("--json", action="store_true")
+    for flag, (_, metavar, text) in _SETTING_FLAGS.items():
+        sset.add_argument(flag, metavar=metavar, help=text)
     return p
 
 
@@ -139,6 +176,38 @@ async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
     return 0
 
 
+async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
+    from .core.account_settings import SettingsPatch
+    from .core.errors import ApiError
+    from .store.settings_store import RedisSettingsStore
+
+    store = RedisSettingsStore(redis)
+    if args.action == "show":
+        current = await store.get(args.account)
+    else:
+        given = {}
+        for flag in _SETTING_FLAGS:
+            text = getattr(args, flag[2:].replace("-", "_"))
+            if text is not None:
+                given[flag] = text
+        if not given:
+            raise CliError(f"settings set: give at least one of {', '.join(_SETTING_FLAGS)}")
+        try:
+            patch = SettingsPatch.parse({_SETTING_FLAGS[f][0]: _setting_value(v) for f, v in given.items()})
+        except ApiError as exc:
+            flag = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)
+            raise CliError(f"{flag}: {exc.message}" if flag else exc.message) from None
+        current = await store.patch(args.account, patch)
+    out = current.to_json()
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for name, value in out.items():
+            text = "none" if value is None else str(value).lower() if isinstance(value, bool) else value
+            print(f"{name}: {text}")
+    return 0
+
+
 def _envoy_config(args: argparse.Namespace, settings: Settings) -> int:
     from .core.catalog import load_catalog
     from .envoy_config import EnvoyOptions, render
@@ -167,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "envoy-config":
             return _envoy_config(args, settings)
-        handler = {"keys": _keys, "credits": _credits_cmd}[args.command]
+        handler = {"keys": _keys, "credits": _credits_cmd, "settings": _settings_cmd}[args.command]
         return asyncio.run(_with_redis(settings, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)
