@@ -5,6 +5,8 @@ The only place that turns Settings into running objects."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import signal
 from dataclasses import dataclass
@@ -31,6 +33,19 @@ from .store.settings_store import RedisSettingsStore
 from .web.app import WebContext, build_web_app
 
 log = logging.getLogger("critique_sidecar")
+
+GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def fix_malloc_mmap_threshold(threshold: int = 256 * 1024) -> None:
+    """Serve big stream chunks from mmap and give them back on free. glibc otherwise raises
+    its mmap threshold after the first large free, and the heap then keeps every past peak:
+    measured, RSS grew ~20-45 MB per 30 MB stream without this, flat with it."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        log.info("mallopt unavailable; stream memory may keep its peaks")
 
 
 def connect_redis(settings: Settings) -> Any:
@@ -65,8 +80,12 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
 
 
 async def serve(settings: Settings) -> None:
+    fix_malloc_mmap_threshold()
     c = build_components(settings)
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    # Envoy may hand over up to a model cluster's buffer limit (2 MiB) in one body message.
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
+    )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(c.auth, c.meter), server)
     health_servicer = health.aio.HealthServicer()

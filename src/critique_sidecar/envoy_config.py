@@ -19,6 +19,9 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
 BUFFER = "envoy.filters.http.buffer"
 MODEL_HEADER = "x-critique-model"
+# Largest non-streaming response Envoy buffers for metering, and the largest piece of a
+# stream it hands the sidecar in one message: this bounds the sidecar's memory per stream.
+UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         u = model.upstream
         if u.cluster not in seen:
             seen.add(u.cluster)
-            clusters.append(_cluster(u.cluster, [f"{u.host}:{u.port}"], buffer_bytes=8 * 1024 * 1024))
+            clusters.append(_cluster(u.cluster, [f"{u.host}:{u.port}"], buffer_bytes=UPSTREAM_BUFFER_BYTES))
 
     return {
         "admin": {"address": _addr(opts.admin)},

@@ -43,3 +43,22 @@ def expected_charge(model: str, prompt: int, completion: int, opt_in: bool = Fal
 
 def upstream_seen(stack: Stack) -> list[dict[str, Any]]:
     return httpx.get(f"http://127.0.0.1:{stack.ports['upstream']}/_fake/requests").json()  # type: ignore[no-any-return]
+
+
+def usage_records(stack: Stack, account: str) -> list[dict[str, str]]:
+    """The account's usage records as written by settlement (the ledger's own stream)."""
+    import redis
+
+    from critique_sidecar.store import keyspace
+
+    with redis.Redis.from_url(str(stack.redis_url), decode_responses=True) as r:
+        return [fields for _, fields in r.xrange(keyspace.usage_stream(account))]
+
+
+def wait_for_records(stack: Stack, account: str, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
+    """Settlement after a cut or disconnect happens when Envoy closes the ext_proc stream;
+    wait for it by polling the ledger (a condition, not a fixed sleep)."""
+    from critique_sidecar.devtools.stack import wait_until
+
+    wait_until(lambda: len(usage_records(stack, account)) >= count, f"{count} usage record(s)", timeout=timeout)
+    return usage_records(stack, account)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import zlib
+
 import orjson
 
 
@@ -59,3 +61,16 @@ def completion_text_bytes(obj: Any) -> int:
         if isinstance(part, dict) and isinstance(part.get("content"), str):
             total += len(part["content"].encode("utf-8", "replace"))
     return total
+
+
+def decode_body(raw: bytes, content_encoding: str, limit: int = 64 << 20) -> bytes:
+    """The body as the upstream meant it: gzip/deflate undone (bounded), others as they are.
+    Used for metering only; the client still receives what the upstream sent."""
+    encoding = content_encoding.strip().lower()
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return raw
+    try:
+        inflater = zlib.decompressobj(47)  # gzip or zlib header, detected
+        return inflater.decompress(raw, limit)
+    except zlib.error:
+        return raw

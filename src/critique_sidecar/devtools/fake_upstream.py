@@ -9,6 +9,7 @@ through the real client path (no side channels):
   [[status:N]]    answer with HTTP status N and an OpenAI error body
   [[malformed]]   answer 200 with a body that is not JSON
   [[gzip]]        gzip the response (content-encoding: gzip) when the client accepts it
+  [[forcegzip]]   gzip the response even when the client did not ask for it
   [[bigchunk:N]]  each stream chunk carries N bytes of content (for long-stream tests)
 Usage is deterministic: prompt_tokens = characters of all message contents // 4 + 1,
 completion_tokens = the number of chunks of text produced.
@@ -80,7 +81,7 @@ def build_app(history: int = 200) -> Starlette:
         if "nousage" not in d:
             out["usage"] = usage
         data = orjson.dumps(out)
-        if "gzip" in d and "gzip" in request.headers.get("accept-encoding", ""):
+        if "forcegzip" in d or ("gzip" in d and "gzip" in request.headers.get("accept-encoding", "")):
             return Response(gzip.compress(data), media_type="application/json", headers={"content-encoding": "gzip"})
         return Response(data, media_type="application/json")
 

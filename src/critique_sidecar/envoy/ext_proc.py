@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 
 from ..core.auth import Authenticator, Identity, authorize
 from ..core.chat_request import upstream_body
@@ -20,7 +21,8 @@ from ..core.errors import ApiError
 from ..core.metering import Meter, MeteredRequest
 from ..core.money import format_credits, format_usd
 from ..core.scopes import CHAT
-from ..core.usage import parse_json_response
+from ..core.sse import SseMeter, charge_comment
+from ..core.usage import decode_body, parse_json_response
 from . import messages as m
 from .identity import identity_from_metadata
 
@@ -28,12 +30,19 @@ log = logging.getLogger(__name__)
 
 OPT_IN_HEADER = "x-critique-deepseek-training-opt-in"
 MODEL_HEADER = "x-critique-model"  # Envoy routes on it to the model's cluster
+# Upstreams are asked not to compress (we meter what they send); any encoding that comes
+# anyway is decoded for metering only.
+_NEVER_UPSTREAM = ("authorization", "accept-encoding")
+_STREAM_BODY = pb.ProcessingResponse(
+    response_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=m.mutation(remove=["content-length"]))),
+    mode_override=processing_mode_pb2.ProcessingMode(response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED),
+)
 
 
 class ChatExchange:
     """State of one HTTP exchange as seen through ext_proc."""
 
-    __slots__ = ("_auth", "_meter", "identity", "opt_in", "metered", "response_status")
+    __slots__ = ("_auth", "_meter", "identity", "opt_in", "metered", "response_status", "encoding", "sse")
 
     def __init__(self, auth: Authenticator, meter: Meter) -> None:
         self._auth = auth
@@ -42,6 +51,8 @@ class ChatExchange:
         self.opt_in = False
         self.metered: MeteredRequest | None = None
         self.response_status = 0
+        self.encoding = ""
+        self.sse: SseMeter | None = None  # set when the response is an SSE stream
 
     async def handle(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
         kind = req.WhichOneof("request")
@@ -68,7 +79,7 @@ class ChatExchange:
             raise ApiError("invalid_request", "a JSON request body is required")
         self.identity = identity
         self.opt_in = headers.get(OPT_IN_HEADER, "").strip().lower() == "true"
-        strip = ["authorization", *(k for k in headers if k.startswith("x-critique-"))]
+        strip = [*_NEVER_UPSTREAM, *(k for k in headers if k.startswith("x-critique-"))]
         return pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(response=pb.CommonResponse(header_mutation=m.mutation(remove=strip)))
         )
@@ -97,8 +108,16 @@ class ChatExchange:
         if metered.warnings:
             add["x-critique-warning"] = ",".join(metered.warnings)
         spoofed = [k for k in headers if k.startswith("x-critique-")]
+        self.encoding = headers.get("content-encoding", "")
         if not 200 <= self.response_status < 300:
             await self._meter.settle(metered, None, "upstream_error")  # release, charge nothing
+        elif headers.get("content-type", "").startswith("text/event-stream"):
+            # Stream this response's body chunk by chunk (and only this one).
+            self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage)
+            reply = pb.ProcessingResponse()
+            reply.CopyFrom(_STREAM_BODY)
+            reply.response_headers.response.header_mutation.MergeFrom(m.mutation(add, remove=spoofed))
+            return reply
         return pb.ProcessingResponse(
             response_headers=pb.HeadersResponse(
                 response=pb.CommonResponse(header_mutation=m.mutation(add, remove=spoofed))
@@ -107,9 +126,11 @@ class ChatExchange:
 
     async def _response_body(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
         metered = self.metered
+        if self.sse is not None and metered is not None:
+            return await self._stream_chunk(metered, self.sse, req.response_body)
         if metered is None or metered.settled is not None:
             return m.CONTINUE_RESPONSE_BODY
-        usage, text_bytes = parse_json_response(req.response_body.body)
+        usage, text_bytes = parse_json_response(decode_body(req.response_body.body, self.encoding))
         charge = self._meter.charge(metered, usage, text_bytes)
         result = await self._meter.settle(metered, charge, "estimated" if charge.estimated else "ok")
         charged = {
@@ -120,6 +141,22 @@ class ChatExchange:
             response_body=pb.BodyResponse(response=pb.CommonResponse(header_mutation=m.mutation(charged)))
         )
 
+    async def _stream_chunk(self, metered: MeteredRequest, sse: SseMeter, body: pb.HttpBody) -> pb.ProcessingResponse:
+        out = sse.feed(body.body)
+        if sse.done or body.end_of_stream:
+            if metered.settled is None:
+                charge = self._meter.charge(metered, sse.usage, sse.delivered_bytes)
+                result = await self._meter.settle(metered, charge, "estimated" if charge.estimated else "ok")
+                out += charge_comment(
+                    metered.request_id, format_credits(result.credits), format_usd(charge.usd), charge.estimated
+                )
+            out += sse.finish()
+        if out == body.body:
+            return m.CONTINUE_RESPONSE_BODY
+        return pb.ProcessingResponse(
+            response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=pb.BodyMutation(body=out)))
+        )
+
     async def close(self) -> None:
         """The stream ended. A request still holding credits was cut off: release it if no
         response started, else charge what we can tell was served."""
@@ -128,6 +165,9 @@ class ChatExchange:
             return
         if self.response_status == 0:
             await self._meter.settle(metered, None, "cancelled")
+        elif self.sse is not None:  # cut mid-stream: usage if it came, else what was delivered
+            charge = self._meter.charge(metered, self.sse.usage, self.sse.delivered_bytes)
+            await self._meter.settle(metered, charge, "interrupted")
         else:
             await self._meter.settle(metered, self._meter.charge(metered, None), "interrupted")
 
