@@ -34,7 +34,8 @@ class EnvoyOptions:
     # per request); "ext_authz": ext_authz and ext_proc both run (two streams).
     chat_auth: str = "ext_proc"
     max_request_bytes: int = 4 * 1024 * 1024
-    sidecar_timeout_ms: int = 1000
+    # Past this Envoy answers 503 itself; the sidecar's own Redis timeout (0.5 s) fails first.
+    sidecar_timeout_ms: int = 2000
     upstream_timeout_s: int = 600
 
 
@@ -222,10 +223,10 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
     sidecar_grpc = _cluster("sidecar_grpc", list(opts.sidecar_grpc), http2=True)
     sidecar_grpc["health_checks"] = [
         {
-            "timeout": "0.5s",
+            "timeout": "1s",
             "interval": "1s",
             "no_traffic_interval": "1s",
-            "unhealthy_threshold": 1,
+            "unhealthy_threshold": 2,
             "healthy_threshold": 1,
             "grpc_health_check": {},
         }

@@ -151,6 +151,7 @@ def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, account: str) -> No
         total = 0
         url = f"{stack.base_url}/api/v1/chat/completions"
         with httpx.stream("POST", url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=120) as r:
+            assert r.status_code == 200, r.read()
             for part in r.iter_bytes():
                 total += len(part)
         return total

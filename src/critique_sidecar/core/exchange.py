@@ -1,0 +1,139 @@
+"""One metered chat-completions exchange, transport-free. Both front doors drive it:
+
+    start(headers)            who is calling (or the identity ext_authz already found)
+    admit(body)               parse, hold; returns the upstream body and headers
+    response_start(status, headers)
+                              release on upstream errors; decide JSON vs SSE metering
+    response_json(body)       settle from usage; returns the X-Critique-* headers
+    stream_chunk(chunk, end)  meter SSE as it passes; returns the bytes to forward
+    close()                   the exchange ended: settle whatever is still open
+
+The front doors translate their protocol to these calls and nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .auth import Authenticator, Identity, authorize
+from .chat_request import upstream_body
+from .errors import ApiError
+from .metering import Meter, MeteredRequest
+from .money import format_credits, format_usd
+from .scopes import CHAT
+from .sse import SseMeter, charge_comment
+from .usage import decode_body, parse_json_response
+
+OPT_IN_HEADER = "x-critique-deepseek-training-opt-in"
+MODEL_HEADER = "x-critique-model"  # the routing header: Envoy picks the model's cluster by it
+# Never forwarded upstream: the client's key, and accept-encoding, so upstreams send
+# uncompressed bodies we can meter (an encoding that comes anyway is decoded for metering).
+_NEVER_UPSTREAM = ("authorization", "accept-encoding")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    body: bytes | None  # None: forward the client's body unchanged
+    set_headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseStart:
+    set_headers: dict[str, str]
+    remove_headers: list[str]
+    stream: bool  # meter this response chunk by chunk (SSE)
+
+
+@dataclass(slots=True)
+class ChatExchange:
+    auth: Authenticator
+    meter: Meter
+    identity: Identity | None = None
+    opt_in: bool = False
+    metered: MeteredRequest | None = None
+    response_status: int = 0
+    encoding: str = ""
+    sse: SseMeter | None = field(default=None)
+
+    async def start(self, headers: Mapping[str, str], identity: Identity | None = None) -> list[str]:
+        """Authorise; returns the request headers the upstream must not see."""
+        if identity is None:
+            identity = await self.auth.identify(headers.get("authorization"))
+            authorize(identity, CHAT)
+        self.identity = identity
+        self.opt_in = headers.get(OPT_IN_HEADER, "").strip().lower() == "true"
+        return [*_NEVER_UPSTREAM, *(k for k in headers if k.startswith("x-critique-"))]
+
+    async def admit(self, body: bytes) -> UpstreamRequest:
+        if self.identity is None:
+            raise ApiError("invalid_api_key", "Invalid API key.")
+        chat = self.meter.parse(body)
+        self.metered = await self.meter.admit(self.identity, chat, self.opt_in)
+        headers = {MODEL_HEADER: chat.model.id}
+        new_body = upstream_body(chat)
+        if new_body is not None:
+            headers["content-length"] = str(len(new_body))
+        return UpstreamRequest(new_body, headers)
+
+    async def response_start(self, status: int, headers: Mapping[str, str]) -> ResponseStart | None:
+        """None when the request was never admitted (denied): never charge or decorate those."""
+        metered = self.metered
+        if metered is None:
+            return None
+        self.response_status = status
+        self.encoding = headers.get("content-encoding", "")
+        add = {"x-critique-request-id": metered.request_id}
+        if metered.warnings:
+            add["x-critique-warning"] = ",".join(metered.warnings)
+        remove = [k for k in headers if k.startswith("x-critique-")]  # upstreams can't spoof charges
+        stream = False
+        if not 200 <= status < 300:
+            await self.meter.settle(metered, None, "upstream_error")  # release, charge nothing
+        elif headers.get("content-type", "").startswith("text/event-stream"):
+            self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage)
+            remove.append("content-length")  # we may change the stream's length
+            stream = True
+        return ResponseStart(add, remove, stream)
+
+    async def response_json(self, body: bytes) -> dict[str, str]:
+        """Settle a non-streaming response; the charge headers to add."""
+        metered = self.metered
+        if metered is None or metered.settled is not None:
+            return {}
+        usage, text_bytes = parse_json_response(decode_body(body, self.encoding))
+        charge = self.meter.charge(metered, usage, text_bytes)
+        result = await self.meter.settle(metered, charge, "estimated" if charge.estimated else "ok")
+        return {
+            "x-critique-credits-charged": format_credits(result.credits),
+            "x-critique-estimated-usd": format_usd(charge.usd),
+        }
+
+    async def stream_chunk(self, chunk: bytes, end: bool) -> bytes:
+        """Bytes to forward for one piece of an SSE stream (`chunk` itself when unchanged)."""
+        metered, sse = self.metered, self.sse
+        if metered is None or sse is None:
+            return chunk
+        out = sse.feed(chunk)
+        if sse.done or end:
+            if metered.settled is None:
+                charge = self.meter.charge(metered, sse.usage, sse.delivered_bytes)
+                result = await self.meter.settle(metered, charge, "estimated" if charge.estimated else "ok")
+                out += charge_comment(
+                    metered.request_id, format_credits(result.credits), format_usd(charge.usd), charge.estimated
+                )
+            out += sse.finish()
+        return chunk if out == chunk else out
+
+    async def close(self) -> None:
+        """The exchange ended. A request still holding credits was cut off: release it if no
+        response started, else charge what we can tell was served."""
+        metered = self.metered
+        if metered is None or metered.settled is not None:
+            return
+        if self.response_status == 0:
+            await self.meter.settle(metered, None, "cancelled")
+        elif self.sse is not None:  # cut mid-stream: usage if it came, else what was delivered
+            charge = self.meter.charge(metered, self.sse.usage, self.sse.delivered_bytes)
+            await self.meter.settle(metered, charge, "interrupted")
+        else:
+            await self.meter.settle(metered, self.meter.charge(metered, None), "interrupted")
