@@ -71,10 +71,14 @@ class Model(_Strict):
 class Catalog(_Strict):
     version: str
     default_model: str
-    models: tuple[Model, ...] = Field(min_length=1)
+    # Not Field(min_length=1): pydantic would then also report "at least 1 item" whenever any
+    # one model is invalid. Emptiness is checked below, once every model has validated.
+    models: tuple[Model, ...]
 
     @model_validator(mode="after")
     def _consistent(self) -> "Catalog":
+        if not self.models:
+            raise ValueError("the catalog has no models")
         ids = [m.id for m in self.models]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:

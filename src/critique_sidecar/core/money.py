@@ -6,7 +6,7 @@ micro-credit (1e-6 credit). USD amounts are exact (token counts x decimal prices
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, Decimal, localcontext
 
 MICRO = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are USD per million tokens
@@ -35,7 +35,9 @@ def parse_credits(text: str) -> int:
     value = Decimal(text)
     if not value.is_finite():
         raise ValueError(f"not a number: {text!r}")
-    micro = value * MICRO
+    with localcontext() as ctx:  # enough precision that the product is exact, never rounded
+        ctx.prec = max(ctx.prec, len(value.as_tuple().digits) + 7)
+        micro = value * MICRO
     if micro != micro.to_integral_value():
         raise ValueError(f"{text!r} has more than 6 decimal places")
     return int(micro)

@@ -1,0 +1,268 @@
+"""chat_request.py: validating a chat-completions body and preparing the upstream body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from critique_sidecar.core.catalog import Catalog, load_catalog
+from critique_sidecar.core.chat_request import (
+    ChatRequest,
+    estimate_tokens,
+    parse_chat_request,
+    upstream_body,
+)
+from critique_sidecar.core.errors import ApiError
+
+DEEPSEEK = "deepseek/deepseek-v4-flash"
+TENCENT = "tencent/hy3-preview"
+MESSAGES = [{"role": "user", "content": "Summarize this retry policy in three bullets."}]
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+def body(**fields: Any) -> bytes:
+    fields.setdefault("messages", MESSAGES)
+    return orjson.dumps({k: v for k, v in fields.items() if v is not _OMIT})
+
+
+_OMIT = object()
+
+
+def parse(catalog: Catalog, raw: bytes) -> ChatRequest:
+    return parse_chat_request(raw, catalog)
+
+
+def bad(catalog: Catalog, raw: bytes) -> ApiError:
+    with pytest.raises(ApiError) as err:
+        parse_chat_request(raw, catalog)
+    return err.value
+
+
+# --- valid requests ----------------------------------------------------------------------------
+
+
+def test_quickstart_request(catalog: Catalog) -> None:
+    raw = body(model=DEEPSEEK)
+    req = parse(catalog, raw)
+    assert req.model.id == DEEPSEEK
+    assert req.stream is False
+    assert req.client_wants_usage is False
+    assert req.model_defaulted is False
+    assert req.max_output_tokens == req.model.max_output_tokens == 32_768
+    assert req.body["messages"] == MESSAGES
+
+
+def test_default_model_is_filled_in(catalog: Catalog) -> None:
+    for raw in (body(), body(model=None)):
+        req = parse(catalog, raw)
+        assert req.model_defaulted is True
+        assert req.model.id == catalog.default_model == DEEPSEEK
+        assert req.body["model"] == DEEPSEEK
+
+
+def test_explicit_model_is_not_defaulted(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=TENCENT))
+    assert req.model.id == TENCENT
+    assert req.model_defaulted is False
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_under_cap_is_kept(catalog: Catalog, field: str) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, **{field: 100}))
+    assert req.max_output_tokens == 100
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_capped_at_model_max_output(catalog: Catalog, field: str) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, **{field: 10_000_000}))
+    assert req.max_output_tokens == req.model.max_output_tokens == 32_768
+
+
+def test_max_completion_tokens_wins_over_max_tokens(catalog: Catalog) -> None:
+    req = parse(catalog, body(max_completion_tokens=50, max_tokens=500))
+    assert req.max_output_tokens == 50
+
+
+def test_null_max_tokens_means_model_budget(catalog: Catalog) -> None:
+    req = parse(catalog, body(max_tokens=None))
+    assert req.max_output_tokens == req.model.max_output_tokens
+
+
+def test_input_token_bound_covers_body_length(catalog: Catalog) -> None:
+    for content in ("hi", "x" * 5000, "日本語のテキスト" * 300, "🙂" * 1000):
+        raw = body(messages=[{"role": "user", "content": content}])
+        req = parse(catalog, raw)
+        assert req.input_token_bound >= len(raw)
+        assert req.input_token_bound <= req.model.context_window
+        # the typical-case estimate never exceeds the safe bound
+        assert 0 < req.input_token_estimate <= req.input_token_bound
+
+
+def test_input_token_bound_capped_at_context_window(catalog: Catalog) -> None:
+    model = catalog.model(TENCENT)
+    raw = body(model=TENCENT, messages=[{"role": "user", "content": "a" * (model.context_window + 10)}])
+    req = parse(catalog, raw)
+    assert len(raw) > model.context_window
+    assert req.input_token_bound == model.context_window
+
+
+def test_input_token_estimate_counts_text_parts(catalog: Catalog) -> None:
+    plain = parse(catalog, body(messages=[{"role": "user", "content": "a" * 400}]))
+    parts = parse(
+        catalog,
+        body(messages=[{"role": "user", "content": [{"type": "text", "text": "a" * 200}, {"type": "text", "text": "a" * 200}]}]),
+    )
+    empty = parse(catalog, body(messages=[{"role": "user", "content": ""}]))
+    assert plain.input_token_estimate == parts.input_token_estimate
+    assert plain.input_token_estimate - empty.input_token_estimate == estimate_tokens(400) == 100
+
+
+def test_estimate_tokens() -> None:
+    assert estimate_tokens(0) == 0
+    assert estimate_tokens(1) == 1
+    assert estimate_tokens(4) == 1
+    assert estimate_tokens(5) == 2
+    assert estimate_tokens(4000) == 1000
+
+
+@pytest.mark.parametrize("stream", [True, False, None])
+def test_stream_flag(catalog: Catalog, stream: bool | None) -> None:
+    req = parse(catalog, body(stream=stream))
+    assert req.stream is bool(stream)
+
+
+def test_client_usage_request_is_recorded(catalog: Catalog) -> None:
+    assert parse(catalog, body(stream=True, stream_options={"include_usage": True})).client_wants_usage is True
+    assert parse(catalog, body(stream=True, stream_options={"include_usage": False})).client_wants_usage is False
+    assert parse(catalog, body(stream=True, stream_options={})).client_wants_usage is False
+    assert parse(catalog, body(stream=True, stream_options={"include_usage": "yes"})).client_wants_usage is False
+
+
+# --- invalid requests ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b"not json", b'{"messages": [}', b"\xff\xfe{}", b'{"a":1} trailing'])
+def test_malformed_json(catalog: Catalog, raw: bytes) -> None:
+    err = bad(catalog, raw)
+    assert (err.code, err.status) == ("invalid_request", 400)
+    assert "not valid JSON" in err.message
+    assert err.param is None
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"[{}]", b'"hello"', b"42", b"null", b"true"])
+def test_non_object_body(catalog: Catalog, raw: bytes) -> None:
+    err = bad(catalog, raw)
+    assert (err.code, err.status) == ("invalid_request", 400)
+    assert "JSON object" in err.message
+
+
+@pytest.mark.parametrize("messages", [_OMIT, None, [], {}, "hello", 3, {"role": "user"}])
+def test_missing_or_empty_messages(catalog: Catalog, messages: Any) -> None:
+    raw = orjson.dumps({"model": DEEPSEEK} | ({} if messages is _OMIT else {"messages": messages}))
+    err = bad(catalog, raw)
+    assert (err.code, err.status, err.param) == ("invalid_request", 400, "messages")
+
+
+@pytest.mark.parametrize("message", ["hi", None, 1, ["role", "user"], True])
+def test_non_object_message(catalog: Catalog, message: Any) -> None:
+    err = bad(catalog, body(messages=[{"role": "user", "content": "ok"}, message]))
+    assert (err.code, err.status, err.param) == ("invalid_request", 400, "messages")
+    assert "object" in err.message
+
+
+@pytest.mark.parametrize("model", [1, 1.5, True, [DEEPSEEK], {"id": DEEPSEEK}])
+def test_model_of_wrong_type(catalog: Catalog, model: Any) -> None:
+    err = bad(catalog, body(model=model))
+    assert (err.code, err.status, err.param) == ("invalid_request", 400, "model")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "", "DeepSeek/DeepSeek-V4-Flash", DEEPSEEK + " "])
+def test_unknown_model(catalog: Catalog, model: str) -> None:
+    err = bad(catalog, body(model=model))
+    assert (err.code, err.status, err.param) == ("model_not_found", 404, "model")
+    assert f"'{model}'" in err.message
+
+
+def test_unknown_model_message_is_bounded(catalog: Catalog) -> None:
+    err = bad(catalog, body(model="m" * 10_000))
+    assert err.code == "model_not_found"
+    assert len(err.message) < 300
+
+
+@pytest.mark.parametrize("stream", ["true", 1, 0, [], {}])
+def test_stream_of_wrong_type(catalog: Catalog, stream: Any) -> None:
+    err = bad(catalog, body(stream=stream))
+    assert (err.code, err.status, err.param) == ("invalid_request", 400, "stream")
+
+
+@pytest.mark.parametrize("options", ["include_usage", True, [], 1])
+def test_stream_options_of_wrong_type(catalog: Catalog, options: Any) -> None:
+    err = bad(catalog, body(stream=True, stream_options=options))
+    assert (err.code, err.param) == ("invalid_request", "stream_options")
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [True, False, -1, 0, "100", 1.5, 100.0, [], {}])
+def test_bad_max_tokens(catalog: Catalog, field: str, value: Any) -> None:
+    err = bad(catalog, body(**{field: value}))
+    assert (err.code, err.status, err.param) == ("invalid_request", 400, field)
+    assert field in err.message
+
+
+# --- upstream body ------------------------------------------------------------------------------
+
+
+def test_upstream_body_unchanged_for_plain_request(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK))
+    assert upstream_body(req) is None
+
+
+def test_upstream_body_unchanged_when_stream_already_asks_for_usage(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, stream=True, stream_options={"include_usage": True}))
+    assert upstream_body(req) is None
+
+
+def test_upstream_body_adds_include_usage_for_streams(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, stream=True, temperature=0.2))
+    out = upstream_body(req)
+    assert out is not None
+    sent = orjson.loads(out)
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["model"] == DEEPSEEK
+    assert sent["temperature"] == 0.2
+    assert sent["messages"] == MESSAGES
+    assert req.client_wants_usage is False  # the extra chunk must still be hidden from the client
+
+
+def test_upstream_body_overrides_explicit_false_and_keeps_other_options(catalog: Catalog) -> None:
+    options = {"include_usage": False, "continuous_usage_stats": True, "x": [1, 2]}
+    req = parse(catalog, body(model=DEEPSEEK, stream=True, stream_options=options))
+    sent = orjson.loads(upstream_body(req) or b"")
+    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": True, "x": [1, 2]}
+
+
+def test_upstream_body_does_not_add_usage_for_non_streams(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, stream=False, stream_options={"include_usage": False}))
+    assert upstream_body(req) is None
+
+
+def test_upstream_body_writes_defaulted_model(catalog: Catalog) -> None:
+    req = parse(catalog, body())
+    out = upstream_body(req)
+    assert out is not None
+    sent = orjson.loads(out)
+    assert sent["model"] == DEEPSEEK
+    assert "stream_options" not in sent
+
+
+def test_upstream_body_defaulted_model_and_stream(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=None, stream=True, stream_options={"include_usage": True}))
+    sent = orjson.loads(upstream_body(req) or b"")
+    assert sent["model"] == DEEPSEEK
+    assert sent["stream_options"] == {"include_usage": True}
