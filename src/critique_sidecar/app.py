@@ -18,6 +18,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .core.auth import Authenticator
 from .core.catalog import Catalog, load_catalog
@@ -27,6 +29,7 @@ from .envoy.authz import AuthorizationServicer
 from .envoy.ext_proc import ExtProcServicer
 from .envoy.health import StoreHealth
 from .settings import Settings
+from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore, watch_revocations
 from .store.ledger import RedisLedger
 from .store.settings_store import RedisSettingsStore
@@ -52,6 +55,9 @@ def connect_redis(settings: Settings) -> Any:
     opts: dict[str, Any] = {
         "socket_timeout": settings.redis_timeout_s,
         "socket_connect_timeout": settings.redis_timeout_s,
+        # One quick retry (a pooled connection may be stale after a Redis restart), no more:
+        # past that the request fails closed with 503 well inside Envoy's timeout.
+        "retry": Retry(NoBackoff(), 1),
     }
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **opts)
@@ -67,6 +73,7 @@ class Components:
     keys: RedisKeyStore
     auth: Authenticator
     meter: Meter
+    ledger: JournalingLedger
 
 
 def build_components(settings: Settings, redis: Any | None = None, clock: Clock = utc_now) -> Components:
@@ -74,9 +81,10 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
     catalog = load_catalog(settings.catalog_path)
     keys = RedisKeyStore(redis)
     auth = Authenticator(keys, cache_ttl_s=settings.key_cache_ttl_s)
-    ledger = RedisLedger(redis, settled_ttl_s=settings.settled_ttl_s, stream_maxlen=settings.usage_stream_maxlen)
+    redis_ledger = RedisLedger(redis, settled_ttl_s=settings.settled_ttl_s, stream_maxlen=settings.usage_stream_maxlen)
+    ledger = JournalingLedger(redis_ledger, SettlementJournal(settings.journal_path))
     meter = Meter(catalog, ledger, settings.usd_per_credit, hold_ttl_s=settings.hold_ttl_s, clock=clock)
-    return Components(redis, catalog, keys, auth, meter)
+    return Components(redis, catalog, keys, auth, meter, ledger)
 
 
 async def serve(settings: Settings) -> None:
@@ -113,7 +121,12 @@ async def serve(settings: Settings) -> None:
 
     await server.start()
     await store_health.check_once()
-    tasks = [asyncio.create_task(store_health.run()), asyncio.create_task(web.serve())]
+    await c.ledger.replay()  # a journal left by an earlier run (e.g. killed during an outage)
+    tasks = [
+        asyncio.create_task(store_health.run()),
+        asyncio.create_task(web.serve()),
+        asyncio.create_task(c.ledger.replay_forever()),
+    ]
     if not settings.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
         tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
     log.info("critique-sidecar serving grpc=%s http=%s", settings.grpc_listen, settings.http_listen)
@@ -126,5 +139,6 @@ async def serve(settings: Settings) -> None:
     for task in tasks[:1] + tasks[2:]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await c.ledger.replay()  # flush what can be flushed; the rest stays journaled for next start
     await c.redis.aclose()
     log.info("stopped")

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(5.0, ge=0, description="Seconds a key lookup is cached: the longest a revoked key keeps working on another replica.")
     settled_ttl_s: int = Field(7 * 86400, gt=0, description="Seconds a settled request id is remembered, so a replayed settlement never charges twice.")
     usage_stream_maxlen: int = Field(1_000_000, gt=0, description="Approximate per-account length cap of the usage-record stream.")
+    journal_path: Path = Field(Path("critique-journal.jsonl"), description="Append-only journal of settlements that could not reach Redis; replayed when it returns.")
     health_interval_s: float = Field(1.0, gt=0, description="Seconds between store health checks.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
 
