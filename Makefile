@@ -8,7 +8,7 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install run test test-quick bench proto proto-check envoy-config envoy-validate clean
+.PHONY: install redis run test test-quick bench proto proto-check envoy-config envoy-validate docs clean
 
 install: $(VENV)/.installed $(ENVOY) redis
 
@@ -53,9 +53,14 @@ test: install proto-check
 test-quick: install
 	$(PY) -m pytest -q -m "not e2e and not slow"
 
+# `make bench BENCH_ARGS=--quick` for a ~30 s smoke run; see bench/run.py --help.
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV) .run bench/out
+
+# Regenerate the README's configuration table from the settings model.
+docs: $(VENV)/.installed
+	$(PY) -c 'import re,pathlib; from critique_sidecar.config_doc import START,END,config_table; p=pathlib.Path("README.md"); t=p.read_text(); p.write_text(t.split(START)[0]+START+"\n"+config_table()+"\n"+END+t.split(END)[1])'

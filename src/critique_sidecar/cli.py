@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the gRPC (ext_authz, ext_proc, health) and HTTP servers")
 
+    sub.add_parser("config-table", help="print the configuration reference table (Markdown)")
+
     envoy = sub.add_parser("envoy-config", help="print the Envoy config generated from the catalog")
     envoy.add_argument("--listen", default="127.0.0.1:8080", help="Envoy listener address")
     envoy.add_argument("--sidecar-grpc", action="append", help="sidecar gRPC address (repeat for several processes)")
@@ -233,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             from .app import serve
 
             uvloop.run(serve(settings))
+            return 0
+        if args.command == "config-table":
+            from .config_doc import config_table
+
+            print(config_table())
             return 0
         if args.command == "envoy-config":
             return _envoy_config(args, settings)

@@ -1,0 +1,23 @@
+"""The configuration reference table, generated from the Settings model (so it cannot drift:
+a test compares it with the table in README.md)."""
+
+from __future__ import annotations
+
+from .settings import Settings
+
+START = "<!-- config-table:start -->"
+END = "<!-- config-table:end -->"
+
+
+def config_table() -> str:
+    rows = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "(built-in)" if default is None else f"`{default}`"
+        rows.append(f"| `CRITIQUE_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+def readme_section(readme: str) -> str:
+    """The table as it currently stands in README text (between the markers)."""
+    return readme.split(START, 1)[1].split(END, 1)[0].strip()
