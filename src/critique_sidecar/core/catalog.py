@@ -134,7 +134,7 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
             where = str(path)
         data = tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise CatalogError(f"catalog {path}: {exc}") from exc
+        raise CatalogError(f"catalog {path or 'built-in catalog.toml'}: {exc}") from exc
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:

@@ -96,7 +96,9 @@ def parse_chat_request(raw: bytes, catalog: Catalog) -> ChatRequest:
         raise _bad("'stream_options' must be an object", "stream_options")
     wants_usage = bool(options and options.get("include_usage") is True)
 
-    requested = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+    max_completion = _positive_int(body, "max_completion_tokens")
+    max_tokens = _positive_int(body, "max_tokens")  # validated even when the other one is set
+    requested = max_completion or max_tokens
     max_out = min(requested or model.max_output_tokens, model.max_output_tokens)
 
     if model_defaulted:

@@ -39,8 +39,8 @@ def usage_from_obj(obj: Any) -> Usage | None:
 def parse_json_response(raw: bytes) -> tuple[Usage | None, int]:
     """(usage, bytes of completion text) of a non-streaming response body.
 
-    The text size feeds the estimate when usage is missing; a body that is not a JSON
-    object yields (None, len(raw))."""
+    The text size feeds the estimate when usage is missing; a body that is not JSON at all
+    counts whole (None, len(raw)); JSON without usage counts its completion text."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
