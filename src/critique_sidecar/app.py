@@ -17,7 +17,7 @@ import uvicorn
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -36,6 +36,8 @@ from .store.settings_store import RedisSettingsStore
 from .web.app import WebContext, build_web_app
 
 log = logging.getLogger("critique_sidecar")
+
+REDIS_MAX_CONNECTIONS = 256  # per sidecar process
 
 GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -61,7 +63,13 @@ def connect_redis(settings: Settings) -> Any:
     }
     if settings.redis_cluster:
         return RedisCluster.from_url(settings.redis_url, **opts)
-    return Redis.from_url(settings.redis_url, **opts)
+    # redis-py's default pool fails at once past 100 connections in use, which turned bursts
+    # of >100 in-flight requests into 503s: queue for a connection instead, up to the timeout.
+    # (`?max_connections=N` in the URL overrides the size.)
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=settings.redis_timeout_s, **opts
+    )
+    return Redis.from_pool(pool)
 
 
 @dataclass
