@@ -29,6 +29,8 @@ from .envoy.authz import AuthorizationServicer
 from .envoy.ext_proc import ExtProcServicer
 from .envoy.health import StoreHealth
 from .settings import Settings
+from .core.capture import CaptureSink
+from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore, watch_revocations
 from .store.ledger import RedisLedger
@@ -84,6 +86,14 @@ class Components:
     ledger: JournalingLedger
 
 
+def capture_sink(settings: Settings, redis: Any) -> CaptureSink | None:
+    if settings.capture_sink == "redis":
+        return RedisStreamSink(redis, settings.capture_maxlen)
+    if settings.capture_sink == "file":
+        return JsonlFileSink(settings.capture_path)
+    return None
+
+
 def build_components(settings: Settings, redis: Any | None = None, clock: Clock = utc_now) -> Components:
     redis = redis if redis is not None else connect_redis(settings)
     catalog = load_catalog(settings.catalog_path)
@@ -91,7 +101,15 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
     auth = Authenticator(keys, cache_ttl_s=settings.key_cache_ttl_s)
     redis_ledger = RedisLedger(redis, settled_ttl_s=settings.settled_ttl_s, stream_maxlen=settings.usage_stream_maxlen)
     ledger = JournalingLedger(redis_ledger, SettlementJournal(settings.journal_path))
-    meter = Meter(catalog, ledger, settings.usd_per_credit, hold_ttl_s=settings.hold_ttl_s, clock=clock)
+    meter = Meter(
+        catalog,
+        ledger,
+        settings.usd_per_credit,
+        hold_ttl_s=settings.hold_ttl_s,
+        clock=clock,
+        capture=capture_sink(settings, redis),
+        capture_timeout_s=settings.capture_timeout_s,
+    )
     return Components(redis, catalog, keys, auth, meter, ledger)
 
 

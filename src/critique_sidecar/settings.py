@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,10 @@ class Settings(BaseSettings):
     settled_ttl_s: int = Field(7 * 86400, gt=0, description="Seconds a settled request id is remembered, so a replayed settlement never charges twice.")
     usage_stream_maxlen: int = Field(1_000_000, gt=0, description="Approximate per-account length cap of the usage-record stream.")
     journal_path: Path = Field(Path("critique-journal.jsonl"), description="Append-only journal of settlements that could not reach Redis; replayed when it returns.")
+    capture_sink: Literal["redis", "file", "off"] = Field("redis", description="Where opted-in training captures go: a per-account Redis stream, a JSONL file, or off (then no request gets the opt-in price).")
+    capture_path: Path = Field(Path("critique-capture.jsonl"), description="JSONL file for captures when capture_sink=file.")
+    capture_maxlen: int = Field(100_000, gt=0, description="Approximate entries kept per account in the Redis capture stream (bounded retention).")
+    capture_timeout_s: float = Field(0.25, gt=0, description="Longest a capture write may take; past it the request is charged the normal price.")
     health_interval_s: float = Field(1.0, gt=0, description="Seconds between store health checks.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .auth import Authenticator, Identity, authorize
+from .capture import completion_text
 from .chat_request import upstream_body
 from .errors import ApiError
 from .metering import Meter, MeteredRequest
@@ -90,7 +91,8 @@ class ChatExchange:
         if not 200 <= status < 300:
             await self.meter.settle(metered, None, "upstream_error")  # release, charge nothing
         elif headers.get("content-type", "").startswith("text/event-stream"):
-            self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage)
+            # Opted-in streams keep their text (bounded) for the training capture; no others do.
+            self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage, keep_text=metered.price.opt_in)
             remove.append("content-length")  # we may change the stream's length
             stream = True
         return ResponseStart(add, remove, stream)
@@ -100,9 +102,9 @@ class ChatExchange:
         metered = self.metered
         if metered is None or metered.settled is not None:
             return {}
-        usage, text_bytes = parse_json_response(decode_body(body, self.encoding))
-        charge = self.meter.charge(metered, usage, text_bytes)
-        result = await self.meter.settle(metered, charge, "estimated" if charge.estimated else "ok")
+        decoded = decode_body(body, self.encoding)
+        usage, text_bytes = parse_json_response(decoded)
+        result, charge = await self.meter.settle_completed(metered, usage, text_bytes, lambda: completion_text(decoded))
         return {
             "x-critique-credits-charged": format_credits(result.credits),
             "x-critique-estimated-usd": format_usd(charge.usd),
@@ -116,8 +118,7 @@ class ChatExchange:
         out = sse.feed(chunk)
         if sse.done or end:
             if metered.settled is None:
-                charge = self.meter.charge(metered, sse.usage, sse.delivered_bytes)
-                result = await self.meter.settle(metered, charge, "estimated" if charge.estimated else "ok")
+                result, charge = await self.meter.settle_completed(metered, sse.usage, sse.delivered_bytes, sse.text)
                 out += charge_comment(
                     metered.request_id, format_credits(result.credits), format_usd(charge.usd), charge.estimated
                 )

@@ -6,13 +6,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+from collections.abc import Callable
+
 from .auth import Identity
+from .capture import CaptureRecord, CaptureSink
 from .catalog import Catalog, Price, price_for
 from .chat_request import ChatRequest, estimate_tokens, parse_chat_request
 from .clock import Clock, day_window, month_window, seconds_to_next_utc_midnight, to_ms, utc_now
@@ -20,6 +25,8 @@ from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
 from .money import format_credits, usd_for_tokens, usd_to_micro_credits
 from .usage import Usage
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -87,12 +94,16 @@ class Meter:
         usd_per_credit: Decimal,
         hold_ttl_s: int = 900,
         clock: Clock = utc_now,
+        capture: CaptureSink | None = None,
+        capture_timeout_s: float = 0.25,
     ) -> None:
         self.catalog = catalog
         self._ledger = ledger
         self._usd_per_credit = usd_per_credit
         self._hold_ttl = timedelta(seconds=hold_ttl_s)
         self._clock = clock
+        self._capture = capture
+        self._capture_timeout = capture_timeout_s
 
     def parse(self, raw_body: bytes) -> ChatRequest:
         return parse_chat_request(raw_body, self.catalog)
@@ -159,3 +170,41 @@ class Meter:
         )
         req.settled = await self._ledger.settle(record)
         return req.settled
+
+    async def settle_completed(
+        self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int, completion: Callable[[], str | None]
+    ) -> tuple[SettleResult, Charge]:
+        """Settle a response that completed. An opted-in request keeps its opt-in price only
+        if its capture is written (core/capture.py); otherwise it is charged the normal price."""
+        if req.price.opt_in and req.settled is None:
+            charge = self.charge(req, usage, delivered_text_bytes)
+            text = completion() if usage is not None else None
+            if text is None or not await self._write_capture(req, charge, text):
+                req.price = price_for(self.catalog, req.chat.model, req.started_at, opt_in=False)
+        charge = self.charge(req, usage, delivered_text_bytes)
+        result = await self.settle(req, charge, "estimated" if charge.estimated else "ok")
+        return result, charge
+
+    async def _write_capture(self, req: MeteredRequest, charge: Charge, text: str) -> bool:
+        if self._capture is None:
+            return False
+        record = CaptureRecord(
+            request_id=req.request_id,
+            account=req.identity.account,
+            key_id=req.identity.key_id,
+            model=req.chat.model.id,
+            ts_ms=to_ms(self._clock()),
+            messages=req.chat.body.get("messages", []),
+            completion=text,
+            input_tokens=charge.usage.input_tokens,
+            output_tokens=charge.usage.output_tokens,
+            credits=charge.credits,
+            usd=format(charge.usd, "f"),
+            price_version=req.price.version,
+        )
+        try:
+            await asyncio.wait_for(self._capture.write(record), self._capture_timeout)
+            return True
+        except Exception as exc:  # noqa: BLE001 - capture never fails the request; logged without payload
+            log.warning("capture failed for %s (%s): charged at the normal price", req.request_id, type(exc).__name__)
+            return False

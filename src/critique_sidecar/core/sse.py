@@ -9,12 +9,14 @@ put the charge in front of it as an SSE comment line, which every compliant SSE 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
 from .usage import Usage, completion_text_bytes, usage_from_obj
 
 MAX_EVENT_BYTES = 1 << 20
+MAX_KEPT_TEXT_BYTES = 4 << 20  # an opted-in stream longer than this is not captured
 _BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _DONE = b"[DONE]"
 
@@ -27,11 +29,20 @@ def _data_of(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
-class SseMeter:
-    __slots__ = ("_hide_usage", "_buf", "_held", "usage", "delivered_bytes", "done")
+def _delta_texts(obj: dict[str, Any]) -> list[str]:
+    return [
+        c["delta"]["content"]
+        for c in obj["choices"]
+        if isinstance(c, dict) and isinstance(c.get("delta"), dict) and isinstance(c["delta"].get("content"), str)
+    ]
 
-    def __init__(self, hide_usage: bool) -> None:
+
+class SseMeter:
+    __slots__ = ("_hide_usage", "_buf", "_held", "usage", "delivered_bytes", "done", "_text")
+
+    def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
         self._hide_usage = hide_usage
+        self._text: list[str] | None = [] if keep_text else None
         self._buf = bytearray()
         self._held = bytearray()  # [DONE] and whatever follows it
         self.usage: Usage | None = None
@@ -79,8 +90,20 @@ class SseMeter:
             self.usage = usage
             if self._hide_usage and isinstance(obj, dict) and not obj.get("choices"):
                 return False
-        self.delivered_bytes += completion_text_bytes(obj)
+        delivered = completion_text_bytes(obj)
+        self.delivered_bytes += delivered
+        if self._text is not None and delivered:
+            if self.delivered_bytes > MAX_KEPT_TEXT_BYTES:
+                self._text.clear()  # too long to capture: stop keeping it (bounded memory)
+            else:
+                self._text.extend(_delta_texts(obj))
         return True
+
+    def text(self) -> str | None:
+        """The reassembled completion, when kept and within bounds."""
+        if self._text is None or self.delivered_bytes > MAX_KEPT_TEXT_BYTES:
+            return None
+        return "".join(self._text)
 
     def finish(self) -> bytes:
         """Everything still held: [DONE] (if seen) and any trailing partial event."""

@@ -67,3 +67,8 @@ def key_by_hash(key_hash: str) -> str:
 
 def key_by_id(key_id: str) -> str:
     return f"crt:keyid:{key_id}"
+
+
+def capture_stream(account: str) -> str:
+    """Stream of opted-in training captures (payloads; only for opted-in requests)."""
+    return f"{_tag(account)}:capture"
