@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from critique_sidecar import cli
 from critique_sidecar.core.account_settings import AccountSettings, SettingsPatch
-from critique_sidecar.core.auth import Identity
+from critique_sidecar.core.auth import Authenticator, Identity
 from critique_sidecar.core.catalog import load_catalog, price_for
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.metering import Meter, MeteredRequest
 from critique_sidecar.core.money import MICRO, format_credits
+from critique_sidecar.core.scopes import SETTINGS_PATH
 from critique_sidecar.core.usage import Usage
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
+from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
+from critique_sidecar.web.app import WebContext, build_web_app
+from critique_sidecar.web.settings import MAX_BODY_BYTES
 
 UTC = timezone.utc
 CATALOG = load_catalog()
@@ -413,3 +419,43 @@ def test_cli_settings_bad_values_exit_2_and_change_nothing(
     assert err.count("\n") == 1 and err.startswith(f"critique-sidecar: error: {flag}: ") and says in err
     code, out, _ = _cli(monkeypatch, capsys, redis_url, "settings", "show", "--account", account, "--json")
     assert json.loads(out)["enabled"] is True and json.loads(out)["daily_request_cap"] == 5
+
+
+# -- the settings routes re-check the key themselves (no Envoy in front) -------------------
+
+
+@pytest.fixture
+async def web(redis_client: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
+    keys = RedisKeyStore(redis_client)
+    ctx = WebContext(Authenticator(keys, cache_ttl_s=0), CATALOG, settings=RedisSettingsStore(redis_client))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web_app(ctx)), base_url="http://sidecar") as http:
+        yield http
+
+
+async def test_settings_routes_enforce_scopes_without_envoy(web: httpx.AsyncClient, redis_client: aioredis.Redis, account: str) -> None:
+    keys = RedisKeyStore(redis_client)
+    agent, _ = await keys.create(account, ("read:inference", "write:inference"))
+    admin, _ = await keys.create(account, ("admin:inference",))
+    builder, _ = await keys.create(account, ("write:builder",))
+
+    r = await web.patch(SETTINGS_PATH, headers={"authorization": f"Bearer {agent}"}, json={"daily_credit_cap": 1000})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope"
+    r = await web.get(SETTINGS_PATH, headers={"authorization": f"Bearer {builder}"})
+    assert r.status_code == 403
+    r = await web.get(SETTINGS_PATH)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert await redis_client.exists(ks.settings(account)) == 0
+
+    r = await web.patch(SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, content=b'{"daily_credit_cap": 0.1}')
+    assert r.status_code == 200 and r.json()["daily_credit_cap"] == "0.100000"  # 0.1 parsed exactly, never as a float
+    r = await web.get(SETTINGS_PATH, headers={"authorization": f"Bearer {agent}"})
+    assert r.status_code == 200 and r.json()["daily_credit_cap"] == "0.100000"
+
+
+async def test_settings_patch_body_size_is_limited(web: httpx.AsyncClient, redis_client: aioredis.Redis, account: str) -> None:
+    admin, _ = await RedisKeyStore(redis_client).create(account, ("admin:inference",))
+    body = b'{"enabled": true, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    r = await web.patch(SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, content=body)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = await web.post(SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, json={})
+    assert r.status_code == 405

@@ -1,0 +1,79 @@
+"""The settings model: exact credit amounts, strict types, null semantics, and the Redis hash
+fields place_hold.lua reads."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from critique_sidecar.core.account_settings import MAX_CREDITS, AccountSettings, SettingsPatch
+from critique_sidecar.core.errors import ApiError
+from critique_sidecar.web.settings import decode_body
+
+
+def patch(body: bytes) -> SettingsPatch:
+    return SettingsPatch.parse(decode_body(body))
+
+
+@pytest.mark.parametrize(
+    ("body", "stored"),
+    [
+        (b'{"daily_credit_cap": 0.1}', {"daily_credit_cap": "100000"}),  # exact, not float 0.1
+        (b'{"daily_credit_cap": "0.000001"}', {"daily_credit_cap": "1"}),
+        (b'{"monthly_credit_cap": 1000000000}', {"monthly_credit_cap": "1000000000000000"}),
+        (b'{"reserve_credits_for_review": 0}', {"reserve_floor": "0"}),
+        (b'{"daily_request_cap": 0}', {"daily_request_cap": "0"}),
+        (b'{"enabled": false, "block_when_cap_reached": true, "deepseek_training_opt_in": true}',
+         {"enabled": "0", "block_when_cap_reached": "1", "training_opt_in": "1"}),
+    ],
+)  # fmt: skip
+def test_valid_values_map_to_hash_fields(body: bytes, stored: dict[str, str]) -> None:
+    assert patch(body).hash_changes() == (stored, [])
+
+
+def test_only_sent_fields_change_and_null_deletes_a_cap() -> None:
+    assert patch(b"{}").hash_changes() == ({}, [])
+    to_set, to_delete = patch(b'{"daily_credit_cap": null, "monthly_credit_cap": null, "daily_request_cap": null, "enabled": true}').hash_changes()
+    assert to_set == {"enabled": "1"}
+    assert to_delete == ["daily_credit_cap", "daily_request_cap", "monthly_credit_cap"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"daily_credit_cap": true}', "daily_credit_cap"),
+        (b'{"daily_credit_cap": "1e3"}', "daily_credit_cap"),
+        (b'{"daily_credit_cap": " 1"}', "daily_credit_cap"),
+        (b'{"daily_credit_cap": 1e400}', "daily_credit_cap"),
+        (b'{"daily_credit_cap": 1000000000.000001}', "daily_credit_cap"),
+        (b'{"reserve_credits_for_review": -0.5}', "reserve_credits_for_review"),
+        (b'{"daily_request_cap": true}', "daily_request_cap"),
+        (b'{"daily_request_cap": 1000000001}', "daily_request_cap"),
+        (b'{"enabled": null}', "enabled"),
+        (b'{"Enabled": true}', "Enabled"),
+        (b'{"daily_credit_cap": Infinity}', None),
+        (b'"enabled"', None),
+    ],
+)
+def test_invalid_values_name_the_field(body: bytes, param: str | None) -> None:
+    with pytest.raises(ApiError) as err:
+        patch(body)
+    assert (err.value.code, err.value.status, err.value.param) == ("invalid_request", 400, param)
+
+
+def test_hash_round_trip_and_lua_semantics() -> None:
+    full = SettingsPatch.parse({
+        "enabled": False, "monthly_credit_cap": "100", "daily_credit_cap": Decimal("2.5"), "daily_request_cap": 9,
+        "reserve_credits_for_review": MAX_CREDITS, "block_when_cap_reached": False, "deepseek_training_opt_in": True,
+    })  # fmt: skip
+    stored, _ = full.hash_changes()
+    back = AccountSettings.from_hash(stored)
+    assert back.to_json() == {
+        "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "2.500000", "daily_request_cap": 9,
+        "reserve_credits_for_review": "1000000000.000000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
+    }  # fmt: skip
+    # As place_hold.lua reads them: only '0' disables/softens, only '1' opts in, junk caps are no caps.
+    odd = AccountSettings.from_hash({"enabled": "yes", "block_when_cap_reached": "", "training_opt_in": "true", "daily_credit_cap": "x"})
+    assert (odd.enabled, odd.block_when_cap_reached, odd.deepseek_training_opt_in, odd.daily_credit_cap) == (True, True, False, None)
+    assert AccountSettings.from_hash({}) == AccountSettings()
