@@ -1,0 +1,85 @@
+"""The opt-in price applies only when the capture was written (core/capture.py's rule)."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import pytest
+
+from critique_sidecar.core.capture import CaptureRecord, completion_text
+from critique_sidecar.core.catalog import Catalog, load_catalog
+from critique_sidecar.core.metering import Meter
+from critique_sidecar.core.sse import SseMeter
+from critique_sidecar.core.usage import Usage
+
+from .test_metering import CENT, DEEPSEEK, IDENT, TENCENT, Clock, MemoryLedger, NOW, chat_body
+
+
+class ListSink:
+    def __init__(self, fail: BaseException | None = None, delay: float = 0) -> None:
+        self.records: list[CaptureRecord] = []
+        self.fail = fail
+        self.delay = delay
+
+    async def write(self, record: CaptureRecord) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)  # a slow sink, slower than the meter's timeout
+        if self.fail:
+            raise self.fail
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog()
+
+
+async def _settle(catalog: Catalog, sink: ListSink | None, model: str = DEEPSEEK, opt_in: bool = True, text: str | None = "hello"):
+    ledger = MemoryLedger()
+    meter = Meter(catalog, ledger, CENT, clock=Clock(NOW), capture=sink, capture_timeout_s=0.05)
+    req = await meter.admit(IDENT, meter.parse(chat_body(model)), opt_in_header=opt_in)
+    result, charge = await meter.settle_completed(req, Usage(1000, 2000), 0, lambda: text)
+    return ledger.records[-1], charge
+
+
+async def test_captured_request_keeps_opt_in_price(catalog: Catalog) -> None:
+    sink = ListSink()
+    record, charge = await _settle(catalog, sink)
+    assert record.opt_in and record.price_version.endswith("/training-opt-in")
+    assert charge.usd == Decimal("0.0001875")  # 1000 x 0.0375 + 2000 x 0.075, per million
+    [cap] = sink.records
+    assert cap.completion == "hello" and cap.credits == record.credits and cap.request_id == record.request_id
+    assert cap.messages == [{"role": "user", "content": "Draft a type for idempotent enqueue."}]
+
+
+@pytest.mark.parametrize("sink", [None, ListSink(fail=ConnectionError("sink down")), ListSink(delay=1.0)], ids=["off", "failing", "slow"])
+async def test_uncaptured_request_pays_the_normal_price(catalog: Catalog, sink: ListSink | None) -> None:
+    record, charge = await _settle(catalog, sink)
+    assert not record.opt_in and record.price_version.endswith("/list")
+    assert charge.usd == Decimal("0.00075")  # 1000 x 0.15 + 2000 x 0.30, per million
+    assert sink is None or not sink.records
+
+
+async def test_no_capture_without_opt_in_or_for_models_without_the_tier(catalog: Catalog) -> None:
+    sink = ListSink()
+    await _settle(catalog, sink, opt_in=False)
+    record, _ = await _settle(catalog, sink, model=TENCENT, opt_in=True)
+    assert sink.records == [] and not record.opt_in
+
+
+async def test_missing_completion_text_means_no_capture_and_normal_price(catalog: Catalog) -> None:
+    sink = ListSink()
+    record, _ = await _settle(catalog, sink, text=None)
+    assert sink.records == [] and not record.opt_in
+
+
+def test_completion_text_and_stream_text() -> None:
+    assert completion_text(b'{"choices":[{"message":{"content":"a"}},{"message":{"content":"b"}}]}') == "ab"
+    assert completion_text(b"not json") is None
+    kept = SseMeter(hide_usage=False, keep_text=True)
+    kept.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: {"choices":[{"delta":{"content":"y"}}]}\n\n')
+    assert kept.text() == "xy"
+    plain = SseMeter(hide_usage=False)
+    plain.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n')
+    assert plain.text() is None  # nothing kept unless opted in
