@@ -1,0 +1,124 @@
+"""The gateways under test, each started in front of the same fast upstream.
+
+A gateway is a URL plus the processes whose CPU it spends. To add one (an ASGI front door, more
+sidecar processes, ...), write a `start_*` function returning a Gateway and register it in
+GATEWAYS; run.py benchmarks, checks and reports every registered gateway the same way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import envoy_configs
+import procs
+from critique_sidecar.devtools.stack import Stack, free_port
+from wrk import REQUEST_BODY
+
+CHAT_PATH = "/api/v1/chat/completions"
+ACCOUNT = "bench"
+GRANT_CREDITS = "1000000000"  # far more than any run spends, so admission never says 402
+
+
+@dataclass
+class Gateway:
+    name: str
+    label: str
+    url: str
+    pids: dict[str, int]  # role ("envoy", "sidecar", "redis") -> pid
+    stop: Callable[[], None]
+    api_key: str | None = None
+    stack: Stack | None = None  # metered gateways: for ledger checks
+    checked_headers: dict[str, str] = field(default_factory=dict)  # x-critique-* of the sanity request
+
+    def balance(self) -> dict[str, str] | None:
+        if self.stack is None:
+            return None
+        return dict(json.loads(self.stack.cli("credits", "show", "--account", ACCOUNT, "--json")))
+
+
+@dataclass
+class Upstream:
+    envoy: procs.EnvoyProcess
+    port: int
+
+
+def start_upstream(workdir: Path) -> Upstream:
+    port, admin = free_port(), free_port()
+    # One worker: the gateways hold a few keep-alive connections, and a second upstream
+    # thread would only compete with the gateway under test for the machine's two cores.
+    envoy = procs.start_envoy("upstream", envoy_configs.fast_upstream(port, admin), workdir, admin, concurrency=1)
+    return Upstream(envoy, port)
+
+
+def start_plain(workdir: Path, upstream: Upstream) -> Gateway:
+    port, admin = free_port(), free_port()
+    envoy = procs.start_envoy("plain", envoy_configs.plain_gateway(port, admin, upstream.port), workdir, admin)
+    return Gateway("plain", "plain Envoy", f"http://127.0.0.1:{port}{CHAT_PATH}", {"envoy": envoy.pid}, envoy.stop)
+
+
+def _start_stack(name: str, label: str, workdir: Path, upstream: Upstream, envoy_config: Path | None = None) -> Gateway:
+    """The full metered path: the repo's Stack (Redis, sidecar, Envoy), its model clusters
+    pointed at the fast upstream (the repo's envoy.yaml sends models to port 8100, which
+    Stack relocates to ports['upstream'])."""
+    extra = {"envoy_config": envoy_config} if envoy_config else {}
+    stack = Stack(workdir / name, ports={"upstream": upstream.port}, start_upstream=False, **extra)
+    try:
+        stack.start()
+        stack.cli("credits", "grant", "--account", ACCOUNT, "--credits", GRANT_CREDITS)
+        key = stack.create_key(ACCOUNT)["key"]
+    except BaseException:
+        stack.stop()
+        raise
+    pids = {role: stack.procs[role].pid for role in ("envoy", "sidecar", "redis")}
+    return Gateway(name, label, stack.base_url + CHAT_PATH, pids, stack.stop, api_key=key, stack=stack)
+
+
+def start_metered(workdir: Path, upstream: Upstream) -> Gateway:
+    return _start_stack("metered", "metered (repo envoy.yaml)", workdir, upstream)
+
+
+def start_two_stream(workdir: Path, upstream: Upstream) -> Gateway:
+    """ext_authz + ext_proc on chat: two gRPC streams per request instead of one."""
+    config = workdir / "envoy-two-stream.yaml"
+    out = subprocess.run([sys.executable, "-m", "critique_sidecar.cli", "envoy-config", "--chat-auth", "ext_authz"], capture_output=True, text=True, check=True)
+    config.write_text(out.stdout)
+    return _start_stack("two-stream", "metered, ext_authz + ext_proc", workdir, upstream, envoy_config=config)
+
+
+GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
+    "plain": start_plain,
+    "metered": start_metered,
+    "two-stream": start_two_stream,
+}
+
+
+def check_one_request(gw: Gateway) -> dict[str, str]:
+    """Send one request before measuring: a gateway that does not answer 200 (or does not meter
+    when it should) would make every number meaningless. Returns the interesting headers."""
+    headers = {"Content-Type": "application/json"}
+    if gw.api_key:
+        headers["Authorization"] = f"Bearer {gw.api_key}"
+    req = urllib.request.Request(gw.url, data=json.dumps(REQUEST_BODY).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            status, body, got = resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        status, body, got = err.code, err.read(), dict(err.headers)
+    if status != 200 or "usage" not in json.loads(body or b"{}"):
+        raise RuntimeError(f"{gw.name}: sanity request got {status}: {body[:300]!r}")
+    charged = {k.lower(): v for k, v in got.items() if k.lower().startswith("x-critique-")}
+    if gw.stack is not None and "x-critique-credits-charged" not in charged:
+        raise RuntimeError(f"{gw.name}: metered gateway answered without X-Critique-Credits-Charged: {got}")
+    return charged
+
+
+def billed_requests(gw: Gateway, before: dict[str, str], after: dict[str, str], charge: str) -> float:
+    """How many requests the ledger charged between two balances, at `charge` credits each."""
+    return float((Decimal(before["balance"]) - Decimal(after["balance"])) / Decimal(charge))
