@@ -35,6 +35,8 @@ from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore, watch_revocations
 from .store.ledger import RedisLedger
 from .store.settings_store import RedisSettingsStore
+from .store.usage_query import UsageQuery
+from .store.usage_retention import UsageRetention
 from .web.app import WebContext, build_web_app
 
 log = logging.getLogger("critique_sidecar")
@@ -130,7 +132,7 @@ async def serve(settings: Settings) -> None:
     host, _, port = settings.http_listen.rpartition(":")
     web = uvicorn.Server(
         uvicorn.Config(
-            build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis))),
+            build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis))),
             host=host,
             port=int(port),
             log_level="warning",
@@ -155,6 +157,9 @@ async def serve(settings: Settings) -> None:
     ]
     if not settings.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
         tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
+    if settings.usage_trim_interval_s > 0:
+        retention = UsageRetention(c.redis, settings.usage_retention_days, warn_length=settings.usage_stream_maxlen)
+        tasks.append(asyncio.create_task(retention.run_forever(settings.usage_trim_interval_s)))
     log.info("critique-sidecar serving grpc=%s http=%s", settings.grpc_listen, settings.http_listen)
     await stop.wait()
 

@@ -112,6 +112,22 @@ def build_parser() -> argparse.ArgumentParser:
     sset.add_argument("--json", action="store_true")
     for flag, (_, metavar, text) in _SETTING_FLAGS.items():
         sset.add_argument(flag, metavar=metavar, help=text)
+    usage = sub.add_parser("usage", help="usage records: billing export, retention trim, accounts with usage")
+    usage_cmds = usage.add_subparsers(dest="action", required=True)
+    export = usage_cmds.add_parser("export", help="read an account's usage records as a consumer group, print JSON lines, acknowledge them")
+    export.add_argument("--account", required=True)
+    export.add_argument("--group", required=True, help="consumer group (created on first use)")
+    export.add_argument("--consumer", default="c1", help="consumer name within the group")
+    export.add_argument("--count", type=int, default=100, help="most records to read (default 100)")
+    export.add_argument("--min-idle-ms", type=int, default=60_000, help="take over other consumers' records unacknowledged this long")
+    export.add_argument("--start-id", default="0", help="where a new group starts: 0 = every retained record, $ = only new ones")
+    export.add_argument("--no-ack", action="store_true", help="print without acknowledging (they are delivered again)")
+    trim = usage_cmds.add_parser("trim", help="apply retention now (never drops records a consumer group has not acknowledged)")
+    trim.add_argument("--account", help="one account (default: every account with usage)")
+    trim.add_argument("--retention-days", type=float, help="default: CRITIQUE_USAGE_RETENTION_DAYS")
+    trim.add_argument("--json", action="store_true")
+    accounts = usage_cmds.add_parser("accounts", help="list accounts that have a usage stream")
+    accounts.add_argument("--rebuild", action="store_true", help="first re-register every account found by scanning Redis")
     return p
 
 
@@ -210,6 +226,36 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
     return 0
 
 
+async def _usage_cmd(args: argparse.Namespace, redis: Any, settings: Settings) -> int:
+    from .store.usage_export import UsageExporter
+    from .store.usage_records import rebuild_registry, registered_accounts
+    from .store.usage_retention import UsageRetention
+
+    if args.action == "export":
+        if args.count < 1:
+            raise CliError("--count must be >= 1")
+        exporter = UsageExporter(redis, args.account, args.group, args.consumer, min_idle_ms=args.min_idle_ms)
+        await exporter.ensure_group(args.start_id)
+        deliveries = await exporter.read(args.count)
+        for d in deliveries:
+            sys.stdout.write(json.dumps({**d.record, "redelivered": d.redelivered}) + "\n")
+        sys.stdout.flush()  # printed (and flushed) before acknowledging: at-least-once
+        if not args.no_ack:
+            await exporter.ack([d.id for d in deliveries])
+        return 0
+    if args.action == "trim":
+        days = args.retention_days if args.retention_days is not None else settings.usage_retention_days
+        retention = UsageRetention(redis, days, warn_length=settings.usage_stream_maxlen)
+        results = [await retention.trim(args.account)] if args.account else await retention.trim_all()
+        for r in results:
+            row = {"account": r.account, "deleted": r.deleted, "kept_from": r.min_id, "held_by_group": r.held_by, "length": r.length}
+            print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
+        return 0
+    for account in await rebuild_registry(redis) if args.rebuild else await registered_accounts(redis):
+        print(account)
+    return 0
+
+
 def _envoy_config(args: argparse.Namespace, settings: Settings) -> int:
     from .core.catalog import load_catalog
     from .envoy_config import EnvoyOptions, render
@@ -243,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "envoy-config":
             return _envoy_config(args, settings)
+        if args.command == "usage":
+            return asyncio.run(_with_redis(settings, lambda redis: _usage_cmd(args, redis, settings)))
         handler = {"keys": _keys, "credits": _credits_cmd, "settings": _settings_cmd}[args.command]
         return asyncio.run(_with_redis(settings, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:

@@ -8,6 +8,7 @@ from ..core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
+from .usage_records import register_account
 
 # Day/month windows outlive the longest dashboard view (90 days).
 WINDOW_TTL_S = 100 * 86400
@@ -24,6 +25,7 @@ class RedisLedger:
         self._maxlen = stream_maxlen
         self._place_hold = register(redis, "place_hold")
         self._settle = register(redis, "settle")
+        self._registered: set[str] = set()  # accounts this process has put in the usage registry
 
     @store_call
     async def place_hold(self, hold: HoldRequest) -> HoldResult:
@@ -43,6 +45,9 @@ class RedisLedger:
     @store_call
     async def settle(self, record: UsageRecord) -> SettleResult:
         a = record.account
+        if a not in self._registered:  # once per account and process: how consumers find streams
+            await register_account(self._redis, a)
+            self._registered.add(a)
         keys = [
             ks.account(a),
             ks.holds(a),

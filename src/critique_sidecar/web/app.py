@@ -17,6 +17,7 @@ from ..core.catalog import Catalog
 from ..core.clock import Clock, utc_now
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
+from .dashboard import DashboardSource, dashboard_routes
 from .models import model_list
 from .settings import settings_routes
 
@@ -27,6 +28,7 @@ class WebContext:
     catalog: Catalog
     clock: Clock = utc_now
     settings: SettingsStore | None = None  # None: no settings routes (e.g. a models-only app)
+    dashboard: DashboardSource | None = None  # None: no dashboard API or page
 
 
 def json_response(data: object, status: int = 200) -> Response:
@@ -61,6 +63,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
     routes = [Route(MODELS_PATH, models, methods=["GET"])]
     if ctx.settings is not None:
         routes += settings_routes(ctx.settings, lambda request, any_of: identify(ctx, request, any_of))
+    if ctx.dashboard is not None:
+        routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
     return Starlette(
         routes=routes,
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},

@@ -1,6 +1,6 @@
 -- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
 -- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
--- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s  5 stream maxlen
+-- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s  5 (unused)
 --       6 model  7 key id  8 input tokens  9 output tokens  10.. record field/value pairs
 -- Returns {applied (1|0), charged micro-credits}
 local done = redis.call('GET', KEYS[6])
@@ -29,6 +29,8 @@ redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
 
 local fields = {}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[7], 'MAXLEN', '~', tonumber(ARGV[5]), '*', unpack(fields))
+-- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
+-- Retention trims instead (store/usage_retention.py). ARGV[5] is no longer used.
+redis.call('XADD', KEYS[7], '*', unpack(fields))
 redis.call('SET', KEYS[6], charge, 'EX', tonumber(ARGV[4]))
 return {1, charge}

@@ -1,0 +1,151 @@
+"""Reads behind the usage dashboard: the daily rollups (never the raw records) and one page of
+the activity log (the usage stream, newest first).
+
+The rollups are the per-day hashes `settle.lua` increments atomically with each charge:
+fields `credits requests in out` (and `admitted`, counted by admission), `m:<model>:<field>`
+per model and `k:<key id>:<field>` per API key. A dashboard view of N days reads N hashes,
+whatever the traffic was."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.account_settings import AccountSettings
+from . import keyspace as ks
+from .errors import store_call
+from .scripts import register
+from .usage_records import as_text, parse_stream_id
+
+_COUNTERS = {"credits": "credits", "requests": "requests", "in": "input_tokens", "out": "output_tokens"}
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    credits: int = 0  # micro-credits
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: "Counts") -> "Counts":
+        return Counts(
+            self.credits + other.credits,
+            self.requests + other.requests,
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DayRollup:
+    day: str
+    total: Counts = Counts()
+    admitted: int = 0  # admissions (what the daily request cap counts)
+    by_model: dict[str, Counts] = field(default_factory=dict)
+    by_key: dict[str, Counts] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    days: list[DayRollup]  # as asked, oldest first
+    month_credits: int  # micro-credits settled in the month asked
+    balance: int
+    held: int
+    settings: AccountSettings
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityPage:
+    entries: list[tuple[str, dict[str, str]]]  # (stream id, fields), newest first
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    name: str
+    revoked: bool
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    return {as_text(flat[i]): as_text(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _int(raw: Any) -> int:
+    try:
+        return int(raw) if raw not in (None, False, b"", "") else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def parse_day(day: str, data: dict[str, str]) -> DayRollup:
+    """A day hash -> totals, per model and per key."""
+    totals: dict[str, int] = {}
+    groups: dict[str, dict[str, dict[str, int]]] = {"m": {}, "k": {}}
+    for name, raw in data.items():
+        if name in _COUNTERS:
+            totals[_COUNTERS[name]] = _int(raw)
+            continue
+        kind, _, rest = name.partition(":")
+        subject, _, counter = rest.rpartition(":")
+        if kind in groups and subject and counter in _COUNTERS:
+            groups[kind].setdefault(subject, {})[_COUNTERS[counter]] = _int(raw)
+    return DayRollup(
+        day=day,
+        total=Counts(**totals),
+        admitted=_int(data.get("admitted")),
+        by_model={m: Counts(**c) for m, c in groups["m"].items()},
+        by_key={k: Counts(**c) for k, c in groups["k"].items()},
+    )
+
+
+class UsageQuery:
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._snapshot = register(redis, "usage_snapshot")
+
+    @store_call
+    async def snapshot(self, account: str, days: Sequence[str], month: str) -> UsageSnapshot:
+        """The given UTC days' rollups, the month's spend, balance and settings, atomically."""
+        ks.check_account(account)
+        keys = [ks.account(account), ks.settings(account), ks.month(account, month)]
+        keys += [ks.day(account, d) for d in days]
+        acct, settings, month_credits, *day_data = await self._snapshot(keys=keys, args=[])
+        return UsageSnapshot(
+            days=[parse_day(d, _pairs(flat)) for d, flat in zip(days, day_data, strict=True)],
+            month_credits=_int(month_credits),
+            balance=_int(acct[0]),
+            held=_int(acct[1]),
+            settings=AccountSettings.from_hash(_pairs(settings)),
+        )
+
+    @store_call
+    async def activity(self, account: str, before: str | None, limit: int) -> ActivityPage:
+        """Up to `limit` records newest first, strictly older than stream id `before` (None:
+        from the newest). Keyset pagination on the stream id: records written meanwhile have
+        larger ids, so they never shift or repeat a later page."""
+        if before is not None and parse_stream_id(before) == (0, 0):
+            return ActivityPage([], False)  # nothing is older than the first possible id
+        rows = await self._redis.xrevrange(
+            ks.usage_stream(ks.check_account(account)), max=f"({before}" if before else "+", min="-", count=limit + 1
+        )
+        entries = [(as_text(sid), {as_text(k): as_text(v) for k, v in fields.items()}) for sid, fields in rows]
+        return ActivityPage(entries[:limit], len(entries) > limit)
+
+    @store_call
+    async def keys(self, account: str, key_ids: Sequence[str]) -> dict[str, KeyInfo]:
+        """Names of the account's keys among `key_ids` (others, or unknown ids, are left out)."""
+        ks.check_account(account)
+        owned = {as_text(k) for k in await self._redis.smembers(ks.account_keys(account))}
+        out: dict[str, KeyInfo] = {}
+        for key_id in key_ids:
+            if key_id not in owned:
+                continue
+            key_hash = await self._redis.get(ks.key_by_id(key_id))
+            if not key_hash:
+                continue
+            name, revoked, owner = await self._redis.hmget(ks.key_by_hash(as_text(key_hash)), "name", "revoked", "account")
+            if owner is not None and as_text(owner) == account:
+                out[key_id] = KeyInfo(key_id, as_text(name or ""), as_text(revoked or "0") == "1")
+        return out

@@ -1,0 +1,284 @@
+"""GET /api/dashboard/inference-api (usage summary or activity log) and GET /inference-dashboard.
+
+Summary (`?days=7|30|90`, default 30): per-day credits, tokens and requests for the last N UTC
+days ending today (days without traffic are zeros), totals, attribution by model and by API
+key, each cap's status and the balance against the reserve floor. It reads the daily rollup
+hashes only (N of them) and the balance and settings, all in one atomic read, so the numbers
+agree with each other and with the ledger.
+
+Activity (`?view=activity&limit=N&cursor=C`): the usage records newest first, `limit` 1..200
+(default 50). Keyset pagination: `next_cursor` is an opaque token for the position after the
+last record returned (derived from its stream id), so records arriving meanwhile never shift,
+repeat or skip a page. A cursor that is not one we issued is a 400.
+
+Both need `read:inference` or `admin:inference` and only ever show the caller's own account
+(the account comes from the key, never from the request). Credits are exact 6-decimal strings;
+no prompt or completion text exists in what these read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from decimal import ROUND_DOWN, Decimal
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Protocol
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..core.auth import Identity
+from ..core.clock import Clock, day_window, month_window, next_month_start
+from ..core.errors import ApiError
+from ..core.money import format_credits
+from ..core.scopes import DASHBOARD, DASHBOARD_PATH
+from ..store.usage_query import ActivityPage, Counts, KeyInfo, UsageSnapshot
+from ..store.usage_records import parse_stream_id, record_json
+
+PAGE_PATH = "/inference-dashboard"
+DAYS = (7, 30, 90)
+DEFAULT_DAYS = 30
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+_CURSOR_PREFIX = "u1:"
+
+Identify = Callable[[Request, frozenset[str]], Awaitable[Identity]]
+
+
+class DashboardSource(Protocol):
+    """What the dashboard reads (store/usage_query.UsageQuery implements it)."""
+
+    async def snapshot(self, account: str, days: Sequence[str], month: str) -> UsageSnapshot: ...
+
+    async def activity(self, account: str, before: str | None, limit: int) -> ActivityPage: ...
+
+    async def keys(self, account: str, key_ids: Sequence[str]) -> dict[str, KeyInfo]: ...
+
+
+# -- parameters ------------------------------------------------------------------------
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError("invalid_request", message, param=param)
+
+
+def parse_days(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_DAYS
+    if raw in ("7", "30", "90"):
+        return int(raw)
+    raise _bad("days", "'days' must be 7, 30 or 90")
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= MAX_LIMIT:
+        return int(raw)
+    raise _bad("limit", f"'limit' must be an integer from 1 to {MAX_LIMIT}")
+
+
+def encode_cursor(stream_id: str) -> str:
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + stream_id).encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str | None) -> str | None:
+    """The stream id inside a cursor we issued; invalid_request for anything else."""
+    if raw is None:
+        return None
+    try:
+        if not raw or len(raw) > 80 or not re.fullmatch(r"[A-Za-z0-9_-]+", raw):
+            raise ValueError("bad characters")
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError("bad prefix")
+        stream_id = text[len(_CURSOR_PREFIX) :]
+        parse_stream_id(stream_id)
+        if encode_cursor(stream_id) != raw:
+            raise ValueError("not canonical")
+        return stream_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad("cursor", "'cursor' is not a valid activity cursor; use next_cursor from a previous page") from None
+
+
+# -- the summary -----------------------------------------------------------------------
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def percent(spent: int, cap: int) -> str:
+    """spent/cap as a percentage with 2 decimals, rounded down (never shows 100% early)."""
+    if cap <= 0:
+        return "100.00"
+    return str((Decimal(spent) * 100 / Decimal(cap)).quantize(Decimal("0.01"), rounding=ROUND_DOWN))
+
+
+def _limit(spent: int, cap: int | None, resets_at: datetime, window: str, credits: bool) -> dict[str, Any]:
+    show = format_credits if credits else (lambda v: v)
+    return {
+        "unit": "credits" if credits else "requests",
+        "window": window,
+        "spent": show(spent),
+        "cap": None if cap is None else show(cap),
+        "remaining": None if cap is None else show(max(cap - spent, 0)),
+        "percent": None if cap is None else percent(spent, cap),
+        "reached": cap is not None and spent >= cap,
+        "resets_at": _iso(resets_at),
+    }
+
+
+def _micro(value: Decimal | None) -> int | None:
+    return None if value is None else int(value * 1_000_000)
+
+
+def _counts(c: Counts) -> dict[str, Any]:
+    return {
+        "credits": format_credits(c.credits),
+        "input_tokens": c.input_tokens,
+        "output_tokens": c.output_tokens,
+        "requests": c.requests,
+    }
+
+
+def window_days(now: datetime, days: int) -> list[str]:
+    today = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    return [day_window(today - timedelta(days=i)) for i in range(days - 1, -1, -1)]
+
+
+def build_summary(
+    account: str, snap: UsageSnapshot, keys: dict[str, KeyInfo], days: int, now: datetime
+) -> dict[str, Any]:
+    now = now.astimezone(timezone.utc)
+    total = Counts()
+    by_model: dict[str, Counts] = {}
+    by_key: dict[str, Counts] = {}
+    for day in snap.days:
+        total += day.total
+        for model, c in day.by_model.items():
+            by_model[model] = by_model.get(model, Counts()) + c
+        for key_id, c in day.by_key.items():
+            by_key[key_id] = by_key.get(key_id, Counts()) + c
+
+    def ranked(items: dict[str, Counts]) -> list[tuple[str, Counts]]:
+        return sorted(items.items(), key=lambda kv: (-kv[1].credits, -kv[1].requests, kv[0]))
+
+    s = snap.settings
+    today = snap.days[-1]
+    tomorrow = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    floor = _micro(s.reserve_credits_for_review) or 0
+    available = snap.balance - floor - snap.held
+    return {
+        "object": "inference_dashboard",
+        "account": account,
+        "days": days,
+        "start": snap.days[0].day,
+        "end": today.day,
+        "generated_at": _iso(now),
+        "daily": [{"date": d.day, **_counts(d.total)} for d in snap.days],
+        "totals": _counts(total),
+        "by_model": [{"model": m, **_counts(c)} for m, c in ranked(by_model)],
+        "by_key": [
+            {
+                "key_id": k,
+                "name": keys[k].name if k in keys else None,
+                "revoked": keys[k].revoked if k in keys else None,
+                **_counts(c),
+            }
+            for k, c in ranked(by_key)
+        ],
+        "limits": {
+            "enabled": s.enabled,
+            "block_when_cap_reached": s.block_when_cap_reached,
+            "daily_credit_cap": _limit(today.total.credits, _micro(s.daily_credit_cap), tomorrow, "day", True),
+            "monthly_credit_cap": _limit(snap.month_credits, _micro(s.monthly_credit_cap), next_month_start(now), "month", True),
+            "daily_request_cap": _limit(today.admitted, s.daily_request_cap, tomorrow, "day", False),
+        },
+        "balance": {
+            "balance": format_credits(snap.balance),
+            "held": format_credits(snap.held),
+            "reserve_floor": format_credits(floor),
+            "available": format_credits(max(available, 0)),
+            "floor_reached": available <= 0,
+        },
+    }
+
+
+def build_activity(page: ActivityPage, limit: int) -> dict[str, Any]:
+    data = [record_json(sid, fields) for sid, fields in page.entries]
+    return {
+        "object": "list",
+        "limit": limit,
+        "data": data,
+        "has_more": page.has_more,
+        "next_cursor": encode_cursor(page.entries[-1][0]) if page.has_more and page.entries else None,
+    }
+
+
+# -- the page --------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def page() -> tuple[bytes, str]:
+    """The self-contained HTML page and its Content-Security-Policy: no external resources,
+    only its own inline script and style (by hash), requests only to this origin."""
+    html = resources.files("critique_sidecar.web").joinpath("static/inference-dashboard.html").read_text("utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    csp = (
+        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return html.encode(), csp
+
+
+# -- routes ----------------------------------------------------------------------------
+
+
+def _json(data: Any) -> Response:
+    return Response(orjson.dumps(data), media_type="application/json", headers={"cache-control": "no-store"})
+
+
+def dashboard_routes(source: DashboardSource, identify: Identify, clock: Clock) -> list[Route]:
+    async def dashboard(request: Request) -> Response:
+        identity = await identify(request, DASHBOARD)
+        q = request.query_params
+        view = q.get("view", "summary")
+        if view == "activity":
+            limit = parse_limit(q.get("limit"))
+            before = decode_cursor(q.get("cursor"))
+            return _json(build_activity(await source.activity(identity.account, before, limit), limit))
+        if view != "summary":
+            raise _bad("view", "'view' must be 'summary' (the default) or 'activity'")
+        days = parse_days(q.get("days"))
+        now = clock()
+        snap = await source.snapshot(identity.account, window_days(now, days), month_window(now.astimezone(timezone.utc)))
+        key_ids = sorted({k for d in snap.days for k in d.by_key})
+        keys = await source.keys(identity.account, key_ids) if key_ids else {}
+        return _json(build_summary(identity.account, snap, keys, days, now))
+
+    async def dashboard_page(request: Request) -> Response:
+        body, csp = page()
+        return Response(
+            body,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "content-security-policy": csp,
+                "cache-control": "no-cache",
+                "x-content-type-options": "nosniff",
+                "referrer-policy": "no-referrer",
+            },
+        )
+
+    return [Route(DASHBOARD_PATH, dashboard, methods=["GET"]), Route(PAGE_PATH, dashboard_page, methods=["GET"])]
