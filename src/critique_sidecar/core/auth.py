@@ -33,19 +33,22 @@ class Authenticator:
 
     async def identify(self, authorization: str | None) -> Identity:
         token = bearer_token(authorization)
-        if token is None or not is_well_formed(token):
-            raise ApiError("invalid_api_key", _INVALID)  # no store access for malformed keys
+        if token is None or not token.isascii():
+            raise ApiError("invalid_api_key", _INVALID)
         key_hash = hash_key(token)
-        record = await self._lookup(key_hash)
+        hit = self._cache.get(key_hash)
+        if hit is not None and hit[0] > time.monotonic():  # hot path: a key seen moments ago
+            record = hit[1]
+        elif not is_well_formed(token):
+            raise ApiError("invalid_api_key", _INVALID)  # no store access for malformed keys
+        else:
+            record = await self._lookup(key_hash)
         if record is None or record.revoked or not hashes_match(record.key_hash, key_hash):
             raise ApiError("invalid_api_key", _INVALID)
         return Identity(record.account, record.key_id, record.scopes)
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:
         now = time.monotonic()
-        hit = self._cache.get(key_hash)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         record = await self._directory.find_by_hash(key_hash)
         if self._ttl > 0:
             if len(self._cache) >= self._max:

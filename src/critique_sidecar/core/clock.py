@@ -13,11 +13,11 @@ def utc_now() -> datetime:
 
 
 def day_window(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d")
+    return f"{at.year:04d}-{at.month:02d}-{at.day:02d}"
 
 
 def month_window(at: datetime) -> str:
-    return at.strftime("%Y-%m")
+    return f"{at.year:04d}-{at.month:02d}"
 
 
 def seconds_to_next_utc_midnight(at: datetime) -> int:
