@@ -101,7 +101,12 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
     catalog = load_catalog(settings.catalog_path)
     keys = RedisKeyStore(redis)
     auth = Authenticator(keys, cache_ttl_s=settings.key_cache_ttl_s)
-    redis_ledger = RedisLedger(redis, settled_ttl_s=settings.settled_ttl_s, stream_maxlen=settings.usage_stream_maxlen)
+    redis_ledger = RedisLedger(
+        redis,
+        settled_ttl_s=settings.settled_ttl_s,
+        stream_maxlen=settings.usage_stream_maxlen,
+        autopipeline=settings.redis_autopipeline and not settings.redis_cluster,
+    )
     ledger = JournalingLedger(redis_ledger, SettlementJournal(settings.journal_path))
     meter = Meter(
         catalog,

@@ -18,8 +18,11 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or one Redis Cluster node) URL.")
     redis_cluster: bool = Field(False, description="Treat redis_url as a Redis Cluster entry node.")
     redis_timeout_s: float = Field(0.5, gt=0, description="Per-command Redis timeout; past it requests fail closed with 503.")
+    redis_autopipeline: bool = Field(True, description="Send concurrent admissions and settlements to Redis in shared pipelines (fewer round trips under load; off for Redis Cluster).")
     grpc_listen: str = Field("127.0.0.1:9001", description="ext_authz, ext_proc and gRPC health listen address.")
     http_listen: str = Field("127.0.0.1:9002", description="Listen address of the HTTP routes (models, settings, dashboard).")
+    gateway_listen: str = Field("127.0.0.1:8090", description="Listen address of the ASGI gateway (`critique-sidecar gateway`, the deployment without Envoy).")
+    upstream_override: str | None = Field(None, description="ASGI gateway only: host:port that receives every model's requests instead of the catalog's upstream (one shared model server, a local stack); empty uses the catalog.")
     catalog_path: Path | None = Field(None, description="Model catalog TOML; empty uses the built-in catalog.toml.")
     usd_per_credit: Decimal = Field(Decimal("0.01"), gt=0, description="USD value of one credit (Solo-plan economics).")
     hold_ttl_s: int = Field(900, gt=0, description="Seconds an unsettled hold lives before it is released.")
@@ -35,6 +38,16 @@ class Settings(BaseSettings):
     capture_timeout_s: float = Field(0.25, gt=0, description="Longest a capture write may take; past it the request is charged the normal price.")
     health_interval_s: float = Field(1.0, gt=0, description="Seconds between store health checks.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+
+    @field_validator("upstream_override")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port")
+        return v
 
     @field_validator("usd_per_credit")
     @classmethod

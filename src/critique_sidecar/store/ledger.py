@@ -7,7 +7,8 @@ from typing import Any
 from ..core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
 from . import keyspace as ks
 from .errors import store_call
-from .scripts import register
+from .batcher import CommandBatcher, Script
+from .scripts import lua_source, register
 from .usage_records import register_account
 
 # Day/month windows outlive the longest dashboard view (90 days).
@@ -19,12 +20,19 @@ def _s(value: Any) -> str:
 
 
 class RedisLedger:
-    def __init__(self, redis: Any, settled_ttl_s: int = 7 * 86400, stream_maxlen: int = 1_000_000) -> None:
+    def __init__(
+        self, redis: Any, settled_ttl_s: int = 7 * 86400, stream_maxlen: int = 1_000_000, autopipeline: bool = False
+    ) -> None:
         self._redis = redis
         self._settled_ttl = settled_ttl_s
         self._maxlen = stream_maxlen
-        self._place_hold = register(redis, "place_hold")
-        self._settle = register(redis, "settle")
+        if autopipeline:  # concurrent admissions/settlements share round trips (store/batcher.py)
+            batcher = CommandBatcher(redis)
+            self._place_hold = Script(batcher, lua_source("place_hold"))
+            self._settle = Script(batcher, lua_source("settle"))
+        else:
+            self._place_hold = register(redis, "place_hold")
+            self._settle = register(redis, "settle")
         self._registered: set[str] = set()  # accounts this process has put in the usage registry
 
     @store_call
