@@ -93,9 +93,18 @@ def _json_reply(status: int, code: str, message: str) -> dict[str, Any]:
     }
 
 
-def _local_reply_mapper(status: int, code: str, message: str, new_status: int | None = None) -> dict[str, Any]:
+# Envoy's response flags for a model server that refused the connection, closed it or reset
+# the stream before answering. Envoy says 503 for these; the client is told 502 upstream_error,
+# so "the model server failed" is never mistaken for "our store is down".
+UPSTREAM_FAILURE_FLAGS = ("UF", "UC", "UR", "URX")
+
+
+def _local_reply_mapper(
+    status: int, code: str, message: str, new_status: int | None = None, flags: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    status_filter = {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"}}}}
     mapper: dict[str, Any] = {
-        "filter": {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"}}}},
+        "filter": {"and_filter": {"filters": [status_filter, {"response_flag_filter": {"flags": list(flags)}}]}} if flags else status_filter,
         "body": {"inline_string": error_body(code, message).decode()},
         "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"},
     }
@@ -213,6 +222,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
             "mappers": [
                 _local_reply_mapper(413, "request_too_large", f"Request body exceeds {opts.max_request_bytes} bytes"),
                 _local_reply_mapper(500, "service_unavailable", "The metering service is unavailable; retry shortly", 503),
+                _local_reply_mapper(503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS),
                 _local_reply_mapper(503, "service_unavailable", "The service is unavailable; retry shortly"),
                 _local_reply_mapper(502, "upstream_error", "The model server failed to answer"),
                 _local_reply_mapper(504, "upstream_timeout", "The model server timed out"),

@@ -100,6 +100,12 @@ class Stack:
     sidecar_env: dict[str, str] = field(default_factory=dict)
     sidecar_count: int = 1
     start_upstream: bool = True
+    # Fault tests: Redis with an fsynced append-only file, so a Redis killed and restarted on
+    # the same port keeps its data (persist_redis), extra redis-server flags (redis_args), and
+    # a short upstream timeout on the model routes (route_timeout_s, Envoy answers 504).
+    persist_redis: bool = False
+    redis_args: tuple[str, ...] = ()
+    route_timeout_s: float | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,7 +136,8 @@ class Stack:
 
     def start_redis(self) -> None:
         port = self.ports["redis"]
-        self._spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)])
+        aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist_redis else ["--appendonly", "no"]
+        self._spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *aof, "--dir", str(self.workdir), *self.redis_args])
         import redis
 
         wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=self.procs["redis"])
@@ -157,6 +164,11 @@ class Stack:
                     eps = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
                     for i in range(1, self.sidecar_count):
                         eps.append({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.ports[f"grpc{i}"]}}}})
+        if self.route_timeout_s is not None:
+            for vhost in config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]:
+                for route in vhost["routes"]:
+                    if route.get("name", "").startswith("chat_") and "route" in route:
+                        route["route"]["timeout"] = f"{self.route_timeout_s:g}s"
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
@@ -198,6 +210,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def send_signal(self, name: str, sig: int) -> None:
+        """Signal a running process and return at once (SIGSTOP/SIGCONT to freeze and thaw it)."""
+        self.procs[name].send_signal(sig)
 
     # -- conveniences --------------------------------------------------------------------
     @property
