@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("serve", help="run the gRPC (ext_authz, ext_proc, health) and HTTP servers")
 
+    gateway = sub.add_parser("gateway", help="run the ASGI gateway: the whole product without Envoy (uvicorn)")
+    gateway.add_argument("--listen", help="listen address (default: CRITIQUE_GATEWAY_LISTEN, 127.0.0.1:8090)")
+
     sub.add_parser("config-table", help="print the configuration reference table (Markdown)")
 
     envoy = sub.add_parser("envoy-config", help="print the Envoy config generated from the catalog")
@@ -281,6 +284,13 @@ def main(argv: list[str] | None = None) -> int:
             from .app import serve
 
             uvloop.run(serve(settings))
+            return 0
+        if args.command == "gateway":
+            import uvloop
+
+            from .asgi.gateway import serve as serve_gateway
+
+            uvloop.run(serve_gateway(settings, args.listen or settings.gateway_listen))
             return 0
         if args.command == "config-table":
             from .config_doc import config_table

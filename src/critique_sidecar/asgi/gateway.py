@@ -1,0 +1,241 @@
+"""The reference gateway: the whole product with no Envoy, as one ASGI app.
+
+    critique-sidecar gateway --listen 127.0.0.1:8090
+    uvicorn --factory critique_sidecar.asgi.gateway:create_app    # or any ASGI server
+
+    Middleware                         the metered chat route (the same core as behind Envoy)
+      Routes
+        /api/v1/chat/completions  ->   Forward: to the catalog model's upstream, picked by the
+                                       x-critique-model header the exchange sets; streamed
+                                       through (httpx keep-alive pool), SSE never buffered
+        the web app's routes      ->   the sidecar's own Starlette app (models, settings, dashboard)
+        anything else             ->   JSON 404, as Envoy's catch-all route
+
+Upstream failures before a response: connect errors 502 upstream_error, timeouts 504
+upstream_timeout (the messages of Envoy's local-reply mappers). A stream the upstream cuts is
+cut for the client too (the exchange charges what was delivered); a client that hangs up
+cancels the upstream request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import httpx
+import uvicorn
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..core.catalog import Catalog
+from ..core.errors import ApiError
+from ..core.exchange import MODEL_HEADER
+from ..core.scopes import CHAT_PATH
+from ..settings import Settings
+from ._http import MAX_BODY_BYTES, RawHeaders, header_dict, read_body, send_error
+from .middleware import Middleware
+
+log = logging.getLogger(__name__)
+
+# As the generated Envoy config: cluster connect_timeout, route idle_timeout.
+CONNECT_TIMEOUT_S = 0.25
+IDLE_TIMEOUT_S = 120.0
+POOL_CONNECTIONS = 512  # per gateway process; past it requests queue for a connection
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", MODEL_HEADER}  # the model header only routes
+_NOT_RETURNED = HOP_BY_HOP | {"date", "server"}  # the ASGI server writes its own
+
+
+class UpstreamCut(Exception):
+    """The upstream broke off a response already under way: the client's is cut off too."""
+
+
+def upstream_urls(catalog: Catalog, override: str | None = None) -> dict[str, str]:
+    """Model id -> base URL of its upstream (`override` host:port for every model if given)."""
+    return {m.id: f"http://{override or f'{m.upstream.host}:{m.upstream.port}'}" for m in catalog.models}
+
+
+def upstream_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=60),
+        trust_env=False,  # never an HTTP(S)_PROXY from the environment
+        follow_redirects=False,
+    )
+
+
+def _forwarded(scope: Scope) -> RawHeaders:
+    headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in _NOT_FORWARDED]
+    if scope.get("client"):
+        headers.append((b"x-forwarded-for", scope["client"][0].encode("latin-1")))
+    headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
+    return headers
+
+
+class Forward:
+    """Send the chat request to its model's upstream and stream the answer back."""
+
+    def __init__(self, urls: Mapping[str, str], client: httpx.AsyncClient) -> None:
+        self.urls = dict(urls)
+        self.client = client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        base = self.urls.get(header_dict(scope["headers"]).get(MODEL_HEADER, ""))
+        if base is None:  # as Envoy's chat_unrouted route
+            await send_error(send, ApiError("service_unavailable", "The request could not be routed to a model"))
+            return
+        body = await read_body(receive, MAX_BODY_BYTES)
+        if body is None:
+            return
+        query = scope.get("query_string", b"").decode("latin-1")
+        # Not client.build_request: that would add httpx's default headers (accept-encoding among them).
+        request = httpx.Request(scope["method"], base + scope["path"] + (f"?{query}" if query else ""), headers=_forwarded(scope), content=body)
+        cut: httpx.TransportError | None = None
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
+            cut = await self._exchange(request, send)
+            tasks.cancel_scope.cancel()
+        if cut is not None:
+            raise UpstreamCut(f"{request.url}: {type(cut).__name__}") from cut
+
+    async def _exchange(self, request: httpx.Request, send: Send) -> httpx.TransportError | None:
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            log.warning("upstream %s unreachable: %s", request.url, type(exc).__name__)
+            await send_error(send, ApiError("upstream_error", "The model server failed to answer"))
+            return None
+        except httpx.TimeoutException:
+            await send_error(send, ApiError("upstream_timeout", "The model server timed out"))
+            return None
+        except httpx.TransportError as exc:
+            log.warning("upstream %s failed: %s", request.url, type(exc).__name__)
+            await send_error(send, ApiError("upstream_error", "The model server failed to answer"))
+            return None
+        try:
+            headers = [(k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in _NOT_RETURNED]
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            async for chunk in response.aiter_raw():  # as it arrives; content-encoding untouched
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.TransportError as exc:
+            return exc
+        finally:
+            await response.aclose()  # back to the pool before the end goes out (then a disconnect may cancel us)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+class Routes:
+    """Chat to `chat`; what the web app routes (any method) to it; anything else a JSON 404."""
+
+    def __init__(self, chat: ASGIApp, web: ASGIApp, web_routes: list[BaseRoute]) -> None:
+        self.chat = chat
+        self.web = web
+        self.web_routes = web_routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if scope["path"] == CHAT_PATH:
+                await self.chat(scope, receive, send)
+                return
+            if all(route.matches(scope)[0] == Match.NONE for route in self.web_routes):
+                await send_error(send, ApiError("not_found", "No such route"))
+                return
+        await self.web(scope, receive, send)
+
+
+class Gateway:
+    """The composed gateway. Owns its background work and connections through the ASGI
+    lifespan: journal replay and the revocation feed run while it serves; at shutdown the
+    journal is flushed and the pools are closed."""
+
+    def __init__(self, components: Any, web: Any, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        self.components = components
+        self.settings = settings
+        self.client = client or upstream_client()
+        forward = Forward(upstream_urls(components.catalog, settings.upstream_override), self.client)
+        self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def startup(self) -> None:
+        from ..store.key_store import watch_revocations
+
+        c = self.components
+        await c.ledger.replay()  # a journal left by an earlier run
+        self._tasks.append(asyncio.create_task(c.ledger.replay_forever()))
+        if not self.settings.redis_cluster:  # no pub/sub on redis-py's cluster client: the cache TTL bounds it
+            self._tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
+
+    async def shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+        await self.components.ledger.replay()  # flush what can be; the rest stays journaled
+        await self.components.redis.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings | None = None) -> Gateway:
+    """The gateway from the environment's settings (an app factory for any ASGI server)."""
+    from ..app import build_components
+    from ..store.settings_store import RedisSettingsStore
+    from ..store.usage_query import UsageQuery
+    from ..web.app import WebContext, build_web_app
+
+    settings = settings or Settings()
+    c = build_components(settings)
+    # As app.serve builds the sidecar's HTTP app, minus /metrics (never public; see WebContext).
+    web = build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis)))
+    return Gateway(c, web, settings)
+
+
+async def serve(settings: Settings, listen: str) -> None:
+    """Run the gateway with uvicorn until SIGINT/SIGTERM; open requests finish first."""
+    from ..app import fix_malloc_mmap_threshold
+
+    fix_malloc_mmap_threshold()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per forwarded request
+    host, _, port = listen.rpartition(":")
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=int(port),
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    log.info("critique-sidecar gateway serving http://%s", listen)
+    await uvicorn.Server(config).serve()
