@@ -1,4 +1,5 @@
-"""The whole local stack as processes: Redis, the fake upstream, the sidecar and Envoy.
+"""The whole local stack as processes: Redis, the fake upstream, the sidecar and Envoy, and
+(front_doors including "asgi", or start_gateway()) the ASGI gateway beside them.
 
 Used by `make run` (fixed ports, demo key, foreground until Ctrl-C), by the end-to-end tests
 and by the benchmark (free ports, so runs never collide). Envoy runs the repo's envoy.yaml;
@@ -22,7 +23,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
-DEFAULT_PORTS = {"envoy": 8080, "admin": 9901, "grpc": 9001, "http": 9002, "upstream": 8100, "redis": 6380}
+DEFAULT_PORTS = {"envoy": 8080, "admin": 9901, "grpc": 9001, "http": 9002, "upstream": 8100, "redis": 6380, "gateway": 8090}
+FRONT_DOORS = ("envoy", "asgi")
 
 
 def free_port() -> int:
@@ -106,6 +108,7 @@ class Stack:
     persist_redis: bool = False
     redis_args: tuple[str, ...] = ()
     route_timeout_s: float | None = None
+    front_doors: tuple[str, ...] = ("envoy",)  # what start() runs: Envoy + sidecar, the ASGI gateway, or both
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,6 +119,9 @@ class Stack:
             self.ports.setdefault(f"grpc{i}", free_port())
         if self.redis_url is None:
             self.redis_url = f"redis://127.0.0.1:{self.ports['redis']}/0"
+        unknown = set(self.front_doors) - set(FRONT_DOORS)
+        if unknown:
+            raise ValueError(f"unknown front door(s) {sorted(unknown)}; known: {FRONT_DOORS}")
 
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -152,6 +158,22 @@ class Stack:
         http = self.sidecar_environ(index)["CRITIQUE_HTTP_LISTEN"]
         if index == 0:
             wait_until(lambda: _http_get(f"http://{http}/api/v1/models")[0] == 401, "sidecar", proc=proc)
+        return proc
+
+    def gateway_environ(self) -> dict[str, str]:
+        """The gateway shares Redis with the sidecar, keeps its own journal, and sends every
+        model to this stack's upstream (as envoy_yaml() relocates the model clusters)."""
+        return {
+            **self.sidecar_environ(),
+            "CRITIQUE_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",
+            "CRITIQUE_UPSTREAM_OVERRIDE": f"127.0.0.1:{self.ports['upstream']}",
+            "CRITIQUE_JOURNAL_PATH": str(self.workdir / "journal-gateway.log"),
+        }
+
+    def start_gateway(self) -> subprocess.Popen[bytes]:
+        """The ASGI front door (`critique-sidecar gateway`): the same product without Envoy."""
+        proc = self._spawn("gateway", [sys.executable, "-m", "critique_sidecar.cli", "gateway"], self.gateway_environ())
+        wait_until(lambda: _http_get(f"{self.gateway_url}/api/v1/models")[0] == 401, "gateway", proc=proc)
         return proc
 
     def envoy_yaml(self) -> Path:
@@ -192,10 +214,13 @@ class Stack:
             self.start_redis()
         if self.start_upstream:
             self.start_upstream_server()
-        self.start_sidecar()
-        for i in range(1, self.sidecar_count):
-            self.start_sidecar(i)
-        self.start_envoy()
+        if "envoy" in self.front_doors:
+            self.start_sidecar()
+            for i in range(1, self.sidecar_count):
+                self.start_sidecar(i)
+            self.start_envoy()
+        if "asgi" in self.front_doors:
+            self.start_gateway()
         return self
 
     def stop(self, name: str | None = None, sig: int = signal.SIGTERM, timeout: float = 40.0) -> None:
@@ -220,6 +245,14 @@ class Stack:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['envoy']}"
 
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    def url(self, front_door: str) -> str:
+        """Base URL of one front door ("envoy" or "asgi")."""
+        return {"envoy": self.base_url, "asgi": self.gateway_url}[front_door]
+
     def cli(self, *args: str) -> str:
         env = {**os.environ, **self.sidecar_environ()}
         out = subprocess.run([sys.executable, "-m", "critique_sidecar.cli", *args], env=env, capture_output=True, text=True, check=False)
@@ -234,7 +267,7 @@ class Stack:
 def main() -> None:
     """`make run`: the local stack on the documented ports, a demo key, until Ctrl-C."""
     ports = {k: int(os.environ.get(f"CRITIQUE_RUN_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()}
-    stack = Stack(REPO / ".run", ports=ports, redis_url=os.environ.get("CRITIQUE_RUN_REDIS_URL"))
+    stack = Stack(REPO / ".run", ports=ports, redis_url=os.environ.get("CRITIQUE_RUN_REDIS_URL"), front_doors=FRONT_DOORS)
     try:
         stack.start()
         key = stack.create_key("demo")
@@ -243,6 +276,7 @@ def main() -> None:
             f"""
 critique-sidecar local stack is up (logs in .run/):
   Envoy      {stack.base_url}   (admin http://127.0.0.1:{ports['admin']})
+  ASGI       {stack.gateway_url}   (the same product without Envoy: critique-sidecar gateway)
   sidecar    grpc 127.0.0.1:{ports['grpc']}, http 127.0.0.1:{ports['http']}
   upstream   fake OpenAI-compatible server on 127.0.0.1:{ports['upstream']}
   Redis      {stack.redis_url}
