@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -17,8 +18,25 @@ USD_PER_CREDIT = Decimal("0.01")  # the sidecar's default
 CATALOG = load_catalog()
 
 
-def client(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(api_key=key, base_url=stack.base_url + "/api/v1", max_retries=0, timeout=30)
+@dataclass(frozen=True)
+class FrontDoor:
+    """One way into the product: "envoy" (Envoy + the sidecar) or "asgi" (the ASGI gateway)."""
+
+    name: str
+    base_url: str
+    process: str  # the Stack process that meters requests: "sidecar" or "gateway"
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url + "/api/v1/chat/completions"
+
+
+def front_door(stack: Stack, name: str) -> FrontDoor:
+    return FrontDoor(name, stack.url(name), {"envoy": "sidecar", "asgi": "gateway"}[name])
+
+
+def client(door: Stack | FrontDoor, key: str) -> openai.OpenAI:
+    return openai.OpenAI(api_key=key, base_url=door.base_url + "/api/v1", max_retries=0, timeout=30)
 
 
 def funded_key(stack: Stack, account: str, credits: str = "10", scopes: str = "read:inference,write:inference") -> str:
@@ -56,8 +74,9 @@ def usage_records(stack: Stack, account: str) -> list[dict[str, str]]:
 
 
 def wait_for_records(stack: Stack, account: str, count: int, timeout: float = 10.0) -> list[dict[str, str]]:
-    """Settlement after a cut or disconnect happens when Envoy closes the ext_proc stream;
-    wait for it by polling the ledger (a condition, not a fixed sleep)."""
+    """Settlement after a cut or disconnect happens when the front door sees the exchange end
+    (Envoy closes the ext_proc stream, or the ASGI app returns); wait for it by polling the
+    ledger (a condition, not a fixed sleep)."""
     from critique_sidecar.devtools.stack import wait_until
 
     wait_until(lambda: len(usage_records(stack, account)) >= count, f"{count} usage record(s)", timeout=timeout)

@@ -1,4 +1,5 @@
-"""The metered gateway end to end: openai SDK -> real Envoy (repo envoy.yaml) -> sidecar -> fake upstream."""
+"""The metered gateway end to end, through both front doors (`front_door`): openai SDK -> real Envoy
+(repo envoy.yaml) -> sidecar -> fake upstream, and openai SDK -> the ASGI gateway -> fake upstream."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from critique_sidecar.devtools.stack import REPO, Stack, envoy_binary
 
-from .helpers import balance, client, expected_charge, funded_key, upstream_seen
+from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_seen
 
 MSG = [{"role": "user", "content": "Summarize this retry policy in three bullets."}]
 
@@ -22,8 +23,8 @@ def test_repo_envoy_yaml_validates() -> None:
     assert "OK" in out.stdout
 
 
-def test_models_list(stack: Stack, account: str) -> None:
-    models = client(stack, funded_key(stack, account, "0")).models.list()
+def test_models_list(stack: Stack, front_door: FrontDoor, account: str) -> None:
+    models = client(front_door, funded_key(stack, account, "0")).models.list()
     ids = [m.id for m in models]
     assert ids == ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"]
     first = models.data[0].model_dump()
@@ -32,10 +33,10 @@ def test_models_list(stack: Stack, account: str) -> None:
 
 
 @pytest.mark.parametrize("model", ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"])
-def test_chat_charge_equals_usage_times_price_and_balance_change(stack: Stack, account: str, model: str) -> None:
+def test_chat_charge_equals_usage_times_price_and_balance_change(stack: Stack, front_door: FrontDoor, account: str, model: str) -> None:
     key = funded_key(stack, account, "10")
     before = balance(stack, account)
-    raw = client(stack, key).chat.completions.with_raw_response.create(model=model, messages=MSG, max_tokens=50)
+    raw = client(front_door, key).chat.completions.with_raw_response.create(model=model, messages=MSG, max_tokens=50)
     completion = raw.parse()
     usage = completion.usage
     assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens == 12
@@ -46,62 +47,62 @@ def test_chat_charge_equals_usage_times_price_and_balance_change(stack: Stack, a
     assert before - balance(stack, account) == Decimal(credits)
 
 
-def test_default_model_is_filled_in(stack: Stack, account: str) -> None:
+def test_default_model_is_filled_in(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
-    r = httpx.post(f"{stack.base_url}/api/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json={"messages": MSG})
+    r = httpx.post(front_door.chat_url, headers={"authorization": f"Bearer {key}"}, json={"messages": MSG})
     assert r.status_code == 200, r.text
     assert r.json()["model"] == "deepseek/deepseek-v4-flash"
     assert upstream_seen(stack)[-1]["body"]["model"] == "deepseek/deepseek-v4-flash"
 
 
-def test_no_key_bad_key_and_revoked_key_get_401(stack: Stack, account: str) -> None:
-    url = f"{stack.base_url}/api/v1/chat/completions"
+def test_no_key_bad_key_and_revoked_key_get_401(stack: Stack, front_door: FrontDoor, account: str) -> None:
+    url = front_door.chat_url
     r = httpx.post(url, json={"messages": MSG})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
     with pytest.raises(openai.AuthenticationError) as bad:
-        client(stack, "crt_" + "A" * 38).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
+        client(front_door, "crt_" + "A" * 38).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
     assert bad.value.code == "invalid_api_key"
 
     created = stack.create_key(account)
     stack.cli("credits", "grant", "--account", account, "--credits", "1")
-    ok = client(stack, created["key"]).models.list()
+    ok = client(front_door, created["key"]).models.list()
     assert len(ok.data) == 3
     stack.cli("keys", "revoke", created["key_id"])
     with pytest.raises(openai.AuthenticationError):
-        client(stack, created["key"]).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
+        client(front_door, created["key"]).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
     with pytest.raises(openai.AuthenticationError):
-        client(stack, created["key"]).models.list()
+        client(front_door, created["key"]).models.list()
 
 
-def test_read_only_key_cannot_post(stack: Stack, account: str) -> None:
+def test_read_only_key_cannot_post(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, scopes="read:inference")
-    assert len(client(stack, key).models.list().data) == 3
+    assert len(client(front_door, key).models.list().data) == 3
     with pytest.raises(openai.PermissionDeniedError) as err:
-        client(stack, key).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
+        client(front_door, key).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
     assert err.value.code == "insufficient_scope"
 
 
-def test_builder_scopes_also_work(stack: Stack, account: str) -> None:
+def test_builder_scopes_also_work(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, scopes="read:builder,write:builder")
-    assert len(client(stack, key).models.list().data) == 3
-    assert client(stack, key).chat.completions.create(model="tencent/hy3-preview", messages=MSG).usage is not None
+    assert len(client(front_door, key).models.list().data) == 3
+    assert client(front_door, key).chat.completions.create(model="tencent/hy3-preview", messages=MSG).usage is not None
 
 
-def test_empty_balance_gets_402_and_nothing_reaches_upstream(stack: Stack, account: str) -> None:
+def test_empty_balance_gets_402_and_nothing_reaches_upstream(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, "0")
     seen_before = len(upstream_seen(stack))
     with pytest.raises(openai.APIStatusError) as err:
-        client(stack, key).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
+        client(front_door, key).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
     assert err.value.status_code == 402
     assert err.value.code == "insufficient_credits"
     assert len(upstream_seen(stack)) == seen_before
     assert balance(stack, account) == 0
 
 
-def test_unknown_model_404(stack: Stack, account: str) -> None:
+def test_unknown_model_404(stack: Stack, front_door: FrontDoor, account: str) -> None:
     with pytest.raises(openai.NotFoundError) as err:
-        client(stack, funded_key(stack, account)).chat.completions.create(model="acme/nope", messages=MSG)
+        client(front_door, funded_key(stack, account)).chat.completions.create(model="acme/nope", messages=MSG)
     assert err.value.code == "model_not_found"
     assert balance(stack, account) == Decimal("10")
 
@@ -112,10 +113,10 @@ def test_unknown_model_404(stack: Stack, account: str) -> None:
      (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', "max_tokens"),
      (b'{"messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "stream")],
 )  # fmt: skip
-def test_malformed_body_400(stack: Stack, account: str, body: bytes, param: str | None) -> None:
+def test_malformed_body_400(stack: Stack, front_door: FrontDoor, account: str, body: bytes, param: str | None) -> None:
     key = funded_key(stack, account)
     r = httpx.post(
-        f"{stack.base_url}/api/v1/chat/completions",
+        front_door.chat_url,
         headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
         content=body,
     )
@@ -125,10 +126,10 @@ def test_malformed_body_400(stack: Stack, account: str, body: bytes, param: str 
     assert balance(stack, account) == Decimal("10")
 
 
-def test_upstream_never_sees_key_or_spoofed_headers(stack: Stack, account: str) -> None:
+def test_upstream_never_sees_key_or_spoofed_headers(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     r = httpx.post(
-        f"{stack.base_url}/api/v1/chat/completions",
+        front_door.chat_url,
         headers={
             "authorization": f"Bearer {key}",
             "x-critique-account": "someone-else",
@@ -148,9 +149,9 @@ def test_upstream_never_sees_key_or_spoofed_headers(stack: Stack, account: str) 
 
 
 @pytest.mark.parametrize("model, discounted", [("deepseek/deepseek-v4-flash", True), ("tencent/hy3-preview", False)])
-def test_training_opt_in_header_prices_deepseek_only(stack: Stack, account: str, model: str, discounted: bool) -> None:
+def test_training_opt_in_header_prices_deepseek_only(stack: Stack, front_door: FrontDoor, account: str, model: str, discounted: bool) -> None:
     key = funded_key(stack, account)
-    raw = client(stack, key).chat.completions.with_raw_response.create(
+    raw = client(front_door, key).chat.completions.with_raw_response.create(
         model=model, messages=MSG, extra_headers={"X-Critique-DeepSeek-Training-Opt-In": "true"}
     )
     usage = raw.parse().usage
@@ -165,16 +166,16 @@ def test_training_opt_in_header_prices_deepseek_only(stack: Stack, account: str,
         assert usd == list_usd
 
 
-def test_upstream_error_releases_hold_and_charges_nothing(stack: Stack, account: str) -> None:
+def test_upstream_error_releases_hold_and_charges_nothing(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     with pytest.raises(openai.InternalServerError):
-        client(stack, key).chat.completions.create(
+        client(front_door, key).chat.completions.create(
             model="deepseek/deepseek-v4-flash", messages=[{"role": "user", "content": "[[status:500]]"}]
         )
     show = stack.cli("credits", "show", "--account", account, "--json")
     assert '"held": "0.000000"' in show and '"balance": "10.000000"' in show
 
 
-def test_unknown_route_is_json_404(stack: Stack) -> None:
-    r = httpx.get(f"{stack.base_url}/nope")
+def test_unknown_route_is_json_404(front_door: FrontDoor) -> None:
+    r = httpx.get(f"{front_door.base_url}/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

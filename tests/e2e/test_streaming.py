@@ -1,4 +1,5 @@
-"""`stream: true` through the real Envoy: incremental delivery, exact charges, cut streams."""
+"""`stream: true` through both front doors (the real Envoy, the ASGI gateway): incremental delivery,
+exact charges, cut streams."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from critique_sidecar.devtools.fake_upstream import prompt_tokens
 from critique_sidecar.devtools.stack import Stack
 
-from .helpers import balance, client, expected_charge, funded_key, upstream_seen, usage_records, wait_for_records
+from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_seen, usage_records, wait_for_records
 
 MODEL = "deepseek/deepseek-v4-flash"
 
@@ -22,19 +23,17 @@ def _messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def _sse(stack: Stack, key: str, body: dict[str, object]) -> bytes:
-    with httpx.stream(
-        "POST", f"{stack.base_url}/api/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body, timeout=30
-    ) as r:
+def _sse(door: FrontDoor, key: str, body: dict[str, object]) -> bytes:
+    with httpx.stream("POST", door.chat_url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         return r.read()
 
 
-def test_sdk_parses_stream_and_usage_chunk_is_hidden(stack: Stack, account: str) -> None:
+def test_sdk_parses_stream_and_usage_chunk_is_hidden(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     msgs = _messages("stream me please")
-    chunks = list(client(stack, key).chat.completions.create(model=MODEL, messages=msgs, stream=True))  # type: ignore[arg-type]
+    chunks = list(client(front_door, key).chat.completions.create(model=MODEL, messages=msgs, stream=True))  # type: ignore[arg-type]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "tok " * 12
     assert all(c.usage is None for c in chunks)  # the client did not ask for usage
@@ -47,16 +46,16 @@ def test_sdk_parses_stream_and_usage_chunk_is_hidden(stack: Stack, account: str)
     assert Decimal("10") - balance(stack, account) == Decimal(expected)
 
 
-def test_usage_chunk_shown_when_client_asked_and_charge_comment_in_band(stack: Stack, account: str) -> None:
+def test_usage_chunk_shown_when_client_asked_and_charge_comment_in_band(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     msgs = _messages("with usage")
-    stream = client(stack, key).chat.completions.create(
+    stream = client(front_door, key).chat.completions.create(
         model=MODEL, messages=msgs, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
 
-    raw = _sse(stack, key, {"model": MODEL, "messages": msgs, "stream": True})
+    raw = _sse(front_door, key, {"model": MODEL, "messages": msgs, "stream": True})
     expected, usd = expected_charge(MODEL, prompt_tokens({"messages": msgs}), 12)
     events = raw.split(b"\n\n")
     assert events[-1] == b"" and events[-2] == b"data: [DONE]"
@@ -66,11 +65,11 @@ def test_usage_chunk_shown_when_client_asked_and_charge_comment_in_band(stack: S
     assert b'"usage":{' not in raw  # hidden again for the client that did not ask
 
 
-def test_chunks_arrive_before_the_upstream_finishes(stack: Stack, account: str) -> None:
+def test_chunks_arrive_before_the_upstream_finishes(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     start = time.monotonic()
     arrivals = []
-    stream = client(stack, key).chat.completions.create(
+    stream = client(front_door, key).chat.completions.create(
         model=MODEL, messages=_messages("[[slow:300]] [[tokens:6]]"), stream=True  # type: ignore[arg-type]
     )
     for chunk in stream:
@@ -82,9 +81,9 @@ def test_chunks_arrive_before_the_upstream_finishes(stack: Stack, account: str) 
     assert arrivals[-1] - arrivals[0] > 1.0
 
 
-def test_stream_without_usage_is_estimated_and_settled_once(stack: Stack, account: str) -> None:
+def test_stream_without_usage_is_estimated_and_settled_once(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
-    raw = _sse(stack, key, {"model": MODEL, "messages": _messages("[[nousage]]"), "stream": True})
+    raw = _sse(front_door, key, {"model": MODEL, "messages": _messages("[[nousage]]"), "stream": True})
     assert b"estimated=true" in raw and raw.endswith(b"data: [DONE]\n\n")
     [record] = usage_records(stack, account)
     assert record["status"] == "estimated" and record["estimated"] == "1"
@@ -92,20 +91,20 @@ def test_stream_without_usage_is_estimated_and_settled_once(stack: Stack, accoun
     assert Decimal("10") - balance(stack, account) == Decimal(record["credits"]) / 1_000_000
 
 
-def test_cut_stream_is_settled_once_by_estimate(stack: Stack, account: str) -> None:
+def test_cut_stream_is_settled_once_by_estimate(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     with pytest.raises((openai.APIError, httpx.HTTPError)):
-        list(client(stack, key).chat.completions.create(model=MODEL, messages=_messages("[[cut]] [[tokens:10]]"), stream=True))  # type: ignore[arg-type]
+        list(client(front_door, key).chat.completions.create(model=MODEL, messages=_messages("[[cut]] [[tokens:10]]"), stream=True))  # type: ignore[arg-type]
     [record] = wait_for_records(stack, account, 1)
     assert record["status"] == "interrupted" and record["estimated"] == "1"
     assert int(record["output_tokens"]) == 5  # five 4-byte tokens were delivered before the cut
     assert '"held": "0.000000"' in stack.cli("credits", "show", "--account", account, "--json")
 
 
-def test_client_disconnect_is_settled_once(stack: Stack, account: str) -> None:
+def test_client_disconnect_is_settled_once(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     body = {"model": MODEL, "messages": _messages("[[slow:100]] [[tokens:200]]"), "stream": True}
-    with httpx.stream("POST", f"{stack.base_url}/api/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, json=body) as r:
+    with httpx.stream("POST", front_door.chat_url, headers={"authorization": f"Bearer {key}"}, json=body) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]  # a few events, then hang up
         assert any('"content":"tok "' in line for line in got)
@@ -117,11 +116,11 @@ def test_client_disconnect_is_settled_once(stack: Stack, account: str) -> None:
 
 
 @pytest.mark.parametrize("directive", ["[[gzip]]", "[[forcegzip]]"])
-def test_compressed_upstream_responses_are_metered(stack: Stack, account: str, directive: str) -> None:
+def test_compressed_upstream_responses_are_metered(stack: Stack, front_door: FrontDoor, account: str, directive: str) -> None:
     key = funded_key(stack, account)
     msgs = _messages(f"compress {directive}")
     r = httpx.post(
-        f"{stack.base_url}/api/v1/chat/completions",
+        front_door.chat_url,
         headers={"authorization": f"Bearer {key}", "accept-encoding": "gzip"},
         json={"model": MODEL, "messages": msgs},
     )
@@ -142,14 +141,14 @@ def _rss_kb(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, account: str) -> None:
+def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, "100")
-    pid = stack.procs["sidecar"].pid
+    pid = stack.procs[front_door.process].pid  # the process that meters: the sidecar or the ASGI gateway
 
     def stream(tokens: int) -> int:
         body = {"model": MODEL, "messages": _messages(f"[[bigchunk:65536]] [[tokens:{tokens}]]"), "stream": True}
         total = 0
-        url = f"{stack.base_url}/api/v1/chat/completions"
+        url = front_door.chat_url
         with httpx.stream("POST", url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=120) as r:
             assert r.status_code == 200, r.read()
             for part in r.iter_bytes():
