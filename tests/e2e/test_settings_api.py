@@ -1,5 +1,6 @@
-"""The settings API and the account controls end to end: plain HTTP and the openai SDK ->
-real Envoy (repo envoy.yaml, ext_authz on the settings route) -> sidecar -> Redis."""
+"""The settings API and the account controls end to end, through both front doors: plain HTTP
+and the openai SDK -> real Envoy (repo envoy.yaml, ext_authz on the settings route) -> sidecar
+-> Redis, and the same -> the ASGI gateway -> Redis."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from critique_sidecar.core.scopes import SETTINGS_PATH
 from critique_sidecar.devtools.stack import Stack
 from critique_sidecar.store import keyspace
 
-from .helpers import balance, client, expected_charge, funded_key, upstream_seen
+from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_seen
 
 MODEL = "deepseek/deepseek-v4-flash"
 DEFAULTS = {
@@ -28,10 +29,10 @@ DEFAULTS = {
 
 
 class Api:
-    """Plain-HTTP settings calls through Envoy with one key."""
+    """Plain-HTTP settings calls through one front door with one key."""
 
-    def __init__(self, stack: Stack, key: str) -> None:
-        self.url = stack.base_url + SETTINGS_PATH
+    def __init__(self, door: FrontDoor, key: str) -> None:
+        self.url = door.base_url + SETTINGS_PATH
         self.headers = {"authorization": f"Bearer {key}"}
 
     def get(self) -> httpx.Response:
@@ -48,9 +49,10 @@ class Api:
 
 
 @pytest.fixture
-def admin(stack: Stack, account: str) -> Api:
-    """An operator credential for the account (admin:inference), minted by the CLI."""
-    return Api(stack, stack.create_key(account, "admin:inference")["key"])
+def admin(stack: Stack, front_door: FrontDoor, account: str) -> Api:
+    """An operator credential for the account (admin:inference), minted by the CLI; every test
+    using it runs through both front doors."""
+    return Api(front_door, stack.create_key(account, "admin:inference")["key"])
 
 
 @pytest.fixture
@@ -59,8 +61,8 @@ def agent_key(stack: Stack, account: str) -> str:
     return funded_key(stack, account, "10", scopes="read:inference,write:inference")
 
 
-def chat(stack: Stack, key: str, content: str = "hello", **extra: Any) -> Any:
-    return client(stack, key).chat.completions.with_raw_response.create(
+def chat(door: FrontDoor, key: str, content: str = "hello", **extra: Any) -> Any:
+    return client(door, key).chat.completions.with_raw_response.create(
         model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=20, **extra
     )
 
@@ -73,8 +75,8 @@ def usage_count(stack: Stack, account: str) -> int:
 # -- GET / PATCH ---------------------------------------------------------------------------
 
 
-def test_get_returns_the_full_defaults_to_an_inference_key(stack: Stack, admin: Api, agent_key: str) -> None:
-    r = Api(stack, agent_key).get()
+def test_get_returns_the_full_defaults_to_an_inference_key(stack: Stack, front_door: FrontDoor, admin: Api, agent_key: str) -> None:
+    r = Api(front_door, agent_key).get()
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json() == DEFAULTS
     assert admin.get().json() == DEFAULTS
@@ -124,9 +126,9 @@ def test_bad_patch_is_400_naming_the_field_and_changes_nothing(admin: Api, body:
     assert admin.get().json() == before
 
 
-def test_an_inference_key_cannot_patch_its_own_caps(stack: Stack, admin: Api, agent_key: str) -> None:
+def test_an_inference_key_cannot_patch_its_own_caps(stack: Stack, front_door: FrontDoor, admin: Api, agent_key: str) -> None:
     before = admin.set(daily_credit_cap=1, daily_request_cap=5)
-    agent = Api(stack, agent_key)
+    agent = Api(front_door, agent_key)
     r = agent.patch({"daily_credit_cap": 1000, "daily_request_cap": None})
     assert r.status_code == 403
     assert r.json()["error"]["code"] == "insufficient_scope" and r.json()["error"]["type"] == "permission_error"
@@ -137,12 +139,12 @@ def test_an_inference_key_cannot_patch_its_own_caps(stack: Stack, admin: Api, ag
     assert admin.get().json() == before
 
 
-def test_an_admin_key_cannot_chat_and_a_read_key_cannot_patch(stack: Stack, account: str, admin: Api) -> None:
-    read_only = Api(stack, stack.create_key(account, "read:inference")["key"])
+def test_an_admin_key_cannot_chat_and_a_read_key_cannot_patch(stack: Stack, front_door: FrontDoor, account: str, admin: Api) -> None:
+    read_only = Api(front_door, stack.create_key(account, "read:inference")["key"])
     assert read_only.patch({"enabled": False}).status_code == 403
     admin_key = admin.headers["authorization"].split()[1]
     with pytest.raises(openai.PermissionDeniedError) as err:
-        chat(stack, admin_key)
+        chat(front_door, admin_key)
     assert err.value.code == "insufficient_scope"
     assert admin.get().json()["enabled"] is True
 
@@ -155,23 +157,23 @@ def test_settings_set_by_the_cli_are_what_the_api_shows(stack: Stack, account: s
 # -- the settings take effect on the chat route --------------------------------------------
 
 
-def test_disabled_account_gets_403_and_nothing_is_charged(stack: Stack, account: str, admin: Api, agent_key: str) -> None:
+def test_disabled_account_gets_403_and_nothing_is_charged(stack: Stack, front_door: FrontDoor, account: str, admin: Api, agent_key: str) -> None:
     admin.set(enabled=False)
     marker = f"disabled-{uuid.uuid4().hex}"
     with pytest.raises(openai.PermissionDeniedError) as err:
-        chat(stack, agent_key, marker)
+        chat(front_door, agent_key, marker)
     assert err.value.status_code == 403 and err.value.code == "inference_disabled"
     assert balance(stack, account) == Decimal(10)
     assert usage_count(stack, account) == 0
     assert marker not in json.dumps(upstream_seen(stack))
 
     admin.set(enabled=True)
-    assert chat(stack, agent_key).http_response.status_code == 200
+    assert chat(front_door, agent_key).http_response.status_code == 200
 
 
-def test_soft_mode_passes_with_a_warning_header(stack: Stack, account: str, admin: Api, agent_key: str) -> None:
+def test_soft_mode_passes_with_a_warning_header(stack: Stack, front_door: FrontDoor, account: str, admin: Api, agent_key: str) -> None:
     admin.set(block_when_cap_reached=False, daily_credit_cap=0, daily_request_cap=0)
-    raw = chat(stack, agent_key)
+    raw = chat(front_door, agent_key)
     assert raw.http_response.status_code == 200
     assert raw.headers["x-critique-warning"] == "daily_request_cap_reached,daily_credit_cap_reached"
     usage = raw.parse().usage
@@ -180,13 +182,13 @@ def test_soft_mode_passes_with_a_warning_header(stack: Stack, account: str, admi
 
     admin.set(block_when_cap_reached=True)  # the same state, hard mode
     with pytest.raises(openai.RateLimitError) as err:
-        chat(stack, agent_key)
+        chat(front_door, agent_key)
     assert err.value.code == "daily_request_cap_reached"
 
 
-def test_no_warning_header_under_the_caps(stack: Stack, admin: Api, agent_key: str) -> None:
+def test_no_warning_header_under_the_caps(stack: Stack, front_door: FrontDoor, admin: Api, agent_key: str) -> None:
     admin.set(block_when_cap_reached=False, daily_credit_cap=5, daily_request_cap=10)
-    raw = chat(stack, agent_key)
+    raw = chat(front_door, agent_key)
     assert raw.http_response.status_code == 200 and "x-critique-warning" not in raw.headers
 
 
@@ -199,15 +201,15 @@ def test_no_warning_header_under_the_caps(stack: Stack, admin: Api, agent_key: s
     ],
 )
 def test_hard_mode_caps_are_429_with_retry_after_for_daily_caps(
-    stack: Stack, account: str, admin: Api, agent_key: str, fields: dict[str, Any], code: str, retry_after: bool
+    stack: Stack, front_door: FrontDoor, account: str, admin: Api, agent_key: str, fields: dict[str, Any], code: str, retry_after: bool
 ) -> None:
     admin.set(**fields)
     if code == "daily_request_cap_reached":
-        assert chat(stack, agent_key).http_response.status_code == 200  # the one allowed request
+        assert chat(front_door, agent_key).http_response.status_code == 200  # the one allowed request
     spent = Decimal(10) - balance(stack, account)
     latest = seconds_to_next_utc_midnight(utc_now())
     with pytest.raises(openai.RateLimitError) as err:
-        chat(stack, agent_key)
+        chat(front_door, agent_key)
     earliest = seconds_to_next_utc_midnight(utc_now())
     assert err.value.status_code == 429 and err.value.code == code
     assert err.value.body["type"] == "rate_limit_error"  # type: ignore[index]
@@ -218,21 +220,21 @@ def test_hard_mode_caps_are_429_with_retry_after_for_daily_caps(
     assert Decimal(10) - balance(stack, account) == spent  # the refusal charged nothing
 
 
-def test_reserve_floor_is_402_naming_the_floor(stack: Stack, account: str, admin: Api, agent_key: str) -> None:
+def test_reserve_floor_is_402_naming_the_floor(stack: Stack, front_door: FrontDoor, account: str, admin: Api, agent_key: str) -> None:
     admin.set(reserve_credits_for_review="9.999", block_when_cap_reached=False)  # soft mode: the floor stays hard
     with pytest.raises(openai.APIStatusError) as err:
-        chat(stack, agent_key)
+        chat(front_door, agent_key)
     assert err.value.status_code == 402 and err.value.code == "insufficient_credits"
     assert "reserve floor of 9.999000 credits is kept for review" in err.value.message
     assert balance(stack, account) == Decimal(10)
     admin.set(reserve_credits_for_review=9)
-    assert chat(stack, agent_key).http_response.status_code == 200
+    assert chat(front_door, agent_key).http_response.status_code == 200
     assert balance(stack, account) >= Decimal(9)
 
 
-def test_account_training_opt_in_prices_deepseek_at_the_opt_in_tier(stack: Stack, admin: Api, agent_key: str) -> None:
+def test_account_training_opt_in_prices_deepseek_at_the_opt_in_tier(stack: Stack, front_door: FrontDoor, admin: Api, agent_key: str) -> None:
     admin.set(deepseek_training_opt_in=True)
-    raw = chat(stack, agent_key)
+    raw = chat(front_door, agent_key)
     usage = raw.parse().usage
     credits, usd = expected_charge(MODEL, usage.prompt_tokens, usage.completion_tokens, opt_in=True)
     list_credits, list_usd = expected_charge(MODEL, usage.prompt_tokens, usage.completion_tokens)
