@@ -16,7 +16,7 @@ import grpc
 import uvicorn
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -25,9 +25,12 @@ from .core.auth import Authenticator
 from .core.catalog import Catalog, load_catalog
 from .core.clock import Clock, utc_now
 from .core.metering import Meter
+from .core.observe import ObservedKeys, ObservedLedger
 from .envoy.authz import AuthorizationServicer
 from .envoy.ext_proc import ExtProcServicer
 from .envoy.health import StoreHealth
+from .observability import Metrics, RequestLog, Telemetry
+from .observability.metrics import start_metrics_server
 from .settings import Settings
 from .core.capture import CaptureSink
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
@@ -44,6 +47,12 @@ log = logging.getLogger("critique_sidecar")
 REDIS_MAX_CONNECTIONS = 256  # per sidecar process
 
 GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# gRPC health service name that is SERVING for as long as the process serves gRPC, store or
+# not: the liveness probe's. (Readiness uses "", which follows the store and the drain.)
+LIVENESS_SERVICE = "liveness"
+# Seconds open streams get to finish and settle after SIGTERM (deploy/ stop timeouts cover it).
+DRAIN_GRACE_S = 30
 
 
 def fix_malloc_mmap_threshold(threshold: int = 256 * 1024) -> None:
@@ -86,6 +95,7 @@ class Components:
     auth: Authenticator
     meter: Meter
     ledger: JournalingLedger
+    metrics: Metrics
 
 
 def capture_sink(settings: Settings, redis: Any) -> CaptureSink | None:
@@ -100,14 +110,17 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
     redis = redis if redis is not None else connect_redis(settings)
     catalog = load_catalog(settings.catalog_path)
     keys = RedisKeyStore(redis)
-    auth = Authenticator(keys, cache_ttl_s=settings.key_cache_ttl_s)
+    metrics = Metrics()
+    metrics.watch_journal(settings.journal_path)
+    observer = Telemetry(metrics, RequestLog())
+    auth = Authenticator(ObservedKeys(keys, observer), cache_ttl_s=settings.key_cache_ttl_s)
     redis_ledger = RedisLedger(
         redis,
         settled_ttl_s=settings.settled_ttl_s,
         stream_maxlen=settings.usage_stream_maxlen,
         autopipeline=settings.redis_autopipeline and not settings.redis_cluster,
     )
-    ledger = JournalingLedger(redis_ledger, SettlementJournal(settings.journal_path))
+    ledger = JournalingLedger(ObservedLedger(redis_ledger, observer), SettlementJournal(settings.journal_path))
     meter = Meter(
         catalog,
         ledger,
@@ -116,8 +129,9 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
         clock=clock,
         capture=capture_sink(settings, redis),
         capture_timeout_s=settings.capture_timeout_s,
+        observer=observer,
     )
-    return Components(redis, catalog, keys, auth, meter, ledger)
+    return Components(redis, catalog, keys, auth, meter, ledger, metrics)
 
 
 async def serve(settings: Settings) -> None:
@@ -133,16 +147,20 @@ async def serve(settings: Settings) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     store_health = StoreHealth(health_servicer, c.redis.ping, settings.health_interval_s)
     server.add_insecure_port(settings.grpc_listen)
+    c.metrics.watch_store(lambda: store_health.serving)
+    metrics_server = start_metrics_server(settings.metrics_listen, c.metrics.registry)[0] if settings.metrics_listen else None
+    exposition = None if metrics_server else c.metrics.exposition  # else GET /metrics on the HTTP listener
 
     host, _, port = settings.http_listen.rpartition(":")
     web = uvicorn.Server(
         uvicorn.Config(
-            build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis))),
+            build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=exposition)),
             host=host,
             port=int(port),
             log_level="warning",
             access_log=False,
             lifespan="off",
+            log_config=None,  # uvicorn's loggers go through ours (observability.logs)
         )
     )
     web.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own signals
@@ -153,6 +171,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     await server.start()
+    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     await store_health.check_once()
     await c.ledger.replay()  # a journal left by an earlier run (e.g. killed during an outage)
     tasks = [
@@ -170,11 +189,14 @@ async def serve(settings: Settings) -> None:
 
     log.info("draining")
     await store_health.drain()
-    await server.stop(grace=30)  # open streams finish and settle
+    await server.stop(grace=DRAIN_GRACE_S)  # open streams finish and settle
     web.should_exit = True
     for task in tasks[:1] + tasks[2:]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await c.ledger.replay()  # flush what can be flushed; the rest stays journaled for next start
     await c.redis.aclose()
+    if metrics_server is not None:
+        await asyncio.to_thread(metrics_server.shutdown)
+        metrics_server.server_close()
     log.info("stopped")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from .core.catalog import CatalogError
 from .core.errors import StoreUnavailable
 from .core.money import format_credits, parse_credits
 from .core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
+from .observability.logs import configure_logging
 from .settings import Settings
 
 
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
-        logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+        configure_logging(settings.log_level, settings.log_format)
         if args.command == "serve":
             import uvloop
 

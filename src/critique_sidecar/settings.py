@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     capture_timeout_s: float = Field(0.25, gt=0, description="Longest a capture write may take; past it the request is charged the normal price.")
     health_interval_s: float = Field(1.0, gt=0, description="Seconds between store health checks.")
     log_level: str = Field("INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
+    log_format: Literal["json", "text"] = Field("json", description="Log line format on stderr: one JSON object per line, or plain text.")
+    metrics_listen: str = Field("", description="Own listen address for Prometheus GET /metrics (e.g. 0.0.0.0:9003 in a pod); empty serves /metrics on the HTTP listener. Envoy never routes /metrics.")
 
     @field_validator("upstream_override")
     @classmethod

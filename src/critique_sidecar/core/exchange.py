@@ -12,6 +12,7 @@ The front doors translate their protocol to these calls and nothing else."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from .chat_request import upstream_body
 from .errors import ApiError
 from .metering import Meter, MeteredRequest
 from .money import format_credits, format_usd
+from .observe import Denial
 from .scopes import CHAT
 from .sse import SseMeter, charge_comment
 from .usage import decode_body, parse_json_response
@@ -55,12 +57,22 @@ class ChatExchange:
     response_status: int = 0
     encoding: str = ""
     sse: SseMeter | None = field(default=None)
+    began: float = field(default_factory=time.monotonic)  # for the denial latency reported to the observer
+    trace_id: str | None = None  # the front door's x-request-id, for request logs
+    sse_closed: bool = False
 
     async def start(self, headers: Mapping[str, str], identity: Identity | None = None) -> list[str]:
         """Authorise; returns the request headers the upstream must not see."""
+        self.trace_id = headers.get("x-request-id")
         if identity is None:
-            identity = await self.auth.identify(headers.get("authorization"))
-            authorize(identity, CHAT)
+            found: Identity | None = None
+            try:
+                found = await self.auth.identify(headers.get("authorization"))
+                authorize(found, CHAT)
+            except ApiError as error:
+                self._denied(error, found)
+                raise
+            identity = found
         self.identity = identity
         self.opt_in = headers.get(OPT_IN_HEADER, "").strip().lower() == "true"
         return [*_NEVER_UPSTREAM, *(k for k in headers if k.startswith("x-critique-"))]
@@ -68,8 +80,14 @@ class ChatExchange:
     async def admit(self, body: bytes) -> UpstreamRequest:
         if self.identity is None:
             raise ApiError("invalid_api_key", "Invalid API key.")
-        chat = self.meter.parse(body)
-        self.metered = await self.meter.admit(self.identity, chat, self.opt_in)
+        model: str | None = None
+        try:
+            chat = self.meter.parse(body)
+            model = chat.model.id
+            self.metered = await self.meter.admit(self.identity, chat, self.opt_in)
+        except ApiError as error:
+            self._denied(error, self.identity, model)
+            raise
         headers = {MODEL_HEADER: chat.model.id}
         new_body = upstream_body(chat)
         if new_body is not None:
@@ -95,6 +113,7 @@ class ChatExchange:
             self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage, keep_text=metered.price.opt_in)
             remove.append("content-length")  # we may change the stream's length
             stream = True
+            self.meter.observer.stream_opened()
         return ResponseStart(add, remove, stream)
 
     async def response_json(self, body: bytes) -> dict[str, str]:
@@ -128,6 +147,9 @@ class ChatExchange:
     async def close(self) -> None:
         """The exchange ended. A request still holding credits was cut off: release it if no
         response started, else charge what we can tell was served."""
+        if self.sse is not None and not self.sse_closed:
+            self.sse_closed = True
+            self.meter.observer.stream_closed()
         metered = self.metered
         if metered is None or metered.settled is not None:
             return
@@ -138,3 +160,8 @@ class ChatExchange:
             await self.meter.settle(metered, charge, "interrupted")
         else:
             await self.meter.settle(metered, self.meter.charge(metered, None), "interrupted")
+
+    def _denied(self, error: ApiError, identity: Identity | None, model: str | None = None) -> None:
+        account, key_id = (identity.account, identity.key_id) if identity else (None, None)
+        latency = time.monotonic() - self.began
+        self.meter.observer.denied(Denial(error.code, account, key_id, model, self.trace_id, latency))

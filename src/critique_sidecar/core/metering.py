@@ -24,6 +24,7 @@ from .clock import Clock, day_window, month_window, seconds_to_next_utc_midnight
 from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
 from .money import format_credits, usd_for_tokens, usd_to_micro_credits
+from .observe import NULL_OBSERVER, Observer
 from .usage import Usage
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ class Meter:
         clock: Clock = utc_now,
         capture: CaptureSink | None = None,
         capture_timeout_s: float = 0.25,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.catalog = catalog
+        self.observer = observer  # metrics and request logs (core/observe.py); the exchange reports through it too
         self._ledger = ledger
         self._usd_per_credit = usd_per_credit
         self._hold_ttl = timedelta(seconds=hold_ttl_s)
@@ -129,6 +132,7 @@ class Meter:
         if result.code is not None:
             raise hold_refusal(result, hold, now)
         price = price_for(self.catalog, chat.model, now, opt_in_header or result.training_opt_in)
+        self.observer.admitted(chat.model.id, result.warnings)
         return MeteredRequest(request_id, identity, chat, price, hold, now, time.monotonic(), result.warnings)
 
     def credits_for(self, usage: Usage, price: Price) -> int:
@@ -169,6 +173,7 @@ class Meter:
             month=month_window(at),
         )
         req.settled = await self._ledger.settle(record)
+        self.observer.settled(record)
         return req.settled
 
     async def settle_completed(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -29,6 +30,9 @@ class WebContext:
     clock: Clock = utc_now
     settings: SettingsStore | None = None  # None: no settings routes (e.g. a models-only app)
     dashboard: DashboardSource | None = None  # None: no dashboard API or page
+    # Prometheus exposition (observability.metrics): GET /metrics. Only the sidecar's own HTTP
+    # listener sets it; Envoy never routes /metrics, and the ASGI gateway leaves it unset.
+    metrics: Callable[[], bytes] | None = None
 
 
 def json_response(data: object, status: int = 200) -> Response:
@@ -65,6 +69,13 @@ def build_web_app(ctx: WebContext) -> Starlette:
         routes += settings_routes(ctx.settings, lambda request, any_of: identify(ctx, request, any_of))
     if ctx.dashboard is not None:
         routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
+    if ctx.metrics is not None:
+        exposition = ctx.metrics
+
+        async def metrics(request: Request) -> Response:
+            return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+        routes.append(Route("/metrics", metrics, methods=["GET"]))
     return Starlette(
         routes=routes,
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_error},

@@ -1,0 +1,119 @@
+"""What the core reports while it decides and meters: a tiny observer protocol.
+
+The core calls an `Observer` at its decision points (exchange.py, metering.py) and around
+each store round trip (`ObservedLedger`, `ObservedKeys`); the default does nothing. Metrics
+and request logs implement it outside the core (critique_sidecar.observability), so the core
+stays free of Prometheus, logging formats and transports.
+
+Events carry ids, model ids, codes and numbers, never request or response text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import StoreUnavailable
+from .keys import KeyRecord
+from .ledger import HoldRequest, HoldResult, KeyDirectory, Ledger, SettleResult, UsageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A chat request refused before it reached a model."""
+
+    code: str  # the error-table code (errors.ERROR_TABLE)
+    account: str | None  # known once the key was identified
+    key_id: str | None
+    model: str | None  # known once the body named a catalog model
+    trace_id: str | None  # the front door's request id (Envoy's x-request-id), if it sent one
+    latency_s: float  # from the request's headers to the refusal
+
+
+class Observer(Protocol):
+    def admitted(self, model: str, warnings: tuple[str, ...]) -> None:
+        """A hold was placed (warnings: soft-mode cap codes the request passed over)."""
+
+    def denied(self, denial: Denial) -> None: ...
+
+    def settled(self, record: UsageRecord) -> None:
+        """An admitted request was closed (charged, estimated or released): once per request."""
+
+    def store_call(self, op: str, seconds: float, failed: bool) -> None:
+        """One store round trip: op is hold, settle or key_lookup; failed = store unavailable."""
+
+    def stream_opened(self) -> None:
+        """An SSE response started being metered."""
+
+    def stream_closed(self) -> None: ...
+
+
+class NullObserver:
+    """The default: observes nothing."""
+
+    def admitted(self, model: str, warnings: tuple[str, ...]) -> None:
+        pass
+
+    def denied(self, denial: Denial) -> None:
+        pass
+
+    def settled(self, record: UsageRecord) -> None:
+        pass
+
+    def store_call(self, op: str, seconds: float, failed: bool) -> None:
+        pass
+
+    def stream_opened(self) -> None:
+        pass
+
+    def stream_closed(self) -> None:
+        pass
+
+
+NULL_OBSERVER = NullObserver()
+
+
+class ObservedLedger:
+    """A Ledger that reports each store round trip (latency, and whether the store failed)."""
+
+    def __init__(self, inner: Ledger, observer: Observer) -> None:
+        self._inner = inner
+        self._observer = observer
+
+    async def place_hold(self, hold: HoldRequest) -> HoldResult:
+        started = time.perf_counter()
+        try:
+            result = await self._inner.place_hold(hold)
+        except StoreUnavailable:
+            self._observer.store_call("hold", time.perf_counter() - started, True)
+            raise
+        self._observer.store_call("hold", time.perf_counter() - started, False)
+        return result
+
+    async def settle(self, record: UsageRecord) -> SettleResult:
+        started = time.perf_counter()
+        try:
+            result = await self._inner.settle(record)
+        except StoreUnavailable:
+            self._observer.store_call("settle", time.perf_counter() - started, True)
+            raise
+        self._observer.store_call("settle", time.perf_counter() - started, False)
+        return result
+
+
+class ObservedKeys:
+    """A KeyDirectory that reports each key lookup that reaches the store."""
+
+    def __init__(self, inner: KeyDirectory, observer: Observer) -> None:
+        self._inner = inner
+        self._observer = observer
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
+        started = time.perf_counter()
+        try:
+            record = await self._inner.find_by_hash(key_hash)
+        except StoreUnavailable:
+            self._observer.store_call("key_lookup", time.perf_counter() - started, True)
+            raise
+        self._observer.store_call("key_lookup", time.perf_counter() - started, False)
+        return record

@@ -1,0 +1,144 @@
+"""Logging, set up in one place: JSON lines (default) or plain text, on stderr.
+
+`configure_logging` is called once by the CLI before any command runs. `RequestLog` writes
+one line per settled or denied chat request (an Observer, see core/observe.py): ids, model,
+decision/code, charge, flags and latency. Never prompt or completion text: the events it
+receives carry none, and it does not log error messages (which may echo client input)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+import orjson
+
+from ..core.ledger import UsageRecord
+from ..core.money import format_credits
+from ..core.observe import Denial
+
+REQUEST_LOGGER = "critique_sidecar.requests"
+FORMATS = ("json", "text")
+
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """Structured fields: a record's `extra={"fields": {...}}`."""
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+def _utc_ms(created: float) -> str:
+    seconds = int(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((created - seconds) * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts (UTC, ms), level, logger, msg, then the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _utc_ms(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            line.setdefault(key, value)
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`ts level logger: msg key=value ...` for people reading a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = _fields(record)
+        if fields:
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+        return text
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> logging.Handler:
+    """Route every logger (ours, uvicorn's, grpc's Python side) to one stderr handler."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler
+
+
+class RequestLog:
+    """One INFO line per settled or denied chat request (core.observe.Observer)."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger(REQUEST_LOGGER)
+
+    def _write(self, msg: str, fields: dict[str, Any]) -> None:
+        # On the request path: build the record directly (Logger.info would walk the stack to
+        # find the caller, the costliest part of a log call, for a location nobody reads).
+        record = self.log.makeRecord(self.log.name, logging.INFO, __name__, 0, msg, None, None, extra={"fields": fields})
+        self.log.handle(record)
+
+    def admitted(self, model: str, warnings: tuple[str, ...]) -> None:
+        pass  # its line is written when it settles
+
+    def denied(self, d: Denial) -> None:
+        if self.log.isEnabledFor(logging.INFO):
+            fields = {
+                "event": "denied",
+                "request_id": None,
+                "trace_id": d.trace_id,
+                "account": d.account,
+                "key_id": d.key_id,
+                "model": d.model,
+                "decision": "denied",
+                "code": d.code,
+                "credits": format_credits(0),
+                "estimated": False,
+                "latency_ms": round(d.latency_s * 1000, 3),
+            }
+            self._write("request denied", fields)
+
+    def settled(self, r: UsageRecord) -> None:
+        if self.log.isEnabledFor(logging.INFO):
+            fields = {
+                "event": "settled",
+                "request_id": r.request_id,
+                "account": r.account,
+                "key_id": r.key_id,
+                "model": r.model,
+                "decision": "allowed",
+                "code": "ok",
+                "status": r.status,
+                "credits": format_credits(r.credits),
+                "micro_credits": r.credits,
+                "usd": r.usd,
+                "input_tokens": r.input_tokens,
+                "output_tokens": r.output_tokens,
+                "estimated": r.estimated,
+                "opt_in": r.opt_in,
+                "price_version": r.price_version,
+                "latency_ms": r.latency_ms,
+            }
+            self._write("request settled", fields)
+
+    def store_call(self, op: str, seconds: float, failed: bool) -> None:
+        pass  # failures are logged where they are handled (journal, health); counted in metrics
+
+    def stream_opened(self) -> None:
+        pass
+
+    def stream_closed(self) -> None:
+        pass

@@ -1,0 +1,143 @@
+"""Prometheus metrics: the core's observer events (core/observe.py) as counters, gauges and
+histograms in one registry per process.
+
+Labels are bounded on purpose: decision and error code (the error table), model (the
+catalog), store operation. Never an account, key or request id: those are in the request
+logs, and as labels they would grow without bound."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from ..core.ledger import UsageRecord
+from ..core.observe import Denial
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "journal_depth", "start_metrics_server"]
+
+# Store round trips are ~0.1-1 ms when healthy; the 0.5 s Redis timeout is the top.
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# A denial is decided in the first phases: key lookup, parse, one hold.
+DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Implements core.observe.Observer by updating Prometheus collectors."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        # No `*_created` series beside every counter: twice the lines for nothing a dashboard uses.
+        # (A process-wide switch in prometheus_client; this registry is the process's only one.)
+        disable_created_metrics()
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        if process:  # CPU, RSS, open fds, GC: what a gateway operator checks first
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.requests = Counter(
+            "critique_requests", "Chat requests by admission decision (allowed, denied) and reason code (ok, a soft-mode cap code, or the error code).",
+            ["decision", "code"], registry=r,
+        )  # fmt: skip
+        self.denial_seconds = Histogram(
+            "critique_denial_seconds", "Time from a chat request's headers to its refusal.", registry=r, buckets=DECISION_BUCKETS
+        )
+        self.settlements = Counter(
+            "critique_settlements", "Admitted requests closed, by model and status (ok, estimated, interrupted, upstream_error, cancelled).",
+            ["model", "status"], registry=r,
+        )  # fmt: skip
+        self.charged = Counter(
+            "critique_charged_microcredits", "Micro-credits charged (1 credit = 1,000,000), by model.", ["model"], registry=r
+        )
+        self.tokens = Counter("critique_tokens", "Tokens charged for, by model and kind (input, output).", ["model", "kind"], registry=r)
+        self.estimated = Counter(
+            "critique_estimated_charges", "Charges made from an estimate because the response carried no usage.", ["model"], registry=r
+        )
+        self.store_seconds = Histogram(
+            "critique_store_seconds", "Latency of store round trips: hold (admission), settle, key_lookup.", ["op"], registry=r, buckets=STORE_BUCKETS
+        )
+        self.store_errors = Counter(
+            "critique_store_errors", "Store round trips that failed (Redis unreachable or timed out), by operation.", ["op"], registry=r
+        )
+        self.inflight = Gauge("critique_inflight_requests", "Admitted requests whose hold is not settled yet (this process).", registry=r)
+        self.open_streams = Gauge("critique_open_streams", "SSE responses being metered right now (this process).", registry=r)
+        self.store_up = Gauge("critique_store_up", "1 while the store answers health checks (gRPC health SERVING), else 0.", registry=r)
+        self.journal_depth = Gauge(
+            "critique_journal_depth", "Settlements journaled locally because the store was unreachable, not yet replayed.", registry=r
+        )
+        for op in ("hold", "settle", "key_lookup"):  # present (at 0) before the first failure, for rate() and alerts
+            self.store_errors.labels(op)
+        self._store_ok = {op: self.store_seconds.labels(op) for op in ("hold", "settle", "key_lookup")}
+
+    # -- gauges read at scrape time --------------------------------------------------------
+    def watch_journal(self, path: Path) -> None:
+        self.journal_depth.set_function(lambda: journal_depth(path))
+
+    def watch_store(self, serving: Callable[[], bool]) -> None:
+        self.store_up.set_function(lambda: 1.0 if serving() else 0.0)
+
+    # -- core.observe.Observer ----------------------------------------------------------------
+    def admitted(self, model: str, warnings: tuple[str, ...]) -> None:
+        self.requests.labels("allowed", warnings[0] if warnings else "ok").inc()
+        self.inflight.inc()
+
+    def denied(self, denial: Denial) -> None:
+        self.requests.labels("denied", denial.code).inc()
+        self.denial_seconds.observe(denial.latency_s)
+
+    def settled(self, record: UsageRecord) -> None:
+        self.inflight.dec()
+        self.settlements.labels(record.model, record.status).inc()
+        if record.credits:
+            self.charged.labels(record.model).inc(record.credits)
+        if record.input_tokens:
+            self.tokens.labels(record.model, "input").inc(record.input_tokens)
+        if record.output_tokens:
+            self.tokens.labels(record.model, "output").inc(record.output_tokens)
+        if record.estimated:
+            self.estimated.labels(record.model).inc()
+
+    def store_call(self, op: str, seconds: float, failed: bool) -> None:
+        child = self._store_ok.get(op) or self.store_seconds.labels(op)
+        child.observe(seconds)
+        if failed:
+            self.store_errors.labels(op).inc()
+
+    def stream_opened(self) -> None:
+        self.open_streams.inc()
+
+    def stream_closed(self) -> None:
+        self.open_streams.dec()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (what GET /metrics returns)."""
+        return generate_latest(self.registry)
+
+
+def journal_depth(path: Path) -> int:
+    """Lines in the settlement journal (one per unreplayed settlement); 0 when there is none."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def start_metrics_server(listen: str, registry: CollectorRegistry) -> tuple[WSGIServer, threading.Thread]:
+    """Serve GET /metrics on its own host:port (a daemon thread); `server.shutdown()` stops it."""
+    host, _, port = listen.rpartition(":")
+    return start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=registry)
