@@ -8,7 +8,7 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install redis browser run test test-quick bench proto proto-check envoy-config envoy-validate docs clean
+.PHONY: install redis browser run test test-quick bench proto proto-check envoy-config deploy-config envoy-validate docs clean
 
 install: $(VENV)/.installed $(ENVOY) redis browser
 
@@ -43,8 +43,14 @@ proto-check: $(VENV)/.installed
 	  && for f in $$tmp/*; do cmp -s $$f $(GEN)/$$(basename $$f) || { echo "$(GEN)/$$(basename $$f) is stale: run make proto"; exit 1; }; done \
 	  && echo "generated protobuf code is current"
 
+# Every Envoy config generated from a catalog: envoy.yaml and the Kubernetes example's ConfigMap.
 envoy-config: $(VENV)/.installed
 	$(VENV)/bin/critique-sidecar envoy-config > envoy.yaml
+	$(PY) deploy/render.py
+
+# deploy/kubernetes/configmap.yaml from deploy/kubernetes/catalog.toml (see deploy/render.py).
+deploy-config: $(VENV)/.installed
+	$(PY) deploy/render.py
 
 envoy-validate: install
 	$(ENVOY) --mode validate -c envoy.yaml
