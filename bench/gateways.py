@@ -92,10 +92,28 @@ def start_two_stream(workdir: Path, upstream: Upstream) -> Gateway:
     return _start_stack("two-stream", "metered, ext_authz + ext_proc", workdir, upstream, envoy_config=config)
 
 
+def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
+    """The ASGI front door: `critique-sidecar gateway` (uvicorn, the Middleware around the
+    reference gateway's httpx proxy) with no Envoy, models sent to the same fast upstream.
+    Its process is listed as "sidecar": it is the process that meters, but its CPU also
+    covers the proxying Envoy does on the metered path."""
+    stack = Stack(workdir / "asgi", ports={"upstream": upstream.port}, start_upstream=False, front_doors=("asgi",))
+    try:
+        stack.start()
+        stack.cli("credits", "grant", "--account", ACCOUNT, "--credits", GRANT_CREDITS)
+        key = stack.create_key(ACCOUNT)["key"]
+    except BaseException:
+        stack.stop()
+        raise
+    pids = {"sidecar": stack.procs["gateway"].pid, "redis": stack.procs["redis"].pid}
+    return Gateway("asgi", "ASGI gateway (uvicorn, no Envoy)", stack.gateway_url + CHAT_PATH, pids, stack.stop, api_key=key, stack=stack)
+
+
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "plain": start_plain,
     "metered": start_metered,
     "two-stream": start_two_stream,
+    "asgi": start_asgi,
 }
 
 
