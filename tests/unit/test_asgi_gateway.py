@@ -79,14 +79,14 @@ async def test_forwards_to_the_models_upstream_without_routing_or_hop_headers() 
         return httpx.Response(200, headers=headers, stream=httpx.ByteStream(b'{"ok": true}'))  # as a real transport's
 
     headers = {"x-critique-model": "tencent/hy3-preview", "content-type": "application/json", "connection": "keep-alive",
-               "host": "gateway.example", "content-length": "2", "x-client": "c"}  # fmt: skip
+               "host": "gateway.example", "content-length": "2", "x-client": "c", "x-forwarded-for": "203.0.113.9"}  # fmt: skip
     sent = await drive(forward_to(upstream, "up.internal:7000"), headers, b'{"m": 1}')
     [request] = seen
     assert str(request.url) == "http://up.internal:7000/api/v1/chat/completions?a=1" and request.method == "POST"
     assert request.content == b'{"m": 1}'
     assert dict(request.headers) == {
         "host": "up.internal:7000", "content-type": "application/json", "x-client": "c", "content-length": "8",
-        "x-forwarded-for": "10.0.0.7", "x-forwarded-proto": "http",
+        "x-forwarded-for": "203.0.113.9, 10.0.0.7", "x-forwarded-proto": "http",
     }  # fmt: skip  (no routing header, no httpx defaults such as accept-encoding)
     assert sent[0]["status"] == 200
     returned = dict((k.decode(), v.decode()) for k, v in sent[0]["headers"])

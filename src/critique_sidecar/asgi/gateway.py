@@ -69,9 +69,12 @@ def upstream_client() -> httpx.AsyncClient:
 
 
 def _forwarded(scope: Scope) -> RawHeaders:
-    headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in _NOT_FORWARDED]
+    """The request headers for the upstream: end-to-end ones only, plus where it came from."""
+    skip = _NOT_FORWARDED | {"x-forwarded-for", "x-forwarded-proto"}
+    headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in skip]
     if scope.get("client"):
-        headers.append((b"x-forwarded-for", scope["client"][0].encode("latin-1")))
+        chain = [v for k, v in scope["headers"] if k.lower() == b"x-forwarded-for"]
+        headers.append((b"x-forwarded-for", b", ".join([*chain, scope["client"][0].encode("latin-1")])))
     headers.append((b"x-forwarded-proto", scope.get("scheme", "http").encode("latin-1")))
     return headers
 
