@@ -14,8 +14,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from envoy.service.auth.v3 import external_auth_pb2 as auth_pb2
+from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_pb2_grpc
+
 from critique_sidecar.app import LIVENESS_SERVICE
-from critique_sidecar.devtools.stack import Stack
+from critique_sidecar.devtools.stack import Stack, wait_until
 
 from .helpers import client, funded_key
 
@@ -36,6 +39,18 @@ def sample(metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: 
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def quiet(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A scrape once every admitted request has settled and every metered stream has closed
+    (it times out if a hold or a stream gauge never comes back to 0)."""
+
+    def settled() -> bool:
+        m = scrape(stack)
+        return sample(m, "critique_inflight_requests") == 0 and sample(m, "critique_open_streams") == 0
+
+    wait_until(settled, "open requests and streams to close", timeout=15)
+    return scrape(stack)
+
+
 def log_lines(stack: Stack) -> list[dict[str, object]]:
     out = []
     for line in (stack.workdir / "sidecar.log").read_text().splitlines():
@@ -46,7 +61,7 @@ def log_lines(stack: Stack) -> list[dict[str, object]]:
 
 def test_metrics_count_real_traffic_exactly(stack: Stack, account: str) -> None:
     key = funded_key(stack, account)
-    before = scrape(stack)
+    before = quiet(stack)
     c = client(stack, key)
     micro = 0
     tokens = {"input": 0, "output": 0}
@@ -64,7 +79,7 @@ def test_metrics_count_real_traffic_exactly(stack: Stack, account: str) -> None:
     tokens["output"] += usage.completion_tokens
     bad = httpx.post(f"{stack.base_url}/api/v1/chat/completions", json={"model": "no/such-model", "messages": []}, headers={"authorization": f"Bearer {key}"})
     assert bad.status_code == 404
-    after = scrape(stack)
+    after = quiet(stack)
 
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
@@ -77,7 +92,6 @@ def test_metrics_count_real_traffic_exactly(stack: Stack, account: str) -> None:
     streamed = delta("critique_charged_microcredits_total", model=DEEPSEEK) - micro
     assert streamed > 0  # the stream's charge (its header is in-band) on top of the two JSON charges
     assert delta("critique_store_seconds_count", op="hold") == 3 and delta("critique_store_seconds_count", op="settle") == 3
-    assert sample(after, "critique_open_streams") == 0 and sample(after, "critique_inflight_requests") == 0
     assert sample(after, "critique_store_up") == 1 and sample(after, "critique_journal_depth") == 0
 
 
@@ -118,3 +132,44 @@ def test_grpc_health_services_the_probes_call(stack: Stack, service: str) -> Non
     with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def health(stack: Stack, service: str) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
+        return int(health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def test_a_redis_outage_shows_in_metrics_and_readiness_but_not_liveness(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Its own stack: Redis is stopped under it."""
+    stack = Stack(tmp_path_factory.mktemp("outage"), sidecar_env={"CRITIQUE_KEY_CACHE_TTL_S": "0"})
+    try:
+        stack.start()
+        key = funded_key(stack, "acme")
+        ok = httpx.post(f"{stack.base_url}/api/v1/chat/completions", json={"model": DEEPSEEK, "messages": [{"role": "user", "content": "hi"}]}, headers={"authorization": f"Bearer {key}"})
+        assert ok.status_code == 200
+        before = scrape(stack)
+        assert sample(before, "critique_store_up") == 1
+
+        stack.stop("redis")
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_until(lambda: health(stack, "") == not_serving, "readiness to follow the store")
+        assert health(stack, LIVENESS_SERVICE) == serving  # a Redis outage never restarts the sidecar
+        assert sample(scrape(stack), "critique_store_up") == 0
+
+        # Envoy stops sending requests to a NOT_SERVING sidecar: a fast JSON 503.
+        refused = httpx.post(f"{stack.base_url}/api/v1/chat/completions", json={"model": DEEPSEEK, "messages": []}, headers={"authorization": f"Bearer {key}"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "service_unavailable"
+        # Asked directly, the sidecar fails closed as well, and counts the failed key lookup.
+        check = auth_pb2.CheckRequest()
+        http = check.attributes.request.http
+        http.method, http.path = "GET", "/api/v1/models"
+        http.headers["authorization"] = f"Bearer {key}"
+        mid = scrape(stack)
+        with grpc.insecure_channel(f"127.0.0.1:{stack.ports['grpc']}") as channel:
+            answer = auth_pb2_grpc.AuthorizationStub(channel).Check(check, timeout=5)
+        assert answer.denied_response.status.code == 503
+        after = scrape(stack)
+        assert sample(after, "critique_store_errors_total", op="key_lookup") - sample(mid, "critique_store_errors_total", op="key_lookup") == 1
+        assert sample(before, "critique_store_errors_total", op="key_lookup") == 0
+    finally:
+        stack.stop()
