@@ -138,14 +138,19 @@ class UsageQuery:
         """Names of the account's keys among `key_ids` (others, or unknown ids, are left out)."""
         ks.check_account(account)
         owned = {as_text(k) for k in await self._redis.smembers(ks.account_keys(account))}
+        wanted = [k for k in key_ids if k in owned]
+        if not wanted:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)  # keys live in other slots: no MULTI
+        for key_id in wanted:
+            pipe.get(ks.key_by_id(key_id))
+        hashes = await pipe.execute()
+        found = [(k, as_text(h)) for k, h in zip(wanted, hashes, strict=True) if h]
+        pipe = self._redis.pipeline(transaction=False)
+        for _, key_hash in found:
+            pipe.hmget(ks.key_by_hash(key_hash), "name", "revoked", "account")
         out: dict[str, KeyInfo] = {}
-        for key_id in key_ids:
-            if key_id not in owned:
-                continue
-            key_hash = await self._redis.get(ks.key_by_id(key_id))
-            if not key_hash:
-                continue
-            name, revoked, owner = await self._redis.hmget(ks.key_by_hash(as_text(key_hash)), "name", "revoked", "account")
+        for (key_id, _), (name, revoked, owner) in zip(found, await pipe.execute(), strict=True):
             if owner is not None and as_text(owner) == account:
                 out[key_id] = KeyInfo(key_id, as_text(name or ""), as_text(revoked or "0") == "1")
         return out
