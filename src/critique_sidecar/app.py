@@ -142,7 +142,8 @@ async def serve(settings: Settings) -> None:
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(c.auth, c.meter), server)
+    ext_proc = ExtProcServicer(c.auth, c.meter)
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     store_health = StoreHealth(health_servicer, c.redis.ping, settings.health_interval_s)
@@ -190,6 +191,7 @@ async def serve(settings: Settings) -> None:
     log.info("draining")
     await store_health.drain()
     await server.stop(grace=DRAIN_GRACE_S)  # open streams finish and settle
+    await ext_proc.drain()  # settlements of streams that ended just before (they run in tasks)
     web.should_exit = True
     for task in tasks[:1] + tasks[2:]:
         task.cancel()

@@ -148,3 +148,26 @@ def test_no_request_left_a_hold_open(stack: Stack) -> None:
         open_holds = [k for k in r.scan_iter("crt:*:holds") if r.hlen(k)]
         held = [k for k in r.scan_iter("crt:*:acct") if int(r.hget(k, "held") or 0)]
     assert open_holds == [] and held == []
+
+
+def test_client_hangups_mid_stream_are_always_settled(stack: Stack) -> None:
+    """Bug fixed: when a client hung up mid-stream, grpc.aio cancelled the ext_proc handler
+    while its `finally` awaited the settlement, so about one hang-up in three left its hold
+    open (until expiry) and its stream uncharged. Eight in a row must all settle at once."""
+    import httpx
+
+    from .faultkit import CHAT_PATH
+
+    for i in range(8):
+        account = f"hangup-{i}-{id(stack) % 10_000}"
+        key = funded(stack, account)
+        payload = body("[[slow:100]] [[tokens:200]]", stream=True, max_tokens=300)
+        with httpx.stream("POST", stack.base_url + CHAT_PATH, json=payload, headers={"authorization": f"Bearer {key}"}, timeout=30) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(6)]  # a few events, then hang up
+        assert any('"content":"tok "' in line for line in got)
+        wait_until(lambda a=account: len(ledger(stack, a).records) == 1, f"hang-up {i} settled", timeout=5)
+        state = ledger(stack, account)
+        [record] = state.records
+        assert record["status"] == "interrupted" and record["estimated"] == "1" and 1 <= int(record["output_tokens"]) < 200
+        assert state.holds == 0 and GRANT - state.balance == state.charged

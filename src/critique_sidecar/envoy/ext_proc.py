@@ -6,6 +6,7 @@ an ext_proc response; a denial becomes an immediate response in one place (messa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -83,15 +84,48 @@ _PHASES = {
 _PASS = {"request_trailers": m.CONTINUE_REQUEST_TRAILERS, "response_trailers": m.CONTINUE_RESPONSE_TRAILERS}
 
 
+class _CloseOnce:
+    """Ends one exchange exactly once, in a task of its own.
+
+    Two ways a cut-off stream went unsettled (its hold open until it expired, what had been
+    streamed never charged), both when a client hangs up mid-stream and Envoy ends the
+    ext_proc stream: grpc.aio cancels the handler task, which cancelled the settlement awaiting
+    Redis inside the handler's `finally`; and a handler suspended at a `yield` when the RPC
+    ends is abandoned without its `finally` running at all. So the settlement runs in its own
+    task, shielded from the handler's cancellation, started by the `finally` or by the RPC's
+    done callback, whichever comes first."""
+
+    __slots__ = ("exchange", "task")
+
+    def __init__(self, exchange: ChatExchange) -> None:
+        self.exchange = exchange
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None]:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._close())
+        return self.task
+
+    async def _close(self) -> None:
+        try:
+            await self.exchange.close()
+        except Exception:  # noqa: BLE001 - must not mask the stream's own outcome
+            log.exception("settling a cut-off request failed")
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(self, auth: Authenticator, meter: Meter) -> None:
         self._auth = auth
         self._meter = meter
+        self._closing: set[asyncio.Task[None]] = set()  # settlements still running
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         exchange = ChatExchange(self._auth, self._meter)
+        close = _CloseOnce(exchange)
+        loop = asyncio.get_running_loop()
+        context.add_done_callback(lambda _: loop.call_soon_threadsafe(self._close_later, close))
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
@@ -104,7 +138,19 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 except ApiError as error:
                     yield m.immediate(error)
         finally:
-            try:
-                await exchange.close()
-            except Exception:  # noqa: BLE001 - must not mask the stream's own outcome
-                log.exception("settling a cut-off request failed")
+            await asyncio.shield(self._track(close.start()))
+
+    def _close_later(self, close: _CloseOnce) -> None:
+        if close.task is None:  # the handler never reached its finally
+            self._track(close.start())
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
+        if not task.done():
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        return task
+
+    async def drain(self) -> None:
+        """Wait for settlements still running after their streams ended (shutdown)."""
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
