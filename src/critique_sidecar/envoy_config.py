@@ -73,7 +73,12 @@ def _per_filter(*, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
             "disabled": True,
         }
-    if not proc:
+    if proc:  # ext_proc is off unless a route turns it on (see build_config)
+        out[EXT_PROC] = {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+            "config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", "overrides": {}},
+        }
+    else:
         out[EXT_PROC] = {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
             "disabled": True,
@@ -120,7 +125,21 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
     app_filters = _per_filter(authz=True, proc=False, buffer=False)
     timeout = f"{opts.sidecar_timeout_ms / 1000:g}s"
 
-    routes: list[dict[str, Any]] = []
+    too_large = f"Request body exceeds {opts.max_request_bytes} bytes"
+    # A body announced larger than the limit is refused from its headers alone, at once: the
+    # buffer filter would otherwise wait for the bytes (a slow client holds the request open
+    # until the idle timeout). Bodies without a Content-Length meet the buffer filter's 413.
+    routes: list[dict[str, Any]] = [
+        {
+            "name": "chat_body_too_large",
+            "match": {
+                "path": CHAT_PATH,
+                "headers": [{"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}],
+            },
+            "direct_response": _json_reply(413, "request_too_large", too_large),
+            "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
+        }
+    ]
     for model in catalog.models:
         routes.append(
             {
@@ -186,6 +205,11 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         },
         {
             "name": EXT_PROC,
+            # Off by default, on only where a route enables it (the chat routes). A reply Envoy
+            # makes before any route is chosen (431 for oversized headers, 400 for a malformed
+            # request) otherwise waited on ext_proc until the connection closed: the client
+            # got an empty reply instead of the error.
+            "disabled": True,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
                 "grpc_service": grpc_service,
@@ -220,7 +244,10 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         # in the product's JSON error shape.
         "local_reply_config": {
             "mappers": [
-                _local_reply_mapper(413, "request_too_large", f"Request body exceeds {opts.max_request_bytes} bytes"),
+                _local_reply_mapper(413, "request_too_large", too_large),
+                # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also
+                # replace the sidecar's specific invalid_request messages.
+                _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many"),
                 _local_reply_mapper(500, "service_unavailable", "The metering service is unavailable; retry shortly", 503),
                 _local_reply_mapper(503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS),
                 _local_reply_mapper(503, "service_unavailable", "The service is unavailable; retry shortly"),
