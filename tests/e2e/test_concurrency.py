@@ -1,6 +1,7 @@
-"""Hundreds of concurrent chat requests through the real Envoy stack against an account whose
-limits allow only a few: exactly that few are admitted, no limit is ever crossed, and every
-credit that left the balance is in the usage records and in the responses' headers.
+"""Hundreds of concurrent chat requests through each front door (the real Envoy stack, the ASGI
+gateway) against an account whose limits allow only a few: exactly that few are admitted, no
+limit is ever crossed, and every credit that left the balance is in the usage records and in
+the responses' headers.
 
 Why the admitted count is exact whatever the interleaving: each request holds H (its maximum
 cost) and is charged C < H. A limit L = k*H (above the floor, or a cap) admits request i iff
@@ -37,6 +38,8 @@ from critique_sidecar.devtools.fake_upstream import prompt_tokens
 from critique_sidecar.devtools.stack import Stack
 from critique_sidecar.settings import Settings
 from critique_sidecar.store import keyspace as ks
+
+from .helpers import FrontDoor
 
 pytestmark = pytest.mark.slow
 
@@ -131,15 +134,17 @@ class Monitor:
         await self.sample()
 
 
-async def burst(stack: Stack, key: str) -> list[httpx.Response]:
+async def burst(door: FrontDoor, key: str) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
-    async with httpx.AsyncClient(base_url=stack.base_url, limits=limits, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=door.base_url, limits=limits, timeout=60) as http:
         return list(await asyncio.gather(*(http.post("/api/v1/chat/completions", content=RAW, headers=headers) for _ in range(CONCURRENCY))))
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
-async def test_concurrent_burst_admits_exactly_what_the_limits_allow(stack: Stack, account: str, sc: Scenario) -> None:
+async def test_concurrent_burst_admits_exactly_what_the_limits_allow(
+    stack: Stack, front_door: FrontDoor, account: str, sc: Scenario
+) -> None:
     key = stack.create_key(account)["key"]
     stack.cli("credits", "grant", "--account", account, "--credits", format_credits(sc.grant))
     flags = dict(sc.settings)
@@ -154,7 +159,7 @@ async def test_concurrent_burst_admits_exactly_what_the_limits_allow(stack: Stac
     r = aioredis.Redis.from_url(str(stack.redis_url))
     try:
         monitor = Monitor(r, account)
-        running = asyncio.ensure_future(burst(stack, key))
+        running = asyncio.ensure_future(burst(front_door, key))
         await monitor.watch(running)
         responses = running.result()
 
