@@ -5,9 +5,11 @@ inner app got and which went out to the client, and in what order."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from critique_sidecar.app import Components, build_components
 from critique_sidecar.asgi import Middleware
 from critique_sidecar.asgi._http import MAX_BODY_BYTES
+from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.scopes import CHAT_PATH
 from critique_sidecar.envoy_config import EnvoyOptions
 from critique_sidecar.settings import Settings
@@ -370,4 +373,50 @@ async def test_sse_cut_by_the_inner_app_is_charged_as_interrupted(core: Componen
     [record] = await records(core, account)
     assert record[b"status"] == b"interrupted" and record[b"estimated"] == b"1"
     assert record[b"output_tokens"] == b"2"  # two 4-byte tokens were delivered
+    assert await balance_and_held(core, account) == (10_000_000 - int(record[b"credits"]), 0)
+
+
+class GatedLedger:
+    """The real ledger, with settlements held at a gate: lets a test cancel a request exactly
+    while its settlement is under way, before anything reached Redis."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def place_hold(self, hold: Any) -> Any:
+        return await self.inner.place_hold(hold)
+
+    async def settle(self, record: Any) -> Any:
+        self.waiting.set()
+        await self.gate.wait()
+        return await self.inner.settle(record)
+
+
+async def test_a_cancelled_request_task_still_settles_once(core: Components, key: str, account: str) -> None:
+    """A server may cancel the request task when the client goes, and again while the closing
+    settlement runs: the settlement must still complete (it runs in a task of its own)."""
+    streaming = asyncio.Event()
+
+    async def stream_then_hang(send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": sse_events(1, usage=False)[0], "more_body": True})
+        streaming.set()
+        await asyncio.Event().wait()  # an upstream that never finishes
+
+    ledger = GatedLedger(core.ledger)
+    meter = Meter(core.catalog, ledger, Decimal("0.01"))
+    app = Middleware(Inner(stream_then_hang, []), auth=core.auth, meter=meter)
+    request = asyncio.ensure_future(call(app, key=key, body=chat_body(stream=True)))
+    await streaming.wait()
+    request.cancel()
+    await ledger.waiting.wait()  # the closing settlement has started
+    request.cancel()  # cancelled again meanwhile
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    ledger.gate.set()
+    await app.drain()
+    [record] = await records(core, account)
+    assert record[b"status"] == b"interrupted" and record[b"output_tokens"] == b"1"
     assert await balance_and_held(core, account) == (10_000_000 - int(record[b"credits"]), 0)

@@ -186,6 +186,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
 
     async def shutdown(self) -> None:
+        await self.app.drain()  # settlements of requests the server cut off
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -17,10 +17,13 @@ translates ASGI to the core's ChatExchange, the same calls the Envoy ext_proc tr
     however it ends   exchange.close: releases or charges what is still open
 
 The inner app should stop when `receive` says http.disconnect (the reference gateway does), so
-a client that hangs up is charged for what it got, as behind Envoy."""
+a client that hangs up is charged for what it got, as behind Envoy. The closing settlement runs
+in a task of its own (asyncio), so a server cancelling the request task cannot leave the hold
+open; `drain()` waits for those still running (call it at shutdown)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -69,6 +72,7 @@ class Middleware:
         self.meter = meter
         self.path = path
         self.max_body_bytes = max_body_bytes
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != self.path:
@@ -78,10 +82,15 @@ class Middleware:
         try:
             await self._metered(exchange, scope, receive, send)
         finally:
-            try:
-                await exchange.close()
-            except Exception:  # noqa: BLE001 - must not mask the request's own outcome
-                log.exception("settling a cut-off request failed")
+            closing = asyncio.ensure_future(_close(exchange))  # survives the request task's cancellation
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            await asyncio.shield(closing)
+
+    async def drain(self) -> None:
+        """Wait for settlements of requests that ended (or were cancelled) but are still settling."""
+        while pending := [t for t in self._closing if not t.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _metered(self, exchange: ChatExchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
@@ -107,6 +116,13 @@ class Middleware:
             remove=[*strip, "transfer-encoding"],  # the inner app gets the body in one message
         )
         await self.app(inner, _replay(body, receive), _MeteredResponse(exchange, send).send)
+
+
+async def _close(exchange: ChatExchange) -> None:
+    try:
+        await exchange.close()
+    except Exception:  # noqa: BLE001 - must not mask the request's own outcome
+        log.exception("settling a cut-off request failed")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
