@@ -194,6 +194,24 @@ def restart_sidecar(stack: Stack, index: int = 0) -> None:
 
 
 def funded(stack: Stack, account: str, credits: str = "10") -> str:
-    key = str(stack.create_key(account)["key"])
-    stack.cli("credits", "grant", "--account", account, "--credits", credits)
-    return key
+    """A new key for `account` and `credits` granted, as `keys create` and `credits grant` do
+    (in process: a CLI run costs a second of interpreter start-up)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from critique_sidecar.core.money import parse_credits
+    from critique_sidecar.store.accounts import RedisAccounts
+    from critique_sidecar.store.key_store import RedisKeyStore
+
+    async def create() -> str:
+        r = aioredis.Redis.from_url(str(stack.redis_url))
+        try:
+            key, _ = await RedisKeyStore(r).create(account, ("read:inference", "write:inference"))
+            if parse_credits(credits):
+                await RedisAccounts(r).grant(account, parse_credits(credits))
+            return key
+        finally:
+            await r.aclose()
+
+    return asyncio.run(create())
