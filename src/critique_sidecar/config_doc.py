@@ -13,7 +13,7 @@ def config_table() -> str:
     rows = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "(built-in)" if default is None else f"`{default}`"
+        shown = "(built-in)" if default is None else "(unset)" if default == "" else f"`{default}`"
         rows.append(f"| `CRITIQUE_{name.upper()}` | {shown} | {field.description or ''} |")
     return "\n".join(rows)
 
