@@ -63,12 +63,14 @@ def start_plain(workdir: Path, upstream: Upstream) -> Gateway:
     return Gateway("plain", "plain Envoy", f"http://127.0.0.1:{port}{CHAT_PATH}", {"envoy": envoy.pid}, envoy.stop)
 
 
-def _start_stack(name: str, label: str, workdir: Path, upstream: Upstream, envoy_config: Path | None = None) -> Gateway:
+def _start_stack(
+    name: str, label: str, workdir: Path, upstream: Upstream, envoy_config: Path | None = None, sidecars: int = 1
+) -> Gateway:
     """The full metered path: the repo's Stack (Redis, sidecar, Envoy), its model clusters
     pointed at the fast upstream (the repo's envoy.yaml sends models to port 8100, which
     Stack relocates to ports['upstream'])."""
     extra = {"envoy_config": envoy_config} if envoy_config else {}
-    stack = Stack(workdir / name, ports={"upstream": upstream.port}, start_upstream=False, **extra)
+    stack = Stack(workdir / name, ports={"upstream": upstream.port}, start_upstream=False, sidecar_count=sidecars, **extra)
     try:
         stack.start()
         stack.cli("credits", "grant", "--account", ACCOUNT, "--credits", GRANT_CREDITS)
@@ -77,11 +79,18 @@ def _start_stack(name: str, label: str, workdir: Path, upstream: Upstream, envoy
         stack.stop()
         raise
     pids = {role: stack.procs[role].pid for role in ("envoy", "sidecar", "redis")}
+    pids.update({f"sidecar{i}": stack.procs[f"sidecar{i}"].pid for i in range(1, sidecars)})
     return Gateway(name, label, stack.base_url + CHAT_PATH, pids, stack.stop, api_key=key, stack=stack)
 
 
 def start_metered(workdir: Path, upstream: Upstream) -> Gateway:
     return _start_stack("metered", "metered (repo envoy.yaml)", workdir, upstream)
+
+
+def start_metered_2proc(workdir: Path, upstream: Upstream) -> Gateway:
+    """Two sidecar processes on separate ports, balanced by Envoy (its few long-lived HTTP/2
+    connections would all land on one process behind a single SO_REUSEPORT port)."""
+    return _start_stack("metered-2proc", "metered, 2 sidecar processes", workdir, upstream, sidecars=2)
 
 
 def start_two_stream(workdir: Path, upstream: Upstream) -> Gateway:
@@ -112,6 +121,7 @@ def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "plain": start_plain,
     "metered": start_metered,
+    "metered-2proc": start_metered_2proc,
     "two-stream": start_two_stream,
     "asgi": start_asgi,
 }

@@ -85,7 +85,10 @@ def measure_round(gw: Gateway, upstream: Upstream, script: Path, args: argparse.
     cpu_after, busy_after = {r: procs.cpu_seconds(p) for r, p in roles.items()}, machine_busy_seconds()
     lat = wrk.run(gw.url, script, LATENCY_CONNS, args.latency_duration)
 
-    cpu_s = {r: cpu_after[r] - cpu_before[r] for r in roles}
+    cpu_s: dict[str, float] = {}
+    for r in roles:  # several processes of one role ("sidecar", "sidecar2", ...) count together
+        base = r.rstrip("0123456789")
+        cpu_s[base] = cpu_s.get(base, 0.0) + cpu_after[r] - cpu_before[r]
     # CPU spent by neither the bench's processes nor wrk: other jobs on the machine (noise).
     other = (busy_after - busy_before) - sum(cpu_s.values()) - tp.wrk_cpu_s
     return {
