@@ -17,7 +17,7 @@ import uvicorn
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -34,6 +34,7 @@ from .observability.metrics import start_metrics_server
 from .settings import Settings
 from .core.capture import CaptureSink
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
+from .store.cluster import BoundedRedisCluster
 from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore, watch_revocations
 from .store.ledger import RedisLedger
@@ -75,7 +76,10 @@ def connect_redis(settings: Settings) -> Any:
         "retry": Retry(NoBackoff(), 1),
     }
     if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, **opts)
+        # Same for the cluster client (100 per node, fail-fast): its commands queue too.
+        return BoundedRedisCluster.from_url(
+            settings.redis_url, max_in_flight=REDIS_MAX_CONNECTIONS, queue_timeout_s=settings.redis_timeout_s, **opts
+        )
     # redis-py's default pool fails at once past 100 connections in use, which turned bursts
     # of >100 in-flight requests into 503s: queue for a connection instead, up to the timeout.
     # (`?max_connections=N` in the URL overrides the size.)
