@@ -127,8 +127,19 @@ class Ledger:
         return [r["request_id"] for r in self.records]
 
 
+def on_cluster(stack: Stack) -> bool:
+    return stack.sidecar_env.get("CRITIQUE_REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+
+
+def sync_redis(stack: Stack, **kwargs: Any) -> Any:
+    """A client for the stack's store: the Redis, or the Redis Cluster, its sidecars use."""
+    if on_cluster(stack):
+        return redis.RedisCluster.from_url(str(stack.redis_url), socket_timeout=5, **kwargs)
+    return redis.Redis.from_url(str(stack.redis_url), socket_timeout=5, **kwargs)
+
+
 def ledger(stack: Stack, account: str) -> Ledger:
-    with redis.Redis.from_url(str(stack.redis_url), decode_responses=True, socket_timeout=5) as r:
+    with sync_redis(stack, decode_responses=True) as r:
         balance, held = r.hmget(ks.account(account), "balance", "held")
         return Ledger(
             int(balance or 0),
@@ -205,7 +216,7 @@ def funded(stack: Stack, account: str, credits: str = "10") -> str:
     from critique_sidecar.store.key_store import RedisKeyStore
 
     async def create() -> str:
-        r = aioredis.Redis.from_url(str(stack.redis_url))
+        r = aioredis.RedisCluster.from_url(str(stack.redis_url)) if on_cluster(stack) else aioredis.Redis.from_url(str(stack.redis_url))
         try:
             key, _ = await RedisKeyStore(r).create(account, ("read:inference", "write:inference"))
             if parse_credits(credits):
@@ -214,4 +225,12 @@ def funded(stack: Stack, account: str, credits: str = "10") -> str:
         finally:
             await r.aclose()
 
-    return asyncio.run(create())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(create())
+    # Called from an async test: run it on a loop of its own, on another thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(create())).result()
