@@ -69,6 +69,12 @@ def test_sigkill_mid_stream_hold_expires_and_nothing_is_charged_twice(tmp_path: 
         killed_id = seen["request_id"]
         assert isinstance(killed_id, str) and killed_id.startswith("req_")
 
+        # No sidecar at all: Envoy answers for it, 503 in the JSON shape, never an empty 500.
+        r, elapsed = post(stack, key, body("no sidecar"))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "service_unavailable", r.text
+        assert elapsed < 3
+        assert not upstream_saw(stack, "no sidecar")
+
         restart_sidecar(stack)
         state = ledger(stack, account)
         assert state.holds == 1 and state.records == []  # nobody settles it: it waits for expiry
