@@ -138,6 +138,11 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
     return Components(redis, catalog, keys, auth, meter, ledger, metrics)
 
 
+def web_context(c: Components, metrics: Any = None) -> WebContext:
+    """The sidecar's HTTP routes (models, settings, dashboard), for either front door."""
+    return WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=metrics)
+
+
 async def serve(settings: Settings) -> None:
     fix_malloc_mmap_threshold()
     c = build_components(settings)
@@ -159,7 +164,7 @@ async def serve(settings: Settings) -> None:
     host, _, port = settings.http_listen.rpartition(":")
     web = uvicorn.Server(
         uvicorn.Config(
-            build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=exposition)),
+            build_web_app(web_context(c, metrics=exposition)),
             host=host,
             port=int(port),
             log_level="warning",

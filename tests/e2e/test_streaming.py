@@ -94,7 +94,8 @@ def test_stream_without_usage_is_estimated_and_settled_once(stack: Stack, front_
 def test_cut_stream_is_settled_once_by_estimate(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     with pytest.raises((openai.APIError, httpx.HTTPError)):
-        list(client(front_door, key).chat.completions.create(model=MODEL, messages=_messages("[[cut]] [[tokens:10]]"), stream=True))  # type: ignore[arg-type]
+        # Slow chunks: the response has visibly started (headers and tokens delivered) before the cut.
+        list(client(front_door, key).chat.completions.create(model=MODEL, messages=_messages("[[cut]] [[tokens:10]] [[slow:40]]"), stream=True))  # type: ignore[arg-type]
     [record] = wait_for_records(stack, account, 1)
     assert record["status"] == "interrupted" and record["estimated"] == "1"
     assert int(record["output_tokens"]) == 5  # five 4-byte tokens were delivered before the cut
@@ -146,7 +147,10 @@ def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, front_door: FrontDo
     pid = stack.procs[front_door.process].pid  # the process that meters: the sidecar or the ASGI gateway
 
     def stream(tokens: int) -> int:
-        body = {"model": MODEL, "messages": _messages(f"[[bigchunk:65536]] [[tokens:{tokens}]]"), "stream": True}
+        # Paced like a (very fast) model: 64 KiB every millisecond. An upstream that bursts more
+        # than Envoy's stream buffer (4 MiB) before the sidecar answers the response-headers
+        # message gets Envoy's response_payload_too_large instead (docs/failure-modes.md).
+        body = {"model": MODEL, "messages": _messages(f"[[bigchunk:65536]] [[tokens:{tokens}]] [[slow:1]]"), "stream": True}
         total = 0
         url = front_door.chat_url
         with httpx.stream("POST", url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=120) as r:
@@ -155,11 +159,15 @@ def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, front_door: FrontDo
                 total += len(part)
         return total
 
-    stream(40)  # warm up: allocator pools and gRPC buffers exist before measuring
+    # Warm up with a 30 MiB stream: allocator pools, gRPC buffers and the largest pieces Envoy
+    # hands over (up to the cluster's 2 MiB buffer when the sidecar lags) exist before measuring.
+    stream(480)
     before = _rss_kb(pid)
-    total = stream(480)
+    total = stream(960)
     after = _rss_kb(pid)
-    assert total > 30 * 1024 * 1024  # tens of MB went through
-    assert after - before < 8 * 1024, f"sidecar RSS grew {after - before} KiB over a {total >> 20} MiB stream"
+    assert total > 60 * 1024 * 1024  # tens of MB went through
+    # Bounded per stream: twice the data must not cost more memory. (Before the fixed mmap
+    # threshold, RSS grew by 20-45 MB per 30 MB stream.)
+    assert after - before < 12 * 1024, f"RSS grew {after - before} KiB over a {total >> 20} MiB stream"
     record = usage_records(stack, account)[-1]
-    assert record["output_tokens"] == "480" and record["estimated"] == "0"
+    assert record["output_tokens"] == "960" and record["estimated"] == "0"

@@ -212,15 +212,12 @@ class Gateway:
 
 def create_app(settings: Settings | None = None) -> Gateway:
     """The gateway from the environment's settings (an app factory for any ASGI server)."""
-    from ..app import build_components
-    from ..store.settings_store import RedisSettingsStore
-    from ..store.usage_query import UsageQuery
-    from ..web.app import WebContext, build_web_app
+    from ..app import build_components, web_context
+    from ..web.app import build_web_app
 
     settings = settings or Settings()
     c = build_components(settings)
-    # As app.serve builds the sidecar's HTTP app, minus /metrics (never public; see WebContext).
-    web = build_web_app(WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis)))
+    web = build_web_app(web_context(c))  # no /metrics here: never public (see WebContext)
     return Gateway(c, web, settings)
 
 
