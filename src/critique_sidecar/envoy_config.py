@@ -92,9 +92,12 @@ def _per_filter(*, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
 
 
 def _json_reply(status: int, code: str, message: str) -> dict[str, Any]:
+    """A route answered by Envoy itself, in the product's JSON error shape."""
     return {
-        "status": status,
-        "body": {"inline_string": error_body(code, message).decode()},
+        "direct_response": {"status": status, "body": {"inline_string": error_body(code, message).decode()}},
+        "response_headers_to_add": [
+            {"header": {"key": "content-type", "value": "application/json"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        ],
     }
 
 
@@ -136,7 +139,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                 "path": CHAT_PATH,
                 "headers": [{"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}],
             },
-            "direct_response": _json_reply(413, "request_too_large", too_large),
+            **_json_reply(413, "request_too_large", too_large),
             "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
         }
     ]
@@ -163,7 +166,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         {
             "name": "chat_unrouted",
             "match": {"path": CHAT_PATH},
-            "direct_response": _json_reply(503, "service_unavailable", "The request could not be routed to a model"),
+            **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
             "typed_per_filter_config": chat_filters,
         }
     )
@@ -179,7 +182,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
     routes.append(
         {
             "match": {"prefix": "/"},
-            "direct_response": _json_reply(404, "not_found", "No such route"),
+            **_json_reply(404, "not_found", "No such route"),
             "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
         }
     )

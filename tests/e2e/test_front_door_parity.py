@@ -247,6 +247,5 @@ def test_models_settings_and_unknown_routes_answer_identically(stack: Stack, doo
     assert [s for s, _ in seen["envoy"]] == [200, 401, 200, 403, 404, 404]
 
 
-@pytest.mark.xfail(strict=True, reason="Envoy's direct_response routes (catch-all 404) send text/plain: envoy_config.py")
 def test_unknown_route_content_type_is_json_on_both(stack: Stack, doors: list[FrontDoor]) -> None:
     assert [httpx.get(door.base_url + "/nope").headers.get("content-type") for door in doors] == ["application/json"] * 2
