@@ -84,19 +84,22 @@ def test_stream_cut_by_timeout_is_charged_for_what_was_delivered(stack: Stack, a
 
 
 def test_stream_cut_by_the_upstream_is_settled_once(stack: Stack, account: str) -> None:
-    """The fake drops the connection half way. Depending on how far Envoy got, the client sees a
-    truncated 200 stream or a 502 (headers not yet sent); either way one settlement, no hold."""
+    """The fake produces five tokens, then drops the connection. Depending on how far Envoy
+    got, the client sees a truncated 200 stream or a 502 (headers not yet sent). Either way one
+    settlement, no hold, and never more output charged than the upstream produced. (What the
+    sidecar meters is what it passed to Envoy: on a reset Envoy may drop what it had not
+    flushed, so the client can have received less; docs/failure-modes.md, Known limits.)"""
     key = funded(stack, account)
     status, text = stream_text(stack, key, body("[[cut]] [[tokens:10]]", stream=True))
     assert "[DONE]" not in text
     state = settled(stack, account)
     [record] = state.records
+    assert record["status"] in ("interrupted", "cancelled")
+    assert text.count('"content":"tok "') <= int(record["output_tokens"]) <= 5
     if status == 502:
         assert '"code":"upstream_error"' in text
-        assert int(record["output_tokens"]) == 0  # nothing reached the client: at most the input estimate
     else:
         assert status == 200 and record["status"] == "interrupted" and record["estimated"] == "1"
-        assert int(record["output_tokens"]) == text.count('"content":"tok "')
 
 
 def test_upstream_reset_before_answering_is_502_and_releases(stack: Stack, account: str) -> None:
