@@ -266,3 +266,16 @@ def test_upstream_body_defaulted_model_and_stream(catalog: Catalog) -> None:
     sent = orjson.loads(upstream_body(req) or b"")
     assert sent["model"] == DEEPSEEK
     assert sent["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("field, first, second", [("model", '"tencent/hy3-preview"', '"deepseek/deepseek-v4-flash"'), ("max_tokens", "10", "100000"), ("stream", "false", "true")])
+def test_duplicate_metered_fields_are_refused(field: str, first: str, second: str) -> None:
+    raw = f'{{"{field}": {first}, "messages": [{{"role": "user", "content": "x"}}], "{field}": {second}}}'.encode()
+    with pytest.raises(ApiError) as err:
+        parse_chat_request(raw, load_catalog())
+    assert err.value.code == "invalid_request" and err.value.param == field
+
+
+def test_metered_words_inside_messages_are_not_duplicates() -> None:
+    raw = b'{"model": "tencent/hy3-preview", "messages": [{"role": "user", "content": "x", "model": "a"}, {"role": "user", "content": "\\"model\\" \\"stream\\""}]}'
+    assert parse_chat_request(raw, load_catalog()).model.id == "tencent/hy3-preview"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,29 @@ def _message_text_bytes(messages: list[Any]) -> int:
     return total
 
 
+# The fields we bill by. A body naming one twice is refused: we would bill the last value while
+# a model server reading the first could serve something else (another model, more tokens).
+_METERED_FIELDS = ("model", "max_tokens", "max_completion_tokens", "stream", "stream_options")
+_METERED_NEEDLES = tuple(f'"{name}"'.encode() for name in _METERED_FIELDS)
+
+
+def _refuse_duplicate_metered_fields(raw: bytes) -> None:
+    # Fast path: a C-speed scan; only bodies where a name appears twice get the slow check
+    # (which looks at top-level keys only: the same words inside messages are fine).
+    if all(raw.count(needle) < 2 for needle in _METERED_NEEDLES):
+        return
+    seen: list[str] = []
+
+    def top_level(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        seen[:] = [k for k, _ in pairs]  # the outermost object is decoded last
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=top_level)
+    for name in _METERED_FIELDS:
+        if seen.count(name) > 1:
+            raise _bad(f"'{name}' appears more than once in the request body", name)
+
+
 def parse_chat_request(raw: bytes, catalog: Catalog) -> ChatRequest:
     try:
         body = orjson.loads(raw)
@@ -70,6 +94,7 @@ def parse_chat_request(raw: bytes, catalog: Catalog) -> ChatRequest:
         raise _bad("request body is not valid JSON", None) from None
     if not isinstance(body, dict):
         raise _bad("request body must be a JSON object", None)
+    _refuse_duplicate_metered_fields(raw)
 
     model_defaulted = body.get("model") is None
     model_id = catalog.default_model if model_defaulted else body["model"]
