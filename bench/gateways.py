@@ -63,6 +63,17 @@ def start_plain(workdir: Path, upstream: Upstream) -> Gateway:
     return Gateway("plain", "plain Envoy", f"http://127.0.0.1:{port}{CHAT_PATH}", {"envoy": envoy.pid}, envoy.stop)
 
 
+def _start_funded(stack: Stack) -> str:
+    """Start the stack, fund the bench account, return its key (stopping the stack on failure)."""
+    try:
+        stack.start()
+        stack.cli("credits", "grant", "--account", ACCOUNT, "--credits", GRANT_CREDITS)
+        return str(stack.create_key(ACCOUNT)["key"])
+    except BaseException:
+        stack.stop()
+        raise
+
+
 def _start_stack(
     name: str, label: str, workdir: Path, upstream: Upstream, envoy_config: Path | None = None, sidecars: int = 1
 ) -> Gateway:
@@ -71,13 +82,7 @@ def _start_stack(
     Stack relocates to ports['upstream'])."""
     extra = {"envoy_config": envoy_config} if envoy_config else {}
     stack = Stack(workdir / name, ports={"upstream": upstream.port}, start_upstream=False, sidecar_count=sidecars, **extra)
-    try:
-        stack.start()
-        stack.cli("credits", "grant", "--account", ACCOUNT, "--credits", GRANT_CREDITS)
-        key = stack.create_key(ACCOUNT)["key"]
-    except BaseException:
-        stack.stop()
-        raise
+    key = _start_funded(stack)
     pids = {role: stack.procs[role].pid for role in ("envoy", "sidecar", "redis")}
     pids.update({f"sidecar{i}": stack.procs[f"sidecar{i}"].pid for i in range(1, sidecars)})
     return Gateway(name, label, stack.base_url + CHAT_PATH, pids, stack.stop, api_key=key, stack=stack)
@@ -107,13 +112,7 @@ def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
     Its process is listed as "sidecar": it is the process that meters, but its CPU also
     covers the proxying Envoy does on the metered path."""
     stack = Stack(workdir / "asgi", ports={"upstream": upstream.port}, start_upstream=False, front_doors=("asgi",))
-    try:
-        stack.start()
-        stack.cli("credits", "grant", "--account", ACCOUNT, "--credits", GRANT_CREDITS)
-        key = stack.create_key(ACCOUNT)["key"]
-    except BaseException:
-        stack.stop()
-        raise
+    key = _start_funded(stack)
     pids = {"sidecar": stack.procs["gateway"].pid, "redis": stack.procs["redis"].pid}
     return Gateway("asgi", "ASGI gateway (uvicorn, no Envoy)", stack.gateway_url + CHAT_PATH, pids, stack.stop, api_key=key, stack=stack)
 
