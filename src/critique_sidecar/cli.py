@@ -8,7 +8,7 @@ import json
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
@@ -35,7 +35,7 @@ def _credits(text: str) -> int:
     try:
         return parse_credits(text)
     except (ValueError, ArithmeticError) as exc:
-        raise argparse.ArgumentTypeError(f"invalid credit amount {text!r}: {exc}") from None
+        raise argparse.ArgumentTypeError(f"invalid credit amount {text!r}: use a number with at most 6 decimals") from None
 
 
 # `settings set` flag -> (settings field, metavar, help). Values go through the same
@@ -63,8 +63,16 @@ def _setting_value(text: str) -> object:
     return text.strip()  # credits as a decimal string; anything else fails validation
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the command and the problem, exit status 2 (no usage dump;
+    `--help` still shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="critique-sidecar", description=__doc__)
+    p = _OneLineParser(prog="critique-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("serve", help="run the gRPC (ext_authz, ext_proc, health) and HTTP servers")

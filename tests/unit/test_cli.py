@@ -1,0 +1,32 @@
+"""Operator CLI: bad arguments give one line and a non-zero exit, before touching Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from critique_sidecar.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["keys", "create"], "--account"),
+        (["keys", "create", "--account", "a", "--scopes", "read:everything"], "unknown scope"),
+        (["credits", "grant", "--account", "a", "--credits", "abc"], "invalid credit amount"),
+        (["credits", "grant", "--account", "a", "--credits", "0.0000001"], "invalid credit amount"),
+        (["bogus"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("critique-sidecar") and needle in err
+
+
+def test_bad_account_id_is_one_line_too(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "--account", "bad account"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "invalid account id" in err
