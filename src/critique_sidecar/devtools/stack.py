@@ -291,6 +291,9 @@ curl {stack.base_url}/api/v1/chat/completions \\
 Ctrl-C stops everything.""",
             flush=True,
         )
+        # Ctrl-C and SIGTERM both stop the stack: set explicitly, since a shell starting us in
+        # the background leaves SIGINT ignored, and Python then keeps it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         while True:
             signal.pause()
