@@ -101,6 +101,12 @@ class _CloseOnce:
         self.exchange = exchange
         self.task: asyncio.Task[None] | None = None
 
+    def idle(self) -> bool:
+        """Nothing left to settle (the common case: settled in the response phases, or never
+        admitted): no task, no cross-thread wake-up needed."""
+        metered = self.exchange.metered
+        return self.task is None and (metered is None or metered.settled is not None)
+
     def start(self) -> asyncio.Task[None]:
         if self.task is None:
             self.task = asyncio.ensure_future(self._close())
@@ -125,7 +131,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         exchange = ChatExchange(self._auth, self._meter)
         close = _CloseOnce(exchange)
         loop = asyncio.get_running_loop()
-        context.add_done_callback(lambda _: loop.call_soon_threadsafe(self._close_later, close))
+        context.add_done_callback(lambda _: close.idle() or loop.call_soon_threadsafe(self._close_later, close))
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
@@ -138,7 +144,8 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 except ApiError as error:
                     yield m.immediate(error)
         finally:
-            await asyncio.shield(self._track(close.start()))
+            if not close.idle():
+                await asyncio.shield(self._track(close.start()))
 
     def _close_later(self, close: _CloseOnce) -> None:
         if close.task is None:  # the handler never reached its finally
