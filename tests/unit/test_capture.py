@@ -83,3 +83,20 @@ def test_completion_text_and_stream_text() -> None:
     plain = SseMeter(hide_usage=False)
     plain.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n')
     assert plain.text() is None  # nothing kept unless opted in
+
+
+async def test_needs_close_tracks_open_holds_and_open_streams(catalog: Catalog) -> None:
+    from critique_sidecar.core.auth import Authenticator
+    from critique_sidecar.core.exchange import ChatExchange
+
+    meter = Meter(catalog, MemoryLedger(), CENT, clock=Clock(NOW))
+    x = ChatExchange(Authenticator(None), meter, identity=IDENT)  # type: ignore[arg-type]
+    assert not x.needs_close()  # nothing admitted
+    await x.admit(chat_body(stream=True))
+    assert x.needs_close()  # a hold is open
+    await x.response_start(200, {"content-type": "text/event-stream"})
+    await x.stream_chunk(b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n', True)
+    assert x.metered is not None and x.metered.settled is not None
+    assert x.needs_close()  # settled, but the open-streams gauge still has to be closed
+    await x.close()
+    assert not x.needs_close()

@@ -144,6 +144,14 @@ class ChatExchange:
             out += sse.finish()
         return chunk if out == chunk else out
 
+    def needs_close(self) -> bool:
+        """Whether close() has anything to do: an open stream to count as closed, or a hold
+        still open. False in the common case (settled in the response phases, or denied)."""
+        if self.sse is not None and not self.sse_closed:
+            return True
+        metered = self.metered
+        return metered is not None and metered.settled is None
+
     async def close(self) -> None:
         """The exchange ended. A request still holding credits was cut off: release it if no
         response started, else charge what we can tell was served."""

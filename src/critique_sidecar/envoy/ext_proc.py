@@ -102,10 +102,9 @@ class _CloseOnce:
         self.task: asyncio.Task[None] | None = None
 
     def idle(self) -> bool:
-        """Nothing left to settle (the common case: settled in the response phases, or never
+        """Nothing left to do (the common case: settled in the response phases, or never
         admitted): no task, no cross-thread wake-up needed."""
-        metered = self.exchange.metered
-        return self.task is None and (metered is None or metered.settled is not None)
+        return self.task is None and not self.exchange.needs_close()
 
     def start(self) -> asyncio.Task[None]:
         if self.task is None:
