@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import string
-import zlib
 from decimal import Decimal
 from typing import Any
 
@@ -19,19 +17,10 @@ from critique_sidecar.core.keys import KEY_LEN, bearer_token, is_well_formed
 from critique_sidecar.core.money import format_credits, format_usd, parse_credits, usd_to_micro_credits
 from critique_sidecar.core.usage import Usage, completion_text_bytes, parse_json_response, usage_from_obj
 
+from .test_keys import BASE62, oracle_checksum  # one independent checksum oracle
+
 CATALOG = load_catalog()
-BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def oracle_checksum(body: str) -> str:
-    n = zlib.crc32(body.encode("ascii"))
-    out = ""
-    for _ in range(6):
-        n, r = divmod(n, 62)
-        out = BASE62[r] + out
-    return out
-
 
 # Integers within orjson's 64-bit range (larger ones it reads as floats, which the tests below
 # cover through arbitrary bytes instead).
