@@ -100,6 +100,11 @@ class Components:
     meter: Meter
     ledger: JournalingLedger
     metrics: Metrics
+    redis_ledger: RedisLedger
+
+    async def aclose(self) -> None:
+        await self.redis_ledger.aclose()  # its dedicated connection is not in the pool
+        await self.redis.aclose()
 
 
 def capture_sink(settings: Settings, redis: Any) -> CaptureSink | None:
@@ -135,7 +140,7 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
         capture_timeout_s=settings.capture_timeout_s,
         observer=observer,
     )
-    return Components(redis, catalog, keys, auth, meter, ledger, metrics)
+    return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger)
 
 
 def web_context(c: Components, metrics: Any = None) -> WebContext:
@@ -206,7 +211,7 @@ async def serve(settings: Settings) -> None:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await c.ledger.replay()  # flush what can be flushed; the rest stays journaled for next start
-    await c.redis.aclose()
+    await c.aclose()
     if metrics_server is not None:
         await asyncio.to_thread(metrics_server.shutdown)
         metrics_server.server_close()

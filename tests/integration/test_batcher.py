@@ -1,54 +1,100 @@
-"""Automatic pipelining keeps every command's own result and error, and survives a script flush."""
+"""Automatic pipelining keeps every command's own result and error, batches what arrives
+together, survives a script flush, a killed connection and a Redis that stops answering."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator
 
+import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from critique_sidecar.store.batcher import CommandBatcher, Script
 
 
-async def test_concurrent_commands_share_a_pipeline_and_keep_their_results(redis_client: aioredis.Redis, account: str) -> None:
-    batcher = CommandBatcher(redis_client)
-    sent: list[int] = []
-    real_pipeline = redis_client.pipeline
+@pytest.fixture
+async def batcher(redis_client: aioredis.Redis) -> AsyncIterator[CommandBatcher]:
+    b = CommandBatcher(redis_client)
+    yield b
+    await b.aclose()
 
-    def counting_pipeline(*args: object, **kwargs: object) -> object:
-        sent.append(1)
-        return real_pipeline(*args, **kwargs)  # type: ignore[arg-type]
 
-    redis_client.pipeline = counting_pipeline  # type: ignore[method-assign]
-    try:
-        results = await asyncio.gather(*(batcher.execute(("INCRBY", f"{account}:n", i)) for i in range(1, 51)))
-    finally:
-        redis_client.pipeline = real_pipeline  # type: ignore[method-assign]
+async def test_concurrent_commands_share_one_round_trip_and_keep_their_results(
+    batcher: CommandBatcher, redis_client: aioredis.Redis, account: str
+) -> None:
+    results = await asyncio.gather(*(batcher.execute(("INCRBY", f"{account}:n", i)) for i in range(1, 51)))
     assert sorted(int(r) for r in results) == sorted(sum(range(1, k + 1)) for k in range(1, 51))
     assert int(await redis_client.get(f"{account}:n")) == sum(range(1, 51))
-    assert len(sent) == 1  # fifty commands, one round trip
+    assert batcher.round_trips == 1  # fifty commands, one write and one read
 
 
-async def test_one_failing_command_does_not_fail_its_batch_mates(redis_client: aioredis.Redis, account: str) -> None:
-    batcher = CommandBatcher(redis_client)
+async def test_commands_issued_while_a_batch_is_on_the_wire_leave_together_next(batcher: CommandBatcher, account: str) -> None:
+    first = asyncio.ensure_future(batcher.execute(("INCR", f"{account}:a")))
+    await asyncio.sleep(0)  # the first batch is written now; these three queue behind it
+    rest = [asyncio.ensure_future(batcher.execute(("INCR", f"{account}:a"))) for _ in range(3)]
+    assert [int(r) for r in await asyncio.gather(first, *rest)] == [1, 2, 3, 4]
+    assert batcher.round_trips == 2
+
+
+async def test_one_failing_command_does_not_fail_its_batch_mates(
+    batcher: CommandBatcher, redis_client: aioredis.Redis, account: str
+) -> None:
     await redis_client.set(f"{account}:s", "text")
-    ok, bad = await asyncio.gather(
-        batcher.execute(("SET", f"{account}:t", "1")), batcher.execute(("INCR", f"{account}:s")), return_exceptions=True
+    ok, bad, after = await asyncio.gather(
+        batcher.execute(("SET", f"{account}:t", "1")),
+        batcher.execute(("INCR", f"{account}:s")),
+        batcher.execute(("INCR", f"{account}:u")),
+        return_exceptions=True,
     )
-    assert ok is True or ok == b"OK"
+    assert ok == b"OK"
     assert isinstance(bad, ResponseError)
+    assert after == 1
 
 
-async def test_script_is_reloaded_after_a_flush(redis_client: aioredis.Redis, account: str) -> None:
-    script = Script(CommandBatcher(redis_client), "return redis.call('INCR', KEYS[1])")
+async def test_script_is_reloaded_after_a_flush(batcher: CommandBatcher, redis_client: aioredis.Redis, account: str) -> None:
+    script = Script(batcher, "return redis.call('INCR', KEYS[1])")
     assert await script([f"{account}:c"], []) == 1
     await redis_client.script_flush()
     assert await script([f"{account}:c"], []) == 2
 
 
+async def test_a_killed_connection_is_replaced_without_failing_the_caller(
+    batcher: CommandBatcher, redis_client: aioredis.Redis, account: str
+) -> None:
+    client_id = await batcher.execute(("CLIENT", "ID"))
+    assert int(await redis_client.execute_command("CLIENT", "KILL", "ID", client_id)) == 1
+    assert await batcher.execute(("INCR", f"{account}:k")) == 1  # retried once on a new connection
+    assert batcher.round_trips == 3
+
+
 async def test_connection_failure_reaches_every_waiter() -> None:
     dead = aioredis.Redis(port=1, socket_connect_timeout=0.2)
-    batcher = CommandBatcher(dead)
-    results = await asyncio.gather(*(batcher.execute(("PING",)) for _ in range(3)), return_exceptions=True)
+    b = CommandBatcher(dead)
+    results = await asyncio.gather(*(b.execute(("PING",)) for _ in range(3)), return_exceptions=True)
     assert all(isinstance(r, Exception) for r in results)
     await dead.aclose()
+
+
+async def test_a_redis_that_stops_answering_fails_the_batch_in_bounded_time() -> None:
+    """A server that accepts and reads but never replies (a frozen Redis): each attempt waits
+    one timeout, then the batch fails with a TimeoutError (the front door's 503)."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    silent = aioredis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    b = CommandBatcher(silent)
+    began = time.monotonic()
+    results = await asyncio.gather(*(b.execute(("PING",)) for _ in range(3)), return_exceptions=True)
+    took = time.monotonic() - began
+    assert all(isinstance(r, RedisTimeoutError) for r in results), results
+    assert 0.4 <= took < 2.0  # two attempts of 0.2 s each, no more
+    await b.aclose()
+    await silent.aclose()
+    server.close()

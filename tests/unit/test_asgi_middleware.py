@@ -36,7 +36,7 @@ Message = dict[str, Any]
 async def core(redis_url: str, tmp_path: Path) -> AsyncIterator[Components]:
     c = build_components(Settings(redis_url=redis_url, journal_path=tmp_path / "journal.jsonl", capture_sink="off"))
     yield c
-    await c.redis.aclose()
+    await c.aclose()
 
 
 @pytest.fixture

@@ -192,7 +192,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.aclose()
         await self.components.ledger.replay()  # flush what can be; the rest stays journaled
-        await self.components.redis.aclose()
+        await self.components.aclose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

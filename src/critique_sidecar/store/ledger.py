@@ -26,14 +26,19 @@ class RedisLedger:
         self._redis = redis
         self._settled_ttl = settled_ttl_s
         self._maxlen = stream_maxlen
-        if autopipeline:  # concurrent admissions/settlements share round trips (store/batcher.py)
-            batcher = CommandBatcher(redis)
-            self._place_hold = Script(batcher, lua_source("place_hold"))
-            self._settle = Script(batcher, lua_source("settle"))
+        self._batcher: CommandBatcher | None = None
+        if autopipeline:  # one dedicated connection, concurrent scripts share writes (store/batcher.py)
+            self._batcher = CommandBatcher(redis)
+            self._place_hold = Script(self._batcher, lua_source("place_hold"))
+            self._settle = Script(self._batcher, lua_source("settle"))
         else:
             self._place_hold = register(redis, "place_hold")
             self._settle = register(redis, "settle")
         self._registered: set[str] = set()  # accounts this process has put in the usage registry
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.aclose()
 
     @store_call
     async def place_hold(self, hold: HoldRequest) -> HoldResult:
