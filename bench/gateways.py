@@ -7,6 +7,7 @@ GATEWAYS; run.py benchmarks, checks and reports every registered gateway the sam
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -18,8 +19,12 @@ from pathlib import Path
 
 import envoy_configs
 import procs
-from critique_sidecar.devtools.stack import Stack, free_port
+import yaml
+from critique_sidecar.devtools.stack import Stack, free_port, wait_until
+from envoy_configs import MODEL
 from wrk import REQUEST_BODY
+
+BENCH = Path(__file__).resolve().parent
 
 CHAT_PATH = "/api/v1/chat/completions"
 ACCOUNT = "bench"
@@ -106,6 +111,32 @@ def start_two_stream(workdir: Path, upstream: Upstream) -> Gateway:
     return _start_stack("two-stream", "metered, ext_authz + ext_proc", workdir, upstream, envoy_config=config)
 
 
+def start_floor(workdir: Path, upstream: Upstream) -> Gateway:
+    """The design's floor: the repo's envoy.yaml and the same four ext_proc phases, answered by
+    bench/bare_ext_proc.py (constant replies, no keys, no parsing, no Redis)."""
+    stack = Stack(workdir / "floor", ports={"upstream": upstream.port}, start_upstream=False)
+    config = yaml.safe_load(stack.envoy_yaml().read_text())
+    listen = f"127.0.0.1:{stack.ports['grpc']}"
+    with open(workdir / "floor" / "bare-ext-proc.log", "ab") as log:
+        bare = subprocess.Popen(
+            [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: socket.create_connection(("127.0.0.1", stack.ports["grpc"]), timeout=1).close() is None, "bare ext_proc", proc=bare)
+        envoy = procs.start_envoy("floor-envoy", config, workdir / "floor", stack.ports["admin"])
+    except BaseException:
+        procs.stop_process(bare)
+        raise
+
+    def stop() -> None:
+        envoy.stop()
+        procs.stop_process(bare)
+
+    url = f"http://127.0.0.1:{stack.ports['envoy']}{CHAT_PATH}"
+    return Gateway("floor", "floor: same Envoy, bare ext_proc servicer", url, {"envoy": envoy.pid, "sidecar": bare.pid}, stop)
+
+
 def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
     """The ASGI front door: `critique-sidecar gateway` (uvicorn, the Middleware around the
     reference gateway's httpx proxy) with no Envoy, models sent to the same fast upstream.
@@ -120,6 +151,7 @@ def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "plain": start_plain,
     "metered": start_metered,
+    "floor": start_floor,
     "metered-2proc": start_metered_2proc,
     "two-stream": start_two_stream,
     "asgi": start_asgi,

@@ -126,7 +126,6 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
     redis_ledger = RedisLedger(
         redis,
         settled_ttl_s=settings.settled_ttl_s,
-        stream_maxlen=settings.usage_stream_maxlen,
         autopipeline=settings.redis_autopipeline and not settings.redis_cluster,
     )
     ledger = JournalingLedger(ObservedLedger(redis_ledger, observer), SettlementJournal(settings.journal_path))

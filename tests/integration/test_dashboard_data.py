@@ -444,10 +444,10 @@ async def test_retention_without_groups_is_by_age_and_every_group_counts(redis_c
 
 
 async def test_settlement_no_longer_caps_the_stream_length(redis_client: aioredis.Redis, account: str) -> None:
-    ledger = RedisLedger(redis_client, stream_maxlen=10)
+    ledger = RedisLedger(redis_client)
     for _ in range(250):
         await ledger.settle(record(account))
-    assert await redis_client.xlen(ks.usage_stream(account)) == 250  # MAXLEN ~ 10 would have dropped most
+    assert await redis_client.xlen(ks.usage_stream(account)) == 250  # retention trims, settlement never does
 
 
 async def test_account_registry_and_cli_trim(redis_client: aioredis.Redis, redis_url: str, account: str) -> None:

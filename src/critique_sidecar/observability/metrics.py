@@ -8,6 +8,7 @@ logs, and as labels they would grow without bound."""
 from __future__ import annotations
 
 import threading
+from typing import Any
 from collections.abc import Callable
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -83,6 +84,16 @@ class Metrics:
         for op in ("hold", "settle", "key_lookup"):  # present (at 0) before the first failure, for rate() and alerts
             self.store_errors.labels(op)
         self._store_ok = {op: self.store_seconds.labels(op) for op in ("hold", "settle", "key_lookup")}
+        # Labelled children by label values: `labels()` validates and locks on every call, and
+        # a settlement touches four of them. The label sets are bounded (models x statuses).
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- gauges read at scrape time --------------------------------------------------------
     def watch_journal(self, path: Path) -> None:
@@ -93,7 +104,7 @@ class Metrics:
 
     # -- core.observe.Observer ----------------------------------------------------------------
     def admitted(self, model: str, warnings: tuple[str, ...]) -> None:
-        self.requests.labels("allowed", warnings[0] if warnings else "ok").inc()
+        self._child(self.requests, "allowed", warnings[0] if warnings else "ok").inc()
         self.inflight.inc()
 
     def denied(self, denial: Denial) -> None:
@@ -102,15 +113,16 @@ class Metrics:
 
     def settled(self, record: UsageRecord) -> None:
         self.inflight.dec()
-        self.settlements.labels(record.model, record.status).inc()
+        model = record.model
+        self._child(self.settlements, model, record.status).inc()
         if record.credits:
-            self.charged.labels(record.model).inc(record.credits)
+            self._child(self.charged, model).inc(record.credits)
         if record.input_tokens:
-            self.tokens.labels(record.model, "input").inc(record.input_tokens)
+            self._child(self.tokens, model, "input").inc(record.input_tokens)
         if record.output_tokens:
-            self.tokens.labels(record.model, "output").inc(record.output_tokens)
+            self._child(self.tokens, model, "output").inc(record.output_tokens)
         if record.estimated:
-            self.estimated.labels(record.model).inc()
+            self._child(self.estimated, model).inc()
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None:
         child = self._store_ok.get(op) or self.store_seconds.labels(op)

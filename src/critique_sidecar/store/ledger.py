@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
 from . import keyspace as ks
 from .errors import store_call
@@ -21,11 +23,10 @@ def _s(value: Any) -> str:
 
 class RedisLedger:
     def __init__(
-        self, redis: Any, settled_ttl_s: int = 7 * 86400, stream_maxlen: int = 1_000_000, autopipeline: bool = False
+        self, redis: Any, settled_ttl_s: int = 7 * 86400, autopipeline: bool = False
     ) -> None:
         self._redis = redis
         self._settled_ttl = settled_ttl_s
-        self._maxlen = stream_maxlen
         self._batcher: CommandBatcher | None = None
         if autopipeline:  # one dedicated connection, concurrent scripts share writes (store/batcher.py)
             self._batcher = CommandBatcher(redis)
@@ -70,18 +71,9 @@ class RedisLedger:
             ks.settled(a, record.request_id),
             ks.usage_stream(a),
         ]
-        args: list[Any] = [
-            record.request_id,
-            record.credits,
-            WINDOW_TTL_S,
-            self._settled_ttl,
-            self._maxlen,
-            record.model,
-            record.key_id,
-            record.input_tokens,
-            record.output_tokens,
-        ]
-        args += record_fields(record)
+        fields = orjson.dumps([str(v) for v in record_fields(record)])
+        args = [record.request_id, record.credits, WINDOW_TTL_S, self._settled_ttl, fields]
+        args += [record.model, record.key_id, record.input_tokens, record.output_tokens]
         applied, charged = await self._settle(keys=keys, args=args)
         return SettleResult(credits=int(charged), applied=bool(int(applied)))
 

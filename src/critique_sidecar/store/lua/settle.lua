@@ -1,7 +1,9 @@
 -- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
 -- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
--- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s  5 (unused)
---       6 model  7 key id  8 input tokens  9 output tokens  10.. record field/value pairs
+-- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s
+--       5 the usage record: a JSON array of field/value strings (one argument, not 28: each
+--         argument costs the client packing time on every request)
+--       6 model  7 key id  8 input tokens  9 output tokens
 -- Returns {applied (1|0), charged micro-credits}
 local done = redis.call('GET', KEYS[6])
 if done then return {0, tonumber(done)} end
@@ -27,10 +29,8 @@ redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]))
 redis.call('HINCRBY', KEYS[5], 'credits', charge)
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
 
-local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 -- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
--- Retention trims instead (store/usage_retention.py). ARGV[5] is no longer used.
-redis.call('XADD', KEYS[7], '*', unpack(fields))
+-- Retention trims instead (store/usage_retention.py).
+redis.call('XADD', KEYS[7], '*', unpack(cjson.decode(ARGV[5])))
 redis.call('SET', KEYS[6], charge, 'EX', tonumber(ARGV[4]))
 return {1, charge}

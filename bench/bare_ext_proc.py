@@ -1,0 +1,86 @@
+"""The floor of the metered design: an ext_proc servicer with no logic, for `make bench`.
+
+Same gRPC stack as the sidecar (grpc.aio on uvloop, the same server options), same four
+phases on the same envoy.yaml, and the same shape of replies (strip the key, set the model's
+routing header, add a charge header), but constant: no key check, no parsing, no Redis.
+Whatever the real sidecar costs above this servicer is ours; this much is the transport's.
+
+  .venv/bin/python bench/bare_ext_proc.py --listen 127.0.0.1:9001 --model deepseek/deepseek-v4-flash
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import uvloop
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from envoy.config.core.v3 import base_pb2 as core_pb
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from critique_sidecar.app import GRPC_MAX_MESSAGE_BYTES
+
+
+def _set(key: str, value: str) -> core_pb.HeaderValueOption:
+    return core_pb.HeaderValueOption(
+        header=core_pb.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def replies(model: str) -> dict[str, pb.ProcessingResponse]:
+    common = pb.CommonResponse
+    return {
+        "request_headers": pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(response=common(header_mutation=pb.HeaderMutation(remove_headers=["authorization"])))
+        ),
+        "request_body": pb.ProcessingResponse(
+            request_body=pb.BodyResponse(
+                response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-model", model)]), clear_route_cache=True)
+            )
+        ),
+        "response_headers": pb.ProcessingResponse(
+            response_headers=pb.HeadersResponse(response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-request-id", "req_0")])))
+        ),
+        "response_body": pb.ProcessingResponse(
+            response_body=pb.BodyResponse(response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-credits-charged", "0.000000")])))
+        ),
+    }
+
+
+class BareServicer(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, model: str) -> None:
+        self._replies = replies(model)
+
+    async def Process(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        async for req in request_iterator:
+            yield self._replies[req.WhichOneof("request")]
+
+
+async def serve(listen: str, model: str) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)])
+    pb_grpc.add_ExternalProcessorServicer_to_server(BareServicer(model), server)
+    health_servicer = health.aio.HealthServicer()  # envoy.yaml health-checks the sidecar cluster
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(listen)
+    await server.start()
+    print(f"bare ext_proc servicer on {listen}", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--listen", required=True)
+    p.add_argument("--model", required=True)
+    args = p.parse_args()
+    uvloop.run(serve(args.listen, args.model))
+
+
+if __name__ == "__main__":
+    main()
