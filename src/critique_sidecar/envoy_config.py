@@ -19,6 +19,9 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
 BUFFER = "envoy.filters.http.buffer"
 MODEL_HEADER = "x-critique-model"
+# What the ext_proc stream needs to see of the request (key, trace id) and response (status,
+# type, encoding), besides the x-critique-* prefix.
+FORWARDED_HEADERS = ("authorization", "x-request-id", ":status", "content-type", "content-encoding")
 # Largest non-streaming response Envoy buffers for metering, and the largest piece of a
 # stream it hands the sidecar in one message: this bounds the sidecar's memory per stream.
 UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024
@@ -228,6 +231,11 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                     "response_trailer_mode": "SKIP",
                 },
                 "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ]}},
+                # Only the headers the exchange reads (core/exchange.py): less for Envoy to
+                # serialise and us to parse on every request, and no cookies or other client
+                # headers ever reach the sidecar. Every x-critique-* header is still seen (and
+                # stripped); removals need no forwarding.
+                "forward_rules": {"allowed_headers": {"patterns": [{"exact": h} for h in FORWARDED_HEADERS] + [{"prefix": "x-critique-"}]}},
                 "status_on_error": {"code": 503},
             },
         },
