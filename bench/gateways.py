@@ -80,13 +80,21 @@ def _start_funded(stack: Stack) -> str:
 
 
 def _start_stack(
-    name: str, label: str, workdir: Path, upstream: Upstream, envoy_config: Path | None = None, sidecars: int = 1
+    name: str,
+    label: str,
+    workdir: Path,
+    upstream: Upstream,
+    envoy_config: Path | None = None,
+    sidecars: int = 1,
+    sidecar_env: dict[str, str] | None = None,
 ) -> Gateway:
     """The full metered path: the repo's Stack (Redis, sidecar, Envoy), its model clusters
     pointed at the fast upstream (the repo's envoy.yaml sends models to port 8100, which
     Stack relocates to ports['upstream'])."""
     extra = {"envoy_config": envoy_config} if envoy_config else {}
-    stack = Stack(workdir / name, ports={"upstream": upstream.port}, start_upstream=False, sidecar_count=sidecars, **extra)
+    stack = Stack(
+        workdir / name, ports={"upstream": upstream.port}, start_upstream=False, sidecar_count=sidecars, sidecar_env=sidecar_env or {}, **extra
+    )
     key = _start_funded(stack)
     pids = {role: stack.procs[role].pid for role in ("envoy", "sidecar", "redis")}
     pids.update({f"sidecar{i}": stack.procs[f"sidecar{i}"].pid for i in range(1, sidecars)})
@@ -109,6 +117,19 @@ def start_two_stream(workdir: Path, upstream: Upstream) -> Gateway:
     out = subprocess.run([sys.executable, "-m", "critique_sidecar.cli", "envoy-config", "--chat-auth", "ext_authz"], capture_output=True, text=True, check=True)
     config.write_text(out.stdout)
     return _start_stack("two-stream", "metered, ext_authz + ext_proc", workdir, upstream, envoy_config=config)
+
+
+def start_baseline(workdir: Path, upstream: Upstream, ref: str) -> Gateway:
+    """The metered path as it was at git `ref` (its sidecar code and its envoy.yaml), measured in
+    the same run as the working tree's: before/after figures that share the machine's noise.
+    The old code runs on this virtualenv's dependencies (PYTHONPATH puts its src/ first)."""
+    src = workdir / "baseline-src"
+    src.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(BENCH.parent), "archive", ref], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return _start_stack(
+        "baseline", f"metered at {ref} (baseline)", workdir, upstream, envoy_config=src / "envoy.yaml", sidecar_env={"PYTHONPATH": str(src / "src")}
+    )
 
 
 def start_floor(workdir: Path, upstream: Upstream) -> Gateway:

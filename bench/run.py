@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import os
 import platform
@@ -48,6 +49,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-duration", type=float, help="seconds of each 1-connection run (default 5, quick 3)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up before each round's runs (default 2, quick 1)")
     p.add_argument("--gateways", default=",".join(gateways.GATEWAYS), help=f"comma-separated, from: {', '.join(gateways.GATEWAYS)}")
+    p.add_argument("--baseline", metavar="GIT_REF", help="also bench the metered path as it was at this commit (before/after in one run)")
     p.add_argument("--out", type=Path, default=BENCH / "out", help="results.json, bench.png and process logs")
     args = p.parse_args()
     defaults = {"rounds": (3, 1), "duration": (10.0, 4.0), "latency_duration": (5.0, 3.0), "warmup": (2.0, 1.0)}
@@ -55,6 +57,9 @@ def parse_args() -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     args.gateways = [g.strip() for g in args.gateways.split(",") if g.strip()]
+    if args.baseline:
+        gateways.GATEWAYS["baseline"] = functools.partial(gateways.start_baseline, ref=args.baseline)
+        args.gateways.insert(min(2, len(args.gateways)), "baseline")
     unknown = set(args.gateways) - set(gateways.GATEWAYS)
     if unknown:
         p.error(f"unknown gateway(s): {', '.join(sorted(unknown))}")

@@ -4,6 +4,7 @@ ids, decision and charge, and never the prompt or the completion."""
 from __future__ import annotations
 
 import io
+import re
 import logging
 from collections.abc import Iterator
 from decimal import Decimal
@@ -130,3 +131,16 @@ async def test_request_lines_follow_the_level(restore_logging: None) -> None:
     core = make_core(RequestLog())
     await run_json(core, core.keys.add("acme"), chat(), completion())
     assert out.getvalue() == ""
+
+
+async def test_request_lines_written_directly_match_the_formatters_lines(captured: io.StringIO) -> None:
+    """With the JSON setup, request lines skip the LogRecord (the hot path); they must read as
+    any other line does: same leading keys, the same UTC millisecond timestamp format."""
+    logging.getLogger("critique_sidecar.test").info("plain line")
+    core = make_core(RequestLog())
+    await run_json(core, core.keys.add("acme"), chat(), completion())
+    plain, request = lines(captured)
+    assert list(plain)[:4] == list(request)[:4] == ["ts", "level", "logger", "msg"]
+    assert request["level"] == "INFO" and request["logger"] == "critique_sidecar.requests" and request["msg"] == "request settled"
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+    assert stamp.match(str(plain["ts"])) and stamp.match(str(request["ts"]))
