@@ -8,7 +8,7 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install redis browser run test test-quick bench profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install redis browser run test test-quick bench bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
 install: $(VENV)/.installed $(ENVOY) redis browser
 
@@ -68,6 +68,10 @@ test-quick: install
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Throughput against sidecar processes, each given its own CPU budget (cgroup quota; needs root).
+bench-scaling: install
+	$(PY) bench/scaling.py $(BENCH_ARGS)
 
 # py-spy profile of the metered sidecar under the bench load (bench/out/profile/).
 profile: install
