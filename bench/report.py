@@ -77,7 +77,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.ticker
 
     gws = list(results["gateways"].values())
-    labels = [g["label"].replace(" (", "\n(").replace(", ", ",\n") for g in gws]
+    labels = [g["name"] for g in gws]  # short names; the table has the long labels
     x = range(len(gws))
     fig, (ax_rps, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(16, 5.5))
 
@@ -111,7 +111,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_cpu.legend()
 
     for ax in (ax_rps, ax_lat, ax_cpu):
-        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_xticks(list(x), labels, fontsize=8, rotation=30, ha="right")
     m = results["machine"]
     fig.suptitle(f"critique-sidecar bench: {m['cpus']} CPUs ({m['cpu_model']}), {results['settings']['rounds']} round(s), medians")
     fig.tight_layout()
