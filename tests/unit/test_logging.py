@@ -144,3 +144,12 @@ async def test_request_lines_written_directly_match_the_formatters_lines(capture
     assert request["level"] == "INFO" and request["logger"] == "critique_sidecar.requests" and request["msg"] == "request settled"
     stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
     assert stamp.match(str(plain["ts"])) and stamp.match(str(request["ts"]))
+
+
+async def test_a_broken_log_stream_never_fails_a_request(restore_logging: None) -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    out.close()  # e.g. stderr gone: logging reports it on its own, the request goes on
+    core = make_core(RequestLog())
+    charged = await run_json(core, core.keys.add("acme"), chat(), completion())
+    assert charged["x-critique-credits-charged"] and len(core.ledger.records) == 1

@@ -58,6 +58,7 @@ class CommandBatcher:
         self._retries = retries
         self._queue: _Pending = []
         self._sending = False
+        self._drainer: asyncio.Future[None] | None = None
         self.round_trips = 0  # batches written (for tests and curiosity)
 
     async def execute(self, command: tuple[Any, ...]) -> Any:
@@ -65,7 +66,8 @@ class CommandBatcher:
         self._queue.append((command, future))
         if not self._sending:
             self._sending = True
-            asyncio.ensure_future(self._drain())  # starts next loop turn: this turn's commands join
+            # Starts next loop turn, so this turn's commands join; kept so it is never collected.
+            self._drainer = asyncio.ensure_future(self._drain())
         return await future
 
     async def _drain(self) -> None:
@@ -75,6 +77,12 @@ class CommandBatcher:
                 await self._send(batch)
         finally:
             self._sending = False
+            if self._queue:  # only when cancelled mid-batch (shutdown): nobody would send these
+                _fail(self._take_queue(), RedisConnectionError("the Redis batcher stopped"))
+
+    def _take_queue(self) -> _Pending:
+        queued, self._queue = self._queue, []
+        return queued
 
     async def _send(self, batch: _Pending) -> None:
         commands = [command for command, _ in batch]
@@ -86,7 +94,9 @@ class CommandBatcher:
                 await self._drop_connection()
                 if attempt == self._retries:
                     error = RedisTimeoutError("Redis did not answer in time") if isinstance(exc, asyncio.TimeoutError) else exc
-                    _fail(batch, error)
+                    # What queued behind this batch would wait its own full timeout and retry
+                    # against the same dead or frozen Redis: it fails now, with the same error.
+                    _fail(batch + self._take_queue(), error)
                     return
             except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
                 await self._drop_connection()
