@@ -104,3 +104,11 @@ async def test_a_redis_that_stops_answering_fails_the_batch_in_bounded_time() ->
     await b.aclose()
     await silent.aclose()
     server.close()
+
+
+async def test_an_argument_that_cannot_be_sent_fails_only_its_own_call(batcher: CommandBatcher, account: str) -> None:
+    bad, good = await asyncio.gather(
+        batcher.execute(("SET", f"{account}:x", None)), batcher.execute(("INCR", f"{account}:y")), return_exceptions=True
+    )
+    assert isinstance(bad, TypeError)
+    assert good == 1
