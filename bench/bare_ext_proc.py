@@ -31,11 +31,16 @@ def _set(key: str, value: str) -> core_pb.HeaderValueOption:
     )
 
 
-def replies(model: str) -> dict[str, pb.ProcessingResponse]:
+def replies(model: str, route_in_headers: bool = False) -> dict[str, pb.ProcessingResponse]:
+    """`route_in_headers`: set the routing header in the first reply too, so the phase-count
+    experiment (bench/phases.py) routes without a request-body phase."""
     common = pb.CommonResponse
+    first = pb.HeaderMutation(remove_headers=["authorization"])
+    if route_in_headers:
+        first.set_headers.append(_set("x-critique-model", model))
     return {
         "request_headers": pb.ProcessingResponse(
-            request_headers=pb.HeadersResponse(response=common(header_mutation=pb.HeaderMutation(remove_headers=["authorization"])))
+            request_headers=pb.HeadersResponse(response=common(header_mutation=first, clear_route_cache=route_in_headers))
         ),
         "request_body": pb.ProcessingResponse(
             request_body=pb.BodyResponse(
@@ -52,8 +57,8 @@ def replies(model: str) -> dict[str, pb.ProcessingResponse]:
 
 
 class BareServicer(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, model: str) -> None:
-        self._replies = replies(model)
+    def __init__(self, model: str, route_in_headers: bool = False) -> None:
+        self._replies = replies(model, route_in_headers)
 
     async def Process(  # noqa: N802 (gRPC method name)
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -62,9 +67,9 @@ class BareServicer(pb_grpc.ExternalProcessorServicer):
             yield self._replies[req.WhichOneof("request")]
 
 
-async def serve(listen: str, model: str) -> None:
+async def serve(listen: str, model: str, route_in_headers: bool = False) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(BareServicer(model), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(BareServicer(model, route_in_headers), server)
     health_servicer = health.aio.HealthServicer()  # envoy.yaml health-checks the sidecar cluster
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -78,8 +83,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", required=True)
     p.add_argument("--model", required=True)
+    p.add_argument("--route-in-headers", action="store_true", help="also set the routing header in the request-headers reply")
     args = p.parse_args()
-    uvloop.run(serve(args.listen, args.model))
+    uvloop.run(serve(args.listen, args.model, args.route_in_headers))
 
 
 if __name__ == "__main__":
