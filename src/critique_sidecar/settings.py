@@ -17,7 +17,7 @@ class Settings(BaseSettings):
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or one Redis Cluster node) URL.")
     redis_cluster: bool = Field(False, description="Treat redis_url as a Redis Cluster entry node.")
-    redis_timeout_s: float = Field(0.5, gt=0, description="Per-command Redis timeout; past it requests fail closed with 503.")
+    redis_timeout_s: float = Field(0.5, gt=0, description="Redis timeout: per command on the pool, per batch for the pipelined admission/settlement connection; past it (and one retry) requests fail closed with 503.")
     redis_autopipeline: bool = Field(True, description="Run admissions and settlements over one dedicated, pipelined Redis connection: concurrent ones share a write, and each skips redis-py's per-call pool and timeout work (off: the shared pool; always off for Redis Cluster).")
     grpc_listen: str = Field("127.0.0.1:9001", description="ext_authz, ext_proc and gRPC health listen address.")
     http_listen: str = Field("127.0.0.1:9002", description="Listen address of the HTTP routes (models, settings, dashboard).")

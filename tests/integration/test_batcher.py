@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from critique_sidecar.store.batcher import CommandBatcher, Script
@@ -110,5 +111,56 @@ async def test_an_argument_that_cannot_be_sent_fails_only_its_own_call(batcher: 
     bad, good = await asyncio.gather(
         batcher.execute(("SET", f"{account}:x", None)), batcher.execute(("INCR", f"{account}:y")), return_exceptions=True
     )
-    assert isinstance(bad, TypeError)
+    assert isinstance(bad, DataError)  # a RedisError, as redis-py's encoder raises: the store layer maps it
     assert good == 1
+
+
+async def test_a_retry_resends_only_what_was_not_answered() -> None:
+    """A server that answers the first command on each connection and then goes silent: the
+    first reply is delivered as it came, and only the unanswered command is sent again."""
+    received: list[bytearray] = []  # what each connection was sent, as it arrives
+
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = bytearray()
+        received.append(data)
+        while chunk := await reader.read(65536):
+            if not data:
+                writer.write(b":7\r\n")
+                await writer.drain()
+            data += chunk
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    b = CommandBatcher(client)
+    b._make_connection = _bare_connection(port)  # noqa: SLF001 - no handshake with the fake
+    first, second = await asyncio.gather(b.execute(("INCR", "a")), b.execute(("INCR", "b")))
+    assert first == 7 and second == 7
+    assert b.round_trips == 2
+    await b.aclose()
+    server.close()
+    await server.wait_closed()
+    assert [data.count(b"INCR") for data in received] == [2, 1]  # "a" was not sent twice
+
+
+def _bare_connection(port: int):  # type: ignore[no-untyped-def]
+    from redis.asyncio import Connection
+
+    # RESP2 and no CLIENT SETINFO: no handshake for the fake to answer
+    return lambda: Connection(host="127.0.0.1", port=port, socket_connect_timeout=0.2, protocol=2, driver_info=None)
+
+
+async def test_batches_are_bounded(redis_client: aioredis.Redis, account: str) -> None:
+    b = CommandBatcher(redis_client, max_batch=128)
+    results = await asyncio.gather(*(b.execute(("INCR", f"{account}:n")) for _ in range(300)))
+    assert sorted(int(r) for r in results) == list(range(1, 301))
+    assert b.round_trips == 3  # 128 + 128 + 44
+    await b.aclose()
+
+
+async def test_a_closed_batcher_refuses_calls_and_does_not_reconnect(batcher: CommandBatcher) -> None:
+    assert await batcher.execute(("PING",)) in (True, b"PONG")
+    await batcher.aclose()
+    with pytest.raises(RedisConnectionError):
+        await batcher.execute(("PING",))
+    assert batcher._connection is None  # noqa: SLF001 - nothing reopened it

@@ -37,6 +37,7 @@ def fill_mutation(
     """Write header changes into a mutation that is already part of a reply. Filling fields in
     place costs about a third of building the same nested messages from keyword arguments
     (measured: 2.6 vs 7.1 us for two headers), and every metered request builds four."""
+    target.SetInParent()  # present even when empty: a reply must always say which phase it answers
     if set_headers:
         add = target.set_headers.add
         for key, value in set_headers.items():

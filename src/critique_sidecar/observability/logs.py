@@ -7,6 +7,7 @@ receives carry none, and it does not log error messages (which may echo client i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -29,14 +30,16 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return fields if isinstance(fields, dict) else {}
 
 
-_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
 def _utc_ms(created: float) -> str:
+    global _second
     seconds = int(created)
-    if _second[0] != seconds:  # strftime once a second, not once a line
-        _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
-    return f"{_second[1]}.{int((created - seconds) * 1000):03d}Z"
+    cached = _second  # read once: another thread may replace it (never change it)
+    if cached[0] != seconds:  # strftime once a second, not once a line
+        cached = _second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{cached[1]}.{int((created - seconds) * 1000):03d}Z"
 
 
 def _json_line(created: float, level: str, logger: str, msg: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +101,8 @@ class RequestLog:
 
     def _write(self, msg: str, fields: dict[str, Any]) -> None:
         handler = _json_handler
+        # The fast path assumes configure_logging's setup (one JSON handler on the root, no
+        # filters or handlers in between); any other setup takes the record path below.
         if handler is not None and not self.log.handlers and handler in logging.root.handlers:
             # The request path's line, the same bytes JsonFormatter would write, without a
             # LogRecord and the handler chain: measured at a quarter of the sidecar's own
@@ -106,7 +111,8 @@ class RequestLog:
             try:
                 with handler.lock:  # type: ignore[union-attr]
                     handler.stream.write(text)
-                    handler.stream.flush()
+                    with contextlib.suppress(Exception):  # written: a failed flush must not write it twice
+                        handler.stream.flush()
                 return
             except Exception:  # noqa: BLE001 - a closed or broken stream never fails a request:
                 pass  # the record path below lets logging report it its own way (handleError)

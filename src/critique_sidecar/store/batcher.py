@@ -9,8 +9,10 @@ replies are read in order under one deadline for the whole batch. Under load bat
 themselves; a lone command pays one write and one read.
 
 Commands stay independent (no MULTI): each gets its own result or error. A connection failure or
-timeout drops the connection and sends the batch once more on a new one (as redis-py's Retry
-did), so only idempotent commands belong here: the ledger's scripts are, by request id."""
+timeout drops the connection and sends what was not answered once more on a new one (as
+redis-py's Retry did), so only idempotent commands belong here: the ledger's scripts are, by
+request id. The deadline (CRITIQUE_REDIS_TIMEOUT_S) covers one batch: connecting, writing and
+reading its replies; a command that arrives while a batch is on the wire waits for it first."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _Pending = list[tuple[bytes, "asyncio.Future[Any]"]]  # (packed command, its caller's future)
@@ -45,7 +47,7 @@ class Script:
 
 
 class CommandBatcher:
-    def __init__(self, redis: Any, timeout_s: float | None = None, retries: int = 1) -> None:
+    def __init__(self, redis: Any, timeout_s: float | None = None, retries: int = 1, max_batch: int = 128) -> None:
         pool = redis.connection_pool
         kwargs = dict(pool.connection_kwargs)
         # The deadline is ours, one per batch (asyncio.timeout); redis-py's per-socket-operation
@@ -56,16 +58,23 @@ class CommandBatcher:
         self._make_connection = lambda: pool.connection_class(**kwargs)
         self._connection: Any = None
         self._retries = retries
+        self._max_batch = max_batch  # bounds one write and the work under one deadline
         self._queue: _Pending = []
         self._sending = False
+        self._closed = False
         self._drainer: asyncio.Future[None] | None = None
         self.round_trips = 0  # batches written (for tests and curiosity)
 
     async def execute(self, command: tuple[Any, ...]) -> Any:
-        # Packed here, in the caller's turn: an argument hiredis cannot pack (TypeError) fails
-        # this call alone, not the batch it would have joined. hiredis packs in C (~1.6 us per
-        # ledger script vs ~11 us for redis-py's asyncio packer).
-        packed = hiredis.pack_command(command)
+        if self._closed:
+            raise RedisConnectionError("the Redis batcher is closed")
+        # Packed here, in the caller's turn: an argument hiredis cannot pack fails this call
+        # alone, not the batch it would have joined. hiredis packs in C (~1.6 us per ledger
+        # script vs ~11 us for redis-py's asyncio packer).
+        try:
+            packed = hiredis.pack_command(command)
+        except TypeError as exc:  # what redis-py's own encoder raises for such arguments
+            raise DataError(f"cannot send {exc}") from exc
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((packed, future))
         if not self._sending:
@@ -77,7 +86,7 @@ class CommandBatcher:
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
                 await self._send(batch)
         finally:
             self._sending = False
@@ -89,14 +98,19 @@ class CommandBatcher:
         return queued
 
     async def _send(self, batch: _Pending) -> None:
-        commands = [packed for packed, _ in batch]
         for attempt in range(self._retries + 1):
+            answered: list[Any] = []
             try:
-                results = await self._round_trip(commands)
-                break
+                await self._round_trip([packed for packed, _ in batch], answered)
+                _deliver(batch, answered)
+                return
             except _RETRYABLE as exc:
                 await self._drop_connection()
-                if attempt == self._retries:
+                # Replies read before the failure are final: deliver them, resend only the rest
+                # (a command resent may have run already: hence idempotent commands only).
+                _deliver(batch, answered)
+                batch = batch[len(answered) :]
+                if attempt == self._retries or self._closed:
                     error = RedisTimeoutError("Redis did not answer in time") if isinstance(exc, asyncio.TimeoutError) else exc
                     # What queued behind this batch would wait its own full timeout and retry
                     # against the same dead or frozen Redis: it fails now, with the same error.
@@ -104,31 +118,27 @@ class CommandBatcher:
                     return
             except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
                 await self._drop_connection()
-                _fail(batch, exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                _deliver(batch, answered)
+                _fail(batch[len(answered) :], exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
                 if not isinstance(exc, Exception):
                     raise
                 return
-        for (_, future), result in zip(batch, results):
-            if not future.done():
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
 
-    async def _round_trip(self, commands: list[bytes]) -> list[Any]:
+    async def _round_trip(self, commands: list[bytes], answered: list[Any]) -> None:
+        """Write the batch, append each reply (or its own error) to `answered` as it is read."""
         if self._connection is None:
+            if self._closed:
+                raise RedisConnectionError("the Redis batcher is closed")
             self._connection = self._make_connection()
         conn = self._connection
         self.round_trips += 1
-        results: list[Any] = []
         async with asyncio.timeout(self._timeout):
             await conn.send_packed_command(b"".join(commands), check_health=False)
             for _ in commands:
                 try:
-                    results.append(await conn.read_response())
+                    answered.append(await conn.read_response())
                 except ResponseError as error:  # this command's own error; the connection is fine
-                    results.append(error)
-        return results
+                    answered.append(error)
 
     async def _drop_connection(self) -> None:
         conn, self._connection = self._connection, None
@@ -136,7 +146,18 @@ class CommandBatcher:
             await conn.disconnect(nowait=True)
 
     async def aclose(self) -> None:
+        """Stop: later calls fail at once, a batch in flight is not resent, the connection closes."""
+        self._closed = True
         await self._drop_connection()
+
+
+def _deliver(batch: _Pending, answered: list[Any]) -> None:
+    for (_, future), result in zip(batch, answered):
+        if not future.done():
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
 
 def _fail(batch: _Pending, error: BaseException) -> None:
