@@ -10,7 +10,8 @@ pod needs it:
 - the listener binds 0.0.0.0:8080 (the Service's target); the sidecar clusters stay on the
   loopback defaults, 127.0.0.1:9001 (gRPC) and :9002 (HTTP), as the two containers share the
   pod's network namespace;
-- model clusters whose upstream is a host name (a Kubernetes Service) resolve it: STRICT_DNS;
+- (model clusters whose upstream is a host name, a Kubernetes Service, are STRICT_DNS: the
+  generator does that for every config);
 - a second listener, 0.0.0.0:9102, exposes only Envoy's /stats/prometheus and /ready from the
   admin interface (which itself stays on 127.0.0.1:9901), for Prometheus and the kubelet.
 
@@ -18,7 +19,6 @@ tests/unit/test_deploy.py fails when the committed configmap.yaml differs from t
 
 from __future__ import annotations
 
-import ipaddress
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,6 @@ POD_OPTIONS = EnvoyOptions(listen="0.0.0.0:8080")
 STATS_LISTEN = ("0.0.0.0", 9102)
 STATS_PATHS = ("/stats/prometheus", "/ready")
 
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        return False
 
 
 def _stats_listener(admin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -76,11 +69,6 @@ def _stats_listener(admin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 def pod_envoy_config(catalog: Catalog) -> dict[str, Any]:
     config = orjson.loads(orjson.dumps(build_config(catalog, POD_OPTIONS)))  # plain types only
     resources = config["static_resources"]
-    for cluster in resources["clusters"]:
-        for group in cluster["load_assignment"]["endpoints"]:
-            for ep in group["lb_endpoints"]:
-                if not _is_ip(ep["endpoint"]["address"]["socket_address"]["address"]):
-                    cluster["type"] = "STRICT_DNS"
     listener, cluster = _stats_listener(config["admin"]["address"])
     resources["listeners"].append(listener)
     resources["clusters"].append(cluster)

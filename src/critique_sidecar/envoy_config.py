@@ -5,6 +5,8 @@ fails when they differ, so the catalog stays the one source of truth for routes.
 
 from __future__ import annotations
 
+import ipaddress
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +49,21 @@ def _addr(hostport: str) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": int(port)}}
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def _cluster(name: str, endpoints: list[str], *, http2: bool = False, buffer_bytes: int | None = None) -> dict[str, Any]:
+    # Envoy refuses a STATIC cluster with a host name ("vllm.internal:8000", a Kubernetes
+    # Service): those are resolved, and re-resolved, by DNS.
+    static = all(_is_ip(e.rpartition(":")[0]) for e in endpoints)
     c: dict[str, Any] = {
         "name": name,
-        "type": "STATIC",
+        "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "0.25s",
         "load_assignment": {
             "cluster_name": name,

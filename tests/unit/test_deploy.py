@@ -250,6 +250,8 @@ def shipped_envoy_configs() -> dict[str, str]:
     configs = {"envoy.yaml": (REPO / "envoy.yaml").read_text()}
     configs["configmap.yaml:envoy.yaml"] = k8s("configmap.yaml")["data"]["envoy.yaml"]
     configs["envoy-config --chat-auth ext_authz"] = render(load_catalog(), EnvoyOptions(chat_auth="ext_authz"))
+    # What `critique-sidecar envoy-config` makes for upstreams given by host name (DNS clusters).
+    configs["envoy-config, host-name upstreams"] = render(load_catalog(K8S / "catalog.toml"))
     bench = _load(REPO / "bench/envoy_configs.py", "bench_envoy_configs")
     configs["bench fast_upstream"] = yaml.safe_dump(bench.fast_upstream(18100, 19911))
     configs["bench plain_gateway"] = yaml.safe_dump(bench.plain_gateway(18080, 19912, 18100))
