@@ -1,78 +1,36 @@
 """deploy/: the Kubernetes example and the systemd units agree with the sidecar's settings and
-with the Envoy configs generated from the catalog; every Envoy config the repo ships validates
-with the real Envoy; one catalog entry is enough to price, list and route a model."""
+with the Envoy configs generated from the catalog; the alerts name real metrics and have runbook
+sections. (The Envoy configs themselves: test_envoy_configs.py.)"""
 
 from __future__ import annotations
 
 import configparser
 import re
-import importlib.util
 import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from decimal import Decimal
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
-from starlette.testclient import TestClient
 
 from critique_sidecar import cli
 from critique_sidecar.app import DRAIN_GRACE_S, LIVENESS_SERVICE
-from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.catalog import load_catalog
-from critique_sidecar.core.exchange import MODEL_HEADER
-from critique_sidecar.core.scopes import CHAT_PATH
 from critique_sidecar.devtools.stack import REPO, envoy_binary, free_port, relocate, wait_until
-from critique_sidecar.envoy_config import EnvoyOptions, build_config, render
+from critique_sidecar.envoy_config import EnvoyOptions, build_config
 from critique_sidecar.settings import Settings
-from critique_sidecar.web.app import WebContext, build_web_app
 
-from .test_metrics import MemoryKeys, chat, completion, make_core, run_json
+from .envoy_yaml import DEPLOY, K8S, cluster, endpoints, hostport, k8s, listener, load_module, routes
 
-DEPLOY = REPO / "deploy"
-K8S = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
 SIDECAR_SETTINGS = {f"CRITIQUE_{name.upper()}" for name in Settings.model_fields}
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render_k8s = _load(DEPLOY / "render.py", "deploy_render")
-
-
-def hostport(address: dict[str, Any]) -> str:
-    sa = address["socket_address"]
-    return f"{sa['address']}:{sa['port_value']}"
-
-
-def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
-    [found] = [c for c in config["static_resources"]["clusters"] if c["name"] == name]
-    return found
-
-
-def endpoints(c: dict[str, Any]) -> list[str]:
-    return [hostport(ep["endpoint"]["address"]) for group in c["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]]
-
-
-def listener(config: dict[str, Any], name: str) -> dict[str, Any]:
-    [found] = [lst for lst in config["static_resources"]["listeners"] if lst["name"] == name]
-    return found
-
-
-def routes(lst: dict[str, Any]) -> list[dict[str, Any]]:
-    hcm = lst["filter_chains"][0]["filters"][0]["typed_config"]
-    return [r for vh in hcm["route_config"]["virtual_hosts"] for r in vh["routes"]]
+render_k8s = load_module(DEPLOY / "render.py", "deploy_render")
 
 
 def port_of(listen: str) -> int:
@@ -80,10 +38,6 @@ def port_of(listen: str) -> int:
 
 
 # --- the Kubernetes example -------------------------------------------------------------------
-
-
-def k8s(name: str) -> dict[str, Any]:
-    return yaml.safe_load((K8S / name).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -242,50 +196,6 @@ def test_pod_envoy_stats_listener_only_forwards_stats_and_ready(pod_envoy: dict[
     assert hostport(pod_envoy["admin"]["address"]).startswith("127.0.0.1:")
 
 
-# --- no shipped config routes /metrics (or anything else unplanned) to the sidecar ----------
-
-
-def shipped_envoy_configs() -> dict[str, str]:
-    """name -> config text: every Envoy config the repo ships or generates for users."""
-    configs = {"envoy.yaml": (REPO / "envoy.yaml").read_text()}
-    configs["configmap.yaml:envoy.yaml"] = k8s("configmap.yaml")["data"]["envoy.yaml"]
-    configs["envoy-config --chat-auth ext_authz"] = render(load_catalog(), EnvoyOptions(chat_auth="ext_authz"))
-    # What `critique-sidecar envoy-config` makes for upstreams given by host name (DNS clusters).
-    configs["envoy-config, host-name upstreams"] = render(load_catalog(K8S / "catalog.toml"))
-    bench = _load(REPO / "bench/envoy_configs.py", "bench_envoy_configs")
-    configs["bench fast_upstream"] = yaml.safe_dump(bench.fast_upstream(18100, 19911))
-    configs["bench plain_gateway"] = yaml.safe_dump(bench.plain_gateway(18080, 19912, 18100))
-    tracked = subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], cwd=REPO, capture_output=True, text=True, check=True)
-    for name in tracked.stdout.split():
-        if name.startswith(("deploy/", "bench/")) or "/" not in name:
-            doc = yaml.safe_load((REPO / name).read_text())
-            if isinstance(doc, dict) and "static_resources" in doc:
-                configs.setdefault(name, (REPO / name).read_text())
-    return configs
-
-
-SIDECAR_HTTP_PATHS = {"/api/v1/models", "/api/settings/inference-api", "/api/dashboard/inference-api", "/inference-dashboard"}
-
-
-@pytest.mark.parametrize("name", ["envoy.yaml", "configmap.yaml:envoy.yaml", "envoy-config --chat-auth ext_authz"])
-def test_envoy_routes_only_the_sidecars_own_pages_to_it(name: str) -> None:
-    config = yaml.safe_load(shipped_envoy_configs()[name])
-    to_sidecar = [r["match"] for r in routes(listener(config, "critique")) if r.get("route", {}).get("cluster") == "sidecar_http"]
-    assert to_sidecar and all(set(m) == {"path"} for m in to_sidecar)  # exact paths, no prefixes
-    assert {m["path"] for m in to_sidecar} == SIDECAR_HTTP_PATHS  # so never /metrics
-
-
-def test_every_shipped_envoy_config_validates(tmp_path: Path) -> None:
-    envoy = envoy_binary()
-    configs = shipped_envoy_configs()
-    assert len(configs) >= 5
-    for n, (name, text) in enumerate(sorted(configs.items())):
-        path = tmp_path / f"config-{n}.yaml"
-        path.write_text(text)
-        out = subprocess.run([envoy, "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0 and "OK" in out.stdout + out.stderr, f"{name}:\n{out.stdout}\n{out.stderr}"
-
-
 def test_pod_envoy_serves_stats_and_ready_but_not_the_admin_interface(tmp_path: Path, pod_envoy: dict[str, Any]) -> None:
     ports = {8080: free_port(), 9102: free_port(), 9901: free_port(), 9001: free_port(), 9002: free_port()}
     config = relocate(yaml.safe_load(yaml.safe_dump(pod_envoy)), ports)
@@ -388,68 +298,6 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         (tmp_path / name).write_text(text)
     out = subprocess.run(["systemd-analyze", "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout + out.stderr == "", out.stdout + out.stderr
-
-
-# --- one catalog: a fourth model is priced, listed and routed --------------------------------
-
-FOURTH = "acme/tiny-1"
-FOURTH_MODEL = f"""
-[[models]]
-id = "{FOURTH}"
-role = "Small"
-owned_by = "acme"
-context_window = 32_768
-max_output_tokens = 4_096
-upstream = {{ cluster = "model_acme_tiny_1", host = "127.0.0.2", port = 8200 }}
-price = {{ input = "1.00", output = "2.00" }}
-"""
-
-
-@pytest.fixture
-def four_models(tmp_path: Path) -> Path:
-    path = tmp_path / "catalog.toml"
-    path.write_text((REPO / "src/critique_sidecar/catalog.toml").read_text() + FOURTH_MODEL)
-    return path
-
-
-def test_a_new_catalog_model_is_routed(four_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("CRITIQUE_CATALOG_PATH", str(four_models))
-    assert cli.main(["envoy-config"]) == 0  # what `critique-sidecar envoy-config` prints
-    text = capsys.readouterr().out
-    config = yaml.safe_load(text)
-    [route] = [r for r in routes(listener(config, "critique")) if r.get("name") == "chat_model_acme_tiny_1"]
-    assert route["match"] == {"path": CHAT_PATH, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": FOURTH}}]}
-    assert route["route"]["cluster"] == "model_acme_tiny_1"
-    assert endpoints(cluster(config, "model_acme_tiny_1")) == ["127.0.0.2:8200"]
-    path = tmp_path / "envoy.yaml"
-    path.write_text(text)
-    out = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-
-
-def test_a_new_catalog_model_is_listed(four_models: Path) -> None:
-    keys = MemoryKeys()
-    key = keys.add("acme")
-    app = build_web_app(WebContext(Authenticator(keys), load_catalog(four_models)))
-    with TestClient(app) as client:
-        resp = client.get("/api/v1/models", headers={"authorization": f"Bearer {key}"})
-    assert resp.status_code == 200
-    [listed] = [m for m in resp.json()["data"] if m["id"] == FOURTH]
-    assert listed["pricing"]["input_usd_per_million"] == "1.00" and listed["pricing"]["output_usd_per_million"] == "2.00"
-    assert listed["context_window"] == 32_768 and listed["owned_by"] == "acme"
-
-
-async def test_a_new_catalog_model_is_priced(four_models: Path) -> None:
-    from critique_sidecar.core.metering import Meter
-    from critique_sidecar.core.observe import NULL_OBSERVER
-
-    core = make_core(NULL_OBSERVER)
-    core.meter = Meter(load_catalog(four_models), core.meter._ledger, Decimal("0.01"))  # noqa: SLF001 - same in-memory ledger
-    charged = await run_json(core, core.keys.add("acme"), chat(FOURTH), completion(1_000, 500))
-    [record] = core.ledger.records
-    # 1000 in x $1/M + 500 out x $2/M = $0.002 = 0.2 credits at $0.01 per credit
-    assert record.model == FOURTH and record.usd == "0.002" and record.credits == 200_000
-    assert charged["x-critique-credits-charged"] == "0.200000" and record.price_version.endswith(f"/{FOURTH}/list")
 
 
 # --- alerts and the runbook -------------------------------------------------------------------
