@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import envoy_configs
 import procs
@@ -132,20 +133,28 @@ def start_baseline(workdir: Path, upstream: Upstream, ref: str) -> Gateway:
     )
 
 
-def start_floor(workdir: Path, upstream: Upstream) -> Gateway:
-    """The design's floor: the repo's envoy.yaml and the same four ext_proc phases, answered by
-    bench/bare_ext_proc.py (constant replies, no keys, no parsing, no Redis)."""
-    stack = Stack(workdir / "floor", ports={"upstream": upstream.port}, start_upstream=False)
+def start_bare(
+    workdir: Path,
+    upstream: Upstream,
+    name: str = "floor",
+    label: str = "floor: same Envoy, bare ext_proc servicer",
+    processing_mode: dict[str, str] | None = None,
+    route_in_headers: bool = False,
+) -> Gateway:
+    """The repo's envoy.yaml (its ext_proc processing mode changed by `processing_mode`, if
+    given) with its ext_proc phases answered by bench/bare_ext_proc.py: constant replies, no
+    keys, no parsing, no Redis."""
+    stack = Stack(workdir / name, ports={"upstream": upstream.port}, start_upstream=False)
     config = yaml.safe_load(stack.envoy_yaml().read_text())
+    if processing_mode:
+        _set_processing_mode(config, processing_mode)
     listen = f"127.0.0.1:{stack.ports['grpc']}"
-    with open(workdir / "floor" / "bare-ext-proc.log", "ab") as log:
-        bare = subprocess.Popen(
-            [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    argv = [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
+    with open(workdir / name / "bare-ext-proc.log", "ab") as log:
+        bare = subprocess.Popen(argv + (["--route-in-headers"] if route_in_headers else []), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_until(lambda: socket.create_connection(("127.0.0.1", stack.ports["grpc"]), timeout=1).close() is None, "bare ext_proc", proc=bare)
-        envoy = procs.start_envoy("floor-envoy", config, workdir / "floor", stack.ports["admin"])
+        envoy = procs.start_envoy(f"{name}-envoy", config, workdir / name, stack.ports["admin"])
     except BaseException:
         procs.stop_process(bare)
         raise
@@ -155,7 +164,24 @@ def start_floor(workdir: Path, upstream: Upstream) -> Gateway:
         procs.stop_process(bare)
 
     url = f"http://127.0.0.1:{stack.ports['envoy']}{CHAT_PATH}"
-    return Gateway("floor", "floor: same Envoy, bare ext_proc servicer", url, {"envoy": envoy.pid, "sidecar": bare.pid}, stop)
+    return Gateway(name, label, url, {"envoy": envoy.pid, "sidecar": bare.pid}, stop)
+
+
+def _set_processing_mode(node: Any, mode: dict[str, str]) -> None:
+    """Update every ext_proc filter's processing mode in an Envoy config, in place."""
+    if isinstance(node, dict):
+        if str(node.get("@type", "")).endswith("ext_proc.v3.ExternalProcessor"):
+            node["processing_mode"].update(mode)
+        for value in node.values():
+            _set_processing_mode(value, mode)
+    elif isinstance(node, list):
+        for value in node:
+            _set_processing_mode(value, mode)
+
+
+def start_floor(workdir: Path, upstream: Upstream) -> Gateway:
+    """The design's floor: the same four ext_proc phases on the repo's envoy.yaml, bare servicer."""
+    return start_bare(workdir, upstream)
 
 
 def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:

@@ -24,7 +24,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -141,6 +142,23 @@ async def burst(door: FrontDoor, key: str) -> list[httpx.Response]:
         return list(await asyncio.gather(*(http.post("/api/v1/chat/completions", content=RAW, headers=headers) for _ in range(CONCURRENCY))))
 
 
+class Watcher(Protocol):
+    async def watch(self, burst: asyncio.Future[Any]) -> None: ...
+
+
+async def watched_burst(
+    monitor: Watcher, requests: Coroutine[Any, Any, list[httpx.Response]]
+) -> tuple[list[httpx.Response], Counter[int], Counter[str], list[httpx.Response]]:
+    """Run the burst while `monitor` samples the ledger; the responses, their statuses, the
+    refusals' error codes and the 200s (test_scale_out.py runs its own Monitor through it)."""
+    running = asyncio.ensure_future(requests)
+    await monitor.watch(running)
+    responses = running.result()
+    statuses = Counter(resp.status_code for resp in responses)
+    codes = Counter(resp.json()["error"]["code"] for resp in responses if resp.status_code != 200)
+    return responses, statuses, codes, [resp for resp in responses if resp.status_code == 200]
+
+
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])
 async def test_concurrent_burst_admits_exactly_what_the_limits_allow(
     stack: Stack, front_door: FrontDoor, account: str, sc: Scenario
@@ -159,13 +177,7 @@ async def test_concurrent_burst_admits_exactly_what_the_limits_allow(
     r = aioredis.Redis.from_url(str(stack.redis_url))
     try:
         monitor = Monitor(r, account)
-        running = asyncio.ensure_future(burst(front_door, key))
-        await monitor.watch(running)
-        responses = running.result()
-
-        statuses = Counter(resp.status_code for resp in responses)
-        codes = Counter(resp.json()["error"]["code"] for resp in responses if resp.status_code != 200)
-        ok = [resp for resp in responses if resp.status_code == 200]
+        responses, statuses, codes, ok = await watched_burst(monitor, burst(front_door, key))
         report = f"{sc.name}: statuses {dict(statuses)}, codes {dict(codes)}, hold {HOLD}, charge {CHARGE}"
         print(report)
         assert len(responses) == CONCURRENCY

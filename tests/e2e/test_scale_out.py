@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +27,7 @@ from critique_sidecar.store import keyspace as ks
 
 from ..integration.clusterkit import redis_cluster
 from .faultkit import CHAT_PATH, funded, grpc_port, on_cluster
-from .test_concurrency import CHARGE, HOLD, RAW
+from .test_concurrency import CHARGE, HOLD, RAW, watched_burst
 
 pytestmark = pytest.mark.slow
 
@@ -147,13 +146,7 @@ async def test_two_sidecars_share_one_accounts_limits(stack: Stack, account: str
     r = store_client(stack)
     try:
         monitor = Monitor(r, account)
-        running = asyncio.ensure_future(burst(stack, key))
-        await monitor.watch(running)
-        responses = running.result()
-
-        statuses = Counter(resp.status_code for resp in responses)
-        codes = Counter(resp.json()["error"]["code"] for resp in responses if resp.status_code != 200)
-        ok = [resp for resp in responses if resp.status_code == 200]
+        _, statuses, codes, ok = await watched_burst(monitor, burst(stack, key))
         after = {p: h.get("rq_total", 0) for p, h in sidecar_hosts(stack).items()}
         per_sidecar = {p: after[p] - before.get(p, 0) for p in ports}
         report = f"{sc.name} on {'cluster' if on_cluster(stack) else 'redis'}: statuses {dict(statuses)}, codes {dict(codes)}, per sidecar {per_sidecar}"
