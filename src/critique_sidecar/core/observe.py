@@ -10,12 +10,15 @@ Events carry ids, model ids, codes and numbers, never request or response text."
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .errors import StoreUnavailable
 from .keys import KeyRecord
 from .ledger import HoldRequest, HoldResult, KeyDirectory, Ledger, SettleResult, UsageRecord
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,18 @@ class NullObserver:
 NULL_OBSERVER = NullObserver()
 
 
+async def _timed(observer: Observer, op: str, call: Awaitable[T]) -> T:
+    """Await one store round trip and report its latency, and whether the store failed."""
+    started = time.perf_counter()
+    try:
+        result = await call
+    except StoreUnavailable:
+        observer.store_call(op, time.perf_counter() - started, True)
+        raise
+    observer.store_call(op, time.perf_counter() - started, False)
+    return result
+
+
 class ObservedLedger:
     """A Ledger that reports each store round trip (latency, and whether the store failed)."""
 
@@ -81,24 +96,10 @@ class ObservedLedger:
         self._observer = observer
 
     async def place_hold(self, hold: HoldRequest) -> HoldResult:
-        started = time.perf_counter()
-        try:
-            result = await self._inner.place_hold(hold)
-        except StoreUnavailable:
-            self._observer.store_call("hold", time.perf_counter() - started, True)
-            raise
-        self._observer.store_call("hold", time.perf_counter() - started, False)
-        return result
+        return await _timed(self._observer, "hold", self._inner.place_hold(hold))
 
     async def settle(self, record: UsageRecord) -> SettleResult:
-        started = time.perf_counter()
-        try:
-            result = await self._inner.settle(record)
-        except StoreUnavailable:
-            self._observer.store_call("settle", time.perf_counter() - started, True)
-            raise
-        self._observer.store_call("settle", time.perf_counter() - started, False)
-        return result
+        return await _timed(self._observer, "settle", self._inner.settle(record))
 
 
 class ObservedKeys:
@@ -109,11 +110,4 @@ class ObservedKeys:
         self._observer = observer
 
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        started = time.perf_counter()
-        try:
-            record = await self._inner.find_by_hash(key_hash)
-        except StoreUnavailable:
-            self._observer.store_call("key_lookup", time.perf_counter() - started, True)
-            raise
-        self._observer.store_call("key_lookup", time.perf_counter() - started, False)
-        return record
+        return await _timed(self._observer, "key_lookup", self._inner.find_by_hash(key_hash))

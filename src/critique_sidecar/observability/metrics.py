@@ -81,12 +81,12 @@ class Metrics:
         self.journal_depth = Gauge(
             "critique_journal_depth", "Settlements journaled locally because the store was unreachable, not yet replayed.", registry=r
         )
-        for op in ("hold", "settle", "key_lookup"):  # present (at 0) before the first failure, for rate() and alerts
-            self.store_errors.labels(op)
-        self._store_ok = {op: self.store_seconds.labels(op) for op in ("hold", "settle", "key_lookup")}
         # Labelled children by label values: `labels()` validates and locks on every call, and
         # a settlement touches four of them. The label sets are bounded (models x statuses).
         self._children: dict[tuple[object, ...], Any] = {}
+        for op in ("hold", "settle", "key_lookup"):  # present (at 0) before the first call or failure, for rate() and alerts
+            self._child(self.store_errors, op)
+            self._child(self.store_seconds, op)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
@@ -125,10 +125,9 @@ class Metrics:
             self._child(self.estimated, model).inc()
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None:
-        child = self._store_ok.get(op) or self.store_seconds.labels(op)
-        child.observe(seconds)
+        self._child(self.store_seconds, op).observe(seconds)
         if failed:
-            self.store_errors.labels(op).inc()
+            self._child(self.store_errors, op).inc()
 
     def stream_opened(self) -> None:
         self.open_streams.inc()
