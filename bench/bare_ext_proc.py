@@ -11,15 +11,14 @@ Whatever the real sidecar costs above this servicer is ours; this much is the tr
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 import uvloop
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from envoy.config.core.v3 import base_pb2 as core_pb
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from critique_sidecar.app import GRPC_MAX_MESSAGE_BYTES
 
@@ -40,18 +39,29 @@ def replies(model: str, route_in_headers: bool = False) -> dict[str, pb.Processi
         first.set_headers.append(_set("x-critique-model", model))
     return {
         "request_headers": pb.ProcessingResponse(
-            request_headers=pb.HeadersResponse(response=common(header_mutation=first, clear_route_cache=route_in_headers))
+            request_headers=pb.HeadersResponse(
+                response=common(header_mutation=first, clear_route_cache=route_in_headers)
+            )
         ),
         "request_body": pb.ProcessingResponse(
             request_body=pb.BodyResponse(
-                response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-model", model)]), clear_route_cache=True)
+                response=common(
+                    header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-model", model)]),
+                    clear_route_cache=True,
+                )
             )
         ),
         "response_headers": pb.ProcessingResponse(
-            response_headers=pb.HeadersResponse(response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-request-id", "req_0")])))
+            response_headers=pb.HeadersResponse(
+                response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-request-id", "req_0")]))
+            )
         ),
         "response_body": pb.ProcessingResponse(
-            response_body=pb.BodyResponse(response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-credits-charged", "0.000000")])))
+            response_body=pb.BodyResponse(
+                response=common(
+                    header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-credits-charged", "0.000000")])
+                )
+            )
         ),
     }
 
@@ -60,7 +70,7 @@ class BareServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(self, model: str, route_in_headers: bool = False) -> None:
         self._replies = replies(model, route_in_headers)
 
-    async def Process(  # noqa: N802 (gRPC method name)
+    async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         async for req in request_iterator:
@@ -68,7 +78,9 @@ class BareServicer(pb_grpc.ExternalProcessorServicer):
 
 
 async def serve(listen: str, model: str, route_in_headers: bool = False) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)])
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
+    )
     pb_grpc.add_ExternalProcessorServicer_to_server(BareServicer(model, route_in_headers), server)
     health_servicer = health.aio.HealthServicer()  # envoy.yaml health-checks the sidecar cluster
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -83,7 +95,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--listen", required=True)
     p.add_argument("--model", required=True)
-    p.add_argument("--route-in-headers", action="store_true", help="also set the routing header in the request-headers reply")
+    p.add_argument(
+        "--route-in-headers", action="store_true", help="also set the routing header in the request-headers reply"
+    )
     args = p.parse_args()
     uvloop.run(serve(args.listen, args.model, args.route_in_headers))
 

@@ -34,14 +34,24 @@ CHAT_COMPLETION: dict[str, Any] = {
 }
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
 
 
 def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _bootstrap(name: str, port: int, admin_port: int, routes: list[dict[str, Any]], http_filters: list[dict[str, Any]], clusters: list[dict[str, Any]]) -> dict[str, Any]:
+def _bootstrap(
+    name: str,
+    port: int,
+    admin_port: int,
+    routes: list[dict[str, Any]],
+    http_filters: list[dict[str, Any]],
+    clusters: list[dict[str, Any]],
+) -> dict[str, Any]:
     hcm = {
         "@type": HCM,
         "stat_prefix": name,
@@ -52,9 +62,14 @@ def _bootstrap(name: str, port: int, admin_port: int, routes: list[dict[str, Any
     listener = {
         "name": name,
         "address": _address(port),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
     }
-    return {"admin": {"address": _address(admin_port)}, "static_resources": {"listeners": [listener], "clusters": clusters}}
+    return {
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+    }
 
 
 def fast_upstream(port: int, admin_port: int) -> dict[str, Any]:
@@ -65,13 +80,24 @@ def fast_upstream(port: int, admin_port: int) -> dict[str, Any]:
     pay for a new TCP connection and the benchmark would measure connects, not the gateway."""
     buffer = {
         "name": "envoy.filters.http.buffer",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1048576},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+            "max_request_bytes": 1048576,
+        },
     }
     route = {
         "match": {"prefix": "/"},
-        "direct_response": {"status": 200, "body": {"inline_string": json.dumps(CHAT_COMPLETION, separators=(",", ":"))}},
+        "direct_response": {
+            "status": 200,
+            "body": {"inline_string": json.dumps(CHAT_COMPLETION, separators=(",", ":"))},
+        },
         # direct_response bodies are text/plain otherwise; a model server says JSON.
-        "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
     }
     return _bootstrap("fast_upstream", port, admin_port, [route], [buffer], [])
 
@@ -83,6 +109,9 @@ def plain_gateway(port: int, admin_port: int, upstream_port: int) -> dict[str, A
         "name": "upstream",
         "type": "STATIC",
         "connect_timeout": "0.25s",
-        "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}]},
+        "load_assignment": {
+            "cluster_name": "upstream",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
+        },
     }
     return _bootstrap("plain", port, admin_port, [route], [], [cluster])

@@ -21,9 +21,10 @@ from typing import Any
 import envoy_configs
 import procs
 import yaml
-from critique_sidecar.devtools.stack import Stack, free_port, wait_until
 from envoy_configs import MODEL
 from wrk import REQUEST_BODY
+
+from critique_sidecar.devtools.stack import Stack, free_port, wait_until
 
 BENCH = Path(__file__).resolve().parent
 
@@ -94,7 +95,12 @@ def _start_stack(
     Stack relocates to ports['upstream'])."""
     extra = {"envoy_config": envoy_config} if envoy_config else {}
     stack = Stack(
-        workdir / name, ports={"upstream": upstream.port}, start_upstream=False, sidecar_count=sidecars, sidecar_env=sidecar_env or {}, **extra
+        workdir / name,
+        ports={"upstream": upstream.port},
+        start_upstream=False,
+        sidecar_count=sidecars,
+        sidecar_env=sidecar_env or {},
+        **extra,
     )
     key = _start_funded(stack)
     pids = {role: stack.procs[role].pid for role in ("envoy", "sidecar", "redis")}
@@ -115,7 +121,12 @@ def start_metered_2proc(workdir: Path, upstream: Upstream) -> Gateway:
 def start_two_stream(workdir: Path, upstream: Upstream) -> Gateway:
     """ext_authz + ext_proc on chat: two gRPC streams per request instead of one."""
     config = workdir / "envoy-two-stream.yaml"
-    out = subprocess.run([sys.executable, "-m", "critique_sidecar.cli", "envoy-config", "--chat-auth", "ext_authz"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "critique_sidecar.cli", "envoy-config", "--chat-auth", "ext_authz"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     config.write_text(out.stdout)
     return _start_stack("two-stream", "metered, ext_authz + ext_proc", workdir, upstream, envoy_config=config)
 
@@ -129,7 +140,12 @@ def start_baseline(workdir: Path, upstream: Upstream, ref: str) -> Gateway:
     archive = subprocess.run(["git", "-C", str(BENCH.parent), "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
     return _start_stack(
-        "baseline", f"metered at {ref} (baseline)", workdir, upstream, envoy_config=src / "envoy.yaml", sidecar_env={"PYTHONPATH": str(src / "src")}
+        "baseline",
+        f"metered at {ref} (baseline)",
+        workdir,
+        upstream,
+        envoy_config=src / "envoy.yaml",
+        sidecar_env={"PYTHONPATH": str(src / "src")},
     )
 
 
@@ -151,9 +167,18 @@ def start_bare(
     listen = f"127.0.0.1:{stack.ports['grpc']}"
     argv = [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
     with open(workdir / name / "bare-ext-proc.log", "ab") as log:
-        bare = subprocess.Popen(argv + (["--route-in-headers"] if route_in_headers else []), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        bare = subprocess.Popen(
+            argv + (["--route-in-headers"] if route_in_headers else []),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: socket.create_connection(("127.0.0.1", stack.ports["grpc"]), timeout=1).close() is None, "bare ext_proc", proc=bare)
+        wait_until(
+            lambda: socket.create_connection(("127.0.0.1", stack.ports["grpc"]), timeout=1).close() is None,
+            "bare ext_proc",
+            proc=bare,
+        )
         envoy = procs.start_envoy(f"{name}-envoy", config, workdir / name, stack.ports["admin"])
     except BaseException:
         procs.stop_process(bare)
@@ -192,7 +217,15 @@ def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
     stack = Stack(workdir / "asgi", ports={"upstream": upstream.port}, start_upstream=False, front_doors=("asgi",))
     key = _start_funded(stack)
     pids = {"sidecar": stack.procs["gateway"].pid, "redis": stack.procs["redis"].pid}
-    return Gateway("asgi", "ASGI gateway (uvicorn, no Envoy)", stack.gateway_url + CHAT_PATH, pids, stack.stop, api_key=key, stack=stack)
+    return Gateway(
+        "asgi",
+        "ASGI gateway (uvicorn, no Envoy)",
+        stack.gateway_url + CHAT_PATH,
+        pids,
+        stack.stop,
+        api_key=key,
+        stack=stack,
+    )
 
 
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {

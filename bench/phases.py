@@ -23,7 +23,15 @@ import wrk
 
 BENCH = Path(__file__).resolve().parent
 PHASES = (
-    ("request headers", {"request_header_mode": "SEND", "request_body_mode": "NONE", "response_header_mode": "SKIP", "response_body_mode": "NONE"}),
+    (
+        "request headers",
+        {
+            "request_header_mode": "SEND",
+            "request_body_mode": "NONE",
+            "response_header_mode": "SKIP",
+            "response_body_mode": "NONE",
+        },
+    ),
     ("+ request body", {"request_body_mode": "BUFFERED"}),
     ("+ response headers", {"response_header_mode": "SEND"}),
     ("+ response body", {"response_body_mode": "BUFFERED"}),
@@ -45,7 +53,9 @@ def main() -> int:
         targets: dict[str, gateways.Gateway] = {}
         for i, (name, change) in enumerate(PHASES):
             mode = {**mode, **change}
-            gw = gateways.start_bare(args.out, upstream, f"phases-{i + 1}", name, processing_mode=mode, route_in_headers=True)
+            gw = gateways.start_bare(
+                args.out, upstream, f"phases-{i + 1}", name, processing_mode=mode, route_in_headers=True
+            )
             stack.callback(gw.stop)
             targets[f"{i + 1}: {name}"] = gw
         script = wrk.write_script(args.out / "wrk.lua", None)
@@ -54,9 +64,14 @@ def main() -> int:
                 wrk.run(gw.url, script, 8, 1)
                 before = {role: procs.cpu_seconds(pid) for role, pid in gw.pids.items()}
                 run = wrk.run(gw.url, script, 8, args.duration)
-                cpu = {role: (procs.cpu_seconds(pid) - before[role]) * 1000 / max(run.requests, 1) for role, pid in gw.pids.items()}
+                cpu = {
+                    role: (procs.cpu_seconds(pid) - before[role]) * 1000 / max(run.requests, 1)
+                    for role, pid in gw.pids.items()
+                }
                 lat = wrk.run(gw.url, script, 1, max(1, round(args.duration / 2)))  # wrk takes whole seconds
-                rows.setdefault(name, []).append((run.rps, cpu["envoy"], cpu["sidecar"], lat.latency_ms["p50"], run.non_2xx + lat.non_2xx))
+                rows.setdefault(name, []).append(
+                    (run.rps, cpu["envoy"], cpu["sidecar"], lat.latency_ms["p50"], run.non_2xx + lat.non_2xx)
+                )
     print("phases | req/s (8 conns) | Envoy CPU ms/req | servicer CPU ms/req | p50 ms (1 conn) | non-2xx")
     for name, rs in rows.items():
         med = [statistics.median(r[i] for r in rs) for i in range(4)]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from critique_sidecar.devtools.stack import envoy_binary, wait_until
 
 CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -38,13 +39,24 @@ class EnvoyProcess:
         stop_process(self.proc)
 
 
-def start_envoy(name: str, config: dict[str, Any], workdir: Path, admin_port: int, concurrency: int = 2) -> EnvoyProcess:
+def start_envoy(
+    name: str, config: dict[str, Any], workdir: Path, admin_port: int, concurrency: int = 2
+) -> EnvoyProcess:
     """Start Envoy with `config` and wait until its admin endpoint says it is ready (LIVE)."""
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with open(workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
         # --disable-hot-restart: several Envoys on one machine would otherwise fight over shared memory.
-        argv = [envoy_binary(), "-c", str(path), "--log-level", "warn", "--concurrency", str(concurrency), "--disable-hot-restart"]
+        argv = [
+            envoy_binary(),
+            "-c",
+            str(path),
+            "--log-level",
+            "warn",
+            "--concurrency",
+            str(concurrency),
+            "--disable-hot-restart",
+        ]
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     envoy = EnvoyProcess(name, proc, admin_port)
     try:

@@ -46,7 +46,21 @@ def py_spy() -> str:
 
 
 def record(pid: int, seconds: float, rate: int, out: Path, fmt: str) -> None:
-    argv = [py_spy(), "record", "--pid", str(pid), "--duration", f"{seconds:g}", "--rate", str(rate), "--native", "--format", fmt, "--output", str(out)]
+    argv = [
+        py_spy(),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        f"{seconds:g}",
+        "--rate",
+        str(rate),
+        "--native",
+        "--format",
+        fmt,
+        "--output",
+        str(out),
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"py-spy failed: {done.stderr.strip()[-500:]}")
@@ -79,10 +93,18 @@ def summarize(raw: Path, top: int) -> str:
         for name in set(frames):
             inclusive[name] += count
         by_area[area(stack.split(";"))] += count
-    lines = [f"{total} samples on a CPU (threads blocked in epoll/futex left out)", "", "by area (innermost frame that belongs to a known area):"]
+    lines = [
+        f"{total} samples on a CPU (threads blocked in epoll/futex left out)",
+        "",
+        "by area (innermost frame that belongs to a known area):",
+    ]
     lines += [f"  {n / total:6.1%}  {name}" for name, n in by_area.most_common()]
-    lines += ["", f"top {top} by self time:"] + [f"  {n / total:6.1%}  {name}" for name, n in self_time.most_common(top)]
-    lines += ["", f"top {top} by inclusive time:"] + [f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)]
+    lines += ["", f"top {top} by self time:"] + [
+        f"  {n / total:6.1%}  {name}" for name, n in self_time.most_common(top)
+    ]
+    lines += ["", f"top {top} by inclusive time:"] + [
+        f"  {n / total:6.1%}  {name}" for name, n in inclusive.most_common(top)
+    ]
     return "\n".join(lines)
 
 

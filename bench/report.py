@@ -42,11 +42,25 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    header = ["gateway", "req/s (8 conns)", "ratio to plain", "p50/p99 ms (1 conn)", "added p50/p99 ms", "sidecar CPU ms/req", "Envoy CPU ms/req", "Redis CPU ms/req", "sidecar RSS MB"]
+    header = [
+        "gateway",
+        "req/s (8 conns)",
+        "ratio to plain",
+        "p50/p99 ms (1 conn)",
+        "added p50/p99 ms",
+        "sidecar CPU ms/req",
+        "Envoy CPU ms/req",
+        "Redis CPU ms/req",
+        "sidecar RSS MB",
+    ]
     rows = [header]
     for gw in results["gateways"].values():
         s, cpu = gw["summary"], gw["summary"]["cpu_ms_per_req"]
-        added = "-" if s["added_p50_ms"] is None or gw["name"] == BASELINE else f"{s['added_p50_ms']:+.2f} / {s['added_p99_ms']:+.2f}"
+        added = (
+            "-"
+            if s["added_p50_ms"] is None or gw["name"] == BASELINE
+            else f"{s['added_p50_ms']:+.2f} / {s['added_p99_ms']:+.2f}"
+        )
         rss = gw.get("sidecar_memory")
         rows.append([
             gw["label"],
@@ -86,7 +100,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax_rps.set_yscale("log")  # plain Envoy is an order of magnitude above the metered paths
     for i, g in enumerate(gws):
         ratio = g["summary"]["ratio_to_plain"]
-        ax_rps.annotate(f"{rps[i]:,.0f}" + (f"\n{ratio:.1%}" if ratio is not None else ""), (i, rps[i]), ha="center", va="bottom", fontsize=8)
+        ax_rps.annotate(
+            f"{rps[i]:,.0f}" + (f"\n{ratio:.1%}" if ratio is not None else ""),
+            (i, rps[i]),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax_rps.set_ylim(10, max(rps) * 4)  # room above the tallest bar for its label
     ax_rps.yaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:,.0f}"))
     ax_rps.set_title("Throughput, 8 connections (req/s, log scale)")
@@ -113,7 +133,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in (ax_rps, ax_lat, ax_cpu):
         ax.set_xticks(list(x), labels, fontsize=8, rotation=30, ha="right")
     m = results["machine"]
-    fig.suptitle(f"critique-sidecar bench: {m['cpus']} CPUs ({m['cpu_model']}), {results['settings']['rounds']} round(s), medians")
+    fig.suptitle(
+        f"critique-sidecar bench: {m['cpus']} CPUs ({m['cpu_model']}), {results['settings']['rounds']} round(s), medians"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

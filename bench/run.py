@@ -30,8 +30,9 @@ import gateways
 import procs
 import report
 import wrk
-from critique_sidecar.devtools.stack import envoy_binary
 from gateways import Gateway, Upstream
+
+from critique_sidecar.devtools.stack import envoy_binary
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -48,8 +49,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds of each 8-connection run (default 10, quick 4)")
     p.add_argument("--latency-duration", type=float, help="seconds of each 1-connection run (default 5, quick 3)")
     p.add_argument("--warmup", type=float, help="seconds of warm-up before each round's runs (default 2, quick 1)")
-    p.add_argument("--gateways", default=",".join(gateways.GATEWAYS), help=f"comma-separated, from: {', '.join(gateways.GATEWAYS)}")
-    p.add_argument("--baseline", metavar="GIT_REF", help="also bench the metered path as it was at this commit (before/after in one run)")
+    p.add_argument(
+        "--gateways", default=",".join(gateways.GATEWAYS), help=f"comma-separated, from: {', '.join(gateways.GATEWAYS)}"
+    )
+    p.add_argument(
+        "--baseline",
+        metavar="GIT_REF",
+        help="also bench the metered path as it was at this commit (before/after in one run)",
+    )
     p.add_argument("--out", type=Path, default=BENCH / "out", help="results.json, bench.png and process logs")
     args = p.parse_args()
     defaults = {"rounds": (3, 1), "duration": (10.0, 4.0), "latency_duration": (5.0, 3.0), "warmup": (2.0, 1.0)}
@@ -77,7 +84,9 @@ def ensure_tools() -> None:
 
 def machine_busy_seconds() -> float:
     """CPU time spent by the whole machine (all cores, every process) so far."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in Path("/proc/stat").read_text().split()[1:9])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split()[1:9]
+    )
     return (user + nice + system + irq + softirq + steal) * procs.CLOCK_TICK_S
 
 
@@ -112,32 +121,56 @@ def measure_round(gw: Gateway, upstream: Upstream, script: Path, args: argparse.
     }
 
 
-def start_gateways(names: list[str], workdir: Path, upstream: Upstream, stack: contextlib.ExitStack) -> dict[str, Gateway]:
+def start_gateways(
+    names: list[str], workdir: Path, upstream: Upstream, stack: contextlib.ExitStack
+) -> dict[str, Gateway]:
     """Start each gateway and prove it answers; one that fails is reported and left out."""
     started: dict[str, Gateway] = {}
     for name in names:
         t0 = time.monotonic()
         try:
             gw = gateways.GATEWAYS[name](workdir, upstream)
-        except Exception as exc:  # noqa: BLE001 - one broken variant must not cost the others' figures
+        except Exception as exc:
             print(f"\n!!! bench: gateway {name!r} did not start: {exc}\n", flush=True)
             continue
         stack.callback(gw.stop)
         try:
             gw.checked_headers = gateways.check_one_request(gw)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             print(f"\n!!! bench: gateway {name!r} failed its sanity request: {exc}\n", flush=True)
             continue
         started[name] = gw
-        print(f"bench: {gw.label} up in {time.monotonic() - t0:.1f}s at {gw.url} {gw.checked_headers or ''}", flush=True)
+        print(
+            f"bench: {gw.label} up in {time.monotonic() - t0:.1f}s at {gw.url} {gw.checked_headers or ''}", flush=True
+        )
     return started
 
 
 def machine_info() -> dict[str, Any]:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.machine())
-    envoy = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=False).stdout.strip().split("version: ")[-1]
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    return {"cpus": os.cpu_count(), "cpu_model": model, "loadavg_at_start": os.getloadavg(), "python": platform.python_version(), "envoy": envoy, "commit": commit}
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.machine(),
+    )
+    envoy = (
+        subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, check=False)
+        .stdout.strip()
+        .split("version: ")[-1]
+    )
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "loadavg_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "envoy": envoy,
+        "commit": commit,
+    }
 
 
 def check_ledger(gw: Gateway, before: dict[str, str] | None, completed: int) -> dict[str, Any] | None:
@@ -149,7 +182,12 @@ def check_ledger(gw: Gateway, before: dict[str, str] | None, completed: int) -> 
     after = gw.balance()
     charge = gw.checked_headers["x-critique-credits-charged"]
     billed = gateways.billed_requests(gw, before, after or {}, charge)
-    return {"charge_per_request": charge, "completed": completed, "billed": billed, "open_holds": (after or {}).get("open_holds")}
+    return {
+        "charge_per_request": charge,
+        "completed": completed,
+        "billed": billed,
+        "open_holds": (after or {}).get("open_holds"),
+    }
 
 
 def main() -> int:
@@ -162,9 +200,16 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)  # generated only: logs and configs of this run
     out.mkdir(parents=True)
     per_round = len(args.gateways) * (args.warmup + args.duration + args.latency_duration)
-    print(f"bench: {args.rounds} round(s) x {len(args.gateways)} gateway(s), about {args.rounds * per_round:.0f}s of load plus start-up", flush=True)
+    print(
+        f"bench: {args.rounds} round(s) x {len(args.gateways)} gateway(s), about {args.rounds * per_round:.0f}s of load plus start-up",
+        flush=True,
+    )
 
-    results: dict[str, Any] = {"machine": machine_info(), "settings": {k: v for k, v in vars(args).items() if k != "out"}, "gateways": {}}
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "gateways": {},
+    }
     results["settings"]["connections"] = {"throughput": THROUGHPUT_CONNS, "latency": LATENCY_CONNS}
     with contextlib.ExitStack() as stack:
         upstream = gateways.start_upstream(out)
@@ -175,14 +220,20 @@ def main() -> int:
             return 1
         scripts = {name: wrk.write_script(out / f"wrk-{name}.lua", gw.api_key) for name, gw in started.items()}
         balances = {name: gw.balance() for name, gw in started.items()}
-        up_conns, up_reqs = upstream.envoy.stat("http.fast_upstream.downstream_cx_total"), upstream.envoy.stat("http.fast_upstream.downstream_rq_total")
+        up_conns, up_reqs = (
+            upstream.envoy.stat("http.fast_upstream.downstream_cx_total"),
+            upstream.envoy.stat("http.fast_upstream.downstream_rq_total"),
+        )
 
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in started}
         for i in range(args.rounds):
             for name, gw in started.items():
                 r = measure_round(gw, upstream, scripts[name], args)
                 rounds[name].append(r)
-                print(f"bench: round {i + 1}/{args.rounds} {name:<11} {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}", flush=True)
+                print(
+                    f"bench: round {i + 1}/{args.rounds} {name:<11} {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']}",
+                    flush=True,
+                )
 
         up_conns = upstream.envoy.stat("http.fast_upstream.downstream_cx_total") - up_conns
         up_reqs = upstream.envoy.stat("http.fast_upstream.downstream_rq_total") - up_reqs
@@ -213,22 +264,38 @@ def finish(results: dict[str, Any], out: Path, wanted: list[str]) -> int:
         # in flight when a wrk run stops may be settled too (at most one per connection per run).
         in_flight = (2 * THROUGHPUT_CONNS + LATENCY_CONNS) * results["settings"]["rounds"]
         if ledger and not (ledger["completed"] <= ledger["billed"] <= ledger["completed"] + in_flight):
-            problems.append(f"{gw['name']}: ledger charged {ledger['billed']:.1f} requests for {ledger['completed']} completed")
+            problems.append(
+                f"{gw['name']}: ledger charged {ledger['billed']:.1f} requests for {ledger['completed']} completed"
+            )
     up = results["upstream"]
     if up["requests"] < MIN_REQUESTS_PER_UPSTREAM_CONN * max(up["connections_opened"], 1):
-        problems.append(f"upstream opened {up['connections_opened']} connections for {up['requests']} requests: keep-alive is broken")
+        problems.append(
+            f"upstream opened {up['connections_opened']} connections for {up['requests']} requests: keep-alive is broken"
+        )
 
     report.write_json(results, out / "results.json")
     report.plot(results, out / "bench.png")
     print("\n" + report.table(results))
-    print("\nCPU per request of the shared fast upstream (not the gateways'): " + ", ".join(f"{g['name']} {g['summary']['cpu_ms_per_req']['upstream']:.3f} ms" for g in results["gateways"].values()))
-    print("Other load on the machine during the 8-connection runs (cores): " + ", ".join(f"{g['name']} {g['summary']['other_load_cores']:.2f}" for g in results["gateways"].values()))
+    print(
+        "\nCPU per request of the shared fast upstream (not the gateways'): "
+        + ", ".join(
+            f"{g['name']} {g['summary']['cpu_ms_per_req']['upstream']:.3f} ms" for g in results["gateways"].values()
+        )
+    )
+    print(
+        "Other load on the machine during the 8-connection runs (cores): "
+        + ", ".join(f"{g['name']} {g['summary']['other_load_cores']:.2f}" for g in results["gateways"].values())
+    )
     for g in results["gateways"].values():
         if g.get("ledger"):
             lg = g["ledger"]
-            print(f"Ledger ({g['name']}): {lg['billed']:.0f} requests charged at {lg['charge_per_request']} credits for {lg['completed']} completed; open holds {lg['open_holds']}")
+            print(
+                f"Ledger ({g['name']}): {lg['billed']:.0f} requests charged at {lg['charge_per_request']} credits for {lg['completed']} completed; open holds {lg['open_holds']}"
+            )
     print(f"Upstream keep-alive: {up['requests']} requests over {up['connections_opened']} connections")
-    noisy = [g["name"] for g in results["gateways"].values() if g["summary"]["other_load_cores"] > NOISY_OTHER_LOAD_CORES]
+    noisy = [
+        g["name"] for g in results["gateways"].values() if g["summary"]["other_load_cores"] > NOISY_OTHER_LOAD_CORES
+    ]
     if noisy:
         print(f"Note: other jobs used the CPU during the runs of {', '.join(noisy)}: treat those figures as noisy")
     print(f"Wrote {out / 'results.json'} and {out / 'bench.png'}")

@@ -86,7 +86,14 @@ def measure(n: int, args: argparse.Namespace, upstream: gateways.Upstream) -> di
         before = {role: procs.cpu_seconds(pid) for role, pid in sidecars.items()}
         run = wrk.run(gw.url, script, args.connections, args.duration)
         used = {role: (procs.cpu_seconds(pid) - before[role]) / run.duration_s for role, pid in sidecars.items()}
-        return {"processes": n, "rps": run.rps, "p50_ms": run.latency_ms["p50"], "p99_ms": run.latency_ms["p99"], "cores_used_per_process": used, "non_2xx": run.non_2xx}
+        return {
+            "processes": n,
+            "rps": run.rps,
+            "p50_ms": run.latency_ms["p50"],
+            "p99_ms": run.latency_ms["p99"],
+            "cores_used_per_process": used,
+            "non_2xx": run.non_2xx,
+        }
     finally:
         gw.stop()
         for budget in budgets:
@@ -110,12 +117,17 @@ def main() -> int:
             r = measure(n, args, upstream)
             results.append(r)
             per = ", ".join(f"{v:.2f}" for v in r["cores_used_per_process"].values())
-            print(f"scaling: {n} process(es) at <= {args.quota:g} CPU each: {r['rps']:7,.0f} req/s  p50 {r['p50_ms']:.2f} ms  cores used per process: {per}  non-2xx {r['non_2xx']}", flush=True)
+            print(
+                f"scaling: {n} process(es) at <= {args.quota:g} CPU each: {r['rps']:7,.0f} req/s  p50 {r['p50_ms']:.2f} ms  cores used per process: {per}  non-2xx {r['non_2xx']}",
+                flush=True,
+            )
     base = results[0]["rps"]
     print("\nprocesses | req/s | vs one process")
     for r in results:
         print(f"{r['processes']:9} | {r['rps']:5,.0f} | {r['rps'] / base:.2f}x")
-    (args.out / "results.json").write_text(json.dumps({"quota_cores": args.quota, "cpus": os.cpu_count(), "results": results}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"quota_cores": args.quota, "cpus": os.cpu_count(), "results": results}, indent=2)
+    )
     return 1 if any(r["non_2xx"] for r in results) else 0
 
 

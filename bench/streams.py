@@ -50,7 +50,9 @@ async def hold_streams(url: str, key: str, n: int, pid: int) -> dict[str, float]
         t0 = time.monotonic()
         for _ in range(n):
             waiter = asyncio.create_task(started.acquire())
-            done, _ = await asyncio.wait({waiter, *[t for t in tasks if t.done()]}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {waiter, *[t for t in tasks if t.done()]}, timeout=120, return_when=asyncio.FIRST_COMPLETED
+            )
             for t in done:
                 if t is not waiter and t.exception():
                     raise t.exception()  # type: ignore[misc]
@@ -85,8 +87,10 @@ def main() -> int:
     finally:
         stack.stop()
     per_stream = (result["rss_open_kb"] - before) * 1024 / args.streams
-    print(f"{args.streams} concurrent open streams: sidecar RSS {before / 1024:.1f} MB -> {result['rss_open_kb'] / 1024:.1f} MB "
-          f"= {per_stream / 1024:.1f} KB per stream (target <= 64 KB); all open after {result['opened_s']:.1f} s")
+    print(
+        f"{args.streams} concurrent open streams: sidecar RSS {before / 1024:.1f} MB -> {result['rss_open_kb'] / 1024:.1f} MB "
+        f"= {per_stream / 1024:.1f} KB per stream (target <= 64 KB); all open after {result['opened_s']:.1f} s"
+    )
     return 0
 
 

@@ -68,7 +68,21 @@ class WrkResult:
 
 def run(url: str, script: Path, connections: int, duration_s: float, threads: int | None = None) -> WrkResult:
     threads = threads or min(connections, 2)
-    argv = ["wrk", "--latency", "-t", str(threads), "-c", str(connections), "-d", f"{duration_s:g}s", "--timeout", "5s", "-s", str(script), url]
+    argv = [
+        "wrk",
+        "--latency",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{duration_s:g}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
     # wrk is our only child that exits during the run, so the RUSAGE_CHILDREN delta is its CPU.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -41,7 +41,6 @@ STATS_LISTEN = ("0.0.0.0", 9102)
 STATS_PATHS = ("/stats/prometheus", "/ready")
 
 
-
 def _stats_listener(admin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A listener that forwards only the read-only stats and readiness paths to the admin port."""
     routes: list[dict[str, Any]] = [{"match": {"path": p}, "route": {"cluster": "envoy_admin"}} for p in STATS_PATHS]
@@ -49,19 +48,32 @@ def _stats_listener(admin: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "envoy_stats",
-        "route_config": {"name": "envoy_stats", "virtual_hosts": [{"name": "envoy_stats", "domains": ["*"], "routes": routes}]},
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "route_config": {
+            "name": "envoy_stats",
+            "virtual_hosts": [{"name": "envoy_stats", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            }
+        ],
     }
     listener = {
         "name": "envoy_stats",
         "address": {"socket_address": {"address": STATS_LISTEN[0], "port_value": STATS_LISTEN[1]}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
     }
     cluster = {
         "name": "envoy_admin",
         "type": "STATIC",
         "connect_timeout": "0.25s",
-        "load_assignment": {"cluster_name": "envoy_admin", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": admin}}]}]},
+        "load_assignment": {
+            "cluster_name": "envoy_admin",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": admin}}]}],
+        },
     }
     return listener, cluster
 
@@ -89,9 +101,7 @@ def render_configmap(catalog_path: Path = CATALOG) -> str:
         "kind: ConfigMap\n"
         "metadata:\n"
         f"  name: {CONFIGMAP_NAME}\n"
-        "  labels:\n"
-        + "".join(f"    {k}: {v}\n" for k, v in LABELS.items())
-        + "data:\n"
+        "  labels:\n" + "".join(f"    {k}: {v}\n" for k, v in LABELS.items()) + "data:\n"
         "  catalog.toml: |\n" + _block(catalog_text) + "  envoy.yaml: |\n" + _block(envoy_text)
     )
 

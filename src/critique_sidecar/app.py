@@ -22,6 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .core.auth import Authenticator
+from .core.capture import CaptureSink
 from .core.catalog import Catalog, load_catalog
 from .core.clock import Clock, utc_now
 from .core.metering import Meter
@@ -32,7 +33,6 @@ from .envoy.health import StoreHealth
 from .observability import Metrics, RequestLog, Telemetry
 from .observability.metrics import start_metrics_server
 from .settings import Settings
-from .core.capture import CaptureSink
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
 from .store.journal import JournalingLedger, SettlementJournal
@@ -144,7 +144,9 @@ def build_components(settings: Settings, redis: Any | None = None, clock: Clock 
 
 def web_context(c: Components, metrics: Any = None) -> WebContext:
     """The sidecar's HTTP routes (models, settings, dashboard), for either front door."""
-    return WebContext(c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=metrics)
+    return WebContext(
+        c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=metrics
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -162,7 +164,9 @@ async def serve(settings: Settings) -> None:
     store_health = StoreHealth(health_servicer, c.redis.ping, settings.health_interval_s)
     server.add_insecure_port(settings.grpc_listen)
     c.metrics.watch_store(lambda: store_health.serving)
-    metrics_server = start_metrics_server(settings.metrics_listen, c.metrics.registry)[0] if settings.metrics_listen else None
+    metrics_server = (
+        start_metrics_server(settings.metrics_listen, c.metrics.registry)[0] if settings.metrics_listen else None
+    )
     exposition = None if metrics_server else c.metrics.exposition  # else GET /metrics on the HTTP listener
 
     host, _, port = settings.http_listen.rpartition(":")

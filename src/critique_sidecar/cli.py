@@ -34,8 +34,10 @@ def _scopes(text: str) -> tuple[str, ...]:
 def _credits(text: str) -> int:
     try:
         return parse_credits(text)
-    except (ValueError, ArithmeticError) as exc:
-        raise argparse.ArgumentTypeError(f"invalid credit amount {text!r}: use a number with at most 6 decimals") from None
+    except (ValueError, ArithmeticError):
+        raise argparse.ArgumentTypeError(
+            f"invalid credit amount {text!r}: use a number with at most 6 decimals"
+        ) from None
 
 
 # `settings set` flag -> (settings field, metavar, help). Values go through the same
@@ -43,10 +45,18 @@ def _credits(text: str) -> int:
 _SETTING_FLAGS = {
     "--enabled": ("enabled", "true|false", "turn the Inference API on or off"),
     "--daily-credit-cap": ("daily_credit_cap", "CREDITS|none", "daily inference credit cap (UTC day); none clears it"),
-    "--monthly-credit-cap": ("monthly_credit_cap", "CREDITS|none", "monthly inference credit cap (UTC month); none clears it"),
+    "--monthly-credit-cap": (
+        "monthly_credit_cap",
+        "CREDITS|none",
+        "monthly inference credit cap (UTC month); none clears it",
+    ),
     "--daily-request-cap": ("daily_request_cap", "N|none", "daily request cap (UTC day); none clears it"),
     "--reserve-floor": ("reserve_credits_for_review", "CREDITS", "balance floor inference may never spend into"),
-    "--block-when-cap-reached": ("block_when_cap_reached", "true|false", "false: over-cap requests pass with a warning"),
+    "--block-when-cap-reached": (
+        "block_when_cap_reached",
+        "true|false",
+        "false: over-cap requests pass with a warning",
+    ),
     "--training-opt-in": ("deepseek_training_opt_in", "true|false", "DeepSeek V4 Flash training opt-in (75%% off)"),
 }
 
@@ -125,20 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
         sset.add_argument(flag, metavar=metavar, help=text)
     usage = sub.add_parser("usage", help="usage records: billing export, retention trim, accounts with usage")
     usage_cmds = usage.add_subparsers(dest="action", required=True)
-    export = usage_cmds.add_parser("export", help="read an account's usage records as a consumer group, print JSON lines, acknowledge them")
+    export = usage_cmds.add_parser(
+        "export", help="read an account's usage records as a consumer group, print JSON lines, acknowledge them"
+    )
     export.add_argument("--account", required=True)
     export.add_argument("--group", required=True, help="consumer group (created on first use)")
     export.add_argument("--consumer", default="c1", help="consumer name within the group")
     export.add_argument("--count", type=int, default=100, help="most records to read (default 100)")
-    export.add_argument("--min-idle-ms", type=int, default=60_000, help="take over other consumers' records unacknowledged this long")
-    export.add_argument("--start-id", default="0", help="where a new group starts: 0 = every retained record, $ = only new ones")
+    export.add_argument(
+        "--min-idle-ms", type=int, default=60_000, help="take over other consumers' records unacknowledged this long"
+    )
+    export.add_argument(
+        "--start-id", default="0", help="where a new group starts: 0 = every retained record, $ = only new ones"
+    )
     export.add_argument("--no-ack", action="store_true", help="print without acknowledging (they are delivered again)")
-    trim = usage_cmds.add_parser("trim", help="apply retention now (never drops records a consumer group has not acknowledged)")
+    trim = usage_cmds.add_parser(
+        "trim", help="apply retention now (never drops records a consumer group has not acknowledged)"
+    )
     trim.add_argument("--account", help="one account (default: every account with usage)")
     trim.add_argument("--retention-days", type=float, help="default: CRITIQUE_USAGE_RETENTION_DAYS")
     trim.add_argument("--json", action="store_true")
     accounts = usage_cmds.add_parser("accounts", help="list accounts that have a usage stream")
-    accounts.add_argument("--rebuild", action="store_true", help="first re-register every account found by scanning Redis")
+    accounts.add_argument(
+        "--rebuild", action="store_true", help="first re-register every account found by scanning Redis"
+    )
     return p
 
 
@@ -168,7 +188,13 @@ async def _keys(args: argparse.Namespace, redis: Any) -> int:
     if args.action == "list":
         records = await store.list(args.account)
         rows = [
-            {"key_id": r.key_id, "name": r.name, "scopes": sorted(r.scopes), "created_at": r.created_at, "revoked": r.revoked}
+            {
+                "key_id": r.key_id,
+                "name": r.name,
+                "scopes": sorted(r.scopes),
+                "created_at": r.created_at,
+                "revoked": r.revoked,
+            }
             for r in records
         ]
         if args.json:
@@ -259,7 +285,13 @@ async def _usage_cmd(args: argparse.Namespace, redis: Any, settings: Settings) -
         retention = UsageRetention(redis, days, warn_length=settings.usage_stream_maxlen)
         results = [await retention.trim(args.account)] if args.account else await retention.trim_all()
         for r in results:
-            row = {"account": r.account, "deleted": r.deleted, "kept_from": r.min_id, "held_by_group": r.held_by, "length": r.length}
+            row = {
+                "account": r.account,
+                "deleted": r.deleted,
+                "kept_from": r.min_id,
+                "held_by_group": r.held_by,
+                "length": r.length,
+            }
             print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
         return 0
     for account in await rebuild_registry(redis) if args.rebuild else await registered_accounts(redis):
@@ -315,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:
-        print(f"critique-sidecar: error: bad configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        print(
+            f"critique-sidecar: error: bad configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+            file=sys.stderr,
+        )
         return 2
     except StoreUnavailable as exc:
         print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)

@@ -6,7 +6,6 @@ fails when they differ, so the catalog stays the one source of truth for routes.
 from __future__ import annotations
 
 import ipaddress
-
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +56,9 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _cluster(name: str, endpoints: list[str], *, http2: bool = False, buffer_bytes: int | None = None) -> dict[str, Any]:
+def _cluster(
+    name: str, endpoints: list[str], *, http2: bool = False, buffer_bytes: int | None = None
+) -> dict[str, Any]:
     # Envoy refuses a STATIC cluster with a host name ("vllm.internal:8000", a Kubernetes
     # Service): those are resolved, and re-resolved, by DNS.
     static = all(_is_ip(e.rpartition(":")[0]) for e in endpoints)
@@ -92,7 +93,10 @@ def _per_filter(*, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
     if proc:  # ext_proc is off unless a route turns it on (see build_config)
         out[EXT_PROC] = {
             "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-            "config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute", "overrides": {}},
+            "config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "overrides": {},
+            },
         }
     else:
         out[EXT_PROC] = {
@@ -112,7 +116,10 @@ def _json_reply(status: int, code: str, message: str) -> dict[str, Any]:
     return {
         "direct_response": {"status": status, "body": {"inline_string": error_body(code, message).decode()}},
         "response_headers_to_add": [
-            {"header": {"key": "content-type", "value": "application/json"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
         ],
     }
 
@@ -126,11 +133,23 @@ UPSTREAM_FAILURE_FLAGS = ("UF", "UC", "UR", "URX")
 def _local_reply_mapper(
     status: int, code: str, message: str, new_status: int | None = None, flags: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    status_filter = {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"}}}}
+    status_filter = {
+        "status_code_filter": {
+            "comparison": {
+                "op": "EQ",
+                "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"},
+            }
+        }
+    }
     mapper: dict[str, Any] = {
-        "filter": {"and_filter": {"filters": [status_filter, {"response_flag_filter": {"flags": list(flags)}}]}} if flags else status_filter,
+        "filter": {"and_filter": {"filters": [status_filter, {"response_flag_filter": {"flags": list(flags)}}]}}
+        if flags
+        else status_filter,
         "body": {"inline_string": error_body(code, message).decode()},
-        "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"}, "content_type": "application/json"},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
+        },
     }
     if new_status:
         mapper["status_code"] = new_status
@@ -153,7 +172,9 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
             "name": "chat_body_too_large",
             "match": {
                 "path": CHAT_PATH,
-                "headers": [{"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}],
+                "headers": [
+                    {"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}
+                ],
             },
             **_json_reply(413, "request_too_large", too_large),
             "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
@@ -187,7 +208,13 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         }
     )
     for prefix in (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH):
-        routes.append({"match": {"path": prefix}, "route": {"cluster": "sidecar_http", "timeout": "10s"}, "typed_per_filter_config": app_filters})
+        routes.append(
+            {
+                "match": {"path": prefix},
+                "route": {"cluster": "sidecar_http", "timeout": "10s"},
+                "typed_per_filter_config": app_filters,
+            }
+        )
     routes.append(
         {
             "match": {"path": "/inference-dashboard"},
@@ -248,11 +275,18 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                 # serialise and us to parse on every request, and no cookies or other client
                 # headers ever reach the sidecar. Every x-critique-* header is still seen (and
                 # stripped); removals need no forwarding.
-                "forward_rules": {"allowed_headers": {"patterns": [{"exact": h} for h in FORWARDED_HEADERS] + [{"prefix": "x-critique-"}]}},
+                "forward_rules": {
+                    "allowed_headers": {
+                        "patterns": [{"exact": h} for h in FORWARDED_HEADERS] + [{"prefix": "x-critique-"}]
+                    }
+                },
                 "status_on_error": {"code": 503},
             },
         },
-        {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        },
     ]
 
     hcm = {
@@ -262,7 +296,10 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         "use_remote_address": True,
         "request_timeout": "300s",
         "stream_idle_timeout": "120s",
-        "route_config": {"name": "critique", "virtual_hosts": [{"name": "critique", "domains": ["*"], "routes": routes}]},
+        "route_config": {
+            "name": "critique",
+            "virtual_hosts": [{"name": "critique", "domains": ["*"], "routes": routes}],
+        },
         "http_filters": http_filters,
         # Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts)
         # in the product's JSON error shape.
@@ -272,8 +309,12 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                 # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also
                 # replace the sidecar's specific invalid_request messages.
                 _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many"),
-                _local_reply_mapper(500, "service_unavailable", "The metering service is unavailable; retry shortly", 503),
-                _local_reply_mapper(503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS),
+                _local_reply_mapper(
+                    500, "service_unavailable", "The metering service is unavailable; retry shortly", 503
+                ),
+                _local_reply_mapper(
+                    503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS
+                ),
                 _local_reply_mapper(503, "service_unavailable", "The service is unavailable; retry shortly"),
                 _local_reply_mapper(502, "upstream_error", "The model server failed to answer"),
                 _local_reply_mapper(504, "upstream_timeout", "The model server timed out"),
@@ -308,7 +349,9 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                     "name": "critique",
                     "address": _addr(opts.listen),
                     "per_connection_buffer_limit_bytes": opts.max_request_bytes + 65536,
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
                 }
             ],
             "clusters": clusters,

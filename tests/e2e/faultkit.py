@@ -19,8 +19,8 @@ import httpx
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from critique_sidecar.store import keyspace as ks
 from critique_sidecar.devtools.stack import Stack, wait_until
+from critique_sidecar.store import keyspace as ks
 
 MODEL = "deepseek/deepseek-v4-flash"
 CHAT_PATH = "/api/v1/chat/completions"
@@ -51,12 +51,19 @@ def body(content: str = "hello", stream: bool = False, max_tokens: int = 20, **e
     return out
 
 
-def post(stack: Stack, key: str, payload: Any, timeout: float = 60, headers: dict[str, str] | None = None) -> tuple[httpx.Response, float]:
+def post(
+    stack: Stack, key: str, payload: Any, timeout: float = 60, headers: dict[str, str] | None = None
+) -> tuple[httpx.Response, float]:
     """POST a chat request; returns the response and how long it took (seconds)."""
     h = {"authorization": f"Bearer {key}", **(headers or {})}
     start = time.monotonic()
     if isinstance(payload, (bytes, str)):
-        r = httpx.post(stack.base_url + CHAT_PATH, content=payload, headers={"content-type": "application/json", **h}, timeout=timeout)
+        r = httpx.post(
+            stack.base_url + CHAT_PATH,
+            content=payload,
+            headers={"content-type": "application/json", **h},
+            timeout=timeout,
+        )
     else:
         r = httpx.post(stack.base_url + CHAT_PATH, json=payload, headers=h, timeout=timeout)
     return r, time.monotonic() - start
@@ -74,7 +81,7 @@ class Background:
     def _run(self, fn: Callable[[], Any]) -> None:
         try:
             self.result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test by get()
+        except BaseException as exc:
             self.error = exc
 
     def get(self, timeout: float = 60) -> Any:
@@ -88,7 +95,9 @@ class Background:
 def stream_text(stack: Stack, key: str, payload: dict[str, Any], timeout: float = 60) -> tuple[int, str]:
     """A streamed request read to its end (or to the point the connection dies)."""
     text = []
-    with httpx.stream("POST", stack.base_url + CHAT_PATH, json=payload, headers={"authorization": f"Bearer {key}"}, timeout=timeout) as r:
+    with httpx.stream(
+        "POST", stack.base_url + CHAT_PATH, json=payload, headers={"authorization": f"Bearer {key}"}, timeout=timeout
+    ) as r:
         try:
             for chunk in r.iter_text():
                 text.append(chunk)
@@ -193,7 +202,11 @@ def health(stack: Stack, index: int = 0, service: str = "") -> int:
 def wait_health(stack: Stack, status: int, timeout: float = 20, index: int = 0) -> float:
     """Poll the sidecar's health until it reports `status`; returns the seconds it took."""
     start = time.monotonic()
-    wait_until(lambda: health(stack, index) == status, f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}", timeout=timeout)
+    wait_until(
+        lambda: health(stack, index) == status,
+        f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}",
+        timeout=timeout,
+    )
     return time.monotonic() - start
 
 
@@ -216,7 +229,11 @@ def funded(stack: Stack, account: str, credits: str = "10") -> str:
     from critique_sidecar.store.key_store import RedisKeyStore
 
     async def create() -> str:
-        r = aioredis.RedisCluster.from_url(str(stack.redis_url)) if on_cluster(stack) else aioredis.Redis.from_url(str(stack.redis_url))
+        r = (
+            aioredis.RedisCluster.from_url(str(stack.redis_url))
+            if on_cluster(stack)
+            else aioredis.Redis.from_url(str(stack.redis_url))
+        )
         try:
             key, _ = await RedisKeyStore(r).create(account, ("read:inference", "write:inference"))
             if parse_credits(credits):

@@ -99,7 +99,7 @@ def test_a_body_announced_too_large_is_refused_before_it_is_sent(stack: Stack, k
     with socket.create_connection(("127.0.0.1", stack.ports["envoy"]), timeout=QUICK_S) as sock:
         sock.sendall(
             f"POST {CHAT_PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{{\"model\":".encode()
+            f'Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n{{"model":'.encode()
         )
         reply = sock.recv(4096)  # socket.timeout (a failure) if Envoy waited for the body
     head, _, payload = reply.partition(b"\r\n\r\n")
@@ -131,10 +131,15 @@ def test_huge_valid_json_within_the_limit_is_served_and_charged(stack: Stack, ac
 
 # -- JSON ------------------------------------------------------------------------------------
 
-NESTED = b'{"model":"%s","messages":[{"role":"user","content":"x"}],"x":%s1%s}' % (MODEL.encode(), b"[" * 100_000, b"]" * 100_000)
+NESTED = b'{"model":"%s","messages":[{"role":"user","content":"x"}],"x":%s1%s}' % (
+    MODEL.encode(),
+    b"[" * 100_000,
+    b"]" * 100_000,
+)
 BAD_BODIES = {
     "deeply nested": NESTED,
-    "nested in a message": b'{"model":"%s","messages":[{"role":"user","content":%s"x"%s}]}' % (MODEL.encode(), b"[" * 5000, b"]" * 5000),
+    "nested in a message": b'{"model":"%s","messages":[{"role":"user","content":%s"x"%s}]}'
+    % (MODEL.encode(), b"[" * 5000, b"]" * 5000),
     "not json": b"hello",
     "truncated": b'{"model":"' + MODEL.encode() + b'","messages":[{"role":"us',
     "json array": b"[1, 2]",
@@ -215,7 +220,9 @@ def test_two_authorization_headers_are_401_and_charge_nobody(stack: Stack, key: 
     [{"x-big": "a" * 61 * 1024}, {f"x-h{i}": "v" for i in range(150)}],
     ids=["one 61 KB header", "150 headers"],
 )
-def test_absurd_headers_get_431_json_not_an_empty_reply(stack: Stack, key: str, account: str, headers: dict[str, str]) -> None:
+def test_absurd_headers_get_431_json_not_an_empty_reply(
+    stack: Stack, key: str, account: str, headers: dict[str, str]
+) -> None:
     seen = len(upstream_requests(stack))
     r, elapsed = send(stack, json.dumps(body()).encode(), key, headers)
     error(r, 431, "invalid_request")
@@ -233,7 +240,14 @@ def test_a_malformed_http_request_gets_an_answer(stack: Stack) -> None:
 
 @pytest.mark.parametrize(
     "authorization",
-    [b"Bearer crt_" + b"A" * 50_000, "Bearer crt_\u00e9\u00e9".encode(), b"Basic dXNlcjpwYXNz", b"Bearer", b"crt_only", b"Bearer crt_ crt_"],
+    [
+        b"Bearer crt_" + b"A" * 50_000,
+        "Bearer crt_\u00e9\u00e9".encode(),
+        b"Basic dXNlcjpwYXNz",
+        b"Bearer",
+        b"crt_only",
+        b"Bearer crt_ crt_",
+    ],
     ids=["50 KB key", "non-ascii", "basic auth", "no token", "no scheme", "two tokens"],
 )
 def test_absurd_authorization_is_401(stack: Stack, account: str, authorization: bytes) -> None:
@@ -284,7 +298,9 @@ SPOOFED = {
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_spoofed_identity_headers_never_reach_the_upstream_nor_change_the_charge(stack: Stack, key: str, account: str, stream: bool) -> None:
+def test_spoofed_identity_headers_never_reach_the_upstream_nor_change_the_charge(
+    stack: Stack, key: str, account: str, stream: bool
+) -> None:
     victim = account + "-victim"
     victim_key = funded(stack, victim, "50")
     spoofed = {**SPOOFED, "x-critique-account": victim, "x-critique-key": victim_key}
@@ -308,7 +324,9 @@ def test_spoofed_identity_headers_never_reach_the_upstream_nor_change_the_charge
 
 
 def test_spoofed_headers_on_the_models_route_do_not_grant_access(stack: Stack) -> None:
-    r = httpx.get(stack.base_url + "/api/v1/models", headers={**SPOOFED, "x-critique-scopes": "read:inference"}, timeout=10)
+    r = httpx.get(
+        stack.base_url + "/api/v1/models", headers={**SPOOFED, "x-critique-scopes": "read:inference"}, timeout=10
+    )
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
 
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
-from collections.abc import Coroutine
 from typing import Any, Protocol
 
 import httpx
@@ -48,7 +48,11 @@ CONCURRENCY = 240
 CATALOG = load_catalog()
 MODEL = "deepseek/deepseek-v4-flash"
 MAX_TOKENS = 2000
-REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": f"[[tokens:{MAX_TOKENS}]] concurrency"}], "max_tokens": MAX_TOKENS}
+REQUEST = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": f"[[tokens:{MAX_TOKENS}]] concurrency"}],
+    "max_tokens": MAX_TOKENS,
+}
 RAW = json.dumps(REQUEST).encode()
 
 
@@ -139,7 +143,11 @@ async def burst(door: FrontDoor, key: str) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     async with httpx.AsyncClient(base_url=door.base_url, limits=limits, timeout=60) as http:
-        return list(await asyncio.gather(*(http.post("/api/v1/chat/completions", content=RAW, headers=headers) for _ in range(CONCURRENCY))))
+        return list(
+            await asyncio.gather(
+                *(http.post("/api/v1/chat/completions", content=RAW, headers=headers) for _ in range(CONCURRENCY))
+            )
+        )
 
 
 class Watcher(Protocol):
@@ -224,6 +232,11 @@ async def test_concurrent_burst_admits_exactly_what_the_limits_allow(
 
 def test_scenarios_cover_every_limit() -> None:
     refusals = {sc.refusal for sc in SCENARIOS}
-    assert refusals == {"insufficient_credits", "daily_credit_cap_reached", "monthly_credit_cap_reached", "daily_request_cap_reached"}
+    assert refusals == {
+        "insufficient_credits",
+        "daily_credit_cap_reached",
+        "monthly_credit_cap_reached",
+        "daily_request_cap_reached",
+    }
     assert all(sc.admitted < CONCURRENCY // 10 for sc in SCENARIOS)  # the limits allow only a few
     assert Decimal(HOLD) / MICRO < 1  # holds are small and known (credits)

@@ -139,7 +139,9 @@ def test_limit_status_follows_the_settings(stack: Stack, account: str) -> None:
         "settings", "set", "--account", account, "--daily-credit-cap", "2", "--monthly-credit-cap", "40",
         "--daily-request-cap", "10", "--reserve-floor", "1.5",
     )  # fmt: skip
-    raw = sdk(stack, key).chat.completions.with_raw_response.create(model=FLASH, messages=[{"role": "user", "content": PROMPT}], max_tokens=20)
+    raw = sdk(stack, key).chat.completions.with_raw_response.create(
+        model=FLASH, messages=[{"role": "user", "content": PROMPT}], max_tokens=20
+    )
     charge = Decimal(raw.headers["x-critique-credits-charged"])
     wait_records(stack, account, 1)
     limits = ok(stack, key, days="30")["limits"]
@@ -170,7 +172,14 @@ def test_bad_parameters_scopes_and_other_accounts(stack: Stack, account: str) ->
     ]:  # fmt: skip
         r = dashboard(stack, key, **params)
         assert r.status_code == 400, (params, r.text)
-        assert r.json() == {"error": {"message": r.json()["error"]["message"], "type": "invalid_request_error", "code": "invalid_request", "param": param}}
+        assert r.json() == {
+            "error": {
+                "message": r.json()["error"]["message"],
+                "type": "invalid_request_error",
+                "code": "invalid_request",
+                "param": param,
+            }
+        }
 
     r = dashboard(stack, None)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"

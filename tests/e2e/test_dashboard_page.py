@@ -30,7 +30,9 @@ MODELS = ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-
 
 
 def api(stack: Stack, key: str, **params: Any) -> dict[str, Any]:
-    r = httpx.get(stack.base_url + DASHBOARD_PATH, params=params, headers={"authorization": f"Bearer {key}"}, timeout=10)
+    r = httpx.get(
+        stack.base_url + DASHBOARD_PATH, params=params, headers={"authorization": f"Bearer {key}"}, timeout=10
+    )
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -65,7 +67,9 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
         key = agent if i % 5 else second
         client = openai.OpenAI(api_key=key["key"], base_url=stack.base_url + "/api/v1", max_retries=0, timeout=30)
         client.chat.completions.create(
-            model=MODELS[i % 3], messages=[{"role": "user", "content": f"Explain idempotent retries, take {i}."}], max_tokens=30 + i
+            model=MODELS[i % 3],
+            messages=[{"role": "user", "content": f"Explain idempotent retries, take {i}."}],
+            max_tokens=30 + i,
         )
         sent += 1
 
@@ -98,7 +102,8 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
     assert (await page.text_content("#total-requests") or "").replace(",", "") == str(sent)
     assert (await page.text_content("#total-input") or "").replace(",", "") == str(summary["totals"]["input_tokens"])
     bars = await page.eval_on_selector_all(
-        "#credits-chart rect.bar", "els => els.map(e => [e.dataset.date, e.dataset.value, Number(e.getAttribute('height'))])"
+        "#credits-chart rect.bar",
+        "els => els.map(e => [e.dataset.date, e.dataset.value, Number(e.getAttribute('height'))])",
     )
     assert [[d, v] for d, v, _ in bars] == [[d["date"], d["credits"]] for d in summary["daily"]]
     assert [d for d, _, h in bars if h > 0] == [d["date"] for d in summary["daily"] if d["credits"] != "0.000000"]
@@ -111,25 +116,33 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
 
     # Attribution tables.
     models = await page.eval_on_selector_all(
-        "#models-table tbody tr", "rows => rows.map(r => [r.dataset.model, r.querySelector('[data-col=credits]').textContent, r.querySelector('[data-col=requests]').dataset.value])"
+        "#models-table tbody tr",
+        "rows => rows.map(r => [r.dataset.model, r.querySelector('[data-col=credits]').textContent, r.querySelector('[data-col=requests]').dataset.value])",
     )
     assert models == [[m["model"], m["credits"], str(m["requests"])] for m in summary["by_model"]]
     keys = await page.eval_on_selector_all(
-        "#keys-table tbody tr", "rows => rows.map(r => [r.dataset.keyId, r.querySelector('[data-col=credits]').textContent])"
+        "#keys-table tbody tr",
+        "rows => rows.map(r => [r.dataset.keyId, r.querySelector('[data-col=credits]').textContent])",
     )
     assert keys == [[k["key_id"], k["credits"]] for k in summary["by_key"]]
     assert {k[0] for k in keys} == {agent["key_id"], second["key_id"]}
 
     # Limit bars.
     limits = await page.eval_on_selector_all(
-        "#limits .limit", "els => els.map(e => [e.dataset.limit, e.dataset.spent || e.dataset.balance, e.dataset.cap || e.dataset.floor, e.dataset.percent || ''])"
+        "#limits .limit",
+        "els => els.map(e => [e.dataset.limit, e.dataset.spent || e.dataset.balance, e.dataset.cap || e.dataset.floor, e.dataset.percent || ''])",
     )
     want = [
-        [name, str(summary["limits"][name]["spent"]), str(summary["limits"][name]["cap"]), summary["limits"][name]["percent"]]
+        [
+            name,
+            str(summary["limits"][name]["spent"]),
+            str(summary["limits"][name]["cap"]),
+            summary["limits"][name]["percent"],
+        ]
         for name in ("daily_credit_cap", "monthly_credit_cap", "daily_request_cap")
     ]
-    assert limits == want + [["balance", summary["balance"]["balance"], summary["balance"]["reserve_floor"], ""]]
-    fill = await page.eval_on_selector('[data-limit=daily_request_cap] .fill', "e => e.style.width")
+    assert limits == [*want, ["balance", summary["balance"]["balance"], summary["balance"]["reserve_floor"], ""]]
+    fill = await page.eval_on_selector("[data-limit=daily_request_cap] .fill", "e => e.style.width")
     assert fill == f"{min(100.0, float(summary['limits']['daily_request_cap']['percent'])):g}%"
 
     # Activity log, page 1, then Next.
@@ -138,7 +151,8 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
 
     assert await activity_ids() == [r["request_id"] for r in first["data"]]
     cells = await page.eval_on_selector_all(
-        "#activity-table tbody tr:first-child td", "tds => Object.fromEntries(tds.map(t => [t.dataset.col, t.dataset.value]))"
+        "#activity-table tbody tr:first-child td",
+        "tds => Object.fromEntries(tds.map(t => [t.dataset.col, t.dataset.value]))",
     )
     top = first["data"][0]
     assert cells["credits"] == top["credits"] and cells["model"] == top["model"] and cells["key_id"] == top["key_id"]

@@ -28,7 +28,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -157,7 +156,9 @@ def worker(stack: Stack, index: int, stop: threading.Event, outcomes: list[Outco
         while not stop.is_set():
             _, stream, content = rng.choices(MIX, weights)[0]
             account = rng.choices(ACCOUNTS, (3, 1, 1))[0]
-            out = Outcome(index, account.name, stream, content if content != "plain" else f"hello {rng.randrange(10**6)}")
+            out = Outcome(
+                index, account.name, stream, content if content != "plain" else f"hello {rng.randrange(10**6)}"
+            )
             one_request(http, account.key, out)
             outcomes.append(out)
             if out.status != 200:
@@ -223,7 +224,9 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
         stop = threading.Event()
         fault_log: list[str] = []
         t0 = time.monotonic()
-        workers = [threading.Thread(target=worker, args=(stack, i, stop, outcomes), daemon=True) for i in range(WORKERS)]
+        workers = [
+            threading.Thread(target=worker, args=(stack, i, stop, outcomes), daemon=True) for i in range(WORKERS)
+        ]
         injector = threading.Thread(target=inject, args=(stack, faults, t0, fault_log), daemon=True)
         for t in (*workers, injector):
             t.start()
@@ -243,7 +246,9 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
 
         # 1. Every answer is one we expect, and every error is in the JSON error shape.
         transport_errors = [o for o in outcomes if o.status == 0]
-        assert not transport_errors, f"{tag} requests without any HTTP answer: {[(o.content, o.error) for o in transport_errors[:5]]}"
+        assert not transport_errors, (
+            f"{tag} requests without any HTTP answer: {[(o.content, o.error) for o in transport_errors[:5]]}"
+        )
         assert set(statuses) <= ALLOWED, f"{tag} unexpected statuses {statuses}"
         for o in outcomes:
             if o.status != 200:
@@ -253,7 +258,11 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
         assert statuses[503] > 0, f"{tag} the store faults were never felt: {statuses}"
 
         # 2. Every journal drains once Redis is back for good.
-        wait_until(lambda: not journal_path(stack, 0).exists() and not journal_path(stack, 1).exists(), "journals drained", timeout=30)
+        wait_until(
+            lambda: not journal_path(stack, 0).exists() and not journal_path(stack, 1).exists(),
+            "journals drained",
+            timeout=30,
+        )
         for i in (0, 1):
             for kind in ("unreadable", "rejected"):
                 assert not journal_path(stack, i).with_name(f"{journal_path(stack, i).name}.{kind}").exists()
@@ -273,11 +282,17 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
                 state = ledger(stack, a.name)
                 ids = state.request_ids()
                 all_ids += ids
-                assert state.holds == 0 and state.held == 0, f"{tag} {a.name}: {state.holds} holds, {state.held} held after expiry and sweep"
+                assert state.holds == 0 and state.held == 0, (
+                    f"{tag} {a.name}: {state.holds} holds, {state.held} held after expiry and sweep"
+                )
                 # Conservation: what left the balance is exactly what the records say.
-                assert a.grant - state.balance == state.charged, f"{tag} {a.name}: balance moved {a.grant - state.balance}, records {state.charged}"
+                assert a.grant - state.balance == state.charged, (
+                    f"{tag} {a.name}: balance moved {a.grant - state.balance}, records {state.charged}"
+                )
                 day_credits = int(r.hget(ks.day(a.name, day_window(utc_now())), "credits") or 0)
-                assert day_credits == state.charged, f"{tag} {a.name}: day rollup {day_credits} != records {state.charged}"
+                assert day_credits == state.charged, (
+                    f"{tag} {a.name}: day rollup {day_credits} != records {state.charged}"
+                )
                 if a.name == "fi-floor":
                     assert state.balance >= FLOOR, f"{tag} floor crossed: {state.balance} < {FLOOR}"
                     assert any(o.status == 402 for o in outcomes if o.account == a.name), f"{tag} the floor never bound"
@@ -289,7 +304,9 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
                 recorded = {rec["request_id"]: int(rec["credits"]) for rec in state.records}
                 for o in outcomes:
                     if o.account == a.name and o.shown_charge is not None:
-                        assert recorded.get(o.request_id or "") == o.shown_charge, f"{tag} shown {o.shown_charge} for {o.request_id}, recorded {recorded.get(o.request_id or '')}"
+                        assert recorded.get(o.request_id or "") == o.shown_charge, (
+                            f"{tag} shown {o.shown_charge} for {o.request_id}, recorded {recorded.get(o.request_id or '')}"
+                        )
 
         # No request id charged twice, across all accounts.
         dupes = [rid for rid, n in Counter(all_ids).items() if n > 1]
@@ -297,4 +314,6 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
         shown = sum(1 for o in outcomes if o.shown_charge is not None)
         journaled = sum(p.read_text().count("journaled") for p in stack.workdir.glob("sidecar*.log"))
         assert journaled > 0, f"{tag} no settlement met a store outage: the journal was not exercised"
-        print(f"{tag} {len(all_ids)} usage records ({journaled} settled through the journal), {shown} charges shown to clients, all recorded once; no open holds")
+        print(
+            f"{tag} {len(all_ids)} usage records ({journaled} settled through the journal), {shown} charges shown to clients, all recorded once; no open holds"
+        )

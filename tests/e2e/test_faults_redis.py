@@ -75,7 +75,9 @@ def test_redis_killed_at_admission_503_fast_nothing_upstream_health_flips(tmp_pa
         to_serving = wait_health(stack, SERVING)
         after, _ = post(stack, cold_key, body("after the outage"))
         assert after.status_code == 200, after.text
-        print(f"redis killed: 503 in {timings}; health NOT_SERVING after {to_not_serving:.2f}s, SERVING {to_serving:.2f}s after restart")
+        print(
+            f"redis killed: 503 in {timings}; health NOT_SERVING after {to_not_serving:.2f}s, SERVING {to_serving:.2f}s after restart"
+        )
 
         state = ledger(stack, account)
         assert len(state.records) == 2 and state.holds == 0 and state.held == 0
@@ -156,7 +158,11 @@ def test_sidecar_restart_replays_a_left_over_journal_once(tmp_path: Path, accoun
     with fault_stack(tmp_path) as stack:
         key = funded(stack, account)
         inflight = [Background(lambda i=i: post(stack, key, body(f"left-over {i} [[slow:1500]]"))) for i in range(3)]
-        wait_until(lambda: sum(upstream_saw(stack, f"left-over {i}") for i in range(3)) == 3, "upstream got all three", timeout=20)
+        wait_until(
+            lambda: sum(upstream_saw(stack, f"left-over {i}") for i in range(3)) == 3,
+            "upstream got all three",
+            timeout=20,
+        )
         stack.stop("redis", signal.SIGKILL)
         responses = [b.get()[0] for b in inflight]
         assert [r.status_code for r in responses] == [200, 200, 200]

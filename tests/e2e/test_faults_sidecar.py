@@ -99,7 +99,11 @@ def test_sigterm_mid_stream_drains_settles_and_exits_zero(tmp_path: Path, accoun
             assert next(watch).status == SERVING
             payload = body("drained [[slow:250]] [[tokens:12]]", stream=True, max_tokens=20)
             inflight = Background(lambda: stream_text(stack, key, payload))
-            wait_until(lambda: upstream_saw(stack, "drained") and ledger(stack, account).holds == 1, "stream in flight", timeout=30)
+            wait_until(
+                lambda: upstream_saw(stack, "drained") and ledger(stack, account).holds == 1,
+                "stream in flight",
+                timeout=30,
+            )
 
             proc = stack.procs["sidecar"]
             t0 = time.monotonic()

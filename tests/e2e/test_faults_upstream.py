@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -55,7 +54,9 @@ def assert_estimated(state: Ledger, status: str = "estimated") -> dict[str, str]
 
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
-def test_upstream_error_status_passes_through_and_releases(stack: Stack, account: str, status: int, stream: bool) -> None:
+def test_upstream_error_status_passes_through_and_releases(
+    stack: Stack, account: str, status: int, stream: bool
+) -> None:
     key = funded(stack, account)
     r, _ = post(stack, key, body(f"[[status:{status}]]", stream=stream))
     assert r.status_code == status
@@ -165,12 +166,16 @@ def test_client_hangups_mid_stream_are_always_settled(stack: Stack) -> None:
         account = f"hangup-{i}-{id(stack) % 10_000}"
         key = funded(stack, account)
         payload = body("[[slow:100]] [[tokens:200]]", stream=True, max_tokens=300)
-        with httpx.stream("POST", stack.base_url + CHAT_PATH, json=payload, headers={"authorization": f"Bearer {key}"}, timeout=30) as r:
+        with httpx.stream(
+            "POST", stack.base_url + CHAT_PATH, json=payload, headers={"authorization": f"Bearer {key}"}, timeout=30
+        ) as r:
             lines = r.iter_lines()
             got = [next(lines) for _ in range(6)]  # a few events, then hang up
         assert any('"content":"tok "' in line for line in got)
         wait_until(lambda a=account: len(ledger(stack, a).records) == 1, f"hang-up {i} settled", timeout=5)
         state = ledger(stack, account)
         [record] = state.records
-        assert record["status"] == "interrupted" and record["estimated"] == "1" and 1 <= int(record["output_tokens"]) < 200
+        assert (
+            record["status"] == "interrupted" and record["estimated"] == "1" and 1 <= int(record["output_tokens"]) < 200
+        )
         assert state.holds == 0 and GRANT - state.balance == state.charged

@@ -18,7 +18,9 @@ MSG = [{"role": "user", "content": "Summarize this retry policy in three bullets
 
 
 def test_repo_envoy_yaml_validates() -> None:
-    out = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(REPO / "envoy.yaml")], capture_output=True, text=True)
+    out = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(REPO / "envoy.yaml")], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout
 
@@ -32,8 +34,12 @@ def test_models_list(stack: Stack, front_door: FrontDoor, account: str) -> None:
     assert first["pricing"]["training_opt_in"] == {"input_usd_per_million": "0.0375", "output_usd_per_million": "0.075"}
 
 
-@pytest.mark.parametrize("model", ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"])
-def test_chat_charge_equals_usage_times_price_and_balance_change(stack: Stack, front_door: FrontDoor, account: str, model: str) -> None:
+@pytest.mark.parametrize(
+    "model", ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"]
+)
+def test_chat_charge_equals_usage_times_price_and_balance_change(
+    stack: Stack, front_door: FrontDoor, account: str, model: str
+) -> None:
     key = funded_key(stack, account, "10")
     before = balance(stack, account)
     raw = client(front_door, key).chat.completions.with_raw_response.create(model=model, messages=MSG, max_tokens=50)
@@ -149,7 +155,9 @@ def test_upstream_never_sees_key_or_spoofed_headers(stack: Stack, front_door: Fr
 
 
 @pytest.mark.parametrize("model, discounted", [("deepseek/deepseek-v4-flash", True), ("tencent/hy3-preview", False)])
-def test_training_opt_in_header_prices_deepseek_only(stack: Stack, front_door: FrontDoor, account: str, model: str, discounted: bool) -> None:
+def test_training_opt_in_header_prices_deepseek_only(
+    stack: Stack, front_door: FrontDoor, account: str, model: str, discounted: bool
+) -> None:
     key = funded_key(stack, account)
     raw = client(front_door, key).chat.completions.with_raw_response.create(
         model=model, messages=MSG, extra_headers={"X-Critique-DeepSeek-Training-Opt-In": "true"}
@@ -157,7 +165,7 @@ def test_training_opt_in_header_prices_deepseek_only(stack: Stack, front_door: F
     usage = raw.parse().usage
     assert usage is not None
     credits, usd = expected_charge(model, usage.prompt_tokens, usage.completion_tokens, opt_in=discounted)
-    list_credits, list_usd = expected_charge(model, usage.prompt_tokens, usage.completion_tokens)
+    _list_credits, list_usd = expected_charge(model, usage.prompt_tokens, usage.completion_tokens)
     assert raw.headers["x-critique-estimated-usd"] == usd
     assert raw.headers["x-critique-credits-charged"] == credits
     if discounted:

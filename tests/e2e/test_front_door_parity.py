@@ -33,7 +33,9 @@ def accounts(account: str) -> dict[str, str]:
     return {name: f"{account}-{name}" for name in FRONT_DOORS}
 
 
-def chat(door: FrontDoor, key: str | None, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None) -> httpx.Response:
+def chat(
+    door: FrontDoor, key: str | None, body: dict[str, Any] | bytes, headers: dict[str, str] | None = None
+) -> httpx.Response:
     h = {"content-type": "application/json", **(headers or {})}
     if key:
         h["authorization"] = f"Bearer {key}"
@@ -77,7 +79,13 @@ def test_json_charges_are_identical(
         [record] = usage_records(stack, accounts[door.name])
         assert r.headers["x-critique-request-id"] == record["request_id"]
         upstream_body = upstream_seen(stack)[-1]["body"]
-        seen[door.name] = (critique_headers(r), comparable(record), balance(stack, accounts[door.name]), upstream_body, r.json()["usage"] if "usage" in r.json() else None)
+        seen[door.name] = (
+            critique_headers(r),
+            comparable(record),
+            balance(stack, accounts[door.name]),
+            upstream_body,
+            r.json().get("usage", None),
+        )
     envoy, asgi = seen["envoy"], seen["asgi"]
     assert set(envoy[0]) == {"x-critique-credits-charged", "x-critique-estimated-usd"}
     assert envoy == asgi
@@ -89,13 +97,19 @@ def test_json_charges_are_identical(
 def test_sse_streams_and_charge_comments_are_identical(
     stack: Stack, doors: list[FrontDoor], accounts: dict[str, str], include_usage: bool, directive: str
 ) -> None:
-    body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": f"stream parity {directive}"}], "stream": True}
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"stream parity {directive}"}],
+        "stream": True,
+    }
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     seen = {}
     for door in doors:
         key = funded_key(stack, accounts[door.name])
-        with httpx.stream("POST", door.chat_url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=30) as r:
+        with httpx.stream(
+            "POST", door.chat_url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=30
+        ) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             assert "content-length" not in r.headers
             raw = r.read().decode()
@@ -115,12 +129,18 @@ def test_sse_streams_and_charge_comments_are_identical(
 def test_cut_streams_are_charged_identically(stack: Stack, doors: list[FrontDoor], accounts: dict[str, str]) -> None:
     # Slow chunks, so the cut comes well after the response started at the client: an upstream
     # reset while Envoy still holds the response headers becomes a 502 instead (not this case).
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "[[slow:50]] [[cut]] [[tokens:10]]"}], "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "[[slow:50]] [[cut]] [[tokens:10]]"}],
+        "stream": True,
+    }
     seen = {}
     for door in doors:
         key = funded_key(stack, accounts[door.name])
         with pytest.raises(httpx.HTTPError):  # the client sees the cut
-            with httpx.stream("POST", door.chat_url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=30) as r:
+            with httpx.stream(
+                "POST", door.chat_url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=30
+            ) as r:
                 r.read()
         [record] = wait_for_records(stack, accounts[door.name], 1)
         seen[door.name] = comparable(record)
@@ -227,7 +247,9 @@ def test_errors_are_identical(
     assert seen["envoy"][:2] == (status, "application/json") and seen["envoy"][2]["error"]["code"] == code
 
 
-def test_models_settings_and_unknown_routes_answer_identically(stack: Stack, doors: list[FrontDoor], account: str) -> None:
+def test_models_settings_and_unknown_routes_answer_identically(
+    stack: Stack, doors: list[FrontDoor], account: str
+) -> None:
     key = funded_key(stack, account, "0", scopes="read:inference")
     seen = {}
     for door in doors:
@@ -248,4 +270,6 @@ def test_models_settings_and_unknown_routes_answer_identically(stack: Stack, doo
 
 
 def test_unknown_route_content_type_is_json_on_both(stack: Stack, doors: list[FrontDoor]) -> None:
-    assert [httpx.get(door.base_url + "/nope").headers.get("content-type") for door in doors] == ["application/json"] * 2
+    assert [httpx.get(door.base_url + "/nope").headers.get("content-type") for door in doors] == [
+        "application/json"
+    ] * 2

@@ -60,12 +60,25 @@ def test_canary_in_non_opted_requests_is_kept_nowhere(stack: Stack, account: str
     list(c.chat.completions.create(model=DEEPSEEK, messages=msgs, stream=True))  # type: ignore[arg-type]
     c.chat.completions.create(model="tencent/hy3-preview", messages=msgs, extra_headers=OPT_IN)  # type: ignore[arg-type]  # no opt-in tier
     with pytest.raises(openai.InternalServerError):  # failing upstream
-        c.chat.completions.create(model=DEEPSEEK, messages=[{"role": "user", "content": f"{canary} [[status:500]]"}], extra_headers=OPT_IN)  # type: ignore[arg-type]
+        c.chat.completions.create(
+            model=DEEPSEEK, messages=[{"role": "user", "content": f"{canary} [[status:500]]"}], extra_headers=OPT_IN
+        )  # type: ignore[arg-type]
     with pytest.raises((openai.APIError, httpx.HTTPError)):  # cut stream, opted in but not completed
-        list(c.chat.completions.create(model=DEEPSEEK, messages=[{"role": "user", "content": f"{canary} [[cut]]"}], stream=True, extra_headers=OPT_IN))  # type: ignore[arg-type]
+        list(
+            c.chat.completions.create(
+                model=DEEPSEEK,
+                messages=[{"role": "user", "content": f"{canary} [[cut]]"}],
+                stream=True,
+                extra_headers=OPT_IN,
+            )
+        )  # type: ignore[arg-type]
     with pytest.raises(openai.NotFoundError):  # denied
         c.chat.completions.create(model="acme/none", messages=msgs)  # type: ignore[arg-type]
-    r = httpx.post(f"{stack.base_url}/api/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, content=f'{{"messages": "{canary}"}}')
+    r = httpx.post(
+        f"{stack.base_url}/api/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        content=f'{{"messages": "{canary}"}}',
+    )
     assert r.status_code == 400 and canary not in r.text  # error messages do not echo payloads
     wait_for_records(stack, account, 5)  # the cut stream settles when Envoy closes its stream
 
@@ -100,4 +113,7 @@ def test_opted_in_requests_are_captured_once_complete_with_the_charge(stack: Sta
         record = by_id[cap["request_id"]]
         assert record["opt_in"] == "1" and record["credits"] == str(cap["credits"])
         assert canary not in json.dumps(record)
-    assert raw.headers["x-critique-credits-charged"] == expected_charge(DEEPSEEK, prompt_tokens({"messages": msgs}), 12, opt_in=True)[0]
+    assert (
+        raw.headers["x-critique-credits-charged"]
+        == expected_charge(DEEPSEEK, prompt_tokens({"messages": msgs}), 12, opt_in=True)[0]
+    )

@@ -55,16 +55,31 @@ class Scenario:
 
 
 SCENARIOS = [
-    Scenario("floor", 5, "insufficient_credits", FLOOR + 5 * HOLD, {"--reserve-floor": format_credits(FLOOR)}, floor=FLOOR),
-    Scenario("daily_credit_cap", 4, "daily_credit_cap_reached", 100 * MICRO, {"--daily-credit-cap": format_credits(4 * HOLD)}, daily_cap=4 * HOLD),
-    Scenario("daily_request_cap", 6, "daily_request_cap_reached", 100 * MICRO, {"--daily-request-cap": "6"}, request_cap=6),
+    Scenario(
+        "floor", 5, "insufficient_credits", FLOOR + 5 * HOLD, {"--reserve-floor": format_credits(FLOOR)}, floor=FLOOR
+    ),
+    Scenario(
+        "daily_credit_cap",
+        4,
+        "daily_credit_cap_reached",
+        100 * MICRO,
+        {"--daily-credit-cap": format_credits(4 * HOLD)},
+        daily_cap=4 * HOLD,
+    ),
+    Scenario(
+        "daily_request_cap", 6, "daily_request_cap_reached", 100 * MICRO, {"--daily-request-cap": "6"}, request_cap=6
+    ),
 ]
 
 
 def _start(stack: Stack) -> Stack:
     stack.start()
     # Both sidecars up and seen healthy by Envoy before any burst.
-    wait_until(lambda: len(sidecar_hosts(stack)) == 2 and all(h["healthy"] for h in sidecar_hosts(stack).values()), "both sidecars healthy in Envoy", timeout=30)
+    wait_until(
+        lambda: len(sidecar_hosts(stack)) == 2 and all(h["healthy"] for h in sidecar_hosts(stack).values()),
+        "both sidecars healthy in Envoy",
+        timeout=30,
+    )
     return stack
 
 
@@ -79,7 +94,12 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             s.stop()
         return
     with redis_cluster(workdir / "cluster") as ports:
-        s = Stack(workdir, redis_url=f"redis://127.0.0.1:{ports[0]}/0", sidecar_count=2, sidecar_env={"CRITIQUE_REDIS_CLUSTER": "true"})
+        s = Stack(
+            workdir,
+            redis_url=f"redis://127.0.0.1:{ports[0]}/0",
+            sidecar_count=2,
+            sidecar_env={"CRITIQUE_REDIS_CLUSTER": "true"},
+        )
         try:
             yield _start(s)
         finally:
@@ -133,7 +153,9 @@ async def burst(stack: Stack, key: str) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     async with httpx.AsyncClient(base_url=stack.base_url, limits=limits, timeout=60) as http:
-        return list(await asyncio.gather(*(http.post(CHAT_PATH, content=RAW, headers=headers) for _ in range(CONCURRENCY))))
+        return list(
+            await asyncio.gather(*(http.post(CHAT_PATH, content=RAW, headers=headers) for _ in range(CONCURRENCY)))
+        )
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.name for s in SCENARIOS])

@@ -14,7 +14,16 @@ import pytest
 from critique_sidecar.devtools.fake_upstream import prompt_tokens
 from critique_sidecar.devtools.stack import Stack
 
-from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_seen, usage_records, wait_for_records
+from .helpers import (
+    FrontDoor,
+    balance,
+    client,
+    expected_charge,
+    funded_key,
+    upstream_seen,
+    usage_records,
+    wait_for_records,
+)
 
 MODEL = "deepseek/deepseek-v4-flash"
 
@@ -46,11 +55,16 @@ def test_sdk_parses_stream_and_usage_chunk_is_hidden(stack: Stack, front_door: F
     assert Decimal("10") - balance(stack, account) == Decimal(expected)
 
 
-def test_usage_chunk_shown_when_client_asked_and_charge_comment_in_band(stack: Stack, front_door: FrontDoor, account: str) -> None:
+def test_usage_chunk_shown_when_client_asked_and_charge_comment_in_band(
+    stack: Stack, front_door: FrontDoor, account: str
+) -> None:
     key = funded_key(stack, account)
     msgs = _messages("with usage")
     stream = client(front_door, key).chat.completions.create(
-        model=MODEL, messages=msgs, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
+        model=MODEL,
+        messages=msgs,
+        stream=True,
+        stream_options={"include_usage": True},  # type: ignore[arg-type]
     )
     chunks = list(stream)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12 and chunks[-1].choices == []
@@ -70,7 +84,9 @@ def test_chunks_arrive_before_the_upstream_finishes(stack: Stack, front_door: Fr
     start = time.monotonic()
     arrivals = []
     stream = client(front_door, key).chat.completions.create(
-        model=MODEL, messages=_messages("[[slow:300]] [[tokens:6]]"), stream=True  # type: ignore[arg-type]
+        model=MODEL,
+        messages=_messages("[[slow:300]] [[tokens:6]]"),
+        stream=True,  # type: ignore[arg-type]
     )
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -95,7 +111,11 @@ def test_cut_stream_is_settled_once_by_estimate(stack: Stack, front_door: FrontD
     key = funded_key(stack, account)
     with pytest.raises((openai.APIError, httpx.HTTPError)):
         # Slow chunks: the response has visibly started (headers and tokens delivered) before the cut.
-        list(client(front_door, key).chat.completions.create(model=MODEL, messages=_messages("[[cut]] [[tokens:10]] [[slow:40]]"), stream=True))  # type: ignore[arg-type]
+        list(
+            client(front_door, key).chat.completions.create(
+                model=MODEL, messages=_messages("[[cut]] [[tokens:10]] [[slow:40]]"), stream=True
+            )
+        )  # type: ignore[arg-type]
     [record] = wait_for_records(stack, account, 1)
     assert record["status"] == "interrupted" and record["estimated"] == "1"
     assert int(record["output_tokens"]) == 5  # five 4-byte tokens were delivered before the cut
@@ -117,7 +137,9 @@ def test_client_disconnect_is_settled_once(stack: Stack, front_door: FrontDoor, 
 
 
 @pytest.mark.parametrize("directive", ["[[gzip]]", "[[forcegzip]]"])
-def test_compressed_upstream_responses_are_metered(stack: Stack, front_door: FrontDoor, account: str, directive: str) -> None:
+def test_compressed_upstream_responses_are_metered(
+    stack: Stack, front_door: FrontDoor, account: str, directive: str
+) -> None:
     key = funded_key(stack, account)
     msgs = _messages(f"compress {directive}")
     r = httpx.post(
@@ -150,7 +172,11 @@ def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, front_door: FrontDo
         # Paced like a (very fast) model: 64 KiB every millisecond. An upstream that bursts more
         # than Envoy's stream buffer (4 MiB) before the sidecar answers the response-headers
         # message gets Envoy's response_payload_too_large instead (docs/failure-modes.md).
-        body = {"model": MODEL, "messages": _messages(f"[[bigchunk:65536]] [[tokens:{tokens}]] [[slow:1]]"), "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": _messages(f"[[bigchunk:65536]] [[tokens:{tokens}]] [[slow:1]]"),
+            "stream": True,
+        }
         total = 0
         url = front_door.chat_url
         with httpx.stream("POST", url, headers={"authorization": f"Bearer {key}"}, json=body, timeout=120) as r:

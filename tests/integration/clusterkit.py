@@ -29,11 +29,30 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[list[int]]:
             procs.append(
                 subprocess.Popen(
                     # The bus port defaults to port + 10000, past 65535 for high free ports.
-                    [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                     "--cluster-port", str(free_port()), "--cluster-config-file", str(node_dir / "nodes.conf"),
-                     "--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", "--dir", str(node_dir)],
-                    stdout=open(node_dir / "redis.log", "wb"), stderr=subprocess.STDOUT,
-                )  # fmt: skip
+                    [
+                        redis_binary(),
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(free_port()),
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                    ],
+                    stdout=open(node_dir / "redis.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                )
             )
         for port, proc in zip(ports, procs, strict=True):
             wait_until(lambda p=port: redis.Redis(port=p).ping(), f"cluster node {port}", proc=proc)

@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,13 +32,17 @@ from critique_sidecar.store.settings_store import RedisSettingsStore
 from critique_sidecar.web.app import WebContext, build_web_app
 from critique_sidecar.web.settings import MAX_BODY_BYTES
 
-UTC = timezone.utc
+UTC = UTC
 CATALOG = load_catalog()
 USD_PER_CREDIT = Decimal("0.01")
 HOLD_TTL_S = 60
 MAX_TOKENS = 100
 BODY = json.dumps(
-    {"model": "deepseek/deepseek-v4-flash", "messages": [{"role": "user", "content": "hello"}], "max_tokens": MAX_TOKENS}
+    {
+        "model": "deepseek/deepseek-v4-flash",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": MAX_TOKENS,
+    }
 ).encode()
 
 
@@ -88,7 +92,11 @@ class Env:
 
     async def ledger(self) -> dict[str, int]:
         balance, held = await self.redis.hmget(ks.account(self.account), "balance", "held")
-        return {"balance": int(balance or 0), "held": int(held or 0), "holds": await self.redis.hlen(ks.holds(self.account))}
+        return {
+            "balance": int(balance or 0),
+            "held": int(held or 0),
+            "holds": await self.redis.hlen(ks.holds(self.account)),
+        }
 
     async def day(self, day: str) -> dict[str, int]:
         data = await self.redis.hgetall(ks.day(self.account, day))
@@ -132,7 +140,11 @@ async def test_defaults_for_an_unconfigured_account(env: Env) -> None:
 
 async def test_patch_is_partial_stores_micro_credits_and_null_clears_a_cap(env: Env) -> None:
     first = await env.configure(daily_credit_cap=Decimal("12.5"), monthly_credit_cap="100", daily_request_cap=7)
-    assert (first.daily_credit_cap, first.monthly_credit_cap, first.daily_request_cap) == (Decimal("12.5"), Decimal(100), 7)
+    assert (first.daily_credit_cap, first.monthly_credit_cap, first.daily_request_cap) == (
+        Decimal("12.5"),
+        Decimal(100),
+        7,
+    )
     raw = await env.redis.hgetall(ks.settings(env.account))
     assert raw == {b"daily_credit_cap": b"12500000", b"monthly_credit_cap": b"100000000", b"daily_request_cap": b"7"}
 
@@ -162,7 +174,9 @@ async def test_a_rejected_patch_changes_nothing(env: Env) -> None:
 
 async def test_concurrent_patches_never_mix_fields(env: Env) -> None:
     """Each PATCH is one atomic script: the final state is exactly one patch's values."""
-    await asyncio.gather(*(env.configure(daily_request_cap=i, daily_credit_cap=i, monthly_credit_cap=i) for i in range(1, 60)))
+    await asyncio.gather(
+        *(env.configure(daily_request_cap=i, daily_credit_cap=i, monthly_credit_cap=i) for i in range(1, 60))
+    )
     final = await env.settings.get(env.account)
     assert final.daily_request_cap == final.daily_credit_cap == final.monthly_credit_cap
 
@@ -213,7 +227,9 @@ async def test_monthly_credit_cap_spans_days_and_has_no_retry_after(env: Env) ->
     await env.accounts.grant(env.account, 10 * MICRO)
     env.clock.at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
     charged = await env.settle(await env.admit())
-    await env.configure(monthly_credit_cap=format_credits(charged + env.hold - 1), daily_credit_cap=format_credits(10 * env.hold))
+    await env.configure(
+        monthly_credit_cap=format_credits(charged + env.hold - 1), daily_credit_cap=format_credits(10 * env.hold)
+    )
     env.clock.at = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # a fresh day, the same month
     err = await env.refused()
     assert (err.status, err.code) == (429, "monthly_credit_cap_reached")
@@ -237,7 +253,12 @@ async def test_zero_caps_block_everything(env: Env) -> None:
 
 async def test_soft_mode_admits_over_caps_with_warnings(env: Env) -> None:
     await env.accounts.grant(env.account, 10 * MICRO)
-    await env.configure(block_when_cap_reached=False, daily_request_cap=1, daily_credit_cap=0, monthly_credit_cap=format_credits(env.hold))
+    await env.configure(
+        block_when_cap_reached=False,
+        daily_request_cap=1,
+        daily_credit_cap=0,
+        monthly_credit_cap=format_credits(env.hold),
+    )
     first = await env.admit()
     assert first.warnings == ("daily_credit_cap_reached",)  # request 1 of 1; month cap fits one hold exactly
     second = await env.admit()
@@ -370,14 +391,18 @@ async def test_an_unsettled_hold_expires_and_its_credits_come_back(env: Env) -> 
 # -- the operator CLI ----------------------------------------------------------------------
 
 
-def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, *argv: str) -> tuple[int, str, str]:
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, *argv: str
+) -> tuple[int, str, str]:
     monkeypatch.setenv("CRITIQUE_REDIS_URL", redis_url)
     code = cli.main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
 
 
-def test_cli_settings_set_and_show(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, account: str) -> None:
+def test_cli_settings_set_and_show(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, account: str
+) -> None:
     code, out, _ = _cli(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--enabled", "false",
         "--daily-credit-cap", "12.5", "--monthly-credit-cap", "100", "--daily-request-cap", "40",
@@ -388,7 +413,9 @@ def test_cli_settings_set_and_show(monkeypatch: pytest.MonkeyPatch, capsys: pyte
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "12.500000", "daily_request_cap": 40,
         "reserve_credits_for_review": "2.250000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
     }  # fmt: skip
-    code, out, _ = _cli(monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-credit-cap", "none")
+    code, out, _ = _cli(
+        monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-credit-cap", "none"
+    )
     assert code == 0 and "daily_credit_cap: none" in out.splitlines()
     code, out, _ = _cli(monkeypatch, capsys, redis_url, "settings", "show", "--account", account)
     assert code == 0
@@ -411,10 +438,21 @@ def test_cli_settings_set_and_show(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     ],
 )
 def test_cli_settings_bad_values_exit_2_and_change_nothing(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, account: str, flag: str, value: str, says: str
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    redis_url: str,
+    account: str,
+    flag: str,
+    value: str,
+    says: str,
 ) -> None:
-    assert _cli(monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-request-cap", "5")[0] == 0
-    code, out, err = _cli(monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--enabled", "false", flag, value)
+    assert (
+        _cli(monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-request-cap", "5")[0]
+        == 0
+    )
+    code, out, err = _cli(
+        monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--enabled", "false", flag, value
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"critique-sidecar: error: {flag}: ") and says in err
     code, out, _ = _cli(monkeypatch, capsys, redis_url, "settings", "show", "--account", account, "--json")
@@ -428,11 +466,15 @@ def test_cli_settings_bad_values_exit_2_and_change_nothing(
 async def web(redis_client: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
     keys = RedisKeyStore(redis_client)
     ctx = WebContext(Authenticator(keys, cache_ttl_s=0), CATALOG, settings=RedisSettingsStore(redis_client))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web_app(ctx)), base_url="http://sidecar") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=build_web_app(ctx)), base_url="http://sidecar"
+    ) as http:
         yield http
 
 
-async def test_settings_routes_enforce_scopes_without_envoy(web: httpx.AsyncClient, redis_client: aioredis.Redis, account: str) -> None:
+async def test_settings_routes_enforce_scopes_without_envoy(
+    web: httpx.AsyncClient, redis_client: aioredis.Redis, account: str
+) -> None:
     keys = RedisKeyStore(redis_client)
     agent, _ = await keys.create(account, ("read:inference", "write:inference"))
     admin, _ = await keys.create(account, ("admin:inference",))
@@ -446,13 +488,17 @@ async def test_settings_routes_enforce_scopes_without_envoy(web: httpx.AsyncClie
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert await redis_client.exists(ks.settings(account)) == 0
 
-    r = await web.patch(SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, content=b'{"daily_credit_cap": 0.1}')
+    r = await web.patch(
+        SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, content=b'{"daily_credit_cap": 0.1}'
+    )
     assert r.status_code == 200 and r.json()["daily_credit_cap"] == "0.100000"  # 0.1 parsed exactly, never as a float
     r = await web.get(SETTINGS_PATH, headers={"authorization": f"Bearer {agent}"})
     assert r.status_code == 200 and r.json()["daily_credit_cap"] == "0.100000"
 
 
-async def test_settings_patch_body_size_is_limited(web: httpx.AsyncClient, redis_client: aioredis.Redis, account: str) -> None:
+async def test_settings_patch_body_size_is_limited(
+    web: httpx.AsyncClient, redis_client: aioredis.Redis, account: str
+) -> None:
     admin, _ = await RedisKeyStore(redis_client).create(account, ("admin:inference",))
     body = b'{"enabled": true, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
     r = await web.patch(SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, content=body)

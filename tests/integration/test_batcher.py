@@ -32,7 +32,9 @@ async def test_concurrent_commands_share_one_round_trip_and_keep_their_results(
     assert batcher.round_trips == 1  # fifty commands, one write and one read
 
 
-async def test_commands_issued_while_a_batch_is_on_the_wire_leave_together_next(batcher: CommandBatcher, account: str) -> None:
+async def test_commands_issued_while_a_batch_is_on_the_wire_leave_together_next(
+    batcher: CommandBatcher, account: str
+) -> None:
     first = asyncio.ensure_future(batcher.execute(("INCR", f"{account}:a")))
     await asyncio.sleep(0)  # the first batch is written now; these three queue behind it
     rest = [asyncio.ensure_future(batcher.execute(("INCR", f"{account}:a"))) for _ in range(3)]
@@ -55,7 +57,9 @@ async def test_one_failing_command_does_not_fail_its_batch_mates(
     assert after == 1
 
 
-async def test_script_is_reloaded_after_a_flush(batcher: CommandBatcher, redis_client: aioredis.Redis, account: str) -> None:
+async def test_script_is_reloaded_after_a_flush(
+    batcher: CommandBatcher, redis_client: aioredis.Redis, account: str
+) -> None:
     script = Script(batcher, "return redis.call('INCR', KEYS[1])")
     assert await script([f"{account}:c"], []) == 1
     await redis_client.script_flush()
@@ -109,7 +113,9 @@ async def test_a_redis_that_stops_answering_fails_the_batch_in_bounded_time() ->
 
 async def test_an_argument_that_cannot_be_sent_fails_only_its_own_call(batcher: CommandBatcher, account: str) -> None:
     bad, good = await asyncio.gather(
-        batcher.execute(("SET", f"{account}:x", None)), batcher.execute(("INCR", f"{account}:y")), return_exceptions=True
+        batcher.execute(("SET", f"{account}:x", None)),
+        batcher.execute(("INCR", f"{account}:y")),
+        return_exceptions=True,
     )
     assert isinstance(bad, DataError)  # a RedisError, as redis-py's encoder raises: the store layer maps it
     assert good == 1
@@ -133,7 +139,7 @@ async def test_a_retry_resends_only_what_was_not_answered() -> None:
     port = server.sockets[0].getsockname()[1]
     client = aioredis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
     b = CommandBatcher(client)
-    b._make_connection = _bare_connection(port)  # noqa: SLF001 - no handshake with the fake
+    b._make_connection = _bare_connection(port)
     first, second = await asyncio.gather(b.execute(("INCR", "a")), b.execute(("INCR", "b")))
     assert first == 7 and second == 7
     assert b.round_trips == 2
@@ -163,4 +169,4 @@ async def test_a_closed_batcher_refuses_calls_and_does_not_reconnect(batcher: Co
     await batcher.aclose()
     with pytest.raises(RedisConnectionError):
         await batcher.execute(("PING",))
-    assert batcher._connection is None  # noqa: SLF001 - nothing reopened it
+    assert batcher._connection is None

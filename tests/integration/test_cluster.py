@@ -15,7 +15,7 @@ import copy
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,11 @@ from .clusterkit import redis_cluster
 
 CATALOG = load_catalog()
 USD_PER_CREDIT = Decimal("0.01")
-UTC = timezone.utc
+UTC = UTC
 NOON = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-BODY = json.dumps({"model": "deepseek/deepseek-v4-flash", "messages": [{"role": "user", "content": "cluster"}], "max_tokens": 100}).encode()
+BODY = json.dumps(
+    {"model": "deepseek/deepseek-v4-flash", "messages": [{"role": "user", "content": "cluster"}], "max_tokens": 100}
+).encode()
 CONCURRENCY = 200
 
 
@@ -246,7 +248,9 @@ async def test_waiting_for_a_turn_is_bounded(cluster_url: str, account: str) -> 
 def hold_and_charge(m: Meter) -> tuple[int, int]:
     chat = m.parse(BODY)
     price = price_for(CATALOG, chat.model, NOON, False)
-    return m.credits_for(Usage(chat.input_token_bound, chat.max_output_tokens), price), m.credits_for(Usage(10, 100), price)
+    return m.credits_for(Usage(chat.input_token_bound, chat.max_output_tokens), price), m.credits_for(
+        Usage(10, 100), price
+    )
 
 
 async def burst(m: Meter, account: str) -> tuple[list[MeteredRequest], Counter[str]]:
@@ -262,7 +266,9 @@ async def burst(m: Meter, account: str) -> tuple[list[MeteredRequest], Counter[s
 
 
 @pytest.mark.parametrize("limit", ["floor", "daily_credit_cap", "daily_request_cap"])
-async def test_concurrent_admissions_admit_exactly_the_limit_on_every_master(redis_client: RedisCluster, account: str, limit: str) -> None:
+async def test_concurrent_admissions_admit_exactly_the_limit_on_every_master(
+    redis_client: RedisCluster, account: str, limit: str
+) -> None:
     """200 concurrent admissions per account, one account per master at the same time: exactly
     k admitted each, and after settling, what left each balance is what the records say."""
     clock = Clock(NOON)
@@ -284,7 +290,11 @@ async def test_concurrent_admissions_admit_exactly_the_limit_on_every_master(red
         await RedisAccounts(redis_client).grant(a, grants[a])
 
     outcomes = await asyncio.gather(*(burst(m, a) for a in accounts))
-    refusal = {"floor": "insufficient_credits", "daily_credit_cap": "daily_credit_cap_reached", "daily_request_cap": "daily_request_cap_reached"}[limit]
+    refusal = {
+        "floor": "insufficient_credits",
+        "daily_credit_cap": "daily_credit_cap_reached",
+        "daily_request_cap": "daily_request_cap_reached",
+    }[limit]
     for a, (admitted, refused) in zip(accounts, outcomes, strict=True):
         assert len(admitted) == k and refused == {refusal: CONCURRENCY - k}, (a, len(admitted), refused)
         s = await state(redis_client, a)
@@ -319,24 +329,6 @@ def settings_patch(**fields: Any) -> Any:
 
 from .test_account_controls import (  # noqa: E402 - imported to run here with the Cluster `redis_client`
     env,
-    test_a_balance_too_low_even_without_the_floor_says_so,
-    test_a_rejected_patch_changes_nothing,
-    test_a_request_settled_after_midnight_counts_in_the_day_it_started,
-    test_account_training_opt_in_prices_at_the_opt_in_tier,
-    test_an_unsettled_hold_expires_and_its_credits_come_back,
-    test_concurrent_patches_never_mix_fields,
-    test_daily_credit_cap_counts_open_holds,
-    test_daily_request_cap_counts_admissions_and_sends_retry_after,
-    test_daily_windows_roll_over_at_utc_midnight,
-    test_defaults_for_an_unconfigured_account,
-    test_disabled_account_is_refused_and_nothing_changes,
-    test_floor_refusal_names_the_floor_and_balance_never_goes_below_it,
-    test_monthly_credit_cap_spans_days_and_has_no_retry_after,
-    test_monthly_window_rolls_over_at_month_end,
-    test_patch_is_partial_stores_micro_credits_and_null_clears_a_cap,
-    test_soft_mode_admits_over_caps_with_warnings,
-    test_soft_mode_keeps_the_floor_and_an_empty_balance_hard,
-    test_zero_caps_block_everything,
 )
 
 __all__ = ["env"]  # the imported fixture, resolved with this module's `redis_client`

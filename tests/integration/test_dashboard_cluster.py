@@ -37,10 +37,27 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         procs.append(
             subprocess.Popen(
                 # the bus port defaults to port + 10000, past 65535 for high ephemeral ports
-                [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                 "--cluster-config-file", str(workdir / "nodes.conf"), "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                [
+                    redis_binary(),
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(free_port()),
+                    "--cluster-config-file",
+                    str(workdir / "nodes.conf"),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(workdir),
+                ],
                 stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
         )
     try:
         for port, proc in zip(ports, procs, strict=True):
@@ -85,7 +102,9 @@ async def test_usage_paths_on_redis_cluster(cluster: RedisCluster, account: str)
     page = await query.activity(account, None, 4)
     assert [f["request_id"] for _, f in page.entries] == [r.request_id for r in reversed(recs)][:4] and page.has_more
     rest = await query.activity(account, page.entries[-1][0], 10)
-    assert rest.entries[0][1]["request_id"] == recs[0].request_id and len(rest.entries) == 4 and not rest.has_more  # + 3 old
+    assert (
+        rest.entries[0][1]["request_id"] == recs[0].request_id and len(rest.entries) == 4 and not rest.has_more
+    )  # + 3 old
     _, key = await RedisKeyStore(cluster).create(account, ("read:inference",), "named")
     assert (await query.keys(account, [key.key_id, "nope"]))[key.key_id].name == "named"
 

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -37,12 +37,21 @@ from critique_sidecar.store.usage_retention import DAY_MS, UsageRetention
 from critique_sidecar.web.app import WebContext, build_web_app
 from critique_sidecar.web.dashboard import encode_cursor
 
-NOW = datetime(2026, 11, 26, 15, 30, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 26, 15, 30, tzinfo=UTC)
 MODELS = ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"]
 _seq = iter(range(10**9))
 
 
-def record(account: str, *, at: datetime = NOW, model: str = MODELS[0], key_id: str = "key_a", inp: int = 10, out: int = 5, credits: int = 1234) -> UsageRecord:
+def record(
+    account: str,
+    *,
+    at: datetime = NOW,
+    model: str = MODELS[0],
+    key_id: str = "key_a",
+    inp: int = 10,
+    out: int = 5,
+    credits: int = 1234,
+) -> UsageRecord:
     n = next(_seq)
     return UsageRecord(
         request_id=f"req_{account}_{n}", account=account, key_id=key_id, model=model,
@@ -89,7 +98,9 @@ async def http(redis_client: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]
         yield c
 
 
-async def api_for(http: httpx.AsyncClient, r: aioredis.Redis, account: str, scopes: tuple[str, ...] = ("read:inference",)) -> Api:
+async def api_for(
+    http: httpx.AsyncClient, r: aioredis.Redis, account: str, scopes: tuple[str, ...] = ("read:inference",)
+) -> Api:
     key, _ = await RedisKeyStore(r).create(account, scopes, "dash")
     return Api(http, key)
 
@@ -97,10 +108,15 @@ async def api_for(http: httpx.AsyncClient, r: aioredis.Redis, account: str, scop
 # -- rollups ---------------------------------------------------------------------------
 
 
-async def test_rollups_equal_the_sum_of_the_records(redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str) -> None:
+async def test_rollups_equal_the_sum_of_the_records(
+    redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str
+) -> None:
     ledger = RedisLedger(redis_client)
     api = await api_for(http, redis_client, account)
-    keys = [(await RedisKeyStore(redis_client).create(account, ("write:inference",), f"agent-{i}"))[1].key_id for i in range(3)]
+    keys = [
+        (await RedisKeyStore(redis_client).create(account, ("write:inference",), f"agent-{i}"))[1].key_id
+        for i in range(3)
+    ]
     rng = random.Random(5)
     written = []
     for _ in range(400):
@@ -119,7 +135,7 @@ async def test_rollups_equal_the_sum_of_the_records(redis_client: aioredis.Redis
     per_model: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     per_key: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for _, f in entries:
-        day = datetime.fromtimestamp(int(f["ts_ms"]) / 1000, timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.fromtimestamp(int(f["ts_ms"]) / 1000, UTC).strftime("%Y-%m-%d")
         row = [int(f["credits"]), 1, int(f["input_tokens"]), int(f["output_tokens"])]
         for bucket in (per_day[day], per_model[f["model"]], per_key[f["key_id"]]):
             for i, v in enumerate(row):
@@ -135,12 +151,13 @@ async def test_rollups_equal_the_sum_of_the_records(redis_client: aioredis.Redis
         assert {k: d[k] for k in ("credits", "requests", "input_tokens", "output_tokens")} == shape(per_day[d["date"]])
     grand = [sum(v[i] for v in per_day.values()) for i in range(4)]
     assert data["totals"] == shape(grand)
-    assert {m["model"]: {k: m[k] for k in ("credits", "requests", "input_tokens", "output_tokens")} for m in data["by_model"]} == {
-        m: shape(v) for m, v in per_model.items()
-    }
-    assert {k["key_id"]: {f: k[f] for f in ("credits", "requests", "input_tokens", "output_tokens")} for k in data["by_key"]} == {
-        k: shape(v) for k, v in per_key.items()
-    }
+    assert {
+        m["model"]: {k: m[k] for k in ("credits", "requests", "input_tokens", "output_tokens")}
+        for m in data["by_model"]
+    } == {m: shape(v) for m, v in per_model.items()}
+    assert {
+        k["key_id"]: {f: k[f] for f in ("credits", "requests", "input_tokens", "output_tokens")} for k in data["by_key"]
+    } == {k: shape(v) for k, v in per_key.items()}
     assert {k["key_id"]: k["name"] for k in data["by_key"]} == {k: f"agent-{i}" for i, k in enumerate(keys)}
     # Credits are exact: the decimal strings add up to the micro-credit sum.
     assert sum(Decimal(d["credits"]) for d in data["daily"]) == Decimal(grand[0]) / 10**6
@@ -158,13 +175,22 @@ async def test_rollups_equal_the_sum_of_the_records(redis_client: aioredis.Redis
     assert (await api.ok())["days"] == 30  # the default
 
 
-async def test_limit_status_against_caps_and_floor(redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str) -> None:
+async def test_limit_status_against_caps_and_floor(
+    redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str
+) -> None:
     from critique_sidecar.core.account_settings import SettingsPatch
 
     await redis_client.hincrby(ks.account(account), "balance", 50_000_000)  # 50 credits
     await RedisSettingsStore(redis_client).patch(
         account,
-        SettingsPatch.parse({"daily_credit_cap": "4", "monthly_credit_cap": "100.5", "daily_request_cap": 3, "reserve_credits_for_review": "10"}),
+        SettingsPatch.parse(
+            {
+                "daily_credit_cap": "4",
+                "monthly_credit_cap": "100.5",
+                "daily_request_cap": 3,
+                "reserve_credits_for_review": "10",
+            }
+        ),
     )
     ledger = RedisLedger(redis_client)
     await ledger.settle(record(account, credits=1_000_000))
@@ -173,7 +199,9 @@ async def test_limit_status_against_caps_and_floor(redis_client: aioredis.Redis,
     await redis_client.hincrby(ks.day(account, "2026-11-26"), "admitted", 3)
     api = await api_for(http, redis_client, account)
     data = await api.ok(days="7")
-    daily, monthly, requests = (data["limits"][k] for k in ("daily_credit_cap", "monthly_credit_cap", "daily_request_cap"))
+    daily, monthly, requests = (
+        data["limits"][k] for k in ("daily_credit_cap", "monthly_credit_cap", "daily_request_cap")
+    )
     assert daily == {
         "unit": "credits", "window": "day", "spent": "3.000001", "cap": "4.000000", "remaining": "0.999999",
         "percent": "75.00", "reached": False, "resets_at": "2026-11-27T00:00:00Z",
@@ -230,7 +258,7 @@ async def test_pagination_over_1000_records_returns_each_exactly_once_while_new_
             cursor = page["next_cursor"]
             before = written_during
 
-            async def wrote_more() -> bool:
+            async def wrote_more(before: int = before) -> bool:
                 return written_during > before
 
             await poll(wrote_more, "the writer to add a record between pages")
@@ -259,7 +287,9 @@ async def test_pagination_over_1000_records_returns_each_exactly_once_while_new_
     assert newest["data"][0]["id"] == everything[-1][0] and newest["has_more"] is True
 
 
-async def test_bad_activity_and_summary_parameters_are_400(redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str) -> None:
+async def test_bad_activity_and_summary_parameters_are_400(
+    redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str
+) -> None:
     await RedisLedger(redis_client).settle(record(account))
     api = await api_for(http, redis_client, account)
     bad = [
@@ -280,7 +310,9 @@ async def test_bad_activity_and_summary_parameters_are_400(redis_client: aioredi
     assert len((await api.ok(view="activity", limit="1"))["data"]) == 1
 
 
-async def test_dashboard_scopes_and_accounts(redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str) -> None:
+async def test_dashboard_scopes_and_accounts(
+    redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str
+) -> None:
     await RedisLedger(redis_client).settle(record(account, credits=5))
     other = account + "-other"
     await RedisLedger(redis_client).settle(record(other, credits=9))
@@ -345,10 +377,14 @@ async def test_consumer_group_delivers_at_least_once_and_acks(redis_client: aior
 
 def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CRITIQUE_REDIS_URL": redis_url}
-    return subprocess.run([sys.executable, "-m", "critique_sidecar.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "critique_sidecar.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
-async def test_cli_export_prints_json_lines_and_acknowledges(redis_client: aioredis.Redis, redis_url: str, account: str) -> None:
+async def test_cli_export_prints_json_lines_and_acknowledges(
+    redis_client: aioredis.Redis, redis_url: str, account: str
+) -> None:
     recs = [record(account, credits=1_000_000 + i) for i in range(7)]
     for rec in recs:
         await RedisLedger(redis_client).settle(rec)
@@ -379,7 +415,7 @@ async def add_old(r: aioredis.Redis, account: str, days_ago: float, n: int) -> l
     base = int(time.time() * 1000) - int(days_ago * DAY_MS)
     ids = []
     for i in range(n):
-        rec = record(account, at=datetime.fromtimestamp(base / 1000, timezone.utc))
+        rec = record(account, at=datetime.fromtimestamp(base / 1000, UTC))
         sid = f"{base}-{i}"
         fields = record_fields(rec)
         await r.xadd(ks.usage_stream(account), dict(zip(fields[::2], fields[1::2], strict=True)), id=sid)
@@ -391,7 +427,9 @@ async def ids_left(r: aioredis.Redis, account: str) -> list[str]:
     return [sid for sid, _ in await stream_entries(r, account)]
 
 
-async def test_retention_trims_old_acknowledged_records_but_never_unacknowledged_ones(redis_client: aioredis.Redis, account: str) -> None:
+async def test_retention_trims_old_acknowledged_records_but_never_unacknowledged_ones(
+    redis_client: aioredis.Redis, account: str
+) -> None:
     old = await add_old(redis_client, account, 40, 6)
     recent = []
     for _ in range(4):
@@ -423,7 +461,9 @@ async def test_retention_trims_old_acknowledged_records_but_never_unacknowledged
     assert [f["request_id"] for _, f in left] == recent  # younger than the cutoff: kept
 
 
-async def test_retention_without_groups_is_by_age_and_every_group_counts(redis_client: aioredis.Redis, account: str) -> None:
+async def test_retention_without_groups_is_by_age_and_every_group_counts(
+    redis_client: aioredis.Redis, account: str
+) -> None:
     old = await add_old(redis_client, account, 10, 5)
     newer = await add_old(redis_client, account, 2, 3)
     assert (await UsageRetention(redis_client, retention_days=30).trim(account)).deleted == 0

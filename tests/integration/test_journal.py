@@ -41,7 +41,9 @@ def usage(account: str, request_id: str, credits: int = 1234) -> UsageRecord:
 @pytest.fixture
 async def dead_redis() -> AsyncIterator[aioredis.Redis]:
     # as the sidecar connects (app.connect_redis): one quick retry, no backoff
-    client = aioredis.Redis(port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 1))
+    client = aioredis.Redis(
+        port=free_port(), socket_timeout=0.2, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 1)
+    )
     yield client
     await client.aclose()
 
@@ -56,7 +58,9 @@ class Env:
     live: RedisLedger
 
     async def hold(self, request_id: str) -> None:
-        result = await self.live.place_hold(HoldRequest(self.account, request_id, HOLD, NOW_MS, NOW_MS + 10**9, "2026-11-26", "2026-11"))
+        result = await self.live.place_hold(
+            HoldRequest(self.account, request_id, HOLD, NOW_MS, NOW_MS + 10**9, "2026-11-26", "2026-11")
+        )
         assert result.code is None
 
     async def state(self) -> tuple[int, int, list[str]]:
@@ -70,7 +74,14 @@ async def env(redis_client: aioredis.Redis, dead_redis: aioredis.Redis, account:
     await redis_client.hset(ks.account(account), "balance", GRANT)
     journal = SettlementJournal(tmp_path / "journal.jsonl")
     live = RedisLedger(redis_client)
-    return Env(redis_client, account, journal, JournalingLedger(RedisLedger(dead_redis), journal), JournalingLedger(live, journal), live)
+    return Env(
+        redis_client,
+        account,
+        journal,
+        JournalingLedger(RedisLedger(dead_redis), journal),
+        JournalingLedger(live, journal),
+        live,
+    )
 
 
 async def test_settlement_while_down_is_journaled_fsynced_and_replayed_once(env: Env) -> None:

@@ -29,7 +29,6 @@ def k8s(name: str) -> dict[str, Any]:
     return yaml.safe_load((K8S / name).read_text())
 
 
-
 def hostport(address: dict[str, Any]) -> str:
     sa = address["socket_address"]
     return f"{sa['address']}:{sa['port_value']}"
@@ -41,7 +40,11 @@ def cluster(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def endpoints(c: dict[str, Any]) -> list[str]:
-    return [hostport(ep["endpoint"]["address"]) for group in c["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]]
+    return [
+        hostport(ep["endpoint"]["address"])
+        for group in c["load_assignment"]["endpoints"]
+        for ep in group["lb_endpoints"]
+    ]
 
 
 def listener(config: dict[str, Any], name: str) -> dict[str, Any]:

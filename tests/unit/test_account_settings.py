@@ -34,7 +34,9 @@ def test_valid_values_map_to_hash_fields(body: bytes, stored: dict[str, str]) ->
 
 def test_only_sent_fields_change_and_null_deletes_a_cap() -> None:
     assert patch(b"{}").hash_changes() == ({}, [])
-    to_set, to_delete = patch(b'{"daily_credit_cap": null, "monthly_credit_cap": null, "daily_request_cap": null, "enabled": true}').hash_changes()
+    to_set, to_delete = patch(
+        b'{"daily_credit_cap": null, "monthly_credit_cap": null, "daily_request_cap": null, "enabled": true}'
+    ).hash_changes()
     assert to_set == {"enabled": "1"}
     assert to_delete == ["daily_credit_cap", "daily_request_cap", "monthly_credit_cap"]
 
@@ -74,6 +76,13 @@ def test_hash_round_trip_and_lua_semantics() -> None:
         "reserve_credits_for_review": "1000000000.000000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
     }  # fmt: skip
     # As place_hold.lua reads them: only '0' disables/softens, only '1' opts in, junk caps are no caps.
-    odd = AccountSettings.from_hash({"enabled": "yes", "block_when_cap_reached": "", "training_opt_in": "true", "daily_credit_cap": "x"})
-    assert (odd.enabled, odd.block_when_cap_reached, odd.deepseek_training_opt_in, odd.daily_credit_cap) == (True, True, False, None)
+    odd = AccountSettings.from_hash(
+        {"enabled": "yes", "block_when_cap_reached": "", "training_opt_in": "true", "daily_credit_cap": "x"}
+    )
+    assert (odd.enabled, odd.block_when_cap_reached, odd.deepseek_training_opt_in, odd.daily_credit_cap) == (
+        True,
+        True,
+        False,
+        None,
+    )
     assert AccountSettings.from_hash({}) == AccountSettings()

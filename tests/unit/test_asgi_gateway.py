@@ -85,11 +85,15 @@ async def test_forwards_to_the_models_upstream_without_routing_or_hop_headers() 
     assert str(request.url) == "http://up.internal:7000/api/v1/chat/completions?a=1" and request.method == "POST"
     assert request.content == b'{"m": 1}'
     assert dict(request.headers) == {
-        "host": "up.internal:7000", "content-type": "application/json", "x-client": "c", "content-length": "8",
-        "x-forwarded-for": "203.0.113.9, 10.0.0.7", "x-forwarded-proto": "http",
+        "host": "up.internal:7000",
+        "content-type": "application/json",
+        "x-client": "c",
+        "content-length": "8",
+        "x-forwarded-for": "203.0.113.9, 10.0.0.7",
+        "x-forwarded-proto": "http",
     }  # fmt: skip  (no routing header, no httpx defaults such as accept-encoding)
     assert sent[0]["status"] == 200
-    returned = dict((k.decode(), v.decode()) for k, v in sent[0]["headers"])
+    returned = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
     assert returned["x-upstream"] == "1" and "connection" not in returned and "date" not in returned
     assert b"".join(m["body"] for m in sent[1:]) == b'{"ok": true}'
     assert sent[-1] == {"type": "http.response.body", "body": b"", "more_body": False}
@@ -100,7 +104,9 @@ async def test_stream_is_forwarded_chunk_by_chunk() -> None:
         for i in range(3):
             yield f"data: {i}\n\n".encode()
 
-    sent = await drive(forward_to(lambda r: httpx.Response(200, content=chunks())), {"x-critique-model": "tencent/hy3-preview"})
+    sent = await drive(
+        forward_to(lambda r: httpx.Response(200, content=chunks())), {"x-critique-model": "tencent/hy3-preview"}
+    )
     assert [m.get("body") for m in sent[1:]] == [b"data: 0\n\n", b"data: 1\n\n", b"data: 2\n\n", b""]
 
 
@@ -122,7 +128,10 @@ async def test_upstream_failures_before_a_response(failure: Exception, status: i
         raise failure
 
     sent = await drive(forward_to(upstream), {"x-critique-model": "tencent/hy3-preview"})
-    assert status_and_json(sent) == (status, {"error": {"message": message, "type": "api_error", "code": code, "param": None}})
+    assert status_and_json(sent) == (
+        status,
+        {"error": {"message": message, "type": "api_error", "code": code, "param": None}},
+    )
 
 
 async def test_upstream_cut_mid_stream_cuts_the_client_too() -> None:
@@ -132,7 +141,9 @@ async def test_upstream_cut_mid_stream_cuts_the_client_too() -> None:
 
     sent: list[Message] = []
     with pytest.raises(UpstreamCut):
-        sent = await drive(forward_to(lambda r: httpx.Response(200, content=chunks())), {"x-critique-model": "tencent/hy3-preview"})
+        sent = await drive(
+            forward_to(lambda r: httpx.Response(200, content=chunks())), {"x-critique-model": "tencent/hy3-preview"}
+        )
     assert sent == []  # raised: the server drops the connection instead of ending the response
 
 
@@ -146,7 +157,11 @@ async def test_client_hang_up_cancels_the_upstream_request() -> None:
         finally:
             closed.set()
 
-    sent = await drive(forward_to(lambda r: httpx.Response(200, content=chunks())), {"x-critique-model": "tencent/hy3-preview"}, hang_up_after=2)
+    sent = await drive(
+        forward_to(lambda r: httpx.Response(200, content=chunks())),
+        {"x-critique-model": "tencent/hy3-preview"},
+        hang_up_after=2,
+    )
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]  # no end: the client is gone
     assert closed.is_set()
 

@@ -77,7 +77,9 @@ def _label(msg: Message) -> str:
     return "start" if msg["type"] == "http.response.start" else ("body" if msg.get("more_body") else "end")
 
 
-def json_response(body: bytes, status: int = 200, parts: int = 2, extra: list[tuple[bytes, bytes]] | None = None) -> Any:
+def json_response(
+    body: bytes, status: int = 200, parts: int = 2, extra: list[tuple[bytes, bytes]] | None = None
+) -> Any:
     async def respond(send: Any) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -102,7 +104,9 @@ def sse_events(n: int = 3, usage: bool = True) -> list[bytes]:
 
     events = [event({"choices": [{"index": 0, "delta": {"content": "tok "}}]}) for _ in range(n)]
     if usage:
-        events.append(event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}}))
+        events.append(
+            event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}})
+        )
     return [*events, b"data: [DONE]\n\n"]
 
 
@@ -157,7 +161,9 @@ async def call(
     if not isinstance(body, list):
         raw.append((b"content-length", str(len(body)).encode()))
     scope = {"type": "http", "method": "POST", "path": path, "headers": raw, "query_string": b""}
-    incoming: list[Message] = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    incoming: list[Message] = [
+        {"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)
+    ]
     if disconnect:
         incoming = incoming[:-1] or [{"type": "http.disconnect"}]
 
@@ -207,7 +213,7 @@ def test_needs_components_or_auth_and_meter(core: Components) -> None:
 
 
 def test_body_limit_is_envoys() -> None:
-    assert MAX_BODY_BYTES == EnvoyOptions().max_request_bytes
+    assert EnvoyOptions().max_request_bytes == MAX_BODY_BYTES
 
 
 async def test_non_http_scopes_and_other_paths_pass_straight_through(core: Components) -> None:
@@ -219,7 +225,10 @@ async def test_non_http_scopes_and_other_paths_pass_straight_through(core: Compo
 
     r = await call(app, path="/api/v1/models", headers={"authorization": "Bearer nonsense", "x-critique-model": "m"})
     assert r.status == 200 and r.body == b'{"ok": true}'
-    assert inner.scope["headers"][:2] == [(b"authorization", b"Bearer nonsense"), (b"x-critique-model", b"m")]  # untouched
+    assert inner.scope["headers"][:2] == [
+        (b"authorization", b"Bearer nonsense"),
+        (b"x-critique-model", b"m"),
+    ]  # untouched
     assert "x-critique-request-id" not in r.headers
     r = await call(app, path=CHAT_PATH + "/")  # exact path only, as Envoy's route
     assert r.status == 200
@@ -335,7 +344,9 @@ async def test_upstream_error_is_passed_on_and_charges_nothing(core: Components,
     assert await balance_and_held(core, account) == (10_000_000, 0)
 
 
-async def test_inner_app_failing_before_its_response_releases_the_hold(core: Components, key: str, account: str) -> None:
+async def test_inner_app_failing_before_its_response_releases_the_hold(
+    core: Components, key: str, account: str
+) -> None:
     async def explode(send: Any) -> None:
         raise RuntimeError("gateway bug")
 

@@ -18,9 +18,17 @@ class MemoryDirectory:
         self.records: dict[str, KeyRecord] = {}
         self.lookups: list[str] = []
 
-    def add(self, key: str, account: str = "acct-1", scopes: tuple[str, ...] = ("read:inference", "write:inference"),
-            revoked: bool = False, key_id: str = "key_1") -> KeyRecord:
-        record = KeyRecord(key_id=key_id, key_hash=hash_key(key), account=account, scopes=frozenset(scopes), revoked=revoked)
+    def add(
+        self,
+        key: str,
+        account: str = "acct-1",
+        scopes: tuple[str, ...] = ("read:inference", "write:inference"),
+        revoked: bool = False,
+        key_id: str = "key_1",
+    ) -> KeyRecord:
+        record = KeyRecord(
+            key_id=key_id, key_hash=hash_key(key), account=account, scopes=frozenset(scopes), revoked=revoked
+        )
         self.records[record.key_hash] = record
         return record
 

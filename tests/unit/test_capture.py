@@ -13,7 +13,7 @@ from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.sse import SseMeter
 from critique_sidecar.core.usage import Usage
 
-from .test_metering import CENT, DEEPSEEK, IDENT, TENCENT, Clock, MemoryLedger, NOW, chat_body
+from .test_metering import CENT, DEEPSEEK, IDENT, NOW, TENCENT, Clock, MemoryLedger, chat_body
 
 
 class ListSink:
@@ -35,11 +35,13 @@ def catalog() -> Catalog:
     return load_catalog()
 
 
-async def _settle(catalog: Catalog, sink: ListSink | None, model: str = DEEPSEEK, opt_in: bool = True, text: str | None = "hello"):
+async def _settle(
+    catalog: Catalog, sink: ListSink | None, model: str = DEEPSEEK, opt_in: bool = True, text: str | None = "hello"
+):
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=Clock(NOW), capture=sink, capture_timeout_s=0.05)
     req = await meter.admit(IDENT, meter.parse(chat_body(model)), opt_in_header=opt_in)
-    result, charge = await meter.settle_completed(req, Usage(1000, 2000), 0, lambda: text)
+    _result, charge = await meter.settle_completed(req, Usage(1000, 2000), 0, lambda: text)
     return ledger.records[-1], charge
 
 
@@ -53,7 +55,9 @@ async def test_captured_request_keeps_opt_in_price(catalog: Catalog) -> None:
     assert cap.messages == [{"role": "user", "content": "Draft a type for idempotent enqueue."}]
 
 
-@pytest.mark.parametrize("sink", [None, ListSink(fail=ConnectionError("sink down")), ListSink(delay=1.0)], ids=["off", "failing", "slow"])
+@pytest.mark.parametrize(
+    "sink", [None, ListSink(fail=ConnectionError("sink down")), ListSink(delay=1.0)], ids=["off", "failing", "slow"]
+)
 async def test_uncaptured_request_pays_the_normal_price(catalog: Catalog, sink: ListSink | None) -> None:
     record, charge = await _settle(catalog, sink)
     assert not record.opt_in and record.price_version.endswith("/list")
@@ -95,7 +99,9 @@ async def test_needs_close_tracks_open_holds_and_open_streams(catalog: Catalog) 
     await x.admit(chat_body(stream=True))
     assert x.needs_close()  # a hold is open
     await x.response_start(200, {"content-type": "text/event-stream"})
-    await x.stream_chunk(b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n', True)
+    await x.stream_chunk(
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n', True
+    )
     assert x.metered is not None and x.metered.settled is not None
     assert x.needs_close()  # settled, but the open-streams gauge still has to be closed
     await x.close()

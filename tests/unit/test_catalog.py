@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -16,13 +16,13 @@ DEEPSEEK = "deepseek/deepseek-v4-flash"
 TENCENT = "tencent/hy3-preview"
 NEMOTRON = "nvidia/nemotron-3-ultra-550b-a55b"
 
-PROMO_LAST_SECOND = datetime(2026, 6, 19, 23, 59, 59, tzinfo=timezone.utc)
-PROMO_OVER = datetime(2026, 6, 20, 0, 0, 0, tzinfo=timezone.utc)
-SOME_DAY = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+PROMO_LAST_SECOND = datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC)
+PROMO_OVER = datetime(2026, 6, 20, 0, 0, 0, tzinfo=UTC)
+SOME_DAY = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")
@@ -99,8 +99,13 @@ def test_nemotron_intro_promo_is_half_of_list(catalog: Catalog) -> None:
 
 @pytest.mark.parametrize(
     "at",
-    [utc(2026, 1, 1, 0, 0, 0), SOME_DAY, utc(2026, 6, 19, 0, 0, 0), PROMO_LAST_SECOND,
-     PROMO_OVER - timedelta(microseconds=1)],
+    [
+        utc(2026, 1, 1, 0, 0, 0),
+        SOME_DAY,
+        utc(2026, 6, 19, 0, 0, 0),
+        PROMO_LAST_SECOND,
+        PROMO_OVER - timedelta(microseconds=1),
+    ],
 )
 def test_nemotron_promo_applies_through_19_june(catalog: Catalog, at: datetime) -> None:
     p = price_for(catalog, catalog.model(NEMOTRON), at, opt_in=False)
@@ -108,7 +113,9 @@ def test_nemotron_promo_applies_through_19_june(catalog: Catalog, at: datetime) 
     assert p.version == "v5.2/nvidia/nemotron-3-ultra-550b-a55b/promo:intro-50-off"
 
 
-@pytest.mark.parametrize("at", [PROMO_OVER, utc(2026, 6, 20, 0, 0, 1), utc(2027, 1, 1, 0, 0, 0), utc(2025, 12, 31, 23, 59, 59)])
+@pytest.mark.parametrize(
+    "at", [PROMO_OVER, utc(2026, 6, 20, 0, 0, 1), utc(2027, 1, 1, 0, 0, 0), utc(2025, 12, 31, 23, 59, 59)]
+)
 def test_nemotron_promo_does_not_apply_outside_window(catalog: Catalog, at: datetime) -> None:
     p = price_for(catalog, catalog.model(NEMOTRON), at, opt_in=False)
     assert (p.input, p.output) == (Decimal("0.60"), Decimal("2.40"))
@@ -166,8 +173,13 @@ def test_invalid_catalog_message_names_the_problem(name: str, fragments: list[st
 
 @pytest.mark.parametrize(
     "name",
-    ["bad_negative_price.toml", "bad_non_utc_time.toml", "bad_local_time.toml",
-     "bad_valid_to_before_from.toml", "bad_unknown_field.toml"],
+    [
+        "bad_negative_price.toml",
+        "bad_non_utc_time.toml",
+        "bad_local_time.toml",
+        "bad_valid_to_before_from.toml",
+        "bad_unknown_field.toml",
+    ],
 )
 def test_invalid_model_does_not_claim_the_catalog_is_empty(name: str) -> None:
     """One bad model must be reported as that problem alone, not also as 'no models'."""

@@ -116,7 +116,11 @@ def test_input_token_estimate_counts_text_parts(catalog: Catalog) -> None:
     plain = parse(catalog, body(messages=[{"role": "user", "content": "a" * 400}]))
     parts = parse(
         catalog,
-        body(messages=[{"role": "user", "content": [{"type": "text", "text": "a" * 200}, {"type": "text", "text": "a" * 200}]}]),
+        body(
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "a" * 200}, {"type": "text", "text": "a" * 200}]}
+            ]
+        ),
     )
     empty = parse(catalog, body(messages=[{"role": "user", "content": ""}]))
     assert plain.input_token_estimate == parts.input_token_estimate
@@ -268,7 +272,14 @@ def test_upstream_body_defaulted_model_and_stream(catalog: Catalog) -> None:
     assert sent["stream_options"] == {"include_usage": True}
 
 
-@pytest.mark.parametrize("field, first, second", [("model", '"tencent/hy3-preview"', '"deepseek/deepseek-v4-flash"'), ("max_tokens", "10", "100000"), ("stream", "false", "true")])
+@pytest.mark.parametrize(
+    "field, first, second",
+    [
+        ("model", '"tencent/hy3-preview"', '"deepseek/deepseek-v4-flash"'),
+        ("max_tokens", "10", "100000"),
+        ("stream", "false", "true"),
+    ],
+)
 def test_duplicate_metered_fields_are_refused(field: str, first: str, second: str) -> None:
     raw = f'{{"{field}": {first}, "messages": [{{"role": "user", "content": "x"}}], "{field}": {second}}}'.encode()
     with pytest.raises(ApiError) as err:

@@ -74,7 +74,9 @@ def test_configmap_is_generated_from_the_kubernetes_catalog() -> None:
     assert (K8S / "configmap.yaml").read_text() == render_k8s.render_configmap(), "run `make deploy-config`"
 
 
-def test_configmap_carries_the_catalog_and_the_envoy_config_made_from_it(configmap: dict[str, Any], pod_envoy: dict[str, Any]) -> None:
+def test_configmap_carries_the_catalog_and_the_envoy_config_made_from_it(
+    configmap: dict[str, Any], pod_envoy: dict[str, Any]
+) -> None:
     assert configmap["data"]["catalog.toml"] == (K8S / "catalog.toml").read_text()
     catalog = load_catalog(K8S / "catalog.toml")
     for model in catalog.models:
@@ -88,16 +90,19 @@ def test_kubernetes_catalog_prices_match_the_built_in_catalog() -> None:
     ours, builtin = load_catalog(K8S / "catalog.toml"), load_catalog()
     assert (ours.version, ours.default_model) == (builtin.version, builtin.default_model)
     strip = {"upstream": {"host", "port"}}
-    assert [m.model_dump(exclude=strip) for m in ours.models] == [m.model_dump(exclude=strip) for m in builtin.models], (
-        "deploy/kubernetes/catalog.toml: copy the built-in catalog's change, then `make deploy-config`"
-    )
+    assert [m.model_dump(exclude=strip) for m in ours.models] == [
+        m.model_dump(exclude=strip) for m in builtin.models
+    ], "deploy/kubernetes/catalog.toml: copy the built-in catalog's change, then `make deploy-config`"
 
 
 def test_one_pod_runs_envoy_and_the_sidecar_from_one_configmap(pod: dict[str, Any], configmap: dict[str, Any]) -> None:
     assert [c["name"] for c in pod["spec"]["containers"]] == ["envoy", "sidecar"]
     [volume] = [v for v in pod["spec"]["volumes"] if "configMap" in v]
     assert volume["configMap"]["name"] == configmap["metadata"]["name"] == render_k8s.CONFIGMAP_NAME
-    mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]}[volume["name"]] for c in pod["spec"]["containers"]}
+    mounts = {
+        c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]}[volume["name"]]
+        for c in pod["spec"]["containers"]
+    }
     envoy = container(pod, "envoy")
     assert envoy["args"][envoy["args"].index("-c") + 1] == f"{mounts['envoy']}/envoy.yaml"
     assert str(sidecar_settings(pod).catalog_path) == f"{mounts['sidecar']}/catalog.toml"
@@ -128,13 +133,19 @@ def test_sidecar_environment_names_real_settings_and_takes_redis_from_the_secret
     assert secret["stringData"][ref["key"]].startswith("redis://")
     s = sidecar_settings(pod)
     assert s.log_format == "json" and str(s.journal_path).startswith("/var/lib/critique/")
-    [journal] = [m for m in container(pod, "sidecar")["volumeMounts"] if str(s.journal_path).startswith(m["mountPath"] + "/")]
+    [journal] = [
+        m for m in container(pod, "sidecar")["volumeMounts"] if str(s.journal_path).startswith(m["mountPath"] + "/")
+    ]
     assert not journal.get("readOnly")  # the journal must be writable (the root filesystem is not)
 
 
 def test_sidecar_probes_use_the_grpc_health_service(pod: dict[str, Any]) -> None:
     sidecar, port = container(pod, "sidecar"), port_of(sidecar_settings(pod).grpc_listen)
-    ready, live, startup = sidecar["readinessProbe"]["grpc"], sidecar["livenessProbe"]["grpc"], sidecar["startupProbe"]["grpc"]
+    ready, live, startup = (
+        sidecar["readinessProbe"]["grpc"],
+        sidecar["livenessProbe"]["grpc"],
+        sidecar["startupProbe"]["grpc"],
+    )
     assert ready["port"] == live["port"] == startup["port"] == port
     assert ready.get("service", "") == ""  # follows the store and the drain (envoy/health.py)
     assert live["service"] == startup["service"] == LIVENESS_SERVICE  # never follows the store
@@ -144,9 +155,17 @@ def test_envoy_container_ports_probes_and_version(pod: dict[str, Any], pod_envoy
     envoy = container(pod, "envoy")
     ports = {p["name"]: p["containerPort"] for p in envoy["ports"]}
     assert ports["http"] == port_of(hostport(listener(pod_envoy, "critique")["address"]))
-    assert ports["envoy-stats"] == render_k8s.STATS_LISTEN[1] == port_of(hostport(listener(pod_envoy, "envoy_stats")["address"]))
+    assert (
+        ports["envoy-stats"]
+        == render_k8s.STATS_LISTEN[1]
+        == port_of(hostport(listener(pod_envoy, "envoy_stats")["address"]))
+    )
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "envoy-stats"}
-    version = next(line.split(":=")[1].strip() for line in (REPO / "Makefile").read_text().splitlines() if line.startswith("ENVOY_VERSION"))
+    version = next(
+        line.split(":=")[1].strip()
+        for line in (REPO / "Makefile").read_text().splitlines()
+        if line.startswith("ENVOY_VERSION")
+    )
     assert envoy["image"] == f"envoyproxy/envoy:v{version}"  # the Envoy the tests run
 
 
@@ -196,7 +215,9 @@ def test_pod_envoy_stats_listener_only_forwards_stats_and_ready(pod_envoy: dict[
     assert hostport(pod_envoy["admin"]["address"]).startswith("127.0.0.1:")
 
 
-def test_pod_envoy_serves_stats_and_ready_but_not_the_admin_interface(tmp_path: Path, pod_envoy: dict[str, Any]) -> None:
+def test_pod_envoy_serves_stats_and_ready_but_not_the_admin_interface(
+    tmp_path: Path, pod_envoy: dict[str, Any]
+) -> None:
     ports = {8080: free_port(), 9102: free_port(), 9901: free_port(), 9001: free_port(), 9002: free_port()}
     config = relocate(yaml.safe_load(yaml.safe_dump(pod_envoy)), ports)
     for lst in config["static_resources"]["listeners"]:
@@ -241,8 +262,12 @@ def unit(name: str) -> configparser.ConfigParser:
 
 
 def env_file() -> dict[str, str]:
-    pairs = [line.split("=", 1) for line in (SYSTEMD / "critique-sidecar.env").read_text().splitlines() if line.strip() and not line.startswith("#")]
-    return {k: v for k, v in pairs}
+    pairs = [
+        line.split("=", 1)
+        for line in (SYSTEMD / "critique-sidecar.env").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return dict(pairs)
 
 
 def test_env_file_names_real_settings_that_validate() -> None:
@@ -296,7 +321,12 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
         for old, new in swaps.items():
             text = text.replace(old, new)
         (tmp_path / name).write_text(text)
-    out = subprocess.run(["systemd-analyze", "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout + out.stderr == "", out.stdout + out.stderr
 
 
@@ -326,7 +356,11 @@ def test_alerts_use_only_metrics_that_exist() -> None:
 
     from critique_sidecar.observability.metrics import Metrics
 
-    exposed = {line.split()[2] for line in Metrics(CollectorRegistry()).exposition().decode().splitlines() if line.startswith("# TYPE")}
+    exposed = {
+        line.split()[2]
+        for line in Metrics(CollectorRegistry()).exposition().decode().splitlines()
+        if line.startswith("# TYPE")
+    }
     exposed |= {f"{n}_{s}" for n in exposed for s in ("bucket", "count", "sum")}
     envoy_documented = set(re.findall(r"`(envoy_[a-z_]+)", (DOCS / "operations.md").read_text()))
     for rule in alert_rules():

@@ -37,7 +37,9 @@ def shipped_envoy_configs() -> dict[str, str]:
     bench = load_module(REPO / "bench/envoy_configs.py", "bench_envoy_configs")
     configs["bench fast_upstream"] = yaml.safe_dump(bench.fast_upstream(18100, 19911))
     configs["bench plain_gateway"] = yaml.safe_dump(bench.plain_gateway(18080, 19912, 18100))
-    tracked = subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], cwd=REPO, capture_output=True, text=True, check=True)
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.yaml", "*.yml"], cwd=REPO, capture_output=True, text=True, check=True
+    )
     for name in tracked.stdout.split():
         if name.startswith(("deploy/", "bench/")) or "/" not in name:
             doc = yaml.safe_load((REPO / name).read_text())
@@ -46,13 +48,20 @@ def shipped_envoy_configs() -> dict[str, str]:
     return configs
 
 
-SIDECAR_HTTP_PATHS = {"/api/v1/models", "/api/settings/inference-api", "/api/dashboard/inference-api", "/inference-dashboard"}
+SIDECAR_HTTP_PATHS = {
+    "/api/v1/models",
+    "/api/settings/inference-api",
+    "/api/dashboard/inference-api",
+    "/inference-dashboard",
+}
 
 
 @pytest.mark.parametrize("name", ["envoy.yaml", "configmap.yaml:envoy.yaml", "envoy-config --chat-auth ext_authz"])
 def test_envoy_routes_only_the_sidecars_own_pages_to_it(name: str) -> None:
     config = yaml.safe_load(shipped_envoy_configs()[name])
-    to_sidecar = [r["match"] for r in routes(listener(config, "critique")) if r.get("route", {}).get("cluster") == "sidecar_http"]
+    to_sidecar = [
+        r["match"] for r in routes(listener(config, "critique")) if r.get("route", {}).get("cluster") == "sidecar_http"
+    ]
     assert to_sidecar and all(set(m) == {"path"} for m in to_sidecar)  # exact paths, no prefixes
     assert {m["path"] for m in to_sidecar} == SIDECAR_HTTP_PATHS  # so never /metrics
 
@@ -90,7 +99,9 @@ def four_models(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_new_catalog_model_is_routed(four_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_new_catalog_model_is_routed(
+    four_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CRITIQUE_CATALOG_PATH", str(four_models))
     assert cli.main(["envoy-config"]) == 0  # what `critique-sidecar envoy-config` prints
     text = capsys.readouterr().out
@@ -101,7 +112,9 @@ def test_a_new_catalog_model_is_routed(four_models: Path, tmp_path: Path, monkey
     assert endpoints(cluster(config, "model_acme_tiny_1")) == ["127.0.0.2:8200"]
     path = tmp_path / "envoy.yaml"
     path.write_text(text)
-    out = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
 
 
@@ -113,7 +126,9 @@ def test_a_new_catalog_model_is_listed(four_models: Path) -> None:
         resp = client.get("/api/v1/models", headers={"authorization": f"Bearer {key}"})
     assert resp.status_code == 200
     [listed] = [m for m in resp.json()["data"] if m["id"] == FOURTH]
-    assert listed["pricing"]["input_usd_per_million"] == "1.00" and listed["pricing"]["output_usd_per_million"] == "2.00"
+    assert (
+        listed["pricing"]["input_usd_per_million"] == "1.00" and listed["pricing"]["output_usd_per_million"] == "2.00"
+    )
     assert listed["context_window"] == 32_768 and listed["owned_by"] == "acme"
 
 
@@ -122,7 +137,7 @@ async def test_a_new_catalog_model_is_priced(four_models: Path) -> None:
     from critique_sidecar.core.observe import NULL_OBSERVER
 
     core = make_core(NULL_OBSERVER)
-    core.meter = Meter(load_catalog(four_models), core.meter._ledger, Decimal("0.01"))  # noqa: SLF001 - same in-memory ledger
+    core.meter = Meter(load_catalog(four_models), core.meter._ledger, Decimal("0.01"))
     charged = await run_json(core, core.keys.add("acme"), chat(FOURTH), completion(1_000, 500))
     [record] = core.ledger.records
     # 1000 in x $1/M + 500 out x $2/M = $0.002 = 0.2 credits at $0.01 per credit

@@ -25,8 +25,12 @@ def test_filled_in_place_equals_the_keyword_built_message() -> None:
             response=pb.CommonResponse(
                 header_mutation=pb.HeaderMutation(
                     set_headers=[
-                        core_pb.HeaderValueOption(header=core_pb.HeaderValue(key="x-a", raw_value=b"1"), append_action=option),
-                        core_pb.HeaderValueOption(header=core_pb.HeaderValue(key="x-b", raw_value="é".encode()), append_action=option),
+                        core_pb.HeaderValueOption(
+                            header=core_pb.HeaderValue(key="x-a", raw_value=b"1"), append_action=option
+                        ),
+                        core_pb.HeaderValueOption(
+                            header=core_pb.HeaderValue(key="x-b", raw_value="é".encode()), append_action=option
+                        ),
                     ],
                     remove_headers=["authorization"],
                 )

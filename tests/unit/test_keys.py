@@ -154,7 +154,18 @@ def test_bearer_token_extracts_token(header: str, token: str) -> None:
 
 @pytest.mark.parametrize(
     "header",
-    [None, "", "   ", "Bearer", "Bearer ", "Bearer    ", "Basic dXNlcjpwYXNz", "crt_abc", "Token crt_abc", "Bearercrt_abc"],
+    [
+        None,
+        "",
+        "   ",
+        "Bearer",
+        "Bearer ",
+        "Bearer    ",
+        "Basic dXNlcjpwYXNz",
+        "crt_abc",
+        "Token crt_abc",
+        "Bearercrt_abc",
+    ],
 )
 def test_bearer_token_rejects(header: str | None) -> None:
     assert bearer_token(header) is None

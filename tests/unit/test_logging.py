@@ -4,8 +4,8 @@ ids, decision and charge, and never the prompt or the completion."""
 from __future__ import annotations
 
 import io
-import re
 import logging
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -48,7 +48,9 @@ def lines(out: io.StringIO) -> list[dict[str, object]]:
 
 
 def test_json_lines_carry_time_level_logger_message_and_fields(captured: io.StringIO) -> None:
-    logging.getLogger("critique_sidecar.test").warning("hello %s", "there", extra={"fields": {"account": "acme", "n": 3}})
+    logging.getLogger("critique_sidecar.test").warning(
+        "hello %s", "there", extra={"fields": {"account": "acme", "n": 3}}
+    )
     [line] = lines(captured)
     assert line["level"] == "WARNING" and line["logger"] == "critique_sidecar.test" and line["msg"] == "hello there"
     assert line["account"] == "acme" and line["n"] == 3
@@ -81,7 +83,9 @@ def test_unknown_format_is_refused(restore_logging: None) -> None:
         configure_logging("INFO", "xml")
 
 
-def test_the_cli_sets_logging_up_from_the_settings(restore_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_cli_sets_logging_up_from_the_settings(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("CRITIQUE_LOG_FORMAT", "text")
     monkeypatch.setenv("CRITIQUE_LOG_LEVEL", "ERROR")
     assert cli.main(["config-table"]) == 0
@@ -98,17 +102,24 @@ def test_the_cli_sets_logging_up_from_the_settings(restore_logging: None, monkey
 async def test_settled_and_denied_requests_log_one_line_each_without_payload(captured: io.StringIO) -> None:
     core = make_core(Telemetry(Metrics(process=False), RequestLog()))
     key = core.keys.add("acme")
-    await run_json(core, key, chat(content=f"Summarize {CANARY} please"), completion(12, 7, text=f"Reply with {CANARY}"))
+    await run_json(
+        core, key, chat(content=f"Summarize {CANARY} please"), completion(12, 7, text=f"Reply with {CANARY}")
+    )
     core.ledger.result = HoldResult("insufficient_credits", detail={"balance": 0, "floor": 0, "held": 0})
-    assert await refused(core, {"authorization": f"Bearer {key}", "x-request-id": "trace-9"}, chat(content=CANARY)) == "insufficient_credits"
-    assert await refused(core, {"authorization": f"Bearer {key}"}, chat(model=CANARY, content=CANARY)) == "model_not_found"
+    assert (
+        await refused(core, {"authorization": f"Bearer {key}", "x-request-id": "trace-9"}, chat(content=CANARY))
+        == "insufficient_credits"
+    )
+    assert (
+        await refused(core, {"authorization": f"Bearer {key}"}, chat(model=CANARY, content=CANARY)) == "model_not_found"
+    )
 
     assert CANARY not in captured.getvalue()  # not in any line, from any logger, at DEBUG
     requests = [line for line in lines(captured) if line["logger"] == "critique_sidecar.requests"]
     assert [r["event"] for r in requests] == ["settled", "denied", "denied"]
     settled, no_credits, no_model = requests
     for r in requests:
-        assert REQUIRED <= r.keys(), REQUIRED - r.keys()
+        assert r.keys() >= REQUIRED, REQUIRED - r.keys()
         assert r["account"] == "acme" and r["key_id"] == "key_0"
 
     record = core.ledger.records[0]
@@ -122,7 +133,9 @@ async def test_settled_and_denied_requests_log_one_line_each_without_payload(cap
     assert no_credits["decision"] == "denied" and no_credits["code"] == "insufficient_credits"
     assert no_credits["model"] == "deepseek/deepseek-v4-flash" and no_credits["trace_id"] == "trace-9"
     assert Decimal(no_credits["credits"]) == 0 and no_credits["request_id"] is None
-    assert no_model["code"] == "model_not_found" and no_model["model"] is None  # the client's model string is not logged
+    assert (
+        no_model["code"] == "model_not_found" and no_model["model"] is None
+    )  # the client's model string is not logged
 
 
 async def test_request_lines_follow_the_level(restore_logging: None) -> None:
@@ -141,7 +154,11 @@ async def test_request_lines_written_directly_match_the_formatters_lines(capture
     await run_json(core, core.keys.add("acme"), chat(), completion())
     plain, request = lines(captured)
     assert list(plain)[:4] == list(request)[:4] == ["ts", "level", "logger", "msg"]
-    assert request["level"] == "INFO" and request["logger"] == "critique_sidecar.requests" and request["msg"] == "request settled"
+    assert (
+        request["level"] == "INFO"
+        and request["logger"] == "critique_sidecar.requests"
+        and request["msg"] == "request settled"
+    )
     stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
     assert stamp.match(str(plain["ts"])) and stamp.match(str(request["ts"]))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
@@ -21,7 +21,7 @@ DEEPSEEK = "deepseek/deepseek-v4-flash"
 TENCENT = "tencent/hy3-preview"
 NEMOTRON = "nvidia/nemotron-3-ultra-550b-a55b"
 CENT = Decimal("0.01")
-NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 IDENT = Identity("acct-1", "key_1", frozenset({"write:inference"}))
 
 
@@ -120,11 +120,11 @@ def test_insufficient_credits_without_detail() -> None:
 @pytest.mark.parametrize(
     ("now", "seconds"),
     [
-        (datetime(2026, 11, 26, 20, 0, 0, tzinfo=timezone.utc), 4 * 3600),
-        (datetime(2026, 11, 26, 0, 0, 0, tzinfo=timezone.utc), 86_400),
-        (datetime(2026, 11, 26, 23, 59, 59, tzinfo=timezone.utc), 1),
-        (datetime(2026, 12, 31, 12, 30, 15, tzinfo=timezone.utc), 11 * 3600 + 29 * 60 + 45),
-        (datetime(2028, 2, 28, 23, 0, 0, tzinfo=timezone.utc), 3600),  # leap year: next day is 29 Feb
+        (datetime(2026, 11, 26, 20, 0, 0, tzinfo=UTC), 4 * 3600),
+        (datetime(2026, 11, 26, 0, 0, 0, tzinfo=UTC), 86_400),
+        (datetime(2026, 11, 26, 23, 59, 59, tzinfo=UTC), 1),
+        (datetime(2026, 12, 31, 12, 30, 15, tzinfo=UTC), 11 * 3600 + 29 * 60 + 45),
+        (datetime(2028, 2, 28, 23, 0, 0, tzinfo=UTC), 3600),  # leap year: next day is 29 Feb
     ],
 )
 def test_daily_caps_carry_retry_after_to_utc_midnight(code: str, now: datetime, seconds: int) -> None:
@@ -208,7 +208,7 @@ async def test_reported_zero_usage_is_not_estimated(catalog: Catalog) -> None:
 @pytest.mark.parametrize("model", [DEEPSEEK, TENCENT, NEMOTRON])
 async def test_admit_holds_max_cost_at_start_price(catalog: Catalog, model: str) -> None:
     raw = chat_body(model, max_tokens=1000)
-    meter, ledger, req = await admitted(catalog, raw)
+    _meter, ledger, req = await admitted(catalog, raw)
     chat = req.chat
     assert chat.max_output_tokens == 1000
     price = price_for(catalog, chat.model, NOW, False)
@@ -235,7 +235,7 @@ async def test_admit_hold_covers_any_real_charge(catalog: Catalog) -> None:
 
 
 async def test_admit_uses_model_output_budget_without_max_tokens(catalog: Catalog) -> None:
-    meter, ledger, req = await admitted(catalog, chat_body(TENCENT))
+    _meter, ledger, req = await admitted(catalog, chat_body(TENCENT))
     price = req.price
     usd = usd_for_tokens(req.chat.input_token_bound, 32_768, price.input, price.output)
     assert ledger.holds[0].amount == usd_to_micro_credits(usd, CENT)
@@ -268,8 +268,8 @@ async def test_account_opt_in_on_other_model_stays_at_list(catalog: Catalog) -> 
 @pytest.mark.parametrize(
     ("now", "promo"),
     [
-        (datetime(2026, 6, 19, 23, 59, 59, tzinfo=timezone.utc), True),
-        (datetime(2026, 6, 20, 0, 0, 0, tzinfo=timezone.utc), False),
+        (datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC), True),
+        (datetime(2026, 6, 20, 0, 0, 0, tzinfo=UTC), False),
     ],
 )
 async def test_admit_prices_at_start_time(catalog: Catalog, now: datetime, promo: bool) -> None:
@@ -281,11 +281,11 @@ async def test_admit_prices_at_start_time(catalog: Catalog, now: datetime, promo
 
 
 async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog: Catalog) -> None:
-    clock = Clock(datetime(2026, 6, 19, 23, 59, 59, tzinfo=timezone.utc))
+    clock = Clock(datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC))
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, usd_per_credit=CENT, clock=clock)
     req = await meter.admit(IDENT, meter.parse(chat_body(NEMOTRON)), False)
-    clock.now = datetime(2026, 6, 20, 0, 0, 5, tzinfo=timezone.utc)
+    clock.now = datetime(2026, 6, 20, 0, 0, 5, tzinfo=UTC)
     charge = meter.charge(req, Usage(1_000_000, 0))
     assert charge.usd == Decimal("0.30")
     await meter.settle(req, charge, "ok")
@@ -295,7 +295,7 @@ async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog
 
 
 async def test_admit_refused_raises_hold_refusal(catalog: Catalog) -> None:
-    now = datetime(2026, 11, 26, 22, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 26, 22, 0, 0, tzinfo=UTC)
     ledger = MemoryLedger(HoldResult("daily_credit_cap_reached"))
     meter = make_meter(catalog, ledger, now)
     with pytest.raises(ApiError) as err:

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
-from critique_sidecar.core.auth import Authenticator, Identity
+from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.errors import ApiError, StoreUnavailable
 from critique_sidecar.core.exchange import ChatExchange
@@ -101,7 +101,11 @@ def completion(prompt_tokens: int = 19, completion_tokens: int = 41, text: str =
             "id": "c1",
             "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
     )
 
@@ -141,7 +145,9 @@ def value(m: Metrics, name: str, **labels: str) -> float:
     return 0.0 if v is None else v
 
 
-async def test_an_admitted_request_counts_its_decision_charge_tokens_and_store_calls(core: Core, metrics: Metrics) -> None:
+async def test_an_admitted_request_counts_its_decision_charge_tokens_and_store_calls(
+    core: Core, metrics: Metrics
+) -> None:
     key = core.keys.add("acme")
     charged = await run_json(core, key, chat(), completion(19, 41))
 
@@ -187,7 +193,13 @@ async def test_denials_are_counted_by_their_error_code(core: Core, metrics: Metr
     assert await refused(core, {"authorization": f"Bearer {key}"}) == "daily_request_cap_reached"
 
     assert value(metrics, "critique_requests_total", decision="denied", code="invalid_api_key") == 2
-    for code in ("insufficient_scope", "model_not_found", "invalid_request", "insufficient_credits", "daily_request_cap_reached"):
+    for code in (
+        "insufficient_scope",
+        "model_not_found",
+        "invalid_request",
+        "insufficient_credits",
+        "daily_request_cap_reached",
+    ):
         assert value(metrics, "critique_requests_total", decision="denied", code=code) == 1, code
     assert value(metrics, "critique_denial_seconds_count") == 7
     assert value(metrics, "critique_requests_total", decision="allowed", code="ok") == 0
@@ -295,7 +307,9 @@ def test_every_metric_is_documented_and_every_documented_metric_exists(metrics: 
     assert len(names) == 12
     documented = set(DOCUMENTED.findall((REPO / "docs/operations.md").read_text()))
     assert names <= documented, f"undocumented in docs/operations.md: {sorted(names - documented)}"
-    assert documented <= names | {f"{n}_{s}" for n in names for s in ("bucket", "count", "sum")}, sorted(documented - names)
+    assert documented <= names | {f"{n}_{s}" for n in names for s in ("bucket", "count", "sum")}, sorted(
+        documented - names
+    )
 
 
 def test_metrics_route_on_the_http_app(metrics: Metrics) -> None:

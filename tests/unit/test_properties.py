@@ -38,11 +38,14 @@ json_values = st.recursive(
 )
 # Values that sometimes look like the real thing, to reach past the first checks.
 models = st.sampled_from([m.id for m in CATALOG.models]) | json_values
-messages = st.lists(
-    st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": json_values | st.text()})
-    | json_values,
-    max_size=3,
-) | json_values
+messages = (
+    st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": json_values | st.text()})
+        | json_values,
+        max_size=3,
+    )
+    | json_values
+)
 chat_bodies = st.fixed_dictionaries(
     {},
     optional={
@@ -108,7 +111,9 @@ def test_usage_from_obj_never_raises(value: Any) -> None:
     st.fixed_dictionaries(
         {},
         optional={
-            "usage": st.fixed_dictionaries({}, optional={"prompt_tokens": json_values, "completion_tokens": json_values})
+            "usage": st.fixed_dictionaries(
+                {}, optional={"prompt_tokens": json_values, "completion_tokens": json_values}
+            )
             | json_values,
             "choices": st.lists(
                 st.fixed_dictionaries({}, optional={"message": json_values, "delta": json_values}) | json_values,
@@ -121,9 +126,8 @@ def test_usage_from_obj_never_raises(value: Any) -> None:
 def test_usage_from_completion_like_objects(value: dict[str, Any]) -> None:
     usage = usage_from_obj(value)
     u = value.get("usage")
-    reported = (
-        isinstance(u, dict)
-        and all(type(u.get(f)) is int and u[f] >= 0 for f in ("prompt_tokens", "completion_tokens"))
+    reported = isinstance(u, dict) and all(
+        type(u.get(f)) is int and u[f] >= 0 for f in ("prompt_tokens", "completion_tokens")
     )
     assert (usage is not None) == reported
     if usage is not None:

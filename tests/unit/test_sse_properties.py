@@ -83,7 +83,9 @@ def test_a_well_formed_stream_is_metered_exactly(
     chunks = [event({"choices": [{"index": 0, "delta": {"content": t}}]}, sep) for t, sep in pieces]
     usage_event = b""
     if usage is not None:
-        usage_event = event({"choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}, "\n\n")
+        usage_event = event(
+            {"choices": [], "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}, "\n\n"
+        )
     data = b"".join(chunks) + usage_event + b"data: [DONE]\n\n"
 
     out, got_usage, delivered, done = run(split(data, cuts), hide_usage)

@@ -20,7 +20,9 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
-def mutate(raw: Iterable[tuple[bytes, bytes]], set_headers: Mapping[str, str], remove: Iterable[str] = ()) -> RawHeaders:
+def mutate(
+    raw: Iterable[tuple[bytes, bytes]], set_headers: Mapping[str, str], remove: Iterable[str] = ()
+) -> RawHeaders:
     """Drop `remove` and every name in `set_headers`, then add `set_headers` (overwrite-or-add)."""
     drop = {n.lower() for n in remove} | {n.lower() for n in set_headers}
     out = [(k, v) for k, v in raw if k.decode("latin-1").lower() not in drop]

@@ -44,7 +44,16 @@ CONNECT_TIMEOUT_S = 0.25
 IDLE_TIMEOUT_S = 120.0
 POOL_CONNECTIONS = 512  # per gateway process; past it requests queue for a connection
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", MODEL_HEADER}  # the model header only routes
 _NOT_RETURNED = HOP_BY_HOP | {"date", "server"}  # the ASGI server writes its own
@@ -62,7 +71,9 @@ def upstream_urls(catalog: Catalog, override: str | None = None) -> dict[str, st
 def upstream_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(
         timeout=httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=60),
+        limits=httpx.Limits(
+            max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=60
+        ),
         trust_env=False,  # never an HTTP(S)_PROXY from the environment
         follow_redirects=False,
     )
@@ -96,7 +107,12 @@ class Forward:
             return
         query = scope.get("query_string", b"").decode("latin-1")
         # Not client.build_request: that would add httpx's default headers (accept-encoding among them).
-        request = httpx.Request(scope["method"], base + scope["path"] + (f"?{query}" if query else ""), headers=_forwarded(scope), content=body)
+        request = httpx.Request(
+            scope["method"],
+            base + scope["path"] + (f"?{query}" if query else ""),
+            headers=_forwarded(scope),
+            content=body,
+        )
         cut: httpx.TransportError | None = None
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
@@ -200,7 +216,7 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
-                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})

@@ -121,7 +121,7 @@ class Middleware:
 async def _close(exchange: ChatExchange) -> None:
     try:
         await exchange.close()
-    except Exception:  # noqa: BLE001 - must not mask the request's own outcome
+    except Exception:
         log.exception("settling a cut-off request failed")
 
 

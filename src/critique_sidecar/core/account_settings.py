@@ -57,7 +57,9 @@ def _credits(value: Any) -> Decimal:
         problem = "has more than 6 decimal places"
     else:
         return amount
-    raise PydanticCustomError("credits_value", f"must be {_CREDITS_RULE}; {{value}} {problem}", {"value": str(value)[:40]})
+    raise PydanticCustomError(
+        "credits_value", f"must be {_CREDITS_RULE}; {{value}} {problem}", {"value": str(value)[:40]}
+    )
 
 
 Credits = Annotated[Decimal, PlainValidator(_credits)]
@@ -129,7 +131,7 @@ class AccountSettings(BaseModel):
         }
 
     @classmethod
-    def from_hash(cls, data: dict[str, str]) -> "AccountSettings":
+    def from_hash(cls, data: dict[str, str]) -> AccountSettings:
         """Read the stored hash with place_hold.lua's semantics, so what is shown is what is
         enforced: enabled and blocking unless '0', opt-in only when '1', a cap only when numeric."""
 
@@ -161,7 +163,9 @@ class SettingsPatch(BaseModel):
     block_when_cap_reached: StrictBool | None = None
     deepseek_training_opt_in: StrictBool | None = None
 
-    @field_validator("enabled", "reserve_credits_for_review", "block_when_cap_reached", "deepseek_training_opt_in", mode="before")
+    @field_validator(
+        "enabled", "reserve_credits_for_review", "block_when_cap_reached", "deepseek_training_opt_in", mode="before"
+    )
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         # Runs only for fields the caller sent, so an explicit null is refused here.
@@ -170,7 +174,7 @@ class SettingsPatch(BaseModel):
         return value
 
     @classmethod
-    def parse(cls, data: Any) -> "SettingsPatch":
+    def parse(cls, data: Any) -> SettingsPatch:
         """Validate a decoded PATCH body; any problem is an `invalid_request` naming the field."""
         if not isinstance(data, dict):
             raise ApiError("invalid_request", "the settings PATCH body must be a JSON object")
@@ -225,4 +229,3 @@ class SettingsStore(Protocol):
     async def get(self, account: str) -> AccountSettings: ...
 
     async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings: ...
-

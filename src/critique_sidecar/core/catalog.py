@@ -44,7 +44,7 @@ class Promotion(TokenPrice):
     valid_to: UtcTime
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Promotion":
+    def _ordered(self) -> Promotion:
         if self.valid_to <= self.valid_from:
             raise ValueError(f"promotion {self.id}: valid_to must be after valid_from")
         return self
@@ -76,7 +76,7 @@ class Catalog(_Strict):
     models: tuple[Model, ...]
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Catalog":
+    def _consistent(self) -> Catalog:
         if not self.models:
             raise ValueError("the catalog has no models")
         ids = [m.id for m in self.models]
@@ -138,7 +138,5 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     try:
         return Catalog.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
         raise CatalogError(f"catalog {where} is invalid: {problems}") from exc

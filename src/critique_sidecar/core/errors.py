@@ -60,9 +60,7 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, param: str | None = None) -> bytes:
-    return orjson.dumps(
-        {"error": {"message": message, "type": ERROR_TABLE[code][1], "code": code, "param": param}}
-    )
+    return orjson.dumps({"error": {"message": message, "type": ERROR_TABLE[code][1], "code": code, "param": param}})
 
 
 class StoreUnavailable(ApiError):

@@ -1,7 +1,7 @@
 """The metering use cases every front door calls: admit (hold) and settle (charge).
 
-    admit:  body -> validated ChatRequest -> max cost at the start-time price -> atomic hold
-    settle: usage (or an estimate) -> exact USD -> micro-credits -> atomic, idempotent charge
+admit:  body -> validated ChatRequest -> max cost at the start-time price -> atomic hold
+settle: usage (or an estimate) -> exact USD -> micro-credits -> atomic, idempotent charge
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-
-from collections.abc import Callable
 
 from .auth import Identity
 from .capture import CaptureRecord, CaptureSink
@@ -210,6 +209,6 @@ class Meter:
         try:
             await asyncio.wait_for(self._capture.write(record), self._capture_timeout)
             return True
-        except Exception as exc:  # noqa: BLE001 - capture never fails the request; logged without payload
+        except Exception as exc:
             log.warning("capture failed for %s (%s): charged at the normal price", req.request_id, type(exc).__name__)
             return False

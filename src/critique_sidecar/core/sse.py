@@ -38,7 +38,7 @@ def _delta_texts(obj: dict[str, Any]) -> list[str]:
 
 
 class SseMeter:
-    __slots__ = ("_hide_usage", "_buf", "_held", "usage", "delivered_bytes", "done", "_text")
+    __slots__ = ("_buf", "_held", "_hide_usage", "_text", "delivered_bytes", "done", "usage")
 
     def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
         self._hide_usage = hide_usage

@@ -23,7 +23,15 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[3]
-DEFAULT_PORTS = {"envoy": 8080, "admin": 9901, "grpc": 9001, "http": 9002, "upstream": 8100, "redis": 6380, "gateway": 8090}
+DEFAULT_PORTS = {
+    "envoy": 8080,
+    "admin": 9901,
+    "grpc": 9001,
+    "http": 9002,
+    "upstream": 8100,
+    "redis": 6380,
+    "gateway": 8090,
+}
 FRONT_DOORS = ("envoy", "asgi")
 
 
@@ -78,7 +86,7 @@ def wait_until(check: Any, what: str, timeout: float = 30.0, proc: subprocess.Po
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - not ready yet
+        except Exception:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{what} not ready after {timeout}s")
@@ -126,7 +134,9 @@ class Stack:
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            )
         self.procs[name] = proc
         return proc
 
@@ -143,14 +153,36 @@ class Stack:
     def start_redis(self) -> None:
         port = self.ports["redis"]
         aof = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist_redis else ["--appendonly", "no"]
-        self._spawn("redis", [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *aof, "--dir", str(self.workdir), *self.redis_args])
+        self._spawn(
+            "redis",
+            [
+                redis_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *aof,
+                "--dir",
+                str(self.workdir),
+                *self.redis_args,
+            ],
+        )
         import redis
 
         wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=self.procs["redis"])
 
     def start_upstream_server(self) -> None:
-        proc = self._spawn("upstream", [sys.executable, "-m", "critique_sidecar.devtools.fake_upstream", "--port", str(self.ports["upstream"])])
-        wait_until(lambda: _http_get(f"http://127.0.0.1:{self.ports['upstream']}/_fake/requests")[0] == 200, "fake upstream", proc=proc)
+        proc = self._spawn(
+            "upstream",
+            [sys.executable, "-m", "critique_sidecar.devtools.fake_upstream", "--port", str(self.ports["upstream"])],
+        )
+        wait_until(
+            lambda: _http_get(f"http://127.0.0.1:{self.ports['upstream']}/_fake/requests")[0] == 200,
+            "fake upstream",
+            proc=proc,
+        )
 
     def start_sidecar(self, index: int = 0) -> subprocess.Popen[bytes]:
         name = "sidecar" if index == 0 else f"sidecar{index}"
@@ -185,9 +217,19 @@ class Stack:
                 if cluster["name"] == "sidecar_grpc":
                     eps = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
                     for i in range(1, self.sidecar_count):
-                        eps.append({"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.ports[f"grpc{i}"]}}}})
+                        eps.append(
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {"address": "127.0.0.1", "port_value": self.ports[f"grpc{i}"]}
+                                    }
+                                }
+                            }
+                        )
         if self.route_timeout_s is not None:
-            for vhost in config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"]:
+            for vhost in config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+                "route_config"
+            ]["virtual_hosts"]:
                 for route in vhost["routes"]:
                     if route.get("name", "").startswith("chat_") and "route" in route:
                         route["route"]["timeout"] = f"{self.route_timeout_s:g}s"
@@ -197,7 +239,20 @@ class Stack:
 
     def start_envoy(self) -> None:
         path = self.envoy_yaml()
-        proc = self._spawn("envoy", [envoy_binary(), "-c", str(path), "--log-level", "warn", "--concurrency", "2", "--base-id", str(self.ports["admin"])])
+        proc = self._spawn(
+            "envoy",
+            [
+                envoy_binary(),
+                "-c",
+                str(path),
+                "--log-level",
+                "warn",
+                "--concurrency",
+                "2",
+                "--base-id",
+                str(self.ports["admin"]),
+            ],
+        )
         wait_until(self.envoy_ready, "envoy", proc=proc)
 
     def envoy_ready(self) -> bool:
@@ -206,10 +261,14 @@ class Stack:
             return False
         for cluster in json.loads(body)["cluster_statuses"]:
             if cluster["name"] == "sidecar_grpc":
-                return any(h.get("health_status", {}).get("eds_health_status") == "HEALTHY" and not h["health_status"].get("failed_active_health_check") for h in cluster.get("host_statuses", []))
+                return any(
+                    h.get("health_status", {}).get("eds_health_status") == "HEALTHY"
+                    and not h["health_status"].get("failed_active_health_check")
+                    for h in cluster.get("host_statuses", [])
+                )
         return False
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         if "redis" not in self.procs and self.redis_url == f"redis://127.0.0.1:{self.ports['redis']}/0":
             self.start_redis()
         if self.start_upstream:
@@ -255,7 +314,9 @@ class Stack:
 
     def cli(self, *args: str) -> str:
         env = {**os.environ, **self.sidecar_environ()}
-        out = subprocess.run([sys.executable, "-m", "critique_sidecar.cli", *args], env=env, capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            [sys.executable, "-m", "critique_sidecar.cli", *args], env=env, capture_output=True, text=True, check=False
+        )
         if out.returncode != 0:
             raise RuntimeError(f"critique-sidecar {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout
@@ -267,7 +328,9 @@ class Stack:
 def main() -> None:
     """`make run`: the local stack on the documented ports, a demo key, until Ctrl-C."""
     ports = {k: int(os.environ.get(f"CRITIQUE_RUN_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()}
-    stack = Stack(REPO / ".run", ports=ports, redis_url=os.environ.get("CRITIQUE_RUN_REDIS_URL"), front_doors=FRONT_DOORS)
+    stack = Stack(
+        REPO / ".run", ports=ports, redis_url=os.environ.get("CRITIQUE_RUN_REDIS_URL"), front_doors=FRONT_DOORS
+    )
     try:
         stack.start()
         key = stack.create_key("demo")
@@ -275,17 +338,17 @@ def main() -> None:
         print(
             f"""
 critique-sidecar local stack is up (logs in .run/):
-  Envoy      {stack.base_url}   (admin http://127.0.0.1:{ports['admin']})
+  Envoy      {stack.base_url}   (admin http://127.0.0.1:{ports["admin"]})
   ASGI       {stack.gateway_url}   (the same product without Envoy: critique-sidecar gateway)
-  sidecar    grpc 127.0.0.1:{ports['grpc']}, http 127.0.0.1:{ports['http']}
-  upstream   fake OpenAI-compatible server on 127.0.0.1:{ports['upstream']}
+  sidecar    grpc 127.0.0.1:{ports["grpc"]}, http 127.0.0.1:{ports["http"]}
+  upstream   fake OpenAI-compatible server on 127.0.0.1:{ports["upstream"]}
   Redis      {stack.redis_url}
 
-demo account 'demo' has 100 credits; demo key ({key['key_id']}):
-  {key['key']}
+demo account 'demo' has 100 credits; demo key ({key["key_id"]}):
+  {key["key"]}
 
 curl {stack.base_url}/api/v1/chat/completions \\
-  -H "Authorization: Bearer {key['key']}" -H "Content-Type: application/json" \\
+  -H "Authorization: Bearer {key["key"]}" -H "Content-Type: application/json" \\
   -d '{{"model": "deepseek/deepseek-v4-flash", "messages": [{{"role": "user", "content": "Summarize this retry policy in three bullets."}}]}}' -i
 
 Ctrl-C stops everything.""",

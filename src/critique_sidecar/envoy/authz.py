@@ -36,7 +36,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
     def __init__(self, auth: Authenticator) -> None:
         self._auth = auth
 
-    async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:  # noqa: N802
+    async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         http = request.attributes.request.http
         needed = required_scopes(http.method, http.path)
         spoofed = [k for k in http.headers if k.startswith("x-critique-")]

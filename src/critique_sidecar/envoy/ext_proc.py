@@ -118,7 +118,7 @@ class _CloseOnce:
     async def _close(self) -> None:
         try:
             await self.exchange.close()
-        except Exception:  # noqa: BLE001 - must not mask the stream's own outcome
+        except Exception:
             log.exception("settling a cut-off request failed")
 
 
@@ -128,7 +128,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self._meter = meter
         self._closing: set[asyncio.Task[None]] = set()  # settlements still running
 
-    async def Process(  # noqa: N802 (gRPC method name)
+    async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         exchange = ChatExchange(self._auth, self._meter)

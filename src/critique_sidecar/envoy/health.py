@@ -16,7 +16,9 @@ SERVICES = ("", "envoy.service.auth.v3.Authorization", "envoy.service.ext_proc.v
 class StoreHealth:
     """Polls `ping` and mirrors the result into the standard health servicer."""
 
-    def __init__(self, servicer: health.aio.HealthServicer, ping: Callable[[], Awaitable[object]], interval_s: float = 1.0) -> None:
+    def __init__(
+        self, servicer: health.aio.HealthServicer, ping: Callable[[], Awaitable[object]], interval_s: float = 1.0
+    ) -> None:
         self.servicer = servicer
         self._ping = ping
         self._interval = interval_s
@@ -27,7 +29,7 @@ class StoreHealth:
         try:
             await asyncio.wait_for(self._ping(), timeout=self._interval)
             ok = not self._draining
-        except Exception as exc:  # noqa: BLE001 - any store failure means not serving
+        except Exception as exc:
             if self.serving:
                 log.warning("store unreachable, health NOT_SERVING: %s", type(exc).__name__)
             ok = False

@@ -23,9 +23,7 @@ CONTINUE_RESPONSE_TRAILERS = pb.ProcessingResponse(response_trailers=pb.Trailers
 
 def headers_of(header_map: core_pb.HeaderMap) -> dict[str, str]:
     """Envoy sends values in raw_value (bytes); later duplicates win, keys are lower-case."""
-    return {
-        h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in header_map.headers
-    }
+    return {h.key: (h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in header_map.headers}
 
 
 _OVERWRITE = core_pb.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD

@@ -1,9 +1,9 @@
 """Metrics and logs: the implementations of the core's observer (core/observe.py).
 
-    metrics.Metrics     Prometheus collectors (served at /metrics by app.serve)
-    logs.RequestLog     one structured line per settled or denied request
-    logs.configure_logging   the one logging setup (JSON or text)
-    Telemetry           both behind one Observer
+metrics.Metrics     Prometheus collectors (served at /metrics by app.serve)
+logs.RequestLog     one structured line per settled or denied request
+logs.configure_logging   the one logging setup (JSON or text)
+Telemetry           both behind one Observer
 """
 
 from __future__ import annotations

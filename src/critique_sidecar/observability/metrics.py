@@ -8,9 +8,9 @@ logs, and as labels they would grow without bound."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -56,35 +56,65 @@ class Metrics:
             ["decision", "code"], registry=r,
         )  # fmt: skip
         self.denial_seconds = Histogram(
-            "critique_denial_seconds", "Time from a chat request's headers to its refusal.", registry=r, buckets=DECISION_BUCKETS
+            "critique_denial_seconds",
+            "Time from a chat request's headers to its refusal.",
+            registry=r,
+            buckets=DECISION_BUCKETS,
         )
         self.settlements = Counter(
             "critique_settlements", "Admitted requests closed, by model and status (ok, estimated, interrupted, upstream_error, cancelled).",
             ["model", "status"], registry=r,
         )  # fmt: skip
         self.charged = Counter(
-            "critique_charged_microcredits", "Micro-credits charged (1 credit = 1,000,000), by model.", ["model"], registry=r
+            "critique_charged_microcredits",
+            "Micro-credits charged (1 credit = 1,000,000), by model.",
+            ["model"],
+            registry=r,
         )
-        self.tokens = Counter("critique_tokens", "Tokens charged for, by model and kind (input, output).", ["model", "kind"], registry=r)
+        self.tokens = Counter(
+            "critique_tokens", "Tokens charged for, by model and kind (input, output).", ["model", "kind"], registry=r
+        )
         self.estimated = Counter(
-            "critique_estimated_charges", "Charges made from an estimate because the response carried no usage.", ["model"], registry=r
+            "critique_estimated_charges",
+            "Charges made from an estimate because the response carried no usage.",
+            ["model"],
+            registry=r,
         )
         self.store_seconds = Histogram(
-            "critique_store_seconds", "Latency of store round trips: hold (admission), settle, key_lookup.", ["op"], registry=r, buckets=STORE_BUCKETS
+            "critique_store_seconds",
+            "Latency of store round trips: hold (admission), settle, key_lookup.",
+            ["op"],
+            registry=r,
+            buckets=STORE_BUCKETS,
         )
         self.store_errors = Counter(
-            "critique_store_errors", "Store round trips that failed (Redis unreachable or timed out), by operation.", ["op"], registry=r
+            "critique_store_errors",
+            "Store round trips that failed (Redis unreachable or timed out), by operation.",
+            ["op"],
+            registry=r,
         )
-        self.inflight = Gauge("critique_inflight_requests", "Admitted requests whose hold is not settled yet (this process).", registry=r)
-        self.open_streams = Gauge("critique_open_streams", "SSE responses being metered right now (this process).", registry=r)
-        self.store_up = Gauge("critique_store_up", "1 while the store answers health checks (gRPC health SERVING), else 0.", registry=r)
+        self.inflight = Gauge(
+            "critique_inflight_requests", "Admitted requests whose hold is not settled yet (this process).", registry=r
+        )
+        self.open_streams = Gauge(
+            "critique_open_streams", "SSE responses being metered right now (this process).", registry=r
+        )
+        self.store_up = Gauge(
+            "critique_store_up", "1 while the store answers health checks (gRPC health SERVING), else 0.", registry=r
+        )
         self.journal_depth = Gauge(
-            "critique_journal_depth", "Settlements journaled locally because the store was unreachable, not yet replayed.", registry=r
+            "critique_journal_depth",
+            "Settlements journaled locally because the store was unreachable, not yet replayed.",
+            registry=r,
         )
         # Labelled children by label values: `labels()` validates and locks on every call, and
         # a settlement touches four of them. The label sets are bounded (models x statuses).
         self._children: dict[tuple[object, ...], Any] = {}
-        for op in ("hold", "settle", "key_lookup"):  # present (at 0) before the first call or failure, for rate() and alerts
+        for op in (
+            "hold",
+            "settle",
+            "key_lookup",
+        ):  # present (at 0) before the first call or failure, for rate() and alerts
             self._child(self.store_errors, op)
             self._child(self.store_seconds, op)
 

@@ -32,7 +32,7 @@ _RETRYABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutE
 class Script:
     """A Lua script called by SHA through the batcher, reloaded if Redis lost it (restart)."""
 
-    def __init__(self, batcher: "CommandBatcher", source: str) -> None:
+    def __init__(self, batcher: CommandBatcher, source: str) -> None:
         self._batcher = batcher
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
@@ -111,12 +111,16 @@ class CommandBatcher:
                 _deliver(batch, answered)
                 batch = batch[len(answered) :]
                 if attempt == self._retries or self._closed:
-                    error = RedisTimeoutError("Redis did not answer in time") if isinstance(exc, asyncio.TimeoutError) else exc
+                    error = (
+                        RedisTimeoutError("Redis did not answer in time")
+                        if isinstance(exc, asyncio.TimeoutError)
+                        else exc
+                    )
                     # What queued behind this batch would wait its own full timeout and retry
                     # against the same dead or frozen Redis: it fails now, with the same error.
                     _fail(batch + self._take_queue(), error)
                     return
-            except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
+            except BaseException as exc:
                 await self._drop_connection()
                 _deliver(batch, answered)
                 _fail(batch[len(answered) :], exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
@@ -152,7 +156,7 @@ class CommandBatcher:
 
 
 def _deliver(batch: _Pending, answered: list[Any]) -> None:
-    for (_, future), result in zip(batch, answered):
+    for (_, future), result in zip(batch, answered, strict=False):
         if not future.done():
             if isinstance(result, Exception):
                 future.set_exception(result)

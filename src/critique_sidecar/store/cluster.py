@@ -28,8 +28,10 @@ class BoundedRedisCluster(RedisCluster):
         if self._turns.locked():  # all turns taken: wait for one, boundedly
             try:
                 await asyncio.wait_for(self._turns.acquire(), self._queue_timeout_s)
-            except asyncio.TimeoutError:
-                raise RedisConnectionError(f"no free Redis Cluster connection within {self._queue_timeout_s}s") from None
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no free Redis Cluster connection within {self._queue_timeout_s}s"
+                ) from None
         else:
             await self._turns.acquire()  # returns at once
         try:

@@ -141,8 +141,12 @@ class JournalingLedger:
                     await self._inner.settle(record)
                 except StoreUnavailable:
                     break
-                except Exception:  # noqa: BLE001 - one bad record must not block the rest
-                    log.exception("journal: settlement of %s rejected; moved to %s", record.request_id, self.journal.aside("rejected"))
+                except Exception:
+                    log.exception(
+                        "journal: settlement of %s rejected; moved to %s",
+                        record.request_id,
+                        self.journal.aside("rejected"),
+                    )
                     rejected.append(orjson.dumps(dataclasses.asdict(record)))
                 done += 1
             if done or unreadable:
@@ -157,6 +161,6 @@ class JournalingLedger:
             if self.journal.path.exists():
                 try:
                     await self.replay()
-                except Exception:  # noqa: BLE001 - e.g. a full disk; keep trying, never stop replaying
+                except Exception:
                     log.exception("journal replay failed; retrying in %.1fs", interval_s)
             await asyncio.sleep(interval_s)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.exceptions import RedisError
 

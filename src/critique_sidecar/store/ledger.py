@@ -8,8 +8,8 @@ import orjson
 
 from ..core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
 from . import keyspace as ks
-from .errors import store_call
 from .batcher import CommandBatcher, Script
+from .errors import store_call
 from .scripts import lua_source, register
 from .usage_records import register_account
 
@@ -22,9 +22,7 @@ def _s(value: Any) -> str:
 
 
 class RedisLedger:
-    def __init__(
-        self, redis: Any, settled_ttl_s: int = 7 * 86400, autopipeline: bool = False
-    ) -> None:
+    def __init__(self, redis: Any, settled_ttl_s: int = 7 * 86400, autopipeline: bool = False) -> None:
         self._redis = redis
         self._settled_ttl = settled_ttl_s
         self._batcher: CommandBatcher | None = None
@@ -44,7 +42,14 @@ class RedisLedger:
     @store_call
     async def place_hold(self, hold: HoldRequest) -> HoldResult:
         a = hold.account
-        keys = [ks.account(a), ks.settings(a), ks.holds(a), ks.hold_expiry(a), ks.day(a, hold.day), ks.month(a, hold.month)]
+        keys = [
+            ks.account(a),
+            ks.settings(a),
+            ks.holds(a),
+            ks.hold_expiry(a),
+            ks.day(a, hold.day),
+            ks.month(a, hold.month),
+        ]
         args = [hold.request_id, hold.amount, hold.now_ms, hold.expires_ms, WINDOW_TTL_S]
         code, warnings, optin, balance, floor, held = await self._place_hold(keys=keys, args=args)
         code = _s(code)

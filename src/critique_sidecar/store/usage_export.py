@@ -89,12 +89,22 @@ class UsageExporter:
         # 2. stale pending of other consumers
         if len(out) < count:
             claimed = await self._redis.xautoclaim(
-                self.stream, self.group, self.consumer, min_idle_time=self.min_idle_ms, start_id="0-0", count=count - len(out)
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=self.min_idle_ms,
+                start_id="0-0",
+                count=count - len(out),
             )
             add(claimed[1], True)
         # 3. new records
         if len(out) < count:
-            add(self._rows(await self._redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count - len(out))), False)
+            add(
+                self._rows(
+                    await self._redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=count - len(out))
+                ),
+                False,
+            )
         if gone:
             await self._redis.xack(self.stream, self.group, *gone)
         return out

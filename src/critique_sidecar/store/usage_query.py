@@ -28,7 +28,7 @@ class Counts:
     input_tokens: int = 0
     output_tokens: int = 0
 
-    def __add__(self, other: "Counts") -> "Counts":
+    def __add__(self, other: Counts) -> Counts:
         return Counts(
             self.credits + other.credits,
             self.requests + other.requests,

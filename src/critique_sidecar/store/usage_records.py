@@ -28,7 +28,7 @@ rebuilt from the streams themselves with `rebuild_registry` (a SCAN over every n
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -42,7 +42,12 @@ USAGE_ACCOUNTS = "crt:usage:accounts"
 
 STREAM_ID_MAX_LEN = 41  # "<ms>-<seq>", both unsigned 64-bit
 
-_INT_TYPES = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_UINT32)
+_INT_TYPES = (
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_UINT32,
+)
 SCHEMA: tuple[tuple[str, int], ...] = tuple((f.name, f.type) for f in UsageRecordPb.DESCRIPTOR.fields)
 
 
@@ -82,7 +87,7 @@ def to_proto(fields: Mapping[Any, Any]) -> UsageRecordPb:
 
 
 def iso_ms(ts_ms: int) -> str:
-    at = datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc)
+    at = datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
@@ -129,4 +134,3 @@ async def rebuild_registry(redis: Any) -> list[str]:
     if found:
         await redis.sadd(USAGE_ACCOUNTS, *sorted(found))
     return sorted(found)
-

@@ -80,8 +80,8 @@ class UsageRetention:
                 deleted = sum(r.deleted for r in results)
                 if deleted:
                     log.info("usage retention: trimmed %d records from %d streams", deleted, len(results))
-            except (StoreUnavailable, RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, StoreUnavailable, RedisError, OSError) as exc:
                 log.warning("usage retention trim failed (%s); retrying next interval", type(exc).__name__)
-            except Exception:  # noqa: BLE001 - a bug here must not stop the sidecar
+            except Exception:
                 log.exception("usage retention trim failed")
             await asyncio.sleep(interval_s)

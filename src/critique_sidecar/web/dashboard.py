@@ -23,7 +23,7 @@ import binascii
 import hashlib
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from importlib import resources
@@ -112,7 +112,7 @@ def decode_cursor(raw: str | None) -> str | None:
 
 
 def _iso(at: datetime) -> str:
-    return at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def percent(spent: int, cap: int) -> str:
@@ -150,14 +150,14 @@ def _counts(c: Counts) -> dict[str, Any]:
 
 
 def window_days(now: datetime, days: int) -> list[str]:
-    today = now.astimezone(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return [day_window(today - timedelta(days=i)) for i in range(days - 1, -1, -1)]
 
 
 def build_summary(
     account: str, snap: UsageSnapshot, keys: dict[str, KeyInfo], days: int, now: datetime
 ) -> dict[str, Any]:
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     total = Counts()
     by_model: dict[str, Counts] = {}
     by_key: dict[str, Counts] = {}
@@ -199,7 +199,9 @@ def build_summary(
             "enabled": s.enabled,
             "block_when_cap_reached": s.block_when_cap_reached,
             "daily_credit_cap": _limit(today.total.credits, _micro(s.daily_credit_cap), tomorrow, "day", True),
-            "monthly_credit_cap": _limit(snap.month_credits, _micro(s.monthly_credit_cap), next_month_start(now), "month", True),
+            "monthly_credit_cap": _limit(
+                snap.month_credits, _micro(s.monthly_credit_cap), next_month_start(now), "month", True
+            ),
             "daily_request_cap": _limit(today.admitted, s.daily_request_cap, tomorrow, "day", False),
         },
         "balance": {
@@ -263,7 +265,7 @@ def dashboard_routes(source: DashboardSource, identify: Identify, clock: Clock) 
             raise _bad("view", "'view' must be 'summary' (the default) or 'activity'")
         days = parse_days(q.get("days"))
         now = clock()
-        snap = await source.snapshot(identity.account, window_days(now, days), month_window(now.astimezone(timezone.utc)))
+        snap = await source.snapshot(identity.account, window_days(now, days), month_window(now.astimezone(UTC)))
         key_ids = sorted({k for d in snap.days for k in d.by_key})
         keys = await source.keys(identity.account, key_ids) if key_ids else {}
         return _json(build_summary(identity.account, snap, keys, days, now))
