@@ -27,7 +27,7 @@ import orjson
 import yaml
 
 from critique_sidecar.core.catalog import Catalog, load_catalog
-from critique_sidecar.envoy_config import EnvoyOptions, build_config
+from critique_sidecar.envoy.config import EnvoyOptions, build_config
 
 HERE = Path(__file__).resolve().parent
 KUBERNETES = HERE / "kubernetes"

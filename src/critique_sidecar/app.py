@@ -1,6 +1,6 @@
 """Wires everything: Redis, stores, core, gRPC servicers, health and the HTTP routes.
 
-The only place that turns Settings into running objects."""
+The only place that turns Config into running objects."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .config import Config
 from .core.auth import Authenticator
 from .core.capture import CaptureSink
 from .core.catalog import Catalog, load_catalog
@@ -32,12 +33,11 @@ from .envoy.ext_proc import ExtProcServicer
 from .envoy.health import StoreHealth
 from .observability import Metrics, RequestLog, Telemetry
 from .observability.metrics import start_metrics_server
-from .settings import Settings
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
 from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore, watch_revocations
-from .store.ledger import RedisLedger
+from .store.redis_ledger import RedisLedger
 from .store.settings_store import RedisSettingsStore
 from .store.usage_query import UsageQuery
 from .store.usage_retention import UsageRetention
@@ -67,24 +67,24 @@ def fix_malloc_mmap_threshold(threshold: int = 256 * 1024) -> None:
         log.info("mallopt unavailable; stream memory may keep its peaks")
 
 
-def connect_redis(settings: Settings) -> Any:
+def connect_redis(config: Config) -> Any:
     opts: dict[str, Any] = {
-        "socket_timeout": settings.redis_timeout_s,
-        "socket_connect_timeout": settings.redis_timeout_s,
+        "socket_timeout": config.redis_timeout_s,
+        "socket_connect_timeout": config.redis_timeout_s,
         # One quick retry (a pooled connection may be stale after a Redis restart), no more:
         # past that the request fails closed with 503 well inside Envoy's timeout.
         "retry": Retry(NoBackoff(), 1),
     }
-    if settings.redis_cluster:
+    if config.redis_cluster:
         # Same for the cluster client (100 per node, fail-fast): its commands queue too.
         return BoundedRedisCluster.from_url(
-            settings.redis_url, max_in_flight=REDIS_MAX_CONNECTIONS, queue_timeout_s=settings.redis_timeout_s, **opts
+            config.redis_url, max_in_flight=REDIS_MAX_CONNECTIONS, queue_timeout_s=config.redis_timeout_s, **opts
         )
     # redis-py's default pool fails at once past 100 connections in use, which turned bursts
     # of >100 in-flight requests into 503s: queue for a connection instead, up to the timeout.
     # (`?max_connections=N` in the URL overrides the size.)
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=settings.redis_timeout_s, **opts
+        config.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=config.redis_timeout_s, **opts
     )
     return Redis.from_pool(pool)
 
@@ -107,36 +107,36 @@ class Components:
         await self.redis.aclose()
 
 
-def capture_sink(settings: Settings, redis: Any) -> CaptureSink | None:
-    if settings.capture_sink == "redis":
-        return RedisStreamSink(redis, settings.capture_maxlen)
-    if settings.capture_sink == "file":
-        return JsonlFileSink(settings.capture_path)
+def capture_sink(config: Config, redis: Any) -> CaptureSink | None:
+    if config.capture_sink == "redis":
+        return RedisStreamSink(redis, config.capture_maxlen)
+    if config.capture_sink == "file":
+        return JsonlFileSink(config.capture_path)
     return None
 
 
-def build_components(settings: Settings, redis: Any | None = None, clock: Clock = utc_now) -> Components:
-    redis = redis if redis is not None else connect_redis(settings)
-    catalog = load_catalog(settings.catalog_path)
+def build_components(config: Config, redis: Any | None = None, clock: Clock = utc_now) -> Components:
+    redis = redis if redis is not None else connect_redis(config)
+    catalog = load_catalog(config.catalog_path)
     keys = RedisKeyStore(redis)
     metrics = Metrics()
-    metrics.watch_journal(settings.journal_path)
+    metrics.watch_journal(config.journal_path)
     observer = Telemetry(metrics, RequestLog())
-    auth = Authenticator(ObservedKeys(keys, observer), cache_ttl_s=settings.key_cache_ttl_s)
+    auth = Authenticator(ObservedKeys(keys, observer), cache_ttl_s=config.key_cache_ttl_s)
     redis_ledger = RedisLedger(
         redis,
-        settled_ttl_s=settings.settled_ttl_s,
-        autopipeline=settings.redis_autopipeline and not settings.redis_cluster,
+        settled_ttl_s=config.settled_ttl_s,
+        autopipeline=config.redis_autopipeline and not config.redis_cluster,
     )
-    ledger = JournalingLedger(ObservedLedger(redis_ledger, observer), SettlementJournal(settings.journal_path))
+    ledger = JournalingLedger(ObservedLedger(redis_ledger, observer), SettlementJournal(config.journal_path))
     meter = Meter(
         catalog,
         ledger,
-        settings.usd_per_credit,
-        hold_ttl_s=settings.hold_ttl_s,
+        config.usd_per_credit,
+        hold_ttl_s=config.hold_ttl_s,
         clock=clock,
-        capture=capture_sink(settings, redis),
-        capture_timeout_s=settings.capture_timeout_s,
+        capture=capture_sink(config, redis),
+        capture_timeout_s=config.capture_timeout_s,
         observer=observer,
     )
     return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger)
@@ -149,9 +149,9 @@ def web_context(c: Components, metrics: Any = None) -> WebContext:
     )
 
 
-async def serve(settings: Settings) -> None:
+async def serve(config: Config) -> None:
     fix_malloc_mmap_threshold()
-    c = build_components(settings)
+    c = build_components(config)
     # Envoy may hand over up to a model cluster's buffer limit (2 MiB) in one body message.
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
@@ -161,15 +161,15 @@ async def serve(settings: Settings) -> None:
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    store_health = StoreHealth(health_servicer, c.redis.ping, settings.health_interval_s)
-    server.add_insecure_port(settings.grpc_listen)
+    store_health = StoreHealth(health_servicer, c.redis.ping, config.health_interval_s)
+    server.add_insecure_port(config.grpc_listen)
     c.metrics.watch_store(lambda: store_health.serving)
     metrics_server = (
-        start_metrics_server(settings.metrics_listen, c.metrics.registry)[0] if settings.metrics_listen else None
+        start_metrics_server(config.metrics_listen, c.metrics.registry)[0] if config.metrics_listen else None
     )
     exposition = None if metrics_server else c.metrics.exposition  # else GET /metrics on the HTTP listener
 
-    host, _, port = settings.http_listen.rpartition(":")
+    host, _, port = config.http_listen.rpartition(":")
     web = uvicorn.Server(
         uvicorn.Config(
             build_web_app(web_context(c, metrics=exposition)),
@@ -197,12 +197,12 @@ async def serve(settings: Settings) -> None:
         asyncio.create_task(web.serve()),
         asyncio.create_task(c.ledger.replay_forever()),
     ]
-    if not settings.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
+    if not config.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
         tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
-    if settings.usage_trim_interval_s > 0:
-        retention = UsageRetention(c.redis, settings.usage_retention_days, warn_length=settings.usage_stream_maxlen)
-        tasks.append(asyncio.create_task(retention.run_forever(settings.usage_trim_interval_s)))
-    log.info("critique-sidecar serving grpc=%s http=%s", settings.grpc_listen, settings.http_listen)
+    if config.usage_trim_interval_s > 0:
+        retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
+        tasks.append(asyncio.create_task(retention.run_forever(config.usage_trim_interval_s)))
+    log.info("critique-sidecar serving grpc=%s http=%s", config.grpc_listen, config.http_listen)
     await stop.wait()
 
     log.info("draining")

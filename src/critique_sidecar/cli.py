@@ -12,12 +12,12 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from .config import Config
 from .core.catalog import CatalogError
 from .core.errors import StoreUnavailable
 from .core.money import format_credits, parse_credits
 from .core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
 from .observability.logs import configure_logging
-from .settings import Settings
 
 
 class CliError(Exception):
@@ -162,10 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _with_redis(settings: Settings, fn: Callable[[Any], Awaitable[int]]) -> int:
+async def _with_redis(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
     from .app import connect_redis
 
-    redis = connect_redis(settings)
+    redis = connect_redis(config)
     try:
         return await fn(redis)
     finally:
@@ -263,7 +263,7 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
     return 0
 
 
-async def _usage_cmd(args: argparse.Namespace, redis: Any, settings: Settings) -> int:
+async def _usage_cmd(args: argparse.Namespace, redis: Any, config: Config) -> int:
     from .store.usage_export import UsageExporter
     from .store.usage_records import rebuild_registry, registered_accounts
     from .store.usage_retention import UsageRetention
@@ -281,8 +281,8 @@ async def _usage_cmd(args: argparse.Namespace, redis: Any, settings: Settings) -
             await exporter.ack([d.id for d in deliveries])
         return 0
     if args.action == "trim":
-        days = args.retention_days if args.retention_days is not None else settings.usage_retention_days
-        retention = UsageRetention(redis, days, warn_length=settings.usage_stream_maxlen)
+        days = args.retention_days if args.retention_days is not None else config.usage_retention_days
+        retention = UsageRetention(redis, days, warn_length=config.usage_stream_maxlen)
         results = [await retention.trim(args.account)] if args.account else await retention.trim_all()
         for r in results:
             row = {
@@ -299,9 +299,9 @@ async def _usage_cmd(args: argparse.Namespace, redis: Any, settings: Settings) -
     return 0
 
 
-def _envoy_config(args: argparse.Namespace, settings: Settings) -> int:
+def _envoy_config(args: argparse.Namespace, config: Config) -> int:
     from .core.catalog import load_catalog
-    from .envoy_config import EnvoyOptions, render
+    from .envoy.config import EnvoyOptions, render
 
     opts = EnvoyOptions(
         listen=args.listen,
@@ -309,28 +309,28 @@ def _envoy_config(args: argparse.Namespace, settings: Settings) -> int:
         sidecar_http=args.sidecar_http,
         chat_auth=args.chat_auth,
     )
-    sys.stdout.write(render(load_catalog(settings.catalog_path), opts))
+    sys.stdout.write(render(load_catalog(config.catalog_path), opts))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = Settings()
-        configure_logging(settings.log_level, settings.log_format)
+        config = Config()
+        configure_logging(config.log_level, config.log_format)
         if args.command == "serve":
             import uvloop
 
             from .app import serve
 
-            uvloop.run(serve(settings))
+            uvloop.run(serve(config))
             return 0
         if args.command == "gateway":
             import uvloop
 
             from .asgi.gateway import serve as serve_gateway
 
-            uvloop.run(serve_gateway(settings, args.listen or settings.gateway_listen))
+            uvloop.run(serve_gateway(config, args.listen or config.gateway_listen))
             return 0
         if args.command == "config-table":
             from .config_doc import config_table
@@ -338,11 +338,11 @@ def main(argv: list[str] | None = None) -> int:
             print(config_table())
             return 0
         if args.command == "envoy-config":
-            return _envoy_config(args, settings)
+            return _envoy_config(args, config)
         if args.command == "usage":
-            return asyncio.run(_with_redis(settings, lambda redis: _usage_cmd(args, redis, settings)))
+            return asyncio.run(_with_redis(config, lambda redis: _usage_cmd(args, redis, config)))
         handler = {"keys": _keys, "credits": _credits_cmd, "settings": _settings_cmd}[args.command]
-        return asyncio.run(_with_redis(settings, lambda redis: handler(args, redis)))
+        return asyncio.run(_with_redis(config, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)
         return 2

@@ -1,9 +1,9 @@
-"""The configuration reference table, generated from the Settings model (so it cannot drift:
+"""The configuration reference table, generated from the Config model (so it cannot drift:
 a test compares it with the table in README.md)."""
 
 from __future__ import annotations
 
-from .settings import Settings
+from .config import Config
 
 START = "<!-- config-table:start -->"
 END = "<!-- config-table:end -->"
@@ -11,7 +11,7 @@ END = "<!-- config-table:end -->"
 
 def config_table() -> str:
     rows = ["| Environment variable | Default | Meaning |", "|---|---|---|"]
-    for name, field in Settings.model_fields.items():
+    for name, field in Config.model_fields.items():
         default = field.default
         shown = "(built-in)" if default is None else "(unset)" if default == "" else f"`{default}`"
         rows.append(f"| `CRITIQUE_{name.upper()}` | {shown} | {field.description or ''} |")

@@ -31,13 +31,13 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog, price_for
 from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.core.clock import day_window, month_window, utc_now
 from critique_sidecar.core.money import MICRO, format_credits, parse_credits, usd_for_tokens, usd_to_micro_credits
 from critique_sidecar.devtools.fake_upstream import prompt_tokens
 from critique_sidecar.devtools.stack import Stack
-from critique_sidecar.settings import Settings
 from critique_sidecar.store import keyspace as ks
 
 from .helpers import FrontDoor
@@ -57,7 +57,7 @@ RAW = json.dumps(REQUEST).encode()
 
 
 def _credits(input_tokens: int, output_tokens: int) -> int:
-    usd_per_credit = Settings().usd_per_credit  # the sidecar's own setting (same environment)
+    usd_per_credit = Config().usd_per_credit  # the sidecar's own setting (same environment)
     price = price_for(CATALOG, CATALOG.model(MODEL), utc_now(), False)  # type: ignore[arg-type]
     return usd_to_micro_credits(usd_for_tokens(input_tokens, output_tokens, price.input, price.output), usd_per_credit)
 

@@ -33,12 +33,12 @@ import httpx
 import pytest
 import redis
 
+from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog, price_for
 from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.core.clock import day_window, utc_now
 from critique_sidecar.core.money import format_credits, usd_for_tokens, usd_to_micro_credits
 from critique_sidecar.devtools.stack import Stack, wait_until
-from critique_sidecar.settings import Settings
 from critique_sidecar.store import keyspace as ks
 
 from .faultkit import CHAT_PATH, SERVING, body, fault_stack, funded, health, journal_path, ledger, restart_redis
@@ -77,7 +77,7 @@ def hold_of(content: str, stream: bool) -> int:
     chat = parse_chat_request(json.dumps(body(content, stream=stream, max_tokens=MAX_TOKENS)).encode(), catalog)
     price = price_for(catalog, chat.model, utc_now(), False)
     usd = usd_for_tokens(chat.input_token_bound, chat.max_output_tokens, price.input, price.output)
-    return usd_to_micro_credits(usd, Settings().usd_per_credit)
+    return usd_to_micro_credits(usd, Config().usd_per_credit)
 
 
 HOLD = max(hold_of(content, stream) for _, stream, content in MIX)

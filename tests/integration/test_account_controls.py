@@ -27,7 +27,7 @@ from critique_sidecar.core.usage import Usage
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.key_store import RedisKeyStore
-from critique_sidecar.store.ledger import RedisLedger
+from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
 from critique_sidecar.web.app import WebContext, build_web_app
 from critique_sidecar.web.settings import MAX_BODY_BYTES

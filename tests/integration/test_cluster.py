@@ -24,6 +24,7 @@ import pytest
 from redis.asyncio import RedisCluster
 
 from critique_sidecar.app import connect_redis
+from critique_sidecar.config import Config
 from critique_sidecar.core.auth import Authenticator, Identity
 from critique_sidecar.core.catalog import load_catalog, price_for
 from critique_sidecar.core.errors import ApiError
@@ -31,12 +32,11 @@ from critique_sidecar.core.ledger import HoldRequest, UsageRecord
 from critique_sidecar.core.metering import Meter, MeteredRequest
 from critique_sidecar.core.money import MICRO
 from critique_sidecar.core.usage import Usage
-from critique_sidecar.settings import Settings
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.journal import JournalingLedger, SettlementJournal
 from critique_sidecar.store.key_store import RedisKeyStore
-from critique_sidecar.store.ledger import RedisLedger
+from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
 
 from .clusterkit import redis_cluster
@@ -66,7 +66,7 @@ def cluster_url(cluster_ports: list[int]) -> str:
 async def redis_client(cluster_url: str) -> AsyncIterator[RedisCluster]:
     """The sidecar's own cluster client. Overrides conftest's `redis_client` in this module,
     so the account-control tests imported below run on the Cluster too."""
-    client = connect_redis(Settings(redis_url=cluster_url, redis_cluster=True))
+    client = connect_redis(Config(redis_url=cluster_url, redis_cluster=True))
     assert isinstance(client, RedisCluster)
     await client.initialize()
     yield client

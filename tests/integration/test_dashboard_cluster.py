@@ -16,7 +16,7 @@ from redis.asyncio import RedisCluster
 from critique_sidecar.devtools.stack import free_port, redis_binary, wait_until
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import RedisKeyStore
-from critique_sidecar.store.ledger import RedisLedger
+from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.usage_export import UsageExporter
 from critique_sidecar.store.usage_query import UsageQuery
 from critique_sidecar.store.usage_records import rebuild_registry, registered_accounts

@@ -28,7 +28,7 @@ from critique_sidecar.core.money import format_credits
 from critique_sidecar.core.scopes import DASHBOARD_PATH
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import RedisKeyStore
-from critique_sidecar.store.ledger import RECORD_FIELDS, RedisLedger, record_fields
+from critique_sidecar.store.redis_ledger import RECORD_FIELDS, RedisLedger, record_fields
 from critique_sidecar.store.settings_store import RedisSettingsStore
 from critique_sidecar.store.usage_export import UsageExporter
 from critique_sidecar.store.usage_query import UsageQuery

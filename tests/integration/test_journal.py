@@ -23,7 +23,7 @@ from critique_sidecar.core.ledger import HoldRequest, SettleResult, UsageRecord
 from critique_sidecar.devtools.stack import free_port
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.journal import JournalingLedger, SettlementJournal
-from critique_sidecar.store.ledger import RedisLedger
+from critique_sidecar.store.redis_ledger import RedisLedger
 
 GRANT = 5_000_000
 HOLD = 40_000

@@ -18,9 +18,9 @@ from starlette.routing import Route
 
 from critique_sidecar.app import build_components
 from critique_sidecar.asgi.gateway import Forward, Gateway, Routes, UpstreamCut, upstream_urls
+from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.scopes import CHAT_PATH, MODELS_PATH
-from critique_sidecar.settings import Settings
 
 CATALOG = load_catalog()
 Message = dict[str, Any]
@@ -65,9 +65,9 @@ def forward_to(handler: Callable[[httpx.Request], Any], override: str | None = N
 def test_upstream_urls_come_from_the_catalog_or_the_override() -> None:
     assert upstream_urls(CATALOG)["tencent/hy3-preview"] == "http://127.0.0.1:8100"
     assert set(upstream_urls(CATALOG, "models.internal:9000").values()) == {"http://models.internal:9000"}
-    assert Settings(upstream_override="").upstream_override is None
+    assert Config(upstream_override="").upstream_override is None
     with pytest.raises(ValueError):
-        Settings(upstream_override="no-port")
+        Config(upstream_override="no-port")
 
 
 async def test_forwards_to_the_models_upstream_without_routing_or_hop_headers() -> None:
@@ -180,7 +180,7 @@ async def test_routes_chat_web_and_json_404() -> None:
 
 
 async def test_lifespan_starts_and_stops_the_background_work(redis_url: str, tmp_path: Path) -> None:
-    settings = Settings(redis_url=redis_url, journal_path=tmp_path / "journal.jsonl")
+    settings = Config(redis_url=redis_url, journal_path=tmp_path / "journal.jsonl")
     components = build_components(settings)
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
     gateway = Gateway(components, Starlette(), settings, client=client)

@@ -19,10 +19,10 @@ import pytest
 from critique_sidecar.app import Components, build_components
 from critique_sidecar.asgi import Middleware
 from critique_sidecar.asgi._http import MAX_BODY_BYTES
+from critique_sidecar.config import Config
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.scopes import CHAT_PATH
-from critique_sidecar.envoy_config import EnvoyOptions
-from critique_sidecar.settings import Settings
+from critique_sidecar.envoy.config import EnvoyOptions
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.key_store import RedisKeyStore
@@ -34,7 +34,7 @@ Message = dict[str, Any]
 
 @pytest.fixture
 async def core(redis_url: str, tmp_path: Path) -> AsyncIterator[Components]:
-    c = build_components(Settings(redis_url=redis_url, journal_path=tmp_path / "journal.jsonl", capture_sink="off"))
+    c = build_components(Config(redis_url=redis_url, journal_path=tmp_path / "journal.jsonl", capture_sink="off"))
     yield c
     await c.aclose()
 

@@ -19,15 +19,15 @@ import yaml
 
 from critique_sidecar import cli
 from critique_sidecar.app import DRAIN_GRACE_S, LIVENESS_SERVICE
+from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.devtools.stack import REPO, envoy_binary, free_port, relocate, wait_until
-from critique_sidecar.envoy_config import EnvoyOptions, build_config
-from critique_sidecar.settings import Settings
+from critique_sidecar.envoy.config import EnvoyOptions, build_config
 
 from .envoy_yaml import DEPLOY, K8S, cluster, endpoints, hostport, k8s, listener, load_module, routes
 
 SYSTEMD = DEPLOY / "systemd"
-SIDECAR_SETTINGS = {f"CRITIQUE_{name.upper()}" for name in Settings.model_fields}
+SIDECAR_SETTINGS = {f"CRITIQUE_{name.upper()}" for name in Config.model_fields}
 
 
 render_k8s = load_module(DEPLOY / "render.py", "deploy_render")
@@ -64,10 +64,10 @@ def env_of(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
 
 
-def sidecar_settings(pod: dict[str, Any]) -> Settings:
-    """The Settings the sidecar container gets (the secret's URL stands in for the secret)."""
+def sidecar_settings(pod: dict[str, Any]) -> Config:
+    """The Config the sidecar container gets (the secret's URL stands in for the secret)."""
     values = {k: v for k, v in env_of(container(pod, "sidecar")).items() if isinstance(v, str)}
-    return Settings.model_validate({k.removeprefix("CRITIQUE_").lower(): v for k, v in values.items()})
+    return Config.model_validate({k.removeprefix("CRITIQUE_").lower(): v for k, v in values.items()})
 
 
 def test_configmap_is_generated_from_the_kubernetes_catalog() -> None:
@@ -110,7 +110,7 @@ def test_one_pod_runs_envoy_and_the_sidecar_from_one_configmap(pod: dict[str, An
 
 
 def test_the_sidecar_listens_where_the_pod_envoy_config_points(pod: dict[str, Any], pod_envoy: dict[str, Any]) -> None:
-    s, defaults = sidecar_settings(pod), Settings()
+    s, defaults = sidecar_settings(pod), Config()
     [grpc_target] = endpoints(cluster(pod_envoy, "sidecar_grpc"))
     [http_target] = endpoints(cluster(pod_envoy, "sidecar_http"))
     # Envoy dials the sidecar's defaults over the pod's loopback ...
@@ -273,14 +273,14 @@ def env_file() -> dict[str, str]:
 def test_env_file_names_real_settings_that_validate() -> None:
     env = env_file()
     assert set(env) <= SIDECAR_SETTINGS, f"not settings: {sorted(set(env) - SIDECAR_SETTINGS)}"
-    s = Settings.model_validate({k.removeprefix("CRITIQUE_").lower(): v for k, v in env.items()})
+    s = Config.model_validate({k.removeprefix("CRITIQUE_").lower(): v for k, v in env.items()})
     assert s.redis_url.startswith("redis://") and s.log_format == "json"
 
 
 def test_vm_sidecar_listens_where_the_generated_envoy_config_points() -> None:
     env, config = env_file(), yaml.safe_load((REPO / "envoy.yaml").read_text())
-    assert endpoints(cluster(config, "sidecar_grpc")) == [env["CRITIQUE_GRPC_LISTEN"]] == [Settings().grpc_listen]
-    assert endpoints(cluster(config, "sidecar_http")) == [env["CRITIQUE_HTTP_LISTEN"]] == [Settings().http_listen]
+    assert endpoints(cluster(config, "sidecar_grpc")) == [env["CRITIQUE_GRPC_LISTEN"]] == [Config().grpc_listen]
+    assert endpoints(cluster(config, "sidecar_http")) == [env["CRITIQUE_HTTP_LISTEN"]] == [Config().http_listen]
     # `critique-sidecar envoy-config --listen 0.0.0.0:8080`, as envoy.service's comment says,
     # keeps those sidecar addresses.
     vm = build_config(load_catalog(), EnvoyOptions(listen="0.0.0.0:8080"))

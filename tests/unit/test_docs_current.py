@@ -5,7 +5,7 @@ from __future__ import annotations
 from critique_sidecar.config_doc import config_table, readme_section
 from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.devtools.stack import REPO
-from critique_sidecar.envoy_config import render
+from critique_sidecar.envoy.config import render
 
 
 def test_readme_configuration_table_matches_settings() -> None:

@@ -18,7 +18,7 @@ from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.exchange import MODEL_HEADER
 from critique_sidecar.core.scopes import CHAT_PATH
 from critique_sidecar.devtools.stack import REPO, envoy_binary
-from critique_sidecar.envoy_config import EnvoyOptions, render
+from critique_sidecar.envoy.config import EnvoyOptions, render
 from critique_sidecar.web.app import WebContext, build_web_app
 
 from .envoy_yaml import K8S, cluster, endpoints, k8s, listener, load_module, routes

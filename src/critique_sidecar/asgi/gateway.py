@@ -29,11 +29,11 @@ import uvicorn
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..config import Config
 from ..core.catalog import Catalog
 from ..core.errors import ApiError
 from ..core.exchange import MODEL_HEADER
 from ..core.scopes import CHAT_PATH
-from ..settings import Settings
 from ._http import MAX_BODY_BYTES, RawHeaders, header_dict, read_body, send_error
 from .middleware import Middleware
 
@@ -178,11 +178,11 @@ class Gateway:
     lifespan: journal replay and the revocation feed run while it serves; at shutdown the
     journal is flushed and the pools are closed."""
 
-    def __init__(self, components: Any, web: Any, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, components: Any, web: Any, config: Config, client: httpx.AsyncClient | None = None) -> None:
         self.components = components
-        self.settings = settings
+        self.config = config
         self.client = client or upstream_client()
-        forward = Forward(upstream_urls(components.catalog, settings.upstream_override), self.client)
+        forward = Forward(upstream_urls(components.catalog, config.upstream_override), self.client)
         self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -198,7 +198,7 @@ class Gateway:
         c = self.components
         await c.ledger.replay()  # a journal left by an earlier run
         self._tasks.append(asyncio.create_task(c.ledger.replay_forever()))
-        if not self.settings.redis_cluster:  # no pub/sub on redis-py's cluster client: the cache TTL bounds it
+        if not self.config.redis_cluster:  # no pub/sub on redis-py's cluster client: the cache TTL bounds it
             self._tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
 
     async def shutdown(self) -> None:
@@ -226,18 +226,18 @@ class Gateway:
                 return
 
 
-def create_app(settings: Settings | None = None) -> Gateway:
+def create_app(config: Config | None = None) -> Gateway:
     """The gateway from the environment's settings (an app factory for any ASGI server)."""
     from ..app import build_components, web_context
     from ..web.app import build_web_app
 
-    settings = settings or Settings()
-    c = build_components(settings)
+    config = config or Config()
+    c = build_components(config)
     web = build_web_app(web_context(c))  # no /metrics here: never public (see WebContext)
-    return Gateway(c, web, settings)
+    return Gateway(c, web, config)
 
 
-async def serve(settings: Settings, listen: str) -> None:
+async def serve(config: Config, listen: str) -> None:
     """Run the gateway with uvicorn until SIGINT/SIGTERM; open requests finish first."""
     from ..app import fix_malloc_mmap_threshold
 
@@ -245,7 +245,7 @@ async def serve(settings: Settings, listen: str) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per forwarded request
     host, _, port = listen.rpartition(":")
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(config),
         host=host,
         port=int(port),
         lifespan="on",

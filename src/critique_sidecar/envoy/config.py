@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import yaml
 
-from .core.catalog import Catalog
-from .core.errors import error_body
-from .core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.catalog import Catalog
+from ..core.errors import error_body
+from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class Settings(BaseSettings):
+class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRITIQUE_", extra="ignore")
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis (or one Redis Cluster node) URL.")
