@@ -2,7 +2,7 @@
 that have one.
 
 Schema: `proto/usage_record.proto` (message `critique.v1.UsageRecord`) is the contract. Each
-stream entry carries the message's fields by name, values as strings (`store/ledger.py`
+stream entry carries the message's fields by name, values as strings (`store/redis_ledger.py`
 writes them in `settle.lua`, atomically with the charge). Readers decode only the fields the
 message declares, typed as it declares them, so nothing else a stream entry might carry (and
 never any prompt or completion text) can leak into the API or the billing export.
