@@ -187,7 +187,7 @@ async def _keys(args: argparse.Namespace, redis: Any) -> int:
         return 0
     if args.action == "list":
         records = await store.list(args.account)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "key_id": r.key_id,
                 "name": r.name,
@@ -240,7 +240,7 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
     if args.action == "show":
         current = await store.get(args.account)
     else:
-        given = {}
+        given: dict[str, str] = {}
         for flag in _SETTING_FLAGS:
             text = getattr(args, flag[2:].replace("-", "_"))
             if text is not None:
@@ -250,8 +250,8 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
         try:
             patch = SettingsPatch.parse({_SETTING_FLAGS[f][0]: _setting_value(v) for f, v in given.items()})
         except ApiError as exc:
-            flag = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)
-            raise CliError(f"{flag}: {exc.message}" if flag else exc.message) from None
+            bad = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)
+            raise CliError(f"{bad}: {exc.message}" if bad else exc.message) from None
         current = await store.patch(args.account, patch)
     out = current.to_json()
     if args.json:

