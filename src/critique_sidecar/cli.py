@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             import uvloop
 
-            from .app import serve
+            from .envoy.server import serve
 
             uvloop.run(serve(config))
             return 0

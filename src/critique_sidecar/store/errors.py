@@ -16,6 +16,7 @@ T = TypeVar("T")
 
 def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Still a coroutine function to the checker, so the stores satisfy the core's async Protocols."""
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
