@@ -8,9 +8,12 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install redis browser run test test-quick bench bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install install-run redis browser run lint test test-quick bench bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
-install: $(VENV)/.installed $(ENVOY) redis browser
+install: install-run browser
+
+# What `make run` needs (no browser: that is for the dashboard page test only).
+install-run: $(VENV)/.installed $(ENVOY) redis
 
 # The sidecar's virtualenv (both wheels ship a top-level `envoy` package, so Envoy gets its own).
 $(VENV)/.installed: pyproject.toml
@@ -55,10 +58,16 @@ deploy-config: $(VENV)/.installed
 envoy-validate: install
 	$(ENVOY) --mode validate -c envoy.yaml
 
-run: install
+run: install-run
 	$(PY) -m critique_sidecar.devtools.stack
 
-test: install proto-check
+# ruff (lint and format) and mypy --strict (pydantic plugin; config in pyproject.toml).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench deploy
+	$(VENV)/bin/ruff format --check src tests bench deploy
+	$(VENV)/bin/mypy
+
+test: install proto-check lint
 	$(PY) -m pytest -q
 
 test-quick: install
