@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -313,10 +314,30 @@ def _envoy_config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# Commands that talk to Redis: beside a running `make run` stack they use its Redis.
+_REDIS_COMMANDS = ("keys", "credits", "settings", "usage")
+
+
+def _operator_config(command: str) -> Config:
+    """Config from the environment; with CRITIQUE_REDIS_URL unset, an operator command run
+    beside a `make run` stack (its `.run/stack.json`) uses that stack's Redis, and says so."""
+    if command in _REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
+        from .devtools.stack_file import running_stack
+
+        stack = running_stack()
+        if stack is not None:
+            print(
+                f"critique-sidecar: using the local stack's Redis {stack['redis_url']} (.run/stack.json)",
+                file=sys.stderr,
+            )
+            return Config(redis_url=stack["redis_url"])
+    return Config()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = Config()
+        config = _operator_config(args.command)
         configure_logging(config.log_level, config.log_format)
         if args.command == "serve":
             import uvloop
