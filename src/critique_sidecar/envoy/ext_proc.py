@@ -67,8 +67,9 @@ async def on_response_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.Pro
     body = req.response_body
     reply = pb.ProcessingResponse()
     if x.sse is not None:
-        out = await x.stream_chunk(body.body, body.end_of_stream)
-        if out is body.body:
+        chunk = body.body  # one object: each read of a bytes field makes a new one
+        out = await x.stream_chunk(chunk, body.end_of_stream)
+        if out is chunk:
             return m.CONTINUE_RESPONSE_BODY
         reply.response_body.response.body_mutation.body = out
         return reply
@@ -89,15 +90,11 @@ _PASS = {"request_trailers": m.CONTINUE_REQUEST_TRAILERS, "response_trailers": m
 
 
 class _CloseOnce:
-    """Ends one exchange exactly once, in a task of its own.
-
-    Two ways a cut-off stream went unsettled (its hold open until it expired, what had been
-    streamed never charged), both when a client hangs up mid-stream and Envoy ends the
-    ext_proc stream: grpc.aio cancels the handler task, which cancelled the settlement awaiting
-    Redis inside the handler's `finally`; and a handler suspended at a `yield` when the RPC
-    ends is abandoned without its `finally` running at all. So the settlement runs in its own
-    task, shielded from the handler's cancellation, started by the `finally` or by the RPC's
-    done callback, whichever comes first."""
+    """Ends one exchange exactly once, in a task of its own, so a stream that ends any way is
+    settled: grpc.aio cancels the handler task when the client goes (a settlement awaited in
+    it would be cancelled too), and a handler suspended at a `yield` when the RPC ends may never
+    run its `finally`. Started by that `finally` or by the RPC's done callback, whichever
+    comes first; shielded from the handler's cancellation."""
 
     __slots__ = ("exchange", "task")
 
