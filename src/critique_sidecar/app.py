@@ -61,8 +61,8 @@ def connect_redis(config: Config) -> Any:
         return BoundedRedisCluster.from_url(
             config.redis_url, max_in_flight=REDIS_MAX_CONNECTIONS, queue_timeout_s=config.redis_timeout_s, **opts
         )
-    # redis-py's default pool fails at once past 100 connections in use, which turned bursts
-    # of >100 in-flight requests into 503s: queue for a connection instead, up to the timeout.
+    # redis-py's default pool fails at once when every connection is in use (a burst would be
+    # 503s): queue for a connection instead, up to the timeout.
     # (`?max_connections=N` in the URL overrides the size.)
     pool = BlockingConnectionPool.from_url(
         config.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=config.redis_timeout_s, **opts
