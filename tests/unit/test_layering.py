@@ -5,6 +5,8 @@ those inside functions."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,11 @@ def test_the_checker_sees_relative_and_function_level_imports() -> None:
     source = "def f():\n    from ..store.keyspace import account\n    import redis.asyncio\n"
     found = imports(PACKAGE / "web" / "probe.py", source)
     assert {"critique_sidecar.store.keyspace", "redis.asyncio"} <= found
+
+
+def test_the_asgi_gateway_loads_no_grpc() -> None:
+    """Importing the ASGI front door (and the wiring it shares) pulls in neither grpc nor the
+    Envoy protobufs: those belong to Envoy mode (envoy/server.py)."""
+    code = "import sys, critique_sidecar.asgi.gateway; print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'envoy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
