@@ -49,6 +49,7 @@ class UsageRecord:
     ts_ms: int
     day: str
     month: str
+    overage: int = 0  # micro-credits of usage beyond the hold, not charged (core/settlement.py)
 
 
 @dataclass(frozen=True, slots=True)

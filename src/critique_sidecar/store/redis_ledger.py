@@ -86,6 +86,7 @@ class RedisLedger:
 RECORD_FIELDS = (
     "ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens",
     "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms",
+    "overage",
 )  # fmt: skip
 
 
