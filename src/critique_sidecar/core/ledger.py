@@ -58,6 +58,11 @@ class SettleResult:
     applied: bool  # False when the request id was already settled
 
 
+class SettlementRejected(Exception):
+    """The store answered and refused this settlement (a script error, a key of the wrong type):
+    retrying will not help, and it must not hold back the settlements behind it. Not an outage."""
+
+
 class Ledger(Protocol):
     async def place_hold(self, hold: HoldRequest) -> HoldResult: ...
 
