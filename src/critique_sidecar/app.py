@@ -119,6 +119,7 @@ def build_components(config: Config, redis: Any | None = None, clock: Clock = ut
         capture=capture_sink(config, redis),
         capture_timeout_s=config.capture_timeout_s,
         observer=observer,
+        max_n=config.max_n,
     )
     return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger)
 

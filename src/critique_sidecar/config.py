@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,7 +40,11 @@ class Config(BaseSettings):
     )
     catalog_path: Path | None = Field(None, description="Model catalog TOML; empty uses the built-in catalog.toml.")
     usd_per_credit: Decimal = Field(Decimal("0.01"), gt=0, description="USD value of one credit (Solo-plan economics).")
-    hold_ttl_s: int = Field(900, gt=0, description="Seconds an unsettled hold lives before it is released.")
+    hold_ttl_s: int = Field(
+        900,
+        gt=0,
+        description="Seconds an unsettled hold lives before it is released; must exceed request_deadline_s, so a hold never expires while its request is alive.",
+    )
     key_cache_ttl_s: float = Field(
         5.0,
         ge=0,
@@ -95,6 +99,28 @@ class Config(BaseSettings):
         "",
         description="Own listen address for Prometheus GET /metrics (e.g. 0.0.0.0:9003 in a pod); empty serves /metrics on the HTTP listener. Envoy never routes /metrics.",
     )
+
+    # -- billing integrity (issue 14) --------------------------------------------------------
+    max_n: int = Field(
+        8,
+        gt=0,
+        le=128,
+        description="Largest `n` (choices per request) accepted; larger is a 400 naming `n`. The hold is multiplied by `n`.",
+    )
+    request_deadline_s: int = Field(
+        600,
+        gt=0,
+        description="Longest a chat request may run end to end: the ASGI gateway cuts it there (504 before a response, else the stream ends and is charged as interrupted); Envoy's generated route timeout is the same 600 s.",
+    )
+
+    @model_validator(mode="after")
+    def _hold_outlives_request(self) -> Config:
+        if self.hold_ttl_s <= self.request_deadline_s:
+            raise ValueError(
+                f"hold_ttl_s ({self.hold_ttl_s}) must exceed request_deadline_s ({self.request_deadline_s}): "
+                "a hold must not expire while its request is alive"
+            )
+        return self
 
     @field_validator("upstream_override")
     @classmethod

@@ -315,9 +315,11 @@ async def test_account_training_opt_in_prices_at_the_opt_in_tier(env: Env) -> No
     list_req = await env.admit()
     await env.configure(deepseek_training_opt_in=True)
     opt_req = await env.admit()
-    assert (list_req.price.opt_in, opt_req.price.opt_in) == (False, True)
-    assert opt_req.price.version.endswith("/training-opt-in")
-    assert opt_req.hold == list_req.hold  # the hold is priced without it: never short
+    # The account setting marks the request; the hold stays at the normal price, and the
+    # opt-in tier is applied only at settlement once the capture is written.
+    assert (list_req.opt_in, opt_req.opt_in) == (False, True)
+    assert not opt_req.price.opt_in and opt_req.price.version.endswith("/list")
+    assert opt_req.hold == list_req.hold
     usage = Usage(1000, 1000)
     list_charge, opt_charge = await env.settle(list_req, usage), await env.settle(opt_req, usage)
     assert opt_charge * 4 == list_charge  # 25% of list: (1000*0.0375 + 1000*0.075)/1e6 USD = 11250 micro-credits

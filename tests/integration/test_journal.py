@@ -229,3 +229,48 @@ async def test_replay_forever_survives_an_unexpected_error(env: Env, monkeypatch
     finally:
         task.cancel()
     assert (await env.state())[2] == ["req_f"]
+
+
+# --- settlements Redis refuses (issue 14) ---------------------------------------------------------
+
+
+async def test_a_wrongtype_key_is_a_rejection_not_an_outage_and_changes_nothing(env: Env) -> None:
+    await env.hold("req_wt")
+    await env.redis.delete(ks.usage_stream(env.account))
+    await env.redis.set(ks.usage_stream(env.account), "not a stream")  # a hand-made mess
+    result = await env.up.settle(usage(env.account, "req_wt", credits=77))
+    assert result == SettleResult(credits=77, applied=False)
+    assert not env.journal.path.exists()  # not journaled as "store unavailable": nothing to retry
+    [rejected] = env.journal.aside("rejected").read_bytes().splitlines()
+    assert json.loads(rejected)["request_id"] == "req_wt"
+    balance, held = await env.redis.hmget(ks.account(env.account), "balance", "held")
+    assert (int(balance), int(held)) == (GRANT, HOLD)  # validated before anything changed: hold kept
+
+
+async def test_a_rejected_journal_record_never_blocks_replay_of_later_ones(env: Env) -> None:
+    for rid in ("req_1", "req_bad", "req_2"):
+        await env.hold(rid)
+    await env.down.settle(usage(env.account, "req_1", credits=1))
+    await env.down.settle(usage(env.account, "req_bad", credits=-5))  # the script refuses a negative charge
+    await env.down.settle(usage(env.account, "req_2", credits=2))
+    assert await env.up.replay() == 3
+    assert not env.journal.path.exists()
+    [rejected] = env.journal.aside("rejected").read_bytes().splitlines()
+    assert json.loads(rejected)["request_id"] == "req_bad"
+    balance, held, ids = await env.state()
+    assert (balance, held, ids) == (GRANT - 3, HOLD, ["req_1", "req_2"])  # req_bad's hold untouched
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("credits", -1), ("credits", 2**53), ("input_tokens", 10**18), ("output_tokens", -3), ("credits", 1.5)],
+)
+async def test_settle_lua_validates_before_it_changes_anything(env: Env, field: str, value: object) -> None:
+    await env.hold("req_v")
+    before = await env.redis.hgetall(ks.account(env.account))
+    bad = dataclasses.replace(usage(env.account, "req_v"), **{field: value})  # type: ignore[arg-type]
+    result = await env.up.settle(bad)
+    assert result.applied is False
+    assert await env.redis.hgetall(ks.account(env.account)) == before
+    assert await env.redis.hget(ks.holds(env.account), "req_v") == str(HOLD).encode()
+    assert await env.redis.exists(ks.settled(env.account, "req_v"), ks.usage_stream(env.account)) == 0

@@ -27,7 +27,7 @@ async def _settle(
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink, capture_timeout_s=0.05)
     req = await meter.admit(IDENT, meter.parse(chat_body(model)), opt_in_header=opt_in)
-    _result, charge = await meter.settle_completed(req, Usage(1000, 2000), 0, lambda: text)
+    _result, charge = await meter.settle_completed(req, Usage(100, 2000), 0, lambda: text)
     return ledger.records[-1], charge
 
 
@@ -35,7 +35,7 @@ async def test_captured_request_keeps_opt_in_price(catalog: Catalog) -> None:
     sink = ListSink()
     record, charge = await _settle(catalog, sink)
     assert record.opt_in and record.price_version.endswith("/training-opt-in")
-    assert charge.usd == Decimal("0.0001875")  # 1000 x 0.0375 + 2000 x 0.075, per million
+    assert charge.usd == Decimal("0.00015375")  # 100 x 0.0375 + 2000 x 0.075, per million
     [cap] = sink.records
     assert cap.completion == "hello" and cap.credits == record.credits and cap.request_id == record.request_id
     assert cap.messages == [{"role": "user", "content": "Draft a type for idempotent enqueue."}]
@@ -47,7 +47,7 @@ async def test_captured_request_keeps_opt_in_price(catalog: Catalog) -> None:
 async def test_uncaptured_request_pays_the_normal_price(catalog: Catalog, sink: ListSink | None) -> None:
     record, charge = await _settle(catalog, sink)
     assert not record.opt_in and record.price_version.endswith("/list")
-    assert charge.usd == Decimal("0.00075")  # 1000 x 0.15 + 2000 x 0.30, per million
+    assert charge.usd == Decimal("0.000615")  # 100 x 0.15 + 2000 x 0.30, per million
     assert sink is None or not sink.records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -112,19 +113,17 @@ def test_input_token_bound_capped_at_context_window(catalog: Catalog) -> None:
     assert req.input_token_bound == model.context_window
 
 
-def test_input_token_estimate_counts_text_parts(catalog: Catalog) -> None:
-    plain = parse(catalog, body(messages=[{"role": "user", "content": "a" * 400}]))
-    parts = parse(
-        catalog,
-        body(
-            messages=[
-                {"role": "user", "content": [{"type": "text", "text": "a" * 200}, {"type": "text", "text": "a" * 200}]}
-            ]
-        ),
+def test_input_token_estimate_counts_the_whole_body(catalog: Catalog) -> None:
+    # Messages of every kind, tools and tool results all count: ~4 bytes per token of the body.
+    plain = parse(catalog, body(messages=[{"role": "user", "content": "a"}]))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": "y" * 4000}}}]
+    result = {"role": "tool", "tool_call_id": "c1", "content": "z" * 4000}
+    big = parse(catalog, body(messages=[{"role": "user", "content": "a"}, result], tools=tools))
+    grown = len(body(messages=[{"role": "user", "content": "a"}, result], tools=tools)) - len(
+        body(messages=[{"role": "user", "content": "a"}])
     )
-    empty = parse(catalog, body(messages=[{"role": "user", "content": ""}]))
-    assert plain.input_token_estimate == parts.input_token_estimate
-    assert plain.input_token_estimate - empty.input_token_estimate == estimate_tokens(400) == 100
+    assert big.input_token_estimate - plain.input_token_estimate in (grown // 4, grown // 4 + 1)
+    assert big.input_token_estimate <= big.input_token_bound
 
 
 def test_estimate_tokens() -> None:
@@ -223,12 +222,12 @@ def test_bad_max_tokens(catalog: Catalog, field: str, value: Any) -> None:
 
 
 def test_upstream_body_unchanged_for_plain_request(catalog: Catalog) -> None:
-    req = parse(catalog, body(model=DEEPSEEK))
+    req = parse(catalog, body(model=DEEPSEEK, max_tokens=100))
     assert upstream_body(req) is None
 
 
 def test_upstream_body_unchanged_when_stream_already_asks_for_usage(catalog: Catalog) -> None:
-    req = parse(catalog, body(model=DEEPSEEK, stream=True, stream_options={"include_usage": True}))
+    req = parse(catalog, body(model=DEEPSEEK, max_tokens=100, stream=True, stream_options={"include_usage": True}))
     assert upstream_body(req) is None
 
 
@@ -252,7 +251,7 @@ def test_upstream_body_overrides_explicit_false_and_keeps_other_options(catalog:
 
 
 def test_upstream_body_does_not_add_usage_for_non_streams(catalog: Catalog) -> None:
-    req = parse(catalog, body(model=DEEPSEEK, stream=False, stream_options={"include_usage": False}))
+    req = parse(catalog, body(model=DEEPSEEK, max_tokens=9, stream=False, stream_options={"include_usage": False}))
     assert upstream_body(req) is None
 
 
@@ -290,3 +289,100 @@ def test_duplicate_metered_fields_are_refused(field: str, first: str, second: st
 def test_metered_words_inside_messages_are_not_duplicates() -> None:
     raw = b'{"model": "tencent/hy3-preview", "messages": [{"role": "user", "content": "x", "model": "a"}, {"role": "user", "content": "\\"model\\" \\"stream\\""}]}'
     assert parse_chat_request(raw, load_catalog()).model.id == "tencent/hy3-preview"
+
+
+# --- the output bound the upstream receives (issue 14) -------------------------------------------
+
+
+def sent(req: ChatRequest) -> dict[str, Any]:
+    out = upstream_body(req)
+    assert out is not None
+    return orjson.loads(out)  # type: ignore[no-any-return]
+
+
+def test_a_body_without_a_bound_gets_max_tokens_inserted(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK))
+    assert sent(req)["max_tokens"] == 32_768 == req.max_output_tokens
+    assert "max_completion_tokens" not in sent(req)
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_a_bound_over_the_budget_is_clamped_in_the_field_the_client_used(catalog: Catalog, field: str) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, **{field: 200_000}))
+    out = sent(req)
+    assert out[field] == 32_768 and req.max_output_tokens == 32_768
+    assert {"max_tokens", "max_completion_tokens"} - {field} - set(out) == {"max_tokens", "max_completion_tokens"} - {
+        field
+    }
+
+
+def test_both_bounds_are_clamped_to_the_one_the_hold_used(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, max_completion_tokens=10, max_tokens=30_000))
+    out = sent(req)
+    assert (out["max_completion_tokens"], out["max_tokens"], req.max_output_tokens) == (10, 10, 10)
+
+
+def test_n_multiplies_the_output_bound(catalog: Catalog) -> None:
+    req = parse(catalog, body(model=DEEPSEEK, n=8, max_tokens=30_000))
+    assert (req.n, req.per_choice_output_tokens, req.max_output_tokens) == (8, 30_000, 240_000)
+    assert upstream_body(req) is None  # already within the budget: forwarded as sent, n and all
+
+
+@pytest.mark.parametrize("value", [0, -1, 9, 1.5, "2", True, [2], 2**63 - 1])
+def test_bad_or_too_large_n_is_400_naming_n(catalog: Catalog, value: Any) -> None:
+    with pytest.raises(ApiError) as err:
+        parse(catalog, body(model=DEEPSEEK, n=value))
+    assert (err.value.code, err.value.param) == ("invalid_request", "n")
+
+
+def test_a_catalog_default_output_bound_is_inserted(tmp_path: Any) -> None:
+    text = (Path(__file__).parents[2] / "src/critique_sidecar/catalog.toml").read_text()
+    text = text.replace("max_output_tokens = 32_768\n", "max_output_tokens = 32_768\ndefault_output_tokens = 4096\n", 1)
+    (tmp_path / "c.toml").write_text(text)
+    custom = load_catalog(tmp_path / "c.toml")
+    req = parse_chat_request(body(model=DEEPSEEK), custom)
+    assert sent(req)["max_tokens"] == 4096 == req.max_output_tokens
+    req = parse_chat_request(body(model=DEEPSEEK, max_tokens=20_000), custom)  # an explicit bound still counts
+    assert req.max_output_tokens == 20_000 and upstream_body(req) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"max_tokens":1,"max_tok\\u0065ns":30000,"messages":[{"role":"user","content":"x"}]}',
+        b'{"m\\u006fdel":"tencent/hy3-preview","model":"deepseek/deepseek-v4-flash","messages":[{"role":"user","content":"x"}]}',
+        b'{"n":1,"\\u006e":8,"messages":[{"role":"user","content":"x"}]}',
+    ],
+)
+def test_escaped_names_count_as_duplicates(catalog: Catalog, raw: bytes) -> None:
+    with pytest.raises(ApiError) as err:
+        parse(catalog, raw)
+    assert err.value.code == "invalid_request" and "more than once" in err.value.message
+
+
+def test_escapes_in_content_are_not_duplicates(catalog: Catalog) -> None:
+    raw = b'{"model":"tencent/hy3-preview","messages":[{"role":"user","content":"caf\\u00e9 \\u0061"}]}'
+    assert parse(catalog, raw).model.id == TENCENT
+
+
+@pytest.mark.parametrize("depth", [200, 1000, 1020])
+@pytest.mark.parametrize("stream", [False, True])
+def test_deep_nesting_is_400(catalog: Catalog, depth: int, stream: bool) -> None:
+    nested = b"[" * depth + b"]" * depth
+    raw = (
+        b'{"stream":'
+        + (b"true" if stream else b"false")
+        + b',"messages":[{"role":"user","content":"x"}],"x":'
+        + nested
+        + b"}"
+    )
+    with pytest.raises(ApiError) as err:
+        req = parse(catalog, raw)
+        upstream_body(req)
+    assert err.value.code == "invalid_request" and "nested" in err.value.message
+
+
+def test_ordinary_nesting_passes(catalog: Catalog) -> None:
+    nested = b"[" * 60 + b"]" * 60 + b"," + b"{}," * 200 + b"1"
+    raw = b'{"stream":true,"messages":[{"role":"user","content":"x"}],"x":[' + nested + b"]}"
+    assert orjson.loads(upstream_body(parse(catalog, raw)) or b"")["x"][-1] == 1

@@ -139,8 +139,8 @@ async def test_a_new_catalog_model_is_priced(four_models: Path) -> None:
 
     core = make_core(NULL_OBSERVER)
     core.meter = Meter(load_catalog(four_models), core.meter._ledger, Decimal("0.01"))
-    charged = await run_json(core, core.keys.add("acme"), chat(FOURTH), completion(1_000, 500))
+    charged = await run_json(core, core.keys.add("acme"), chat(FOURTH), completion(50, 500))
     [record] = core.ledger.records
-    # 1000 in x $1/M + 500 out x $2/M = $0.002 = 0.2 credits at $0.01 per credit
-    assert record.model == FOURTH and record.usd == "0.002" and record.credits == 200_000
-    assert charged["x-critique-credits-charged"] == "0.200000" and record.price_version.endswith(f"/{FOURTH}/list")
+    # 50 in x $1/M + 500 out x $2/M = $0.00105 = 0.105 credits at $0.01 per credit
+    assert record.model == FOURTH and record.usd == "0.00105" and record.credits == 105_000
+    assert charged["x-critique-credits-charged"] == "0.105000" and record.price_version.endswith(f"/{FOURTH}/list")

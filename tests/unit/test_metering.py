@@ -130,19 +130,22 @@ async def admitted(catalog: Catalog, raw: bytes | None = None, opt_in: bool = Fa
 
 
 async def test_charge_with_usage_is_exact(catalog: Catalog) -> None:
-    meter, _, req = await admitted(catalog)
+    long_body = chat_body(DEEPSEEK, messages=[{"role": "user", "content": "x" * 2000}])  # input bound > 1000
+    meter, _, req = await admitted(catalog, long_body)
     charge = meter.charge(req, Usage(1000, 500))
     assert charge == Charge(
         usage=Usage(1000, 500),
         usd=Decimal("0.0003"),  # 1000 x 0.15/M + 500 x 0.30/M
         credits=30_000,  # 0.0003 USD / 0.01 = 0.03 credits
         estimated=False,
+        price=req.price,
     )
 
 
 async def test_charge_rounds_up_per_request(catalog: Catalog) -> None:
     meter, _, req = await admitted(catalog, opt_in=True)
-    charge = meter.charge(req, Usage(1, 0))
+    opt_in_price = price_for(catalog, req.chat.model, NOW, opt_in=True)
+    charge = meter.charge(req, Usage(1, 0), price=opt_in_price)
     assert charge.usd == Decimal("0.0000000375")
     assert charge.credits == 4
 
@@ -214,10 +217,16 @@ async def test_admit_uses_model_output_budget_without_max_tokens(catalog: Catalo
     assert ledger.holds[0].amount == usd_to_micro_credits(usd, CENT)
 
 
-async def test_admit_with_opt_in_header_holds_and_prices_at_opt_in_tier(catalog: Catalog) -> None:
+async def test_opt_in_header_holds_at_the_normal_price(catalog: Catalog) -> None:
+    # The discount is given only at settlement, once the capture is written (test_capture.py).
     _, ledger, req = await admitted(catalog, chat_body(DEEPSEEK, max_tokens=100), opt_in=True)
-    assert (req.price.input, req.price.output, req.price.opt_in) == (Decimal("0.0375"), Decimal("0.075"), True)
-    usd = usd_for_tokens(req.chat.input_token_bound, 100, Decimal("0.0375"), Decimal("0.075"))
+    assert (req.price.input, req.price.output, req.price.opt_in, req.opt_in) == (
+        Decimal("0.15"),
+        Decimal("0.30"),
+        False,
+        True,
+    )
+    usd = usd_for_tokens(req.chat.input_token_bound, 100, Decimal("0.15"), Decimal("0.30"))
     assert ledger.holds[0].amount == usd_to_micro_credits(usd, CENT)
 
 
@@ -227,15 +236,14 @@ async def test_account_opt_in_prices_the_charge_but_hold_stays_at_list(catalog: 
     req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=False)
     list_usd = usd_for_tokens(req.chat.input_token_bound, 100, Decimal("0.15"), Decimal("0.30"))
     assert ledger.holds[0].amount == usd_to_micro_credits(list_usd, CENT)
-    assert req.price.opt_in is True
-    assert req.price.input == Decimal("0.0375")
+    assert req.opt_in is True and req.price.opt_in is False
 
 
 async def test_account_opt_in_on_other_model_stays_at_list(catalog: Catalog) -> None:
     ledger = MemoryLedger(result=HoldResult(code=None, training_opt_in=True))
     meter = make_meter(catalog, ledger)
     req = await meter.admit(IDENT, meter.parse(chat_body(TENCENT)), opt_in_header=True)
-    assert (req.price.input, req.price.opt_in) == (Decimal("0.0567"), False)
+    assert (req.price.input, req.price.opt_in, req.opt_in) == (Decimal("0.0567"), False, False)
 
 
 @pytest.mark.parametrize(
@@ -259,8 +267,8 @@ async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog
     meter = Meter(catalog, ledger, usd_per_credit=CENT, clock=clock)
     req = await meter.admit(IDENT, meter.parse(chat_body(NEMOTRON)), False)
     clock.now = datetime(2026, 6, 20, 0, 0, 5, tzinfo=UTC)
-    charge = meter.charge(req, Usage(1_000_000, 0))
-    assert charge.usd == Decimal("0.30")
+    charge = meter.charge(req, Usage(100, 0))
+    assert charge.usd == Decimal("0.00003")  # 100 x 0.30/M: the promotion's input price
     await meter.settle(req, charge, "ok")
     record = ledger.records[0]
     assert record.price_version.endswith("promo:intro-50-off")

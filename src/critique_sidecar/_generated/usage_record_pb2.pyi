@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UsageRecord(_message.Message):
-    __slots__ = ("ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens", "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms")
+    __slots__ = ("ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens", "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms", "overage")
     TS_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class UsageRecord(_message.Message):
     ESTIMATED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    OVERAGE_FIELD_NUMBER: _ClassVar[int]
     ts_ms: int
     request_id: str
     account: str
@@ -34,4 +35,5 @@ class UsageRecord(_message.Message):
     estimated: bool
     status: str
     latency_ms: int
-    def __init__(self, ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., account: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., credits: _Optional[int] = ..., usd: _Optional[str] = ..., price_version: _Optional[str] = ..., opt_in: _Optional[bool] = ..., estimated: _Optional[bool] = ..., status: _Optional[str] = ..., latency_ms: _Optional[int] = ...) -> None: ...
+    overage: int
+    def __init__(self, ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., account: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., credits: _Optional[int] = ..., usd: _Optional[str] = ..., price_version: _Optional[str] = ..., opt_in: _Optional[bool] = ..., estimated: _Optional[bool] = ..., status: _Optional[str] = ..., latency_ms: _Optional[int] = ..., overage: _Optional[int] = ...) -> None: ...

@@ -62,10 +62,19 @@ class Model(_Strict):
     owned_by: str
     context_window: int = Field(gt=0)
     max_output_tokens: int = Field(gt=0)
+    # The output bound sent upstream (and held for) when a request names none; the model's
+    # whole output budget (max_output_tokens) when unset.
+    default_output_tokens: int | None = Field(None, gt=0)
     upstream: Upstream
     price: TokenPrice
     training_opt_in: TokenPrice | None = None
     promotions: tuple[Promotion, ...] = ()
+
+    @model_validator(mode="after")
+    def _default_within_budget(self) -> Model:
+        if self.default_output_tokens is not None and self.default_output_tokens > self.max_output_tokens:
+            raise ValueError(f"model {self.id}: default_output_tokens must be at most max_output_tokens")
+        return self
 
 
 class Catalog(_Strict):

@@ -114,7 +114,7 @@ class ChatExchange:
             await self.meter.settle(metered, None, "upstream_error")  # release, charge nothing
         elif headers.get("content-type", "").startswith("text/event-stream"):
             # Opted-in streams keep their text (bounded) for the training capture; no others do.
-            self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage, keep_text=metered.price.opt_in)
+            self.sse = SseMeter(hide_usage=not metered.chat.client_wants_usage, keep_text=metered.opt_in)
             remove.append("content-length")  # we may change the stream's length
             stream = True
             self.meter.observer.stream_opened()

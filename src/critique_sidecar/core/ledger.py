@@ -47,12 +47,18 @@ class UsageRecord:
     ts_ms: int
     day: str
     month: str
+    overage: int = 0  # micro-credits of usage beyond the hold, not charged (core/settlement.py)
 
 
 @dataclass(frozen=True, slots=True)
 class SettleResult:
     credits: int  # what this request is charged (the first settlement's, on a repeat)
     applied: bool  # False when the request id was already settled
+
+
+class SettlementRejected(Exception):
+    """The store answered and refused this settlement (a script error, a key of the wrong type):
+    retrying will not help, and it must not hold back the settlements behind it. Not an outage."""
 
 
 class Ledger(Protocol):

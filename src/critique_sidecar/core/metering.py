@@ -24,6 +24,7 @@ from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
 from .money import format_credits, usd_for_tokens, usd_to_micro_credits
 from .observe import NULL_OBSERVER, Observer
+from .settlement import Charge, settlement_charge
 from .usage import Usage
 
 log = logging.getLogger(__name__)
@@ -36,20 +37,13 @@ class MeteredRequest:
     request_id: str
     identity: Identity
     chat: ChatRequest
-    price: Price
+    price: Price  # the normal price at the start time: what the hold is sized at
     hold: int
     started_at: datetime
     started_mono: float
     warnings: tuple[str, ...]
     settled: SettleResult | None = field(default=None)
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    usage: Usage
-    usd: Decimal
-    credits: int
-    estimated: bool
+    opt_in: bool = False  # opted in (header or account) on a model with an opt-in tier
 
 
 def new_request_id() -> str:
@@ -97,6 +91,7 @@ class Meter:
         capture: CaptureSink | None = None,
         capture_timeout_s: float = 0.25,
         observer: Observer = NULL_OBSERVER,
+        max_n: int = 8,
     ) -> None:
         self.catalog = catalog
         self.observer = observer  # metrics and request logs (core/observe.py); the exchange reports through it too
@@ -106,16 +101,17 @@ class Meter:
         self._clock = clock
         self._capture = capture
         self._capture_timeout = capture_timeout_s
+        self._max_n = max_n
 
     def parse(self, raw_body: bytes) -> ChatRequest:
-        return parse_chat_request(raw_body, self.catalog)
+        return parse_chat_request(raw_body, self.catalog, self._max_n)
 
     async def admit(self, identity: Identity, chat: ChatRequest, opt_in_header: bool) -> MeteredRequest:
-        """Reserve the request's maximum cost. The hold is priced without the account-wide
-        opt-in (unknown until the store answers), which can only make it larger, never short."""
+        """Reserve the request's maximum cost at the normal price: the opt-in discount is only
+        given at settlement, once the capture is written (settle_completed)."""
         now = self._clock()
-        hold_price = price_for(self.catalog, chat.model, now, opt_in_header)
-        hold = self.credits_for(Usage(chat.input_token_bound, chat.max_output_tokens), hold_price)
+        hold_price = price_for(self.catalog, chat.model, now, opt_in=False)
+        hold = self.credits_for(self.bounds(chat), hold_price)
         request_id = new_request_id()
         result = await self._ledger.place_hold(
             HoldRequest(
@@ -130,21 +126,30 @@ class Meter:
         )
         if result.code is not None:
             raise hold_refusal(result, hold, now)
-        price = price_for(self.catalog, chat.model, now, opt_in_header or result.training_opt_in)
+        opt_in = (opt_in_header or result.training_opt_in) and chat.model.training_opt_in is not None
         self.observer.admitted(chat.model.id, result.warnings)
-        return MeteredRequest(request_id, identity, chat, price, hold, now, time.monotonic(), result.warnings)
+        return MeteredRequest(
+            request_id, identity, chat, hold_price, hold, now, time.monotonic(), result.warnings, opt_in=opt_in
+        )
+
+    @staticmethod
+    def bounds(chat: ChatRequest) -> Usage:
+        """The most a request can use: what its hold reserves and its settlement charges at most."""
+        return Usage(chat.input_token_bound, chat.max_output_tokens)
 
     def credits_for(self, usage: Usage, price: Price) -> int:
         usd = usd_for_tokens(usage.input_tokens, usage.output_tokens, price.input, price.output)
         return usd_to_micro_credits(usd, self._usd_per_credit)
 
-    def charge(self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int = 0) -> Charge:
-        """Price reported usage exactly; without usage, estimate input plus what was delivered."""
-        estimated = usage is None
-        if usage is None:
-            usage = Usage(req.chat.input_token_estimate, estimate_tokens(delivered_text_bytes))
-        usd = usd_for_tokens(usage.input_tokens, usage.output_tokens, req.price.input, req.price.output)
-        return Charge(usage, usd, usd_to_micro_credits(usd, self._usd_per_credit), estimated)
+    def charge(
+        self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int = 0, price: Price | None = None
+    ) -> Charge:
+        """The settlement rule (core/settlement.py): reported usage, or the estimate (input from
+        the body, output from what was delivered), bounded by the hold."""
+        estimate = Usage(req.chat.input_token_estimate, estimate_tokens(delivered_text_bytes))
+        return settlement_charge(
+            usage, estimate, self.bounds(req.chat), price or req.price, self._usd_per_credit, req.hold
+        )
 
     async def settle(self, req: MeteredRequest, charge: Charge | None, status: str) -> SettleResult:
         """Close the hold: charge `charge` (None = release, charge nothing). Idempotent by
@@ -153,6 +158,15 @@ class Meter:
             return req.settled
         at = req.started_at
         usage = charge.usage if charge else Usage(0, 0)
+        price = charge.price if charge else req.price
+        if charge and charge.overage:
+            log.warning(
+                "usage of %s (model %s) exceeded its hold: charged %d, overage %d micro-credits not charged",
+                req.request_id,
+                req.chat.model.id,
+                charge.credits,
+                charge.overage,
+            )
         record = UsageRecord(
             request_id=req.request_id,
             account=req.identity.account,
@@ -162,14 +176,15 @@ class Meter:
             output_tokens=usage.output_tokens,
             credits=charge.credits if charge else 0,
             usd=format(charge.usd, "f") if charge else "0",
-            price_version=req.price.version,
-            opt_in=req.price.opt_in,
+            price_version=price.version,
+            opt_in=price.opt_in,
             estimated=bool(charge and charge.estimated),
             status=status,
             latency_ms=int((time.monotonic() - req.started_mono) * 1000),
             ts_ms=to_ms(self._clock()),
             day=day_window(at),
             month=month_window(at),
+            overage=charge.overage if charge else 0,
         )
         req.settled = await self._ledger.settle(record)
         self.observer.settled(record)
@@ -178,14 +193,16 @@ class Meter:
     async def settle_completed(
         self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int, completion: Callable[[], str | None]
     ) -> tuple[SettleResult, Charge]:
-        """Settle a response that completed. An opted-in request keeps its opt-in price only
-        if its capture is written (core/capture.py); otherwise it is charged the normal price."""
-        if req.price.opt_in and req.settled is None:
-            charge = self.charge(req, usage, delivered_text_bytes)
-            text = completion() if usage is not None else None
-            if text is None or not await self._write_capture(req, charge, text):
-                req.price = price_for(self.catalog, req.chat.model, req.started_at, opt_in=False)
+        """Settle a response that completed. An opted-in request gets the opt-in price only if
+        it reported usage and its capture is written (core/capture.py); otherwise, and for cut
+        or failed requests (which never come here), the normal price."""
         charge = self.charge(req, usage, delivered_text_bytes)
+        if req.opt_in and req.settled is None and usage is not None:
+            opt_price = price_for(self.catalog, req.chat.model, req.started_at, opt_in=True)
+            discounted = self.charge(req, usage, delivered_text_bytes, opt_price)
+            text = completion()
+            if text is not None and await self._write_capture(req, discounted, text):
+                charge = discounted
         result = await self.settle(req, charge, "estimated" if charge.estimated else "ok")
         return result, charge
 
@@ -204,7 +221,7 @@ class Meter:
             output_tokens=charge.usage.output_tokens,
             credits=charge.credits,
             usd=format(charge.usd, "f"),
-            price_version=req.price.version,
+            price_version=charge.price.version,
         )
         try:
             await asyncio.wait_for(self._capture.write(record), self._capture_timeout)

@@ -29,12 +29,27 @@ def _data_of(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
+_OUR_MARK = re.compile(rb"(?i)x-critique-")
+
+
+def _without_forged_comments(event: bytes) -> bytes:
+    """The event without comment lines naming our headers: only the sidecar writes the charge
+    line, so an upstream's imitation (maybe ahead of the real one) never reaches the client."""
+    lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    kept = [line for line in lines if not (line.startswith(b":") and _OUR_MARK.search(line))]
+    return b"\n".join(kept) if any(kept) else b""
+
+
 def _delta_texts(obj: dict[str, Any]) -> list[str]:
     return [
         c["delta"]["content"]
         for c in obj["choices"]
         if isinstance(c, dict) and isinstance(c.get("delta"), dict) and isinstance(c["delta"].get("content"), str)
     ]
+
+
+def _total(usage: Usage) -> int:
+    return usage.input_tokens + usage.output_tokens
 
 
 class SseMeter:
@@ -60,7 +75,9 @@ class SseMeter:
         for match in _BOUNDARY.finditer(self._buf):
             event = bytes(self._buf[start : match.end()])
             start = match.end()
-            if self._keep(event):
+            if _OUR_MARK.search(event):
+                event = _without_forged_comments(event)
+            if event and self._keep(event):
                 out += event
             if self.done:
                 self._held += event
@@ -87,7 +104,10 @@ class SseMeter:
             return True
         usage = usage_from_obj(obj)
         if usage is not None:
-            self.usage = usage
+            # One chunk's usage: the largest reported (counts are cumulative, so for an honest
+            # stream the last); a later, smaller one never replaces it.
+            if self.usage is None or _total(usage) > _total(self.usage):
+                self.usage = usage
             if self._hide_usage and isinstance(obj, dict) and not obj.get("choices"):
                 return False
         delivered = completion_text_bytes(obj)

@@ -48,8 +48,31 @@ def parse_json_response(raw: bytes) -> tuple[Usage | None, int]:
     return usage, completion_text_bytes(obj) if usage is None else 0
 
 
+def _utf8(value: Any) -> int:
+    return len(value.encode("utf-8", "replace")) if isinstance(value, str) else 0
+
+
+# Every field a model server streams generated tokens in: content, reasoning (vLLM's and
+# OpenRouter's names), refusal; tool-call names and arguments are counted below.
+_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
+
+
+def _generated_bytes(part: dict[str, Any]) -> int:
+    total = sum(_utf8(part.get(name)) for name in _TEXT_FIELDS)
+    calls = part.get("tool_calls")
+    for call in calls if isinstance(calls, list) else ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            total += _utf8(function.get("name")) + _utf8(function.get("arguments"))
+    legacy = part.get("function_call")
+    if isinstance(legacy, dict):
+        total += _utf8(legacy.get("name")) + _utf8(legacy.get("arguments"))
+    return total
+
+
 def completion_text_bytes(obj: Any) -> int:
-    """UTF-8 bytes of message/delta content in a completion or chunk."""
+    """UTF-8 bytes of everything generated in a completion or chunk, every choice: content,
+    reasoning, refusal, tool-call names and arguments (the output side of the estimate)."""
     if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
         return 0
     total = 0
@@ -57,8 +80,8 @@ def completion_text_bytes(obj: Any) -> int:
         if not isinstance(choice, dict):
             continue
         part = choice.get("message") or choice.get("delta")
-        if isinstance(part, dict) and isinstance(part.get("content"), str):
-            total += len(part["content"].encode("utf-8", "replace"))
+        if isinstance(part, dict):
+            total += _generated_bytes(part)
     return total
 
 

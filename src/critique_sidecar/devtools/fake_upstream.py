@@ -11,6 +11,8 @@ through the real client path (no side channels):
   [[gzip]]        gzip the response (content-encoding: gzip) when the client accepts it
   [[forcegzip]]   gzip the response even when the client did not ask for it
   [[bigchunk:N]]  each stream chunk carries N bytes of content (for long-stream tests)
+Adversarial behaviours (devtools/adversarial.py): [[vllm]], [[overshoot:K]], [[absurd:K]],
+[[reasoning]], [[toolcalls]], [[refusal]], [[forge]], [[multiusage]].
 Usage is deterministic: prompt_tokens = characters of all message contents // 4 + 1,
 completion_tokens = the number of chunks of text produced.
 GET /_fake/requests returns the headers and bodies of the last requests seen.
@@ -25,6 +27,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -32,6 +35,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+
+from . import adversarial as adv
 
 _DIRECTIVE = re.compile(r"\[\[(\w+)(?::(\d+))?\]\]")
 
@@ -62,21 +67,34 @@ def build_app(history: int = 200) -> Starlette:
         if "malformed" in d:
             return Response(b"<html>definitely not json", media_type="application/json")
         n = d.get("tokens", min(body.get("max_tokens") or 12, 12))
-        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": n, "total_tokens": prompt_tokens(body) + n}
+        prompt = prompt_tokens(body)
+        choices = adv.requested_n(body) if "vllm" in d else 1
+        reported = adv.vllm_completion_tokens(body, prompt) * choices if "vllm" in d else n
+        reported *= d.get("overshoot", 1)
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": reported,
+            "total_tokens": prompt + reported,
+        }
+        if "absurd" in d:
+            usage = adv.absurd_usage(d["absurd"], prompt, reported)
         delay = d.get("slow", 0) / 1000
         piece = "x" * d["bigchunk"] if "bigchunk" in d else "tok "
+        kind = adv.delta_kind(d)
         rid, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())
         if body.get("stream"):
             want_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "nousage" not in d
+            shape = _Shape(kind, choices, "forge" in d, "multiusage" in d)
             return StreamingResponse(
-                _stream(rid, created, model, n, piece, delay, usage if want_usage else None, "cut" in d),
+                _stream(rid, created, model, n, piece, delay, usage if want_usage else None, "cut" in d, shape),
                 media_type="text/event-stream",
             )
         if delay:
             await asyncio.sleep(delay)
         out: dict[str, Any] = {
             "id": rid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": piece * n}, "finish_reason": "stop"}],
+            "choices": [{"index": i, "message": adv.message(kind, piece * n), "finish_reason": "stop"}
+                        for i in range(choices)],
         }  # fmt: skip
         if "nousage" not in d:
             out["usage"] = usage
@@ -101,8 +119,26 @@ def build_app(history: int = 200) -> Starlette:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How a stream's events look (adversarial directives; the defaults are a plain stream)."""
+
+    kind: str = "content"
+    choices: int = 1
+    forge: bool = False
+    multiusage: bool = False
+
+
 async def _stream(
-    rid: str, created: int, model: str, n: int, piece: str, delay: float, usage: dict[str, int] | None, cut: bool
+    rid: str,
+    created: int,
+    model: str,
+    n: int,
+    piece: str,
+    delay: float,
+    usage: dict[str, Any] | None,
+    cut: bool,
+    shape: _Shape = _Shape(),
 ) -> AsyncIterator[bytes]:
     def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
         chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
@@ -110,16 +146,30 @@ async def _stream(
             chunk.update(extra)
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
-    yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+    indexes = range(shape.choices)
+    yield event([{"index": c, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for c in indexes])
+    if shape.multiusage and usage is not None:  # an early, large usage chunk
+        yield event([], {"usage": usage})
+    if shape.forge:
+        yield adv.FORGED_COMMENT
     for i in range(n):
         if cut and i == n // 2:
             raise RuntimeError("fake upstream cut the stream")  # uvicorn drops the connection
         if delay:
             await asyncio.sleep(delay)
-        yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
-    yield event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+        extra = {"usage": usage} if shape.multiusage and usage is not None and i == n - 1 else None
+        yield event(
+            [{"index": c, "delta": adv.delta(shape.kind, piece, i), "finish_reason": None} for c in indexes], extra
+        )
+    yield event([{"index": c, "delta": {}, "finish_reason": "stop"} for c in indexes])
     if usage is not None:
-        yield event([], {"usage": usage})
+        if shape.multiusage:  # a later, smaller one: must not replace the earlier
+            small = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+            yield event([], {"usage": small})
+        else:
+            yield event([], {"usage": usage})
+    if shape.forge:
+        yield adv.FORGED_COMMENT
     yield b"data: [DONE]\n\n"
 
 

@@ -107,6 +107,23 @@ class Metrics:
             "Settlements journaled locally because the store was unreachable, not yet replayed.",
             registry=r,
         )
+        self.overage = Counter(
+            "critique_settlement_overage_microcredits",
+            "Micro-credits of reported usage beyond the hold, not charged (a model server exceeded the output bound it was sent, or reported absurd usage), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.over_hold = Counter(
+            "critique_settlements_over_hold",
+            "Settlements whose reported usage exceeded the hold (charged up to the hold), by model.",
+            ["model"],
+            registry=r,
+        )
+        self.journal_rejected = Gauge(
+            "critique_journal_rejected",
+            "Settlements the store refused (script error, wrong key type), set aside in <journal>.rejected for an operator.",
+            registry=r,
+        )
         # Labelled children by label values: `labels()` validates and locks on every call, and
         # a settlement touches four of them. The label sets are bounded (models x statuses).
         self._children: dict[tuple[object, ...], Any] = {}
@@ -128,6 +145,8 @@ class Metrics:
     # -- gauges read at scrape time --------------------------------------------------------
     def watch_journal(self, path: Path) -> None:
         self.journal_depth.set_function(lambda: journal_depth(path))
+        rejected = path.with_name(f"{path.name}.rejected")  # store/journal.py SettlementJournal.aside
+        self.journal_rejected.set_function(lambda: journal_depth(rejected))
 
     def watch_store(self, serving: Callable[[], bool]) -> None:
         self.store_up.set_function(lambda: 1.0 if serving() else 0.0)
@@ -153,6 +172,9 @@ class Metrics:
             self._child(self.tokens, model, "output").inc(record.output_tokens)
         if record.estimated:
             self._child(self.estimated, model).inc()
+        if record.overage:
+            self._child(self.over_hold, model).inc()
+            self._child(self.overage, model).inc(record.overage)
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None:
         self._child(self.store_seconds, op).observe(seconds)

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 
 from ..core.errors import StoreUnavailable
-from ..core.ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
+from ..core.ledger import HoldRequest, HoldResult, Ledger, SettlementRejected, SettleResult, UsageRecord
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,20 @@ class JournalingLedger:
             self.journal.append(record)
             log.warning("store unavailable: settlement of %s journaled", record.request_id)
             return SettleResult(credits=record.credits, applied=True)
+        except SettlementRejected as exc:
+            self._reject(record, exc)
+            return SettleResult(credits=record.credits, applied=False)
+
+    def _reject(self, record: UsageRecord, exc: Exception) -> None:
+        """A settlement the store refused: kept aside for an operator (critique_journal_rejected
+        counts the file's lines; alert CritiqueSettlementRejected), never retried in line."""
+        self.journal.set_aside("rejected", [orjson.dumps(dataclasses.asdict(record))])
+        log.error(
+            "settlement of %s rejected by the store (%s); moved to %s",
+            record.request_id,
+            exc,
+            self.journal.aside("rejected"),
+        )
 
     async def replay(self) -> int:
         """Settle journaled records in order; stop at the first store failure. Returns how
@@ -141,6 +155,9 @@ class JournalingLedger:
                     await self._inner.settle(record)
                 except StoreUnavailable:
                     break
+                except SettlementRejected as exc:
+                    log.error("journal: settlement of %s rejected by the store (%s)", record.request_id, exc)
+                    rejected.append(orjson.dumps(dataclasses.asdict(record)))
                 except Exception:
                     log.exception(
                         "journal: settlement of %s rejected; moved to %s",

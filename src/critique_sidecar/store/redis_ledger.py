@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
-from ..core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
+from ..core.ledger import HoldRequest, HoldResult, SettlementRejected, SettleResult, UsageRecord
 from . import keyspace as ks
 from .batcher import CommandBatcher, Script
 from .errors import store_call
@@ -79,13 +80,33 @@ class RedisLedger:
         fields = orjson.dumps([str(v) for v in record_fields(record)])
         args = [record.request_id, record.credits, WINDOW_TTL_S, self._settled_ttl, fields]
         args += [record.model, record.key_id, record.input_tokens, record.output_tokens]
-        applied, charged = await self._settle(keys=keys, args=args)
+        try:
+            applied, charged = await self._settle(keys=keys, args=args)
+        except ResponseError as exc:
+            if is_rejection(exc):
+                raise SettlementRejected(str(exc)[:200]) from exc
+            raise  # store_call: the store is unavailable (read-only replica, loading, OOM, ...)
         return SettleResult(credits=int(charged), applied=bool(int(applied)))
+
+
+# Error replies that mean "not now" (failover, loading, memory, cluster moves): the store is
+# unavailable and the settlement is journaled and retried. Every other error reply to the
+# settlement script (its own validation, WRONGTYPE, a Lua runtime error) is a rejection.
+_TRANSIENT_REPLIES = (
+    "READONLY", "LOADING", "BUSY", "OOM", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "MOVED", "ASK",
+    "NOREPLICAS", "MISCONF", "NOSCRIPT",
+)  # fmt: skip
+
+
+def is_rejection(exc: ResponseError) -> bool:
+    first = str(exc).split(" ", 1)[0].upper()
+    return first not in _TRANSIENT_REPLIES
 
 
 RECORD_FIELDS = (
     "ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens",
     "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms",
+    "overage",
 )  # fmt: skip
 
 

@@ -5,6 +5,37 @@
 --         argument costs the client packing time on every request)
 --       6 model  7 key id  8 input tokens  9 output tokens
 -- Returns {applied (1|0), charged micro-credits}
+
+-- Validation (issue 14): everything is checked before anything changes, so a settlement Redis
+-- cannot apply fails whole, with an error naming why (store/redis_ledger.py turns it into a
+-- rejection, not an outage), never half way (a hold released without its charge).
+do
+  local function reject(why) return redis.error_reply('CRITIQUE_REJECTED ' .. why) end
+  -- Non-negative integers below 2^53 (exact in a Lua number, safe for HINCRBY).
+  local function count(v) return type(v) == 'string' and #v <= 15 and v:match('^%d+$') ~= nil end
+  for i, name in pairs({[2] = 'charge', [3] = 'window ttl', [4] = 'done ttl', [8] = 'input tokens', [9] = 'output tokens'}) do
+    if not count(ARGV[i]) then return reject(name .. ' is not a non-negative integer below 2^53') end
+  end
+  local ok, fields = pcall(cjson.decode, ARGV[5])
+  if not ok or type(fields) ~= 'table' or #fields == 0 or #fields % 2 ~= 0 then
+    return reject('usage record is not a field/value list')
+  end
+  for _, v in ipairs(fields) do
+    if type(v) ~= 'string' then return reject('usage record values must be strings') end
+  end
+  local want = {'hash', 'hash', 'zset', 'hash', 'hash', 'string', 'stream'}
+  for i, kind in ipairs(want) do
+    local t = redis.call('TYPE', KEYS[i])['ok']
+    if t ~= 'none' and t ~= kind then return reject('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t) end
+  end
+  local a = redis.call('HMGET', KEYS[1], 'balance', 'held')
+  for i = 1, 2 do
+    if a[i] and not tostring(a[i]):match('^%-?%d+$') then return reject('account hash holds a non-integer') end
+  end
+  local balance = tonumber(a[1]) or 0
+  if balance - tonumber(ARGV[2]) < -9007199254740991 then return reject('balance would underflow') end
+end
+
 local done = redis.call('GET', KEYS[6])
 if done then return {0, tonumber(done)} end
 
