@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import ApiError
+from .key_controls import iso_ms
 from .keys import KeyRecord, bearer_token, hash_key, hashes_match, is_well_formed
 from .ledger import KeyDirectory
 
@@ -18,6 +19,13 @@ class Identity:
 
 
 _INVALID = "Invalid API key. Send 'Authorization: Bearer crt_...' with an active Critique key."
+
+
+def key_expired(expires_at_ms: int) -> ApiError:
+    return ApiError(
+        "invalid_api_key",
+        f"This API key expired at {iso_ms(expires_at_ms)}. Create a new key (or ask the operator to extend it).",
+    )
 
 
 class Authenticator:
@@ -45,6 +53,8 @@ class Authenticator:
             record = await self._lookup(key_hash)
         if record is None or record.revoked or not hashes_match(record.key_hash, key_hash):
             raise ApiError("invalid_api_key", _INVALID)
+        if record.expires_at_ms is not None and time.time() * 1000 >= record.expires_at_ms:
+            raise key_expired(record.expires_at_ms)
         return Identity(record.account, record.key_id, record.scopes)
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:
