@@ -58,6 +58,9 @@ _SETTING_FLAGS = {
         "false: over-cap requests pass with a warning",
     ),
     "--training-opt-in": ("deepseek_training_opt_in", "true|false", "DeepSeek V4 Flash training opt-in (75%% off)"),
+    "--rpm": ("requests_per_minute", "N|none", "the account's requests per minute; none clears it"),
+    "--tpm": ("tokens_per_minute", "N|none", "the account's tokens per minute (input + max output at admission)"),
+    "--max-concurrent": ("max_concurrent", "N|none", "the account's requests in flight at once; none clears it"),
 }
 
 

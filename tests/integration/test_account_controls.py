@@ -223,7 +223,7 @@ async def test_daily_credit_cap_counts_open_holds(env: Env) -> None:
     assert day["credits"] == 2 * charged <= 2 * env.hold
 
 
-async def test_monthly_credit_cap_spans_days_and_has_no_retry_after(env: Env) -> None:
+async def test_monthly_credit_cap_spans_days_and_retries_after_the_month(env: Env) -> None:
     await env.accounts.grant(env.account, 10 * MICRO)
     env.clock.at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
     charged = await env.settle(await env.admit())
@@ -233,7 +233,9 @@ async def test_monthly_credit_cap_spans_days_and_has_no_retry_after(env: Env) ->
     env.clock.at = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # a fresh day, the same month
     err = await env.refused()
     assert (err.status, err.code) == (429, "monthly_credit_cap_reached")
-    assert "retry-after" not in err.headers
+    # 10 days 15 hours to 2026-12-01T00:00Z; and the SDKs are told not to retry it
+    assert err.headers["retry-after"] == str((10 * 24 + 15) * 3600)
+    assert err.headers["x-should-retry"] == "false"
     await env.configure(monthly_credit_cap=format_credits(charged + env.hold))
     await env.admit()  # exactly at the cap is allowed
 

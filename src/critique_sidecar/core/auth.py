@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 
 from .errors import ApiError
-from .key_controls import iso_ms
 from .keys import KeyRecord, bearer_token, hash_key, hashes_match, is_well_formed
 from .ledger import KeyDirectory
+from .limits import key_expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,13 +19,6 @@ class Identity:
 
 
 _INVALID = "Invalid API key. Send 'Authorization: Bearer crt_...' with an active Critique key."
-
-
-def key_expired(expires_at_ms: int) -> ApiError:
-    return ApiError(
-        "invalid_api_key",
-        f"This API key expired at {iso_ms(expires_at_ms)}. Create a new key (or ask the operator to extend it).",
-    )
 
 
 class Authenticator:

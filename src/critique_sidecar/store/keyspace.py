@@ -91,3 +91,9 @@ def hold_info(account: str) -> str:
     """Hash: request id -> what its admission counted per key and per token bucket, so
     settlement and the expiry sweep undo exactly that (place_hold.lua)."""
     return f"{_tag(account)}:holdinfo"
+
+
+def minute_window(account: str, key_id: str | None = None) -> str:
+    """Sorted set: the requests admitted in the last minute under a per-minute limit, of the
+    account (key_id None) or of one key; member '<request id>:<tokens>', score admission ms."""
+    return f"{_tag(account)}:win" if key_id is None else f"{_tag(account)}:win:{key_id}"
