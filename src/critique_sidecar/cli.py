@@ -267,15 +267,17 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
             print(f"key:     {key}\n(store it now: it is shown only once)")
         return 0
     if args.action in ("set-limits", "show-limits"):
+        given = _key_controls_given(args) if args.action == "set-limits" else {}
+        if args.action == "set-limits":
+            if not given:
+                raise CliError(f"keys set-limits: give at least one of {', '.join(_KEY_CONTROL_FLAGS)}")
+            _key_controls(KeyControls(), given, config.catalog_path)  # bad flags fail before Redis
         found = await store.by_id(args.key_id)
         if found is None:
             raise CliError(f"no key with id {args.key_id}")
         try:
             controls = await store.get_controls(found.account, found.key_id)
             if args.action == "set-limits":
-                given = _key_controls_given(args)
-                if not given:
-                    raise CliError(f"keys set-limits: give at least one of {', '.join(_KEY_CONTROL_FLAGS)}")
                 controls = await store.set_controls(
                     found.account, found.key_id, _key_controls(controls, given, config.catalog_path)
                 )
@@ -292,6 +294,7 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
                 "scopes": sorted(r.scopes),
                 "created_at": r.created_at,
                 "revoked": r.revoked,
+                "controls": (await store.controls_of(r.account, r.key_id)).to_json(),  # limits
             }
             for r in records
         ]
@@ -300,7 +303,8 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
         else:
             for r in rows:
                 state = "revoked" if r["revoked"] else "active"
-                print(f"{r['key_id']}  {state:8} {','.join(r['scopes'])}  {r['name']}")
+                limits = " ".join(f"{k}={v}" for k, v in r["controls"].items() if v is not None)  # type: ignore[attr-defined]
+                print(f"{r['key_id']}  {state:8} {','.join(r['scopes'])}  {r['name']}  {limits}".rstrip())
         return 0
     revoked = await store.revoke(args.key_id)
     if revoked is None:
