@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.account_settings import AccountSettings
+from ..core.key_controls import KeyControls
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
@@ -66,6 +67,21 @@ class KeyInfo:
     key_id: str
     name: str
     revoked: bool
+    controls: KeyControls = field(default_factory=KeyControls)  # limits: expiry, models, caps, rates
+
+
+# >>> limits
+@dataclass(frozen=True, slots=True)
+class RateUsage:
+    """The account's live rate-limit counters: requests and tokens in the last minute's window
+    (counted while a per-minute limit is set), and requests in flight (open, unexpired holds)."""
+
+    requests: int = 0
+    tokens: int = 0
+    in_flight: int = 0
+
+
+# <<< limits
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -149,8 +165,35 @@ class UsageQuery:
         pipe = self._redis.pipeline(transaction=False)
         for _, key_hash in found:
             pipe.hmget(ks.key_by_hash(key_hash), "name", "revoked", "account")
+        for key_id, _ in found:  # limits: each key's controls (in the account's slot)
+            pipe.hgetall(ks.key_controls(account, key_id))
+        replies = await pipe.execute()
         out: dict[str, KeyInfo] = {}
-        for (key_id, _), (name, revoked, owner) in zip(found, await pipe.execute(), strict=True):
+        for (key_id, _), (name, revoked, owner), controls in zip(
+            found, replies[: len(found)], replies[len(found) :], strict=True
+        ):
             if owner is not None and as_text(owner) == account:
-                out[key_id] = KeyInfo(key_id, as_text(name or ""), as_text(revoked or "0") == "1")
+                out[key_id] = KeyInfo(
+                    key_id,
+                    as_text(name or ""),
+                    as_text(revoked or "0") == "1",
+                    KeyControls.from_hash({as_text(k): as_text(v) for k, v in controls.items()}),
+                )
         return out
+
+    # >>> limits
+    @store_call
+    async def rates(self, account: str, now_ms: int) -> RateUsage:
+        """The account's live rate-limit counters (one slot; not atomic with the snapshot)."""
+        ks.check_account(account)
+        window, start = ks.minute_window(account), now_ms - 60_000
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcount(window, f"({start}", "+inf")
+        pipe.hget(ks.limiter(account), "tw")
+        pipe.zrangebyscore(window, "-inf", start)  # left the window, not yet removed by an admission
+        pipe.zcount(ks.hold_expiry(account), f"({now_ms}", "+inf")
+        requests, tokens, stale, in_flight = await pipe.execute()
+        gone = sum(_int(as_text(m).rpartition(":")[2]) for m in stale)
+        return RateUsage(int(requests), max(_int(tokens) - gone, 0) if requests else 0, int(in_flight))
+
+    # <<< limits
