@@ -430,6 +430,7 @@ def test_cli_settings_set_and_show(
     assert out.splitlines() == [
         "enabled: false", "monthly_credit_cap: 100.000000", "daily_credit_cap: none", "daily_request_cap: 40",
         "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
+        "requests_per_minute: none", "tokens_per_minute: none", "max_concurrent: none",
     ]  # fmt: skip
 
 
