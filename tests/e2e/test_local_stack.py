@@ -22,7 +22,7 @@ RUN = [sys.executable, "-m", "critique_sidecar.devtools.stack"]
 
 
 def run_env(tmp_path: Path, **ports: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CRITIQUE_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRITIQUE_") or k == "CRITIQUE_ENVOY_BIN"}
     env["CRITIQUE_RUN_DIR"] = str(tmp_path / ".run")
     for name in DEFAULT_PORTS:
         env[f"CRITIQUE_RUN_{name.upper()}_PORT"] = str(ports.get(name) or free_port())

@@ -7,6 +7,7 @@ only the socket addresses are moved to the ports of this stack."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,19 +138,11 @@ class Stack:
 
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = None
-        try:  # registered even when a signal interrupts right after the start: stop() finds it
-            with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **(env or {})},
-                    start_new_session=True,
-                )
-        finally:
-            if proc is not None:
-                self.procs[name] = proc
+        with open(self.workdir / f"{name}.log", "ab") as log, _signals_deferred():  # the child keeps its own log fd
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            )
+            self.procs[name] = proc  # registered before a signal can interrupt: stop() finds it
         return proc
 
     def sidecar_environ(self, index: int = 0) -> dict[str, str]:
@@ -353,8 +347,31 @@ def check_ports_free(ports: dict[str, int]) -> None:
                 ) from None
 
 
+_deferring = False
+_pending = False
+
+
 def _stop_on_signal(signum: int, frame: Any) -> None:
+    """`make run`'s SIGINT/SIGTERM: stop (KeyboardInterrupt), but never between starting a
+    child and registering it."""
+    global _pending
+    if _deferring:
+        _pending = True
+        return
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    global _deferring, _pending
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+        if _pending:
+            _pending = False
+            raise KeyboardInterrupt
 
 
 def banner(stack: Stack, key: dict[str, Any]) -> str:
