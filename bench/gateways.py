@@ -43,6 +43,7 @@ class Gateway:
     api_key: str | None = None
     stack: Stack | None = None  # metered gateways: for ledger checks
     checked_headers: dict[str, str] = field(default_factory=dict)  # x-critique-* of the sanity request
+    required_headers: tuple[str, ...] = ()  # the sanity request must carry these (e.g. rate limits)
 
     def balance(self) -> dict[str, str] | None:
         if self.stack is None:
@@ -228,9 +229,30 @@ def start_asgi(workdir: Path, upstream: Upstream) -> Gateway:
     )
 
 
+# >>> limits
+# Every limit set, on the account and on its key, high enough never to refuse the bench's load:
+# the admission script then does all of its rate-limit work (both windows, concurrency, the key's
+# cap) on every request.
+BENCH_LIMITS = ("--rpm", "1000000", "--tpm", "1000000000", "--max-concurrent", "10000")
+
+
+def start_metered_limits(workdir: Path, upstream: Upstream) -> Gateway:
+    gw = _start_stack("metered-limits", "metered, rate limits set (account + key)", workdir, upstream)
+    assert gw.stack is not None
+    gw.stack.cli("settings", "set", "--account", ACCOUNT, *BENCH_LIMITS)
+    [key] = json.loads(gw.stack.cli("keys", "list", "--account", ACCOUNT, "--json"))
+    gw.stack.cli("keys", "set-limits", key["key_id"], *BENCH_LIMITS, "--daily-credit-cap", GRANT_CREDITS)
+    gw.required_headers = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-request-id")
+    return gw
+
+
+# <<< limits
+
+
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "plain": start_plain,
     "metered": start_metered,
+    "metered-limits": start_metered_limits,
     "floor": start_floor,
     "metered-2proc": start_metered_2proc,
     "two-stream": start_two_stream,
@@ -252,7 +274,11 @@ def check_one_request(gw: Gateway) -> dict[str, str]:
         status, body, got = err.code, err.read(), dict(err.headers)
     if status != 200 or "usage" not in json.loads(body or b"{}"):
         raise RuntimeError(f"{gw.name}: sanity request got {status}: {body[:300]!r}")
-    charged = {k.lower(): v for k, v in got.items() if k.lower().startswith("x-critique-")}
+    lower = {k.lower(): v for k, v in got.items()}
+    missing = [h for h in gw.required_headers if h not in lower]
+    if missing:
+        raise RuntimeError(f"{gw.name}: sanity request lacks {missing}: {got}")
+    charged = {k: v for k, v in lower.items() if k.startswith("x-critique-")}
     if gw.stack is not None and "x-critique-credits-charged" not in charged:
         raise RuntimeError(f"{gw.name}: metered gateway answered without X-Critique-Credits-Charged: {got}")
     return charged

@@ -414,12 +414,13 @@ def test_cli_settings_set_and_show(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--enabled", "false",
         "--daily-credit-cap", "12.5", "--monthly-credit-cap", "100", "--daily-request-cap", "40",
         "--reserve-floor", "2.25", "--block-when-cap-reached", "false", "--training-opt-in", "true", "--json",
+        "--rpm", "600", "--max-concurrent", "8",
     )  # fmt: skip
     assert code == 0
     assert json.loads(out) == {
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "12.500000", "daily_request_cap": 40,
         "reserve_credits_for_review": "2.250000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
-        "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
+        "requests_per_minute": 600, "tokens_per_minute": None, "max_concurrent": 8,
     }  # fmt: skip
     code, out, _ = _cli(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-credit-cap", "none"
@@ -430,7 +431,7 @@ def test_cli_settings_set_and_show(
     assert out.splitlines() == [
         "enabled: false", "monthly_credit_cap: 100.000000", "daily_credit_cap: none", "daily_request_cap: 40",
         "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
-        "requests_per_minute: none", "tokens_per_minute: none", "max_concurrent: none",
+        "requests_per_minute: 600", "tokens_per_minute: none", "max_concurrent: 8",
     ]  # fmt: skip
 
 

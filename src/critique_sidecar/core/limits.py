@@ -10,20 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from . import wire
 from .clock import next_month_start, seconds_to_next_utc_midnight
 from .errors import ApiError
 from .key_controls import iso_ms
 
-# Header names (one place; OpenAI's spelling, which the SDKs read).
-LIMIT_REQUESTS = "x-ratelimit-limit-requests"
-REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
-RESET_REQUESTS = "x-ratelimit-reset-requests"
-LIMIT_TOKENS = "x-ratelimit-limit-tokens"
-REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
-RESET_TOKENS = "x-ratelimit-reset-tokens"
-RETRY_AFTER = "retry-after"
-SHOULD_RETRY = "x-should-retry"  # read by the OpenAI and Anthropic SDKs before their own rules
-REQUEST_ID = "x-request-id"  # what the SDKs read (also sent as x-critique-request-id)
+# Header names: core/wire.py.
+LIMIT_REQUESTS = wire.LIMIT_REQUESTS_HEADER
+REMAINING_REQUESTS = wire.REMAINING_REQUESTS_HEADER
+RESET_REQUESTS = wire.RESET_REQUESTS_HEADER
+LIMIT_TOKENS = wire.LIMIT_TOKENS_HEADER
+REMAINING_TOKENS = wire.REMAINING_TOKENS_HEADER
+RESET_TOKENS = wire.RESET_TOKENS_HEADER
+RETRY_AFTER = wire.RETRY_AFTER_HEADER
+SHOULD_RETRY = wire.SHOULD_RETRY_HEADER
+REQUEST_ID = wire.SDK_REQUEST_ID_HEADER
 
 # Refusals that will not lift within a retry's wait: the SDKs are told not to retry them.
 NO_RETRY = frozenset(

@@ -128,7 +128,9 @@ class Meter:
         given at settlement, once the capture is written (settle_completed)."""
         now = self._clock()
         hold_price = price_for(self.catalog, chat.model, now, opt_in=False)
-        hold = self.credits_for(self.bounds(chat), hold_price)
+        bound = self.bounds(chat)
+        hold = self.credits_for(bound, hold_price)
+        tokens = bound.input_tokens + bound.output_tokens  # limits: counted against tokens per minute
         request_id = new_request_id()
         result = await self._ledger.place_hold(
             HoldRequest(
@@ -141,11 +143,11 @@ class Meter:
                 month=month_window(now),
                 key_id=identity.key_id,
                 model=chat.model.id,
-                tokens=chat.input_token_bound + chat.max_output_tokens,
+                tokens=tokens,
             )
         )
         if result.code is not None:
-            refusal = hold_refusal(result, hold, now, chat.input_token_bound + chat.max_output_tokens)
+            refusal = hold_refusal(result, hold, now, tokens)
             refusal.headers[REQUEST_ID] = request_id
             raise refusal
         opt_in = (opt_in_header or result.training_opt_in) and chat.model.training_opt_in is not None
@@ -153,7 +155,7 @@ class Meter:
         metered = MeteredRequest(
             request_id, identity, chat, hold_price, hold, now, time.monotonic(), result.warnings, opt_in=opt_in
         )
-        metered.rate = result.rate
+        metered.rate = result.rate  # limits
         return metered
 
     @staticmethod

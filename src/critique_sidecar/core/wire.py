@@ -19,6 +19,19 @@ WARNING_HEADER = "x-critique-warning"
 CREDITS_CHARGED_HEADER = "x-critique-credits-charged"
 ESTIMATED_USD_HEADER = "x-critique-estimated-usd"
 
+# >>> limits: what the SDKs read (OpenAI's names): the request id, the per-minute limits, and
+# whether and when to retry a refusal (core/limits.py sets them).
+SDK_REQUEST_ID_HEADER = "x-request-id"  # the same id as REQUEST_ID_HEADER
+LIMIT_REQUESTS_HEADER = "x-ratelimit-limit-requests"
+REMAINING_REQUESTS_HEADER = "x-ratelimit-remaining-requests"
+RESET_REQUESTS_HEADER = "x-ratelimit-reset-requests"
+LIMIT_TOKENS_HEADER = "x-ratelimit-limit-tokens"
+REMAINING_TOKENS_HEADER = "x-ratelimit-remaining-tokens"
+RESET_TOKENS_HEADER = "x-ratelimit-reset-tokens"
+RETRY_AFTER_HEADER = "retry-after"
+SHOULD_RETRY_HEADER = "x-should-retry"  # read by the OpenAI and Anthropic SDKs before their own rules
+# <<< limits
+
 # Never forwarded upstream, besides every x-critique-* header: the client's key, and
 # accept-encoding, so upstreams answer uncompressed and the body can be metered as it passes.
 NEVER_UPSTREAM = ("authorization", "accept-encoding")
