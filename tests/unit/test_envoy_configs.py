@@ -107,7 +107,7 @@ def test_a_new_catalog_model_is_routed(
     assert cli.main(["envoy-config"]) == 0  # what `critique-sidecar envoy-config` prints
     text = capsys.readouterr().out
     config = yaml.safe_load(text)
-    [route] = [r for r in routes(listener(config, "critique")) if r.get("name") == "chat_model_acme_tiny_1"]
+    [route] = [r for r in routes(listener(config, "critique")) if r.get("name") == "critique_chat_model_acme_tiny_1"]
     assert route["match"] == {"path": CHAT_PATH, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": FOURTH}}]}
     assert route["route"]["cluster"] == "model_acme_tiny_1"
     assert endpoints(cluster(config, "model_acme_tiny_1")) == ["127.0.0.2:8200"]
