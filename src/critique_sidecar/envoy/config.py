@@ -11,6 +11,7 @@ product's own routes only, so other routes sharing the listener never call the s
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -367,13 +368,19 @@ def _router() -> dict[str, Any]:
 # A request whose :path (query string aside) is one of the product's: local-reply mappers
 # carry it so that, in a shared listener, they rewrite the product's replies only.
 PRODUCT_PATH_FILTER = {
-    "header_filter": {
-        "header": {
-            "name": ":path",
-            "string_match": {
-                "safe_regex": {"regex": "(" + "|".join(p.replace("-", "\\-") for p in PRODUCT_PATHS) + r")(\?.*)?"}
-            },
-        }
+    "or_filter": {
+        "filters": [
+            {
+                "header_filter": {
+                    "header": {
+                        "name": ":path",
+                        # One small regex per path: RE2 refuses programs past size 100 by default.
+                        "string_match": {"safe_regex": {"regex": re.escape(p) + r"(\?.*)?"}},
+                    }
+                }
+            }
+            for p in PRODUCT_PATHS
+        ]
     }
 }
 
@@ -525,7 +532,8 @@ FRAGMENT_HEADER = (
 
 def to_yaml(data: Any) -> str:
     # Round-trip through JSON so YAML gets plain types only.
-    return yaml.safe_dump(orjson.loads(orjson.dumps(data)), sort_keys=False, width=120)
+    text: str = yaml.safe_dump(orjson.loads(orjson.dumps(data)), sort_keys=False, width=120)
+    return text
 
 
 def render(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> str:

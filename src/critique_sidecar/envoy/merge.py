@@ -114,10 +114,11 @@ def _virtual_host(hcm: dict[str, Any], name: str | None) -> dict[str, Any]:
         found = [v for v in vhosts if v.get("name") == name]
         if not found:
             raise MergeError(f"no virtual host named {name!r}; virtual hosts: {_names(vhosts)}")
-        return found[0]
-    if len(vhosts) != 1:
+        vhosts = found
+    elif len(vhosts) != 1:
         raise MergeError(f"{len(vhosts)} virtual hosts ({_names(vhosts)}): choose one with --virtual-host NAME")
-    return vhosts[0]
+    vhost: dict[str, Any] = vhosts[0]
+    return vhost
 
 
 def _names(items: list[dict[str, Any]]) -> str:
