@@ -382,21 +382,14 @@ def _envoy_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def _envoy_merge(args: argparse.Namespace, config: Config) -> int:
-    import yaml
-
     from .core.catalog import load_catalog
-    from .envoy.config import build_fragment, to_yaml
+    from .envoy.config import build_fragment, read_bootstrap, to_yaml
     from .envoy.merge import merge
 
     try:
-        with open(args.bootstrap, encoding="utf-8") as f:
-            existing = yaml.safe_load(f)
+        existing = read_bootstrap(args.bootstrap)
     except OSError as exc:
         raise CliError(f"cannot read {args.bootstrap}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise CliError(f"{args.bootstrap} is not YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(existing, dict):
-        raise CliError(f"{args.bootstrap} is not an Envoy bootstrap (a mapping)")
     fragment = build_fragment(load_catalog(config.catalog_path), _envoy_options(args))
     sys.stdout.write(to_yaml(merge(existing, fragment, args.listener, args.virtual_host)))
     return 0

@@ -536,6 +536,18 @@ def to_yaml(data: Any) -> str:
     return text
 
 
+def read_bootstrap(path: str) -> dict[str, Any]:
+    """An existing Envoy bootstrap (YAML or JSON); EnvoyOptionError when it is not one."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise EnvoyOptionError(f"{path} is not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise EnvoyOptionError(f"{path} is not an Envoy bootstrap (a mapping)")
+    return doc
+
+
 def render(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> str:
     return HEADER + to_yaml(build_config(catalog, opts))
 
