@@ -10,8 +10,12 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Config
 from .core.catalog import CatalogError
@@ -459,6 +463,23 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)
         return 1
+    except (RedisError, RedisClusterException) as exc:  # from commands that go to Redis directly
+        print(f"critique-sidecar: error: Redis at {_redis_where(config)}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+# --- one-line Redis errors for the operator commands ----------------------------------------
+
+
+def _redis_where(config: Config) -> str:
+    """host:port of the configured Redis, never its password."""
+    url = urlsplit(config.redis_url)
+    return f"{url.hostname}:{url.port or 6379}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":
