@@ -129,9 +129,9 @@ def test_sidecar_environment_names_real_settings_and_takes_redis_from_the_secret
     env = env_of(container(pod, "sidecar"))
     assert set(env) <= SIDECAR_SETTINGS, f"not settings: {sorted(set(env) - SIDECAR_SETTINGS)}"
     ref = env["CRITIQUE_REDIS_URL"]["secretKeyRef"]
-    secret = k8s("secret.yaml")
-    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-    assert secret["stringData"][ref["key"]].startswith("redis://")
+    [generator] = k8s("kustomization.yaml")["secretGenerator"]  # from redis.env, never committed
+    assert ref["name"] == generator["name"] and generator["envs"] == ["redis.env"]
+    assert (K8S / "redis.env.example").read_text().count(f"\n{ref['key']}=redis://") == 1
     s = sidecar_settings(pod)
     assert s.log_format == "json" and str(s.journal_path).startswith("/var/lib/critique/")
     [journal] = [
