@@ -5,6 +5,7 @@ kubernetes-statefulset overlay runs the same pod with its journal on a Persisten
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -91,3 +92,16 @@ def test_the_statefulset_overlay_keeps_the_journal_on_a_claim_and_is_current(dep
     rendered = {**sts["spec"]["template"], "spec": {**pod, "volumes": deployment["spec"]["volumes"]}}
     [secret] = of_kind(docs, "Secret")
     assert yaml.safe_dump(rendered).replace(secret["metadata"]["name"], "critique-redis") == yaml.safe_dump(deployment)
+
+
+def test_alerts_name_the_generated_stat_prefix_and_say_how_to_change_it() -> None:
+    from critique_sidecar.envoy.config import EnvoyOptions
+
+    text = (DEPLOY / "prometheus/alerts.yaml").read_text()
+    rules = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert set(re.findall(r'envoy_http_conn_manager_prefix="([^"]+)"', rules)) == {EnvoyOptions().stat_prefix}
+    [sed] = re.findall(r"#\s+(sed '.*') alerts.yaml", text)
+    changed = subprocess.run(
+        ["sh", "-c", sed.replace("NAME", "edge_http")], input=text, capture_output=True, text=True, check=True
+    ).stdout
+    assert yaml.safe_load(changed) == yaml.safe_load(text.replace('prefix="ingress"', 'prefix="edge_http"'))
