@@ -1,10 +1,12 @@
-"""Render deploy/kubernetes/configmap.yaml: the pod's catalog and the Envoy config made from it.
+"""Render deploy/kubernetes/configmap.yaml (the pod's catalog and the Envoy config made from it)
+and deploy/kubernetes-statefulset/statefulset.yaml (deployment.yaml's pod as a StatefulSet with
+the journal on a PersistentVolumeClaim).
 
     make deploy-config        # = python deploy/render.py
 
 deploy/kubernetes/catalog.toml is the deployment's one catalog. The sidecar reads it
 (CRITIQUE_CATALOG_PATH) to price requests and list models; Envoy routes by the config this
-script generates from the same file with `critique_sidecar.envoy_config`, changed only where a
+script generates from the same file with `critique_sidecar.envoy.config`, changed only where a
 pod needs it:
 
 - the listener binds 0.0.0.0:8080 (the Service's target); the sidecar clusters stay on the
@@ -15,7 +17,7 @@ pod needs it:
 - a second listener, 0.0.0.0:9102, exposes only Envoy's /stats/prometheus and /ready from the
   admin interface (which itself stays on 127.0.0.1:9901), for Prometheus and the kubelet.
 
-tests/unit/test_deploy.py fails when the committed configmap.yaml differs from this output."""
+tests/unit/test_deploy.py and test_kubernetes.py fail when the committed files differ from this output."""
 
 from __future__ import annotations
 
