@@ -33,6 +33,13 @@ def shipped_envoy_configs() -> dict[str, str]:
     configs = {"envoy.yaml": (REPO / "envoy.yaml").read_text()}
     configs["configmap.yaml:envoy.yaml"] = k8s("configmap.yaml")["data"]["envoy.yaml"]
     configs["envoy-config --chat-auth ext_authz"] = render(load_catalog(), EnvoyOptions(chat_auth="ext_authz"))
+    # IPv6 in brackets, as operators write it; other names for the stat prefix and virtual host.
+    configs["envoy-config, IPv6 and named options"] = render(
+        load_catalog(),
+        EnvoyOptions(
+            listen="[::]:8080", admin="[::1]:9901", sidecar_grpc=("[::1]:9001",), stat_prefix="api", virtual_host="v"
+        ),
+    )
     # What `critique-sidecar envoy-config` makes for upstreams given by host name (DNS clusters).
     configs["envoy-config, host-name upstreams"] = render(load_catalog(K8S / "catalog.toml"))
     bench = load_module(REPO / "bench/envoy_configs.py", "bench_envoy_configs")
