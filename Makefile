@@ -57,7 +57,8 @@ envoy-config: $(VENV)/.installed
 	$(VENV)/bin/critique-sidecar envoy-config > envoy.yaml
 	$(PY) deploy/render.py
 
-# deploy/kubernetes/configmap.yaml from deploy/kubernetes/catalog.toml (see deploy/render.py).
+# deploy/kubernetes/configmap.yaml from deploy/kubernetes/catalog.toml, and the StatefulSet overlay
+# (deploy/kubernetes-statefulset/statefulset.yaml) from deployment.yaml (see deploy/render.py).
 deploy-config: $(VENV)/.installed
 	$(PY) deploy/render.py
 

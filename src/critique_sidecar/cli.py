@@ -10,8 +10,12 @@ import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Config
 from .core.catalog import CatalogError
@@ -139,6 +143,25 @@ class _OneLineParser(argparse.ArgumentParser):
 Commands: TypeAlias = "argparse._SubParsersAction[_OneLineParser]"
 
 
+def _envoy_product_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sidecar-grpc", action="append", help="sidecar gRPC address (repeat for several processes)")
+    p.add_argument("--sidecar-http", default="127.0.0.1:9002", help="sidecar HTTP address")
+    p.add_argument(
+        "--chat-auth",
+        choices=["ext_proc", "ext_authz"],
+        default="ext_proc",
+        help="authorise chat inside the one ext_proc stream (default) or with ext_authz too",
+    )
+    p.add_argument(
+        "--sidecar-tls-ca", metavar="FILE", help="gRPC to the sidecar over TLS: CA that signed its certificate"
+    )
+    p.add_argument("--sidecar-tls-cert", metavar="FILE", help="mTLS: client certificate Envoy presents to the sidecar")
+    p.add_argument("--sidecar-tls-key", metavar="FILE", help="mTLS: that certificate's private key")
+    p.add_argument(
+        "--sidecar-tls-sni", metavar="NAME", help="server name to send and to verify in the sidecar's certificate"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="critique-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,15 +182,23 @@ def _serving_commands(sub: Commands) -> None:
 
 def _envoy_config_command(sub: Commands) -> None:
     envoy = sub.add_parser("envoy-config", help="print the Envoy config generated from the catalog")
-    envoy.add_argument("--listen", default="127.0.0.1:8080", help="Envoy listener address")
-    envoy.add_argument("--sidecar-grpc", action="append", help="sidecar gRPC address (repeat for several processes)")
-    envoy.add_argument("--sidecar-http", default="127.0.0.1:9002")
+    envoy.add_argument("--listen", default="127.0.0.1:8080", help="Envoy listener address (IP:PORT, [IPv6]:PORT)")
+    envoy.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin address (IP:PORT)")
+    envoy.add_argument("--stat-prefix", default="ingress", help="the listener's HTTP stat prefix (alerts use it)")
+    envoy.add_argument("--virtual-host", default="critique", help="name of the product's virtual host")
     envoy.add_argument(
-        "--chat-auth",
-        choices=["ext_proc", "ext_authz"],
-        default="ext_proc",
-        help="authorise chat inside the one ext_proc stream (default) or with ext_authz too",
+        "--fragment",
+        action="store_true",
+        help="print only what the product adds to an existing Envoy (filters, routes, local replies, clusters)",
     )
+    _envoy_product_options(envoy)
+    merge = sub.add_parser(
+        "envoy-merge", help="insert the product into an existing Envoy bootstrap; the result goes to stdout"
+    )
+    merge.add_argument("bootstrap", help="your Envoy bootstrap (YAML or JSON)")
+    merge.add_argument("--listener", help="the listener to add the product to (needed when there are several)")
+    merge.add_argument("--virtual-host", help="the virtual host to add the routes to (needed when there are several)")
+    _envoy_product_options(merge)
 
 
 def _keys_commands(sub: Commands) -> None:
@@ -421,17 +452,52 @@ async def _usage_cmd(args: argparse.Namespace, redis: Any, config: Config) -> in
     return 0
 
 
-def _envoy_config(args: argparse.Namespace, config: Config) -> int:
-    from .core.catalog import load_catalog
-    from .envoy.config import EnvoyOptions, render
+def _envoy_options(args: argparse.Namespace) -> Any:
+    from .envoy.config import EnvoyOptions, SidecarTls
 
-    opts = EnvoyOptions(
-        listen=args.listen,
+    tls = None
+    if args.sidecar_tls_ca:
+        tls = SidecarTls(args.sidecar_tls_ca, args.sidecar_tls_cert, args.sidecar_tls_key, args.sidecar_tls_sni)
+    elif args.sidecar_tls_cert or args.sidecar_tls_key or args.sidecar_tls_sni:
+        raise CliError("--sidecar-tls-cert/-key/-sni need --sidecar-tls-ca")
+    extra = {}
+    if args.command == "envoy-config":
+        extra = {
+            "listen": args.listen,
+            "admin": args.admin,
+            "stat_prefix": args.stat_prefix,
+            "virtual_host": args.virtual_host,
+        }
+    return EnvoyOptions(
         sidecar_grpc=tuple(args.sidecar_grpc or ["127.0.0.1:9001"]),
         sidecar_http=args.sidecar_http,
         chat_auth=args.chat_auth,
+        sidecar_tls=tls,
+        **extra,
     )
-    sys.stdout.write(render(load_catalog(config.catalog_path), opts))
+
+
+def _envoy_config(args: argparse.Namespace, config: Config) -> int:
+    from .core.catalog import load_catalog
+    from .envoy.config import render, render_fragment
+
+    opts = _envoy_options(args)
+    catalog = load_catalog(config.catalog_path)
+    sys.stdout.write(render_fragment(catalog, opts) if args.fragment else render(catalog, opts))
+    return 0
+
+
+def _envoy_merge(args: argparse.Namespace, config: Config) -> int:
+    from .core.catalog import load_catalog
+    from .envoy.config import build_fragment, read_bootstrap, to_yaml
+    from .envoy.merge import merge
+
+    try:
+        existing = read_bootstrap(args.bootstrap)
+    except OSError as exc:
+        raise CliError(f"cannot read {args.bootstrap}: {exc.strerror}") from None
+    fragment = build_fragment(load_catalog(config.catalog_path), _envoy_options(args))
+    sys.stdout.write(to_yaml(merge(existing, fragment, args.listener, args.virtual_host)))
     return 0
 
 
@@ -481,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "envoy-config":
             return _envoy_config(args, config)
+        if args.command == "envoy-merge":
+            return _envoy_merge(args, config)
         if args.command == "usage":
             return asyncio.run(_with_redis(config, lambda redis: _usage_cmd(args, redis, config)))
         if args.command == "keys":
@@ -499,6 +567,23 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)
         return 1
+    except (RedisError, RedisClusterException) as exc:  # from commands that go to Redis directly
+        print(f"critique-sidecar: error: Redis at {_redis_where(config)}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+# --- one-line Redis errors for the operator commands ----------------------------------------
+
+
+def _redis_where(config: Config) -> str:
+    """host:port of the configured Redis, never its password."""
+    url = urlsplit(config.redis_url)
+    return f"{url.hostname}:{url.port or 6379}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

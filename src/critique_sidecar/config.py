@@ -122,6 +122,27 @@ class Config(BaseSettings):
             )
         return self
 
+    # --- TLS on the gRPC listener (Envoy -> sidecar); see envoy/credentials.py ------------
+    grpc_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the gRPC listener; set with grpc_tls_key to serve TLS. Re-read when it changes.",
+    )
+    grpc_tls_key: Path | None = Field(None, description="PEM private key of grpc_tls_cert.")
+    grpc_tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle: when set, the gRPC listener requires client certificates signed by it (mTLS).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Config:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("grpc_tls_cert and grpc_tls_key go together")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError("grpc_tls_client_ca needs grpc_tls_cert and grpc_tls_key (mTLS is TLS first)")
+        return self
+
+    # ------------------------------------------------------------------------------------
+
     @field_validator("upstream_override")
     @classmethod
     def _host_port(cls, v: str | None) -> str | None:

@@ -129,9 +129,9 @@ def test_sidecar_environment_names_real_settings_and_takes_redis_from_the_secret
     env = env_of(container(pod, "sidecar"))
     assert set(env) <= SIDECAR_SETTINGS, f"not settings: {sorted(set(env) - SIDECAR_SETTINGS)}"
     ref = env["CRITIQUE_REDIS_URL"]["secretKeyRef"]
-    secret = k8s("secret.yaml")
-    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
-    assert secret["stringData"][ref["key"]].startswith("redis://")
+    [generator] = k8s("kustomization.yaml")["secretGenerator"]  # from redis.env, never committed
+    assert ref["name"] == generator["name"] and generator["envs"] == ["redis.env"]
+    assert (K8S / "redis.env.example").read_text().count(f"\n{ref['key']}=redis://") == 1
     s = sidecar_settings(pod)
     assert s.log_format == "json" and str(s.journal_path).startswith("/var/lib/critique/")
     [journal] = [
@@ -299,14 +299,18 @@ def test_sidecar_unit_runs_serve_with_the_env_file_and_a_kept_journal() -> None:
     assert journal.parent == Path("/var/lib") / svc["StateDirectory"]  # systemd creates and keeps it
 
 
-def test_envoy_unit_validates_then_runs_the_same_config_after_the_sidecar() -> None:
+def test_envoy_unit_validates_then_runs_the_same_config_and_stops_after_the_sidecar() -> None:
     u = unit("envoy.service")
     svc = u["Service"]
     pre, run = svc["ExecStartPre"].split(), svc["ExecStart"].split()
     assert pre[1:3] == ["--mode", "validate"] and pre[0] == run[0]
     assert pre[pre.index("-c") + 1] == run[run.index("-c") + 1]
-    assert "critique-sidecar.service" in u["Unit"]["After"].split()
     assert int(svc["TimeoutStopSec"]) > 0
+    # systemd stops in reverse start order: the sidecar starts after Envoy, so it stops (and
+    # drains) before Envoy does; Envoy must not order itself after the sidecar too.
+    assert "envoy.service" in unit("critique-sidecar.service")["Unit"]["After"].split()
+    assert "critique-sidecar.service" not in u["Unit"]["After"].split()
+    assert "critique-sidecar.service" in u["Unit"]["Wants"].split()
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")

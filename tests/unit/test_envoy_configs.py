@@ -33,6 +33,13 @@ def shipped_envoy_configs() -> dict[str, str]:
     configs = {"envoy.yaml": (REPO / "envoy.yaml").read_text()}
     configs["configmap.yaml:envoy.yaml"] = k8s("configmap.yaml")["data"]["envoy.yaml"]
     configs["envoy-config --chat-auth ext_authz"] = render(load_catalog(), EnvoyOptions(chat_auth="ext_authz"))
+    # IPv6 in brackets, as operators write it; other names for the stat prefix and virtual host.
+    configs["envoy-config, IPv6 and named options"] = render(
+        load_catalog(),
+        EnvoyOptions(
+            listen="[::]:8080", admin="[::1]:9901", sidecar_grpc=("[::1]:9001",), stat_prefix="api", virtual_host="v"
+        ),
+    )
     # What `critique-sidecar envoy-config` makes for upstreams given by host name (DNS clusters).
     configs["envoy-config, host-name upstreams"] = render(load_catalog(K8S / "catalog.toml"))
     bench = load_module(REPO / "bench/envoy_configs.py", "bench_envoy_configs")
@@ -107,7 +114,7 @@ def test_a_new_catalog_model_is_routed(
     assert cli.main(["envoy-config"]) == 0  # what `critique-sidecar envoy-config` prints
     text = capsys.readouterr().out
     config = yaml.safe_load(text)
-    [route] = [r for r in routes(listener(config, "critique")) if r.get("name") == "chat_model_acme_tiny_1"]
+    [route] = [r for r in routes(listener(config, "critique")) if r.get("name") == "critique_chat_model_acme_tiny_1"]
     assert route["match"] == {"path": CHAT_PATH, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": FOURTH}}]}
     assert route["route"]["cluster"] == "model_acme_tiny_1"
     assert endpoints(cluster(config, "model_acme_tiny_1")) == ["127.0.0.2:8200"]

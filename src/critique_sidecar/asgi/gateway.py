@@ -105,7 +105,7 @@ class Forward:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         base = self.urls.get(header_dict(scope["headers"]).get(MODEL_HEADER, ""))
-        if base is None:  # as Envoy's chat_unrouted route
+        if base is None:  # as Envoy's critique_chat_unrouted route
             await send_error(send, ApiError("service_unavailable", "The request could not be routed to a model"))
             return
         body = await read_body(receive, MAX_BODY_BYTES)

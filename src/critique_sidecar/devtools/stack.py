@@ -236,7 +236,7 @@ class Stack:
                 "route_config"
             ]["virtual_hosts"]:
                 for route in vhost["routes"]:
-                    if route.get("name", "").startswith("chat_") and "route" in route:
+                    if route.get("name", "").startswith("critique_chat_") and "route" in route:
                         route["route"]["timeout"] = f"{self.route_timeout_s:g}s"
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,11 +1,17 @@
 """Generate the Envoy config from the catalog: one cluster and one route per model.
 
 `critique-sidecar envoy-config > envoy.yaml` is how the committed envoy.yaml is made; a test
-fails when they differ, so the catalog stays the one source of truth for routes."""
+fails when they differ, so the catalog stays the one source of truth for routes.
+`--fragment` prints only what the product adds (`build_fragment`); `envoy-merge` inserts that
+into an existing bootstrap (envoy/merge.py).
+
+Every product filter is off by default (filter-level `disabled: true`) and turned on by the
+product's own routes only, so other routes sharing the listener never call the sidecar."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,15 +23,78 @@ from ..core.errors import error_body
 from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER
 
-EXT_AUTHZ = "envoy.filters.http.ext_authz"
-EXT_PROC = "envoy.filters.http.ext_proc"
-BUFFER = "envoy.filters.http.buffer"
+# Filter names are our own, so they never clash with an ext_authz or buffer filter already in
+# an existing chain; per-route configs address a filter by this name.
+EXT_AUTHZ = "critique.ext_authz"
+EXT_PROC = "critique.ext_proc"
+BUFFER = "critique.buffer"
+# Envoy's ext_authz writes its dynamic metadata under its extension name, whatever the filter
+# is called (envoy/identity.py reads it from there).
+EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
+ROUTER = "envoy.filters.http.router"
+ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.py finds them by it)
+SIDECAR_CLUSTERS = ("sidecar_grpc", "sidecar_http")
+DASHBOARD_PAGE = "/inference-dashboard"
+APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH)
+PRODUCT_PATHS = (CHAT_PATH, *APP_PATHS, DASHBOARD_PAGE)
 # What the ext_proc stream needs to see of the request (key, trace id) and response (status,
 # type, encoding), besides the x-critique-* prefix.
 FORWARDED_HEADERS = ("authorization", "x-request-id", ":status", "content-type", "content-encoding")
 # Largest non-streaming response Envoy buffers for metering, and the largest piece of a
 # stream it hands the sidecar in one message: this bounds the sidecar's memory per stream.
 UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024
+# Envoy's response flags for a model server that refused the connection, closed it or reset
+# the stream before answering. Envoy says 503 for these; the client is told 502 upstream_error,
+# so "the model server failed" is never mistaken for "our store is down".
+UPSTREAM_FAILURE_FLAGS = ("UF", "UC", "UR", "URX")
+_T = "type.googleapis.com/envoy.extensions."
+
+
+class EnvoyOptionError(ValueError):
+    """An option Envoy would reject; the message says which and why."""
+
+
+def listen_address(text: str, what: str = "--listen") -> tuple[str, int]:
+    """IP:port (IPv6 in brackets) -> (ip, port). Envoy binds listeners to IP literals only."""
+    host, port = _split_hostport(text, what)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise EnvoyOptionError(
+            f"{what} {text!r}: Envoy listens on an IP address, not a host name (e.g. 127.0.0.1:{port} or [::]:{port})"
+        ) from None
+    return host, port
+
+
+def endpoint_address(text: str, what: str) -> tuple[str, int]:
+    """host:port for a cluster endpoint: an IP or a DNS name (then the cluster resolves it)."""
+    return _split_hostport(text, what)
+
+
+def _split_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise EnvoyOptionError(f"{what} {text!r}: write an IPv6 address in brackets, e.g. [::1]:{port}")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EnvoyOptionError(f"{what} {text!r}: expected HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class SidecarTls:
+    """Envoy -> sidecar gRPC over TLS: the CA that signed the sidecar's certificate, and for
+    mTLS the client certificate and key Envoy presents (files on Envoy's host)."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    sni: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise EnvoyOptionError("--sidecar-tls-cert and --sidecar-tls-key go together (mTLS)")
 
 
 @dataclass(frozen=True)
@@ -41,11 +110,30 @@ class EnvoyOptions:
     # Past this Envoy answers 503 itself; the sidecar's own Redis timeout (0.5 s) fails first.
     sidecar_timeout_ms: int = 2000
     upstream_timeout_s: int = 600
+    stat_prefix: str = "ingress"
+    virtual_host: str = "critique"
+    domains: tuple[str, ...] = ("*",)
+    sidecar_tls: SidecarTls | None = None
+
+    def __post_init__(self) -> None:
+        if self.chat_auth not in ("ext_proc", "ext_authz"):
+            raise EnvoyOptionError("chat_auth must be 'ext_proc' or 'ext_authz'")
+        listen_address(self.listen, "--listen")
+        listen_address(self.admin, "--admin")
+        if not self.sidecar_grpc:
+            raise EnvoyOptionError("--sidecar-grpc: at least one address")
+        for a in self.sidecar_grpc:
+            endpoint_address(a, "--sidecar-grpc")
+        endpoint_address(self.sidecar_http, "--sidecar-http")
+        if not self.stat_prefix or not all(c.isalnum() or c in "_-." for c in self.stat_prefix):
+            raise EnvoyOptionError(f"--stat-prefix {self.stat_prefix!r}: letters, digits, '_', '-' and '.' only")
 
 
-def _addr(hostport: str) -> dict[str, Any]:
-    host, _, port = hostport.rpartition(":")
-    return {"socket_address": {"address": host, "port_value": int(port)}}
+# --- building blocks ------------------------------------------------------------------------
+
+
+def _addr(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
 
 
 def _is_ip(host: str) -> bool:
@@ -57,24 +145,24 @@ def _is_ip(host: str) -> bool:
 
 
 def _cluster(
-    name: str, endpoints: list[str], *, http2: bool = False, buffer_bytes: int | None = None
+    name: str, endpoints: list[tuple[str, int]], *, http2: bool = False, buffer_bytes: int | None = None
 ) -> dict[str, Any]:
     # Envoy refuses a STATIC cluster with a host name ("vllm.internal:8000", a Kubernetes
     # Service): those are resolved, and re-resolved, by DNS.
-    static = all(_is_ip(e.rpartition(":")[0]) for e in endpoints)
+    static = all(_is_ip(host) for host, _ in endpoints)
     c: dict[str, Any] = {
         "name": name,
         "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "0.25s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(e)}} for e in endpoints]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in endpoints]}],
         },
     }
     if http2:
         c["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": _T + "upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {"http2_protocol_options": {}},
             }
         }
@@ -83,31 +171,42 @@ def _cluster(
     return c
 
 
-def _per_filter(*, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
+def _tls_transport_socket(tls: SidecarTls) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "alpn_protocols": ["h2"],
+        "validation_context": {"trusted_ca": {"filename": tls.ca}},
+    }
+    if tls.cert and tls.key:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": tls.cert}, "private_key": {"filename": tls.key}}
+        ]
+    ctx: dict[str, Any] = {"@type": _T + "transport_sockets.tls.v3.UpstreamTlsContext", "common_tls_context": common}
+    if tls.sni:
+        ctx["sni"] = tls.sni
+        common["validation_context"]["match_typed_subject_alt_names"] = [
+            {"san_type": "DNS", "matcher": {"exact": tls.sni}}
+        ]
+    return {"name": "envoy.transport_sockets.tls", "typed_config": ctx}
+
+
+def _enabled(per_route_type: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Turn on, for one route, a filter that is disabled at the filter level."""
+    return {
+        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+        "config": {"@type": _T + per_route_type, **config},
+    }
+
+
+def _per_filter(opts: EnvoyOptions, *, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if not authz:
-        out[EXT_AUTHZ] = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
-            "disabled": True,
-        }
-    if proc:  # ext_proc is off unless a route turns it on (see build_config)
-        out[EXT_PROC] = {
-            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-            "config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                "overrides": {},
-            },
-        }
-    else:
-        out[EXT_PROC] = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-            "disabled": True,
-        }
-    if not buffer:
-        out[BUFFER] = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
-            "disabled": True,
-        }
+    if authz:
+        out[EXT_AUTHZ] = _enabled("filters.http.ext_authz.v3.ExtAuthzPerRoute", {"check_settings": {}})
+    if buffer:
+        out[BUFFER] = _enabled(
+            "filters.http.buffer.v3.BufferPerRoute", {"buffer": {"max_request_bytes": opts.max_request_bytes}}
+        )
+    if proc:
+        out[EXT_PROC] = _enabled("filters.http.ext_proc.v3.ExtProcPerRoute", {"overrides": {}})
     return out
 
 
@@ -124,70 +223,36 @@ def _json_reply(status: int, code: str, message: str) -> dict[str, Any]:
     }
 
 
-# Envoy's response flags for a model server that refused the connection, closed it or reset
-# the stream before answering. Envoy says 503 for these; the client is told 502 upstream_error,
-# so "the model server failed" is never mistaken for "our store is down".
-UPSTREAM_FAILURE_FLAGS = ("UF", "UC", "UR", "URX")
+def _too_large(opts: EnvoyOptions) -> str:
+    return f"Request body exceeds {opts.max_request_bytes} bytes"
 
 
-def _local_reply_mapper(
-    status: int, code: str, message: str, new_status: int | None = None, flags: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    status_filter = {
-        "status_code_filter": {
-            "comparison": {
-                "op": "EQ",
-                "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"},
-            }
-        }
-    }
-    mapper: dict[str, Any] = {
-        "filter": {"and_filter": {"filters": [status_filter, {"response_flag_filter": {"flags": list(flags)}}]}}
-        if flags
-        else status_filter,
-        "body": {"inline_string": error_body(code, message).decode()},
-        "body_format_override": {
-            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
-            "content_type": "application/json",
-        },
-    }
-    if new_status:
-        mapper["status_code"] = new_status
-    return mapper
+# --- what the product adds ------------------------------------------------------------------
 
 
-def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[str, Any]:
-    if opts.chat_auth not in ("ext_proc", "ext_authz"):
-        raise ValueError("chat_auth must be 'ext_proc' or 'ext_authz'")
-    chat_filters = _per_filter(authz=opts.chat_auth == "ext_authz", proc=True, buffer=True)
-    app_filters = _per_filter(authz=True, proc=False, buffer=False)
-    timeout = f"{opts.sidecar_timeout_ms / 1000:g}s"
-
-    too_large = f"Request body exceeds {opts.max_request_bytes} bytes"
+def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
+    """The product's routes, exact paths only, each named critique_*."""
+    chat_filters = _per_filter(opts, authz=opts.chat_auth == "ext_authz", proc=True, buffer=True)
     # A body announced larger than the limit is refused from its headers alone, at once: the
     # buffer filter would otherwise wait for the bytes (a slow client holds the request open
     # until the idle timeout). Bodies without a Content-Length meet the buffer filter's 413.
     routes: list[dict[str, Any]] = [
         {
-            "name": "chat_body_too_large",
+            "name": ROUTE_PREFIX + "chat_body_too_large",
             "match": {
                 "path": CHAT_PATH,
                 "headers": [
                     {"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}
                 ],
             },
-            **_json_reply(413, "request_too_large", too_large),
-            "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
+            **_json_reply(413, "request_too_large", _too_large(opts)),
         }
     ]
     for model in catalog.models:
         routes.append(
             {
-                "name": f"chat_{model.upstream.cluster}",
-                "match": {
-                    "path": CHAT_PATH,
-                    "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model.id}}],
-                },
+                "name": f"{ROUTE_PREFIX}chat_{model.upstream.cluster}",
+                "match": {"path": CHAT_PATH, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model.id}}]},
                 "route": {
                     "cluster": model.upstream.cluster,
                     "timeout": f"{opts.upstream_timeout_s}s",
@@ -201,41 +266,50 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
     # chat filter settings. Reaching its direct response means no model route matched.
     routes.append(
         {
-            "name": "chat_unrouted",
+            "name": ROUTE_PREFIX + "chat_unrouted",
             "match": {"path": CHAT_PATH},
             **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
             "typed_per_filter_config": chat_filters,
         }
     )
-    for prefix in (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH):
+    for path in APP_PATHS:
         routes.append(
             {
-                "match": {"path": prefix},
+                "name": ROUTE_PREFIX + path.strip("/").replace("/", "_").replace("-", "_"),
+                "match": {"path": path},
                 "route": {"cluster": "sidecar_http", "timeout": "10s"},
-                "typed_per_filter_config": app_filters,
+                "typed_per_filter_config": _per_filter(opts, authz=True, proc=False, buffer=False),
             }
         )
     routes.append(
         {
-            "match": {"path": "/inference-dashboard"},
+            "name": ROUTE_PREFIX + "dashboard_page",
+            "match": {"path": DASHBOARD_PAGE},
             "route": {"cluster": "sidecar_http", "timeout": "10s"},
-            "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
         }
     )
-    routes.append(
-        {
-            "match": {"prefix": "/"},
-            **_json_reply(404, "not_found", "No such route"),
-            "typed_per_filter_config": _per_filter(authz=False, proc=False, buffer=False),
-        }
-    )
+    return routes
 
+
+def _catch_all() -> dict[str, Any]:
+    return {
+        "name": ROUTE_PREFIX + "not_found",
+        "match": {"prefix": "/"},
+        **_json_reply(404, "not_found", "No such route"),
+    }
+
+
+def http_filters(opts: EnvoyOptions) -> list[dict[str, Any]]:
+    """The product's three filters (each disabled until a product route enables it); they go
+    right before the router."""
+    timeout = f"{opts.sidecar_timeout_ms / 1000:g}s"
     grpc_service = {"envoy_grpc": {"cluster_name": "sidecar_grpc"}, "timeout": timeout}
-    http_filters = [
+    return [
         {
             "name": EXT_AUTHZ,
+            "disabled": True,
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "@type": _T + "filters.http.ext_authz.v3.ExtAuthz",
                 "grpc_service": grpc_service,
                 "transport_api_version": "V3",
                 "failure_mode_allow": False,
@@ -244,8 +318,9 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
         },
         {
             "name": BUFFER,
+            "disabled": True,
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                "@type": _T + "filters.http.buffer.v3.Buffer",
                 "max_request_bytes": opts.max_request_bytes,
             },
         },
@@ -257,7 +332,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
             # got an empty reply instead of the error.
             "disabled": True,
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                "@type": _T + "filters.http.ext_proc.v3.ExternalProcessor",
                 "grpc_service": grpc_service,
                 "failure_mode_allow": False,
                 "message_timeout": timeout,
@@ -270,7 +345,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                     "request_trailer_mode": "SKIP",
                     "response_trailer_mode": "SKIP",
                 },
-                "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ]}},
+                "metadata_options": {"forwarding_namespaces": {"untyped": [EXT_AUTHZ_NAMESPACE]}},
                 # Only the headers the exchange reads (core/exchange.py): less for Envoy to
                 # serialise and us to parse on every request, and no cookies or other client
                 # headers ever reach the sidecar. Every x-critique-* header is still seen (and
@@ -283,46 +358,96 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                 "status_on_error": {"code": 503},
             },
         },
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        },
     ]
 
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "ingress",
-        "codec_type": "AUTO",
-        "use_remote_address": True,
-        "request_timeout": "300s",
-        "stream_idle_timeout": "120s",
-        "route_config": {
-            "name": "critique",
-            "virtual_hosts": [{"name": "critique", "domains": ["*"], "routes": routes}],
-        },
-        "http_filters": http_filters,
-        # Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts)
-        # in the product's JSON error shape.
-        "local_reply_config": {
-            "mappers": [
-                _local_reply_mapper(413, "request_too_large", too_large),
-                # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also
-                # replace the sidecar's specific invalid_request messages.
-                _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many"),
-                _local_reply_mapper(
-                    500, "service_unavailable", "The metering service is unavailable; retry shortly", 503
-                ),
-                _local_reply_mapper(
-                    503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS
-                ),
-                _local_reply_mapper(503, "service_unavailable", "The service is unavailable; retry shortly"),
-                _local_reply_mapper(502, "upstream_error", "The model server failed to answer"),
-                _local_reply_mapper(504, "upstream_timeout", "The model server timed out"),
-            ]
+
+def _router() -> dict[str, Any]:
+    return {"name": ROUTER, "typed_config": {"@type": _T + "filters.http.router.v3.Router"}}
+
+
+# A request whose :path (query string aside) is one of the product's: local-reply mappers
+# carry it so that, in a shared listener, they rewrite the product's replies only.
+PRODUCT_PATH_FILTER = {
+    "or_filter": {
+        "filters": [
+            {
+                "header_filter": {
+                    "header": {
+                        "name": ":path",
+                        # One small regex per path: RE2 refuses programs past size 100 by default.
+                        "string_match": {"safe_regex": {"regex": re.escape(p) + r"(\?.*)?"}},
+                    }
+                }
+            }
+            for p in PRODUCT_PATHS
+        ]
+    }
+}
+
+
+def _local_reply_mapper(
+    status: int,
+    code: str,
+    message: str,
+    new_status: int | None = None,
+    flags: tuple[str, ...] = (),
+    scoped: bool = False,
+) -> dict[str, Any]:
+    filters: list[dict[str, Any]] = [
+        {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"},
+                }
+            }
+        }
+    ]
+    if flags:
+        filters.append({"response_flag_filter": {"flags": list(flags)}})
+    if scoped:
+        filters.append(PRODUCT_PATH_FILTER)
+    mapper: dict[str, Any] = {
+        "filter": filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}},
+        "body": {"inline_string": error_body(code, message).decode()},
+        "body_format_override": {
+            "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+            "content_type": "application/json",
         },
     }
+    if new_status:
+        mapper["status_code"] = new_status
+    return mapper
 
-    sidecar_grpc = _cluster("sidecar_grpc", list(opts.sidecar_grpc), http2=True)
+
+def local_reply_mappers(opts: EnvoyOptions, *, scoped: bool) -> list[dict[str, Any]]:
+    """Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts) in
+    the product's JSON error shape. `scoped`: only for requests to the product's paths."""
+    return [
+        _local_reply_mapper(413, "request_too_large", _too_large(opts), scoped=scoped),
+        # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also replace
+        # the sidecar's specific invalid_request messages.
+        _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many", scoped=scoped),
+        _local_reply_mapper(
+            500, "service_unavailable", "The metering service is unavailable; retry shortly", 503, scoped=scoped
+        ),
+        _local_reply_mapper(
+            503,
+            "upstream_error",
+            "The model server failed to answer",
+            502,
+            flags=UPSTREAM_FAILURE_FLAGS,
+            scoped=scoped,
+        ),
+        _local_reply_mapper(503, "service_unavailable", "The service is unavailable; retry shortly", scoped=scoped),
+        _local_reply_mapper(502, "upstream_error", "The model server failed to answer", scoped=scoped),
+        _local_reply_mapper(504, "upstream_timeout", "The model server timed out", scoped=scoped),
+    ]
+
+
+def clusters(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
+    grpc_endpoints = [endpoint_address(a, "--sidecar-grpc") for a in opts.sidecar_grpc]
+    sidecar_grpc = _cluster("sidecar_grpc", grpc_endpoints, http2=True)
     sidecar_grpc["health_checks"] = [
         {
             "timeout": "1s",
@@ -333,36 +458,99 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
             "grpc_health_check": {},
         }
     ]
-    clusters = [sidecar_grpc, _cluster("sidecar_http", [opts.sidecar_http])]
+    if opts.sidecar_tls:
+        sidecar_grpc["transport_socket"] = _tls_transport_socket(opts.sidecar_tls)
+    out = [sidecar_grpc, _cluster("sidecar_http", [endpoint_address(opts.sidecar_http, "--sidecar-http")])]
     seen = set()
     for model in catalog.models:
         u = model.upstream
         if u.cluster not in seen:
             seen.add(u.cluster)
-            clusters.append(_cluster(u.cluster, [f"{u.host}:{u.port}"], buffer_bytes=UPSTREAM_BUFFER_BYTES))
+            out.append(_cluster(u.cluster, [(u.host, u.port)], buffer_bytes=UPSTREAM_BUFFER_BYTES))
+    return out
 
+
+def build_fragment(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[str, Any]:
+    """Only what the product adds to an existing Envoy (merge.py inserts it)."""
     return {
-        "admin": {"address": _addr(opts.admin)},
+        "http_filters": http_filters(opts),
+        "routes": product_routes(catalog, opts),
+        "local_reply_mappers": local_reply_mappers(opts, scoped=True),
+        "clusters": clusters(catalog, opts),
+    }
+
+
+def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[str, Any]:
+    """A whole bootstrap: one listener that serves the product and answers 404 to the rest."""
+    hcm = {
+        "@type": _T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": opts.stat_prefix,
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "request_timeout": "300s",
+        "stream_idle_timeout": "120s",
+        "route_config": {
+            "name": "critique",
+            "virtual_hosts": [
+                {
+                    "name": opts.virtual_host,
+                    "domains": list(opts.domains),
+                    "routes": [*product_routes(catalog, opts), _catch_all()],
+                }
+            ],
+        },
+        "http_filters": [*http_filters(opts), _router()],
+        # The listener is the product's alone: its local replies are all rewritten.
+        "local_reply_config": {"mappers": local_reply_mappers(opts, scoped=False)},
+    }
+    return {
+        "admin": {"address": _addr(*listen_address(opts.admin, "--admin"))},
         "static_resources": {
             "listeners": [
                 {
                     "name": "critique",
-                    "address": _addr(opts.listen),
+                    "address": _addr(*listen_address(opts.listen)),
                     "per_connection_buffer_limit_bytes": opts.max_request_bytes + 65536,
                     "filter_chains": [
                         {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],
                 }
             ],
-            "clusters": clusters,
+            "clusters": clusters(catalog, opts),
         },
     }
 
 
 HEADER = "# Generated by `critique-sidecar envoy-config` from the model catalog. Do not edit by hand:\n# change catalog.toml (or the options) and regenerate; a test checks this file is current.\n"
+FRAGMENT_HEADER = (
+    "# What critique-sidecar adds to an existing Envoy (`critique-sidecar envoy-config --fragment`).\n"
+    "# http_filters: before your router; routes: first in your virtual host; local_reply_mappers:\n"
+    "# first in your HTTP connection manager's local_reply_config; clusters: beside yours.\n"
+    "# `critique-sidecar envoy-merge your-envoy.yaml` does all of that for you.\n"
+)
+
+
+def to_yaml(data: Any) -> str:
+    # Round-trip through JSON so YAML gets plain types only.
+    text: str = yaml.safe_dump(orjson.loads(orjson.dumps(data)), sort_keys=False, width=120)
+    return text
+
+
+def read_bootstrap(path: str) -> dict[str, Any]:
+    """An existing Envoy bootstrap (YAML or JSON); EnvoyOptionError when it is not one."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise EnvoyOptionError(f"{path} is not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise EnvoyOptionError(f"{path} is not an Envoy bootstrap (a mapping)")
+    return doc
 
 
 def render(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> str:
-    # Round-trip through JSON so YAML gets plain types only.
-    data = orjson.loads(orjson.dumps(build_config(catalog, opts)))
-    return HEADER + yaml.safe_dump(data, sort_keys=False, width=120)
+    return HEADER + to_yaml(build_config(catalog, opts))
+
+
+def render_fragment(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> str:
+    return FRAGMENT_HEADER + to_yaml(build_fragment(catalog, opts))

@@ -24,15 +24,20 @@ class StoreHealth:
         self._interval = interval_s
         self._draining = False
         self.serving = False
+        self._logged: bool | None = None  # the state last logged; None before the first check
 
     async def check_once(self) -> bool:
         try:
             await asyncio.wait_for(self._ping(), timeout=self._interval)
             ok = not self._draining
         except Exception as exc:
-            if self.serving:
+            if self._logged is not False:
                 log.warning("store unreachable, health NOT_SERVING: %s", type(exc).__name__)
+                self._logged = False
             ok = False
+        if ok and self._logged is not True:
+            log.info("store reachable, health SERVING" if self._logged is None else "store recovered, health SERVING")
+            self._logged = True
         await self._set(ok)
         return ok
 
@@ -43,6 +48,7 @@ class StoreHealth:
 
     async def drain(self) -> None:
         self._draining = True
+        log.info("draining, health NOT_SERVING")
         await self._set(False)
 
     async def _set(self, ok: bool) -> None:

@@ -31,6 +31,7 @@ from ..lifecycle import Lifecycle
 from ..observability.metrics import start_metrics_server
 from ..web.app import build_web_app
 from .authz import AuthorizationServicer
+from .credentials import add_grpc_port
 from .ext_proc import ExtProcServicer
 from .health import StoreHealth
 
@@ -61,7 +62,7 @@ def grpc_server(config: Config, c: Components) -> tuple[grpc.aio.Server, ExtProc
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     store_health = StoreHealth(health_servicer, c.redis.ping, config.health_interval_s)
-    server.add_insecure_port(config.grpc_listen)
+    add_grpc_port(server, config.grpc_listen, config.grpc_tls_cert, config.grpc_tls_key, config.grpc_tls_client_ca)
     return server, ext_proc, store_health
 
 

@@ -1,0 +1,186 @@
+"""envoy/merge.py and the envoy-config options: what is refused, with which message, and that
+a merge is idempotent and leaves the rest of a bootstrap alone. (The merged configs running in
+the real Envoy: tests/e2e/test_dropin_merge.py.)"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from critique_sidecar import cli
+from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.envoy.config import BUFFER, EXT_AUTHZ, EXT_PROC, EnvoyOptionError, EnvoyOptions, build_fragment
+from critique_sidecar.envoy.merge import MergeError, merge
+
+FRAGMENT = build_fragment(load_catalog())
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def hcm(vhosts: list[dict[str, Any]], filters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "theirs",
+            "route_config": {"virtual_hosts": vhosts},
+            "http_filters": [*(filters or []), ROUTER],
+        },
+    }
+
+
+def vhost(name: str, *routes: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "domains": [name], "routes": list(routes)}
+
+
+def bootstrap(*listeners: dict[str, Any]) -> dict[str, Any]:
+    return {"static_resources": {"listeners": list(listeners), "clusters": [{"name": "legacy"}]}}
+
+
+def listener(name: str, *vhosts: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "filter_chains": [{"filters": [hcm(list(vhosts))]}]}
+
+
+HOME = {"name": "home", "match": {"prefix": "/"}, "route": {"cluster": "legacy"}}
+
+
+def the_hcm(config: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = config["static_resources"]["listeners"][index]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]
+    return out
+
+
+def test_merge_inserts_the_product_before_the_router_and_first_in_the_vhost_and_is_idempotent() -> None:
+    lua = {"name": "envoy.filters.http.lua", "typed_config": {}}
+    existing = bootstrap({"name": "web", "filter_chains": [{"filters": [hcm([vhost("api", HOME)], [lua])]}]})
+    original = copy.deepcopy(existing)
+    merged = merge(existing, FRAGMENT)
+    assert existing == original  # the input is not changed in place
+    h = the_hcm(merged)
+    assert [f["name"] for f in h["http_filters"]] == [lua["name"], EXT_AUTHZ, BUFFER, EXT_PROC, ROUTER["name"]]
+    assert all(f["disabled"] for f in h["http_filters"][1:4])  # on only where a product route turns them on
+    routes = h["route_config"]["virtual_hosts"][0]["routes"]
+    assert routes[-1] == HOME and all(r["name"].startswith("critique_") for r in routes[:-1])
+    assert h["stat_prefix"] == "theirs"
+    names = [c["name"] for c in merged["static_resources"]["clusters"]]
+    assert names[0] == "legacy" and "sidecar_grpc" in names
+    assert merge(merged, FRAGMENT) == merged
+
+
+def test_every_local_reply_mapper_the_merge_adds_is_scoped_to_the_products_paths() -> None:
+    theirs = {"filter": {"status_code_filter": {}}, "body": {"inline_string": "theirs"}}
+    existing = bootstrap(listener("web", vhost("api", HOME)))
+    the_hcm(existing)["local_reply_config"] = {"mappers": [theirs]}
+    mappers = the_hcm(merge(existing, FRAGMENT))["local_reply_config"]["mappers"]
+    assert mappers[-1] == theirs and len(mappers) == len(FRAGMENT["local_reply_mappers"]) + 1
+    for m in mappers[:-1]:
+        paths = m["filter"]["and_filter"]["filters"][-1]["or_filter"]["filters"]
+        assert {p["header_filter"]["header"]["name"] for p in paths} == {":path"}
+
+
+@pytest.mark.parametrize(
+    ("existing", "listener_name", "vhost_name", "message"),
+    [
+        (
+            bootstrap(listener("a", vhost("x", HOME)), listener("b", vhost("y", HOME))),
+            None,
+            None,
+            "several HTTP listeners ('a', 'b'): choose one with --listener NAME",
+        ),
+        (bootstrap(listener("a", vhost("x", HOME))), "nope", None, "no listener named 'nope'; listeners: 'a'"),
+        (
+            bootstrap(listener("a", vhost("x", HOME), vhost("y", HOME))),
+            None,
+            None,
+            "2 virtual hosts ('x', 'y'): choose one with --virtual-host NAME",
+        ),
+        (bootstrap(listener("a", vhost("x", HOME))), None, "z", "no virtual host named 'z'; virtual hosts: 'x'"),
+        ({"admin": {}}, None, None, "no static_resources"),
+    ],
+)
+def test_ambiguous_or_missing_targets_are_refused(
+    existing: dict[str, Any], listener_name: str | None, vhost_name: str | None, message: str
+) -> None:
+    with pytest.raises(MergeError) as err:
+        merge(existing, FRAGMENT, listener_name, vhost_name)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        {"prefix": "/api/"},
+        {"path": "/api/v1/models"},
+        {"safe_regex": {"regex": "/api/v[0-9]+/.*"}},
+        {"path_separated_prefix": "/api/settings"},
+        {"prefix": "/inference-dash"},
+    ],
+)
+def test_an_existing_route_at_the_products_paths_is_refused(match: dict[str, Any]) -> None:
+    existing = bootstrap(listener("a", vhost("x", {"name": "theirs", "match": match}, HOME)))
+    with pytest.raises(MergeError, match="route theirs already matches the product's path"):
+        merge(existing, FRAGMENT)
+
+
+@pytest.mark.parametrize(
+    "match", [{"prefix": "/"}, {"safe_regex": {"regex": ".*"}}, {"prefix": "/api/v2/"}, {"path": "/api/v1/chat"}]
+)
+def test_catch_alls_and_neighbouring_paths_are_not_conflicts(match: dict[str, Any]) -> None:
+    merge(bootstrap(listener("a", vhost("x", {"name": "theirs", "match": match}))), FRAGMENT)
+
+
+def test_a_cluster_of_theirs_with_the_products_name_is_refused_not_replaced() -> None:
+    existing = bootstrap(listener("a", vhost("x", HOME)))
+    existing["static_resources"]["clusters"].append({"name": "sidecar_grpc"})
+    with pytest.raises(MergeError, match="a cluster named 'sidecar_grpc' already exists"):
+        merge(existing, FRAGMENT)
+
+
+def test_rds_and_routerless_connection_managers_are_refused() -> None:
+    rds = bootstrap(listener("a", vhost("x", HOME)))
+    del the_hcm(rds)["route_config"]
+    the_hcm(rds)["rds"] = {"route_config_name": "r"}
+    with pytest.raises(MergeError, match="takes its routes from RDS"):
+        merge(rds, FRAGMENT)
+    no_router = bootstrap(listener("a", vhost("x", HOME)))
+    the_hcm(no_router)["http_filters"] = []
+    with pytest.raises(MergeError, match="no router filter"):
+        merge(no_router, FRAGMENT)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--listen", "8080", "--listen '8080': expected HOST:PORT"),
+        ("--listen", "localhost:8080", "Envoy listens on an IP address, not a host name"),
+        ("--listen", "::1:8080", "write an IPv6 address in brackets"),
+        ("--listen", "127.0.0.1:70000", "a port from 1 to 65535"),
+        ("--admin", "admin:9901", "--admin 'admin:9901': Envoy listens on an IP address"),
+        ("--stat-prefix", "my prefix", "--stat-prefix 'my prefix'"),
+        ("--sidecar-grpc", "sidecar", "--sidecar-grpc 'sidecar': expected HOST:PORT"),
+        ("--sidecar-tls-cert", "/c.pem", "need --sidecar-tls-ca"),
+    ],
+)
+def test_envoy_config_refuses_what_envoy_would_reject(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["envoy-config", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_ipv6_listen_address_is_written_without_brackets() -> None:
+    from critique_sidecar.envoy.config import build_config
+
+    config = build_config(load_catalog(), EnvoyOptions(listen="[::]:8080"))
+    assert config["static_resources"]["listeners"][0]["address"]["socket_address"] == {
+        "address": "::",
+        "port_value": 8080,
+    }
+    with pytest.raises(EnvoyOptionError):
+        EnvoyOptions(admin="[::1]")
