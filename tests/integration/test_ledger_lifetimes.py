@@ -48,7 +48,7 @@ async def test_a_settled_request_is_remembered_for_seven_days(
     assert 7 * DAY_S - SLACK_S <= ttl <= 7 * DAY_S
     again = await ledger.settle(record(account, "req_ttl"))  # a journal replay within the window
     assert (first.applied, again.applied, again.credits) == (True, False, 750)
-    assert int(await redis_client.hget(ks.account(account), "balance")) == 1_000_000 - 750
+    assert await redis_client.hget(ks.account(account), "balance") == str(1_000_000 - 750).encode()
 
 
 async def test_day_and_month_windows_outlive_the_90_day_dashboard(
