@@ -107,7 +107,7 @@ class ReadWriteServicer(BareServicer):
 HANDLERS = {"iterate": BareServicer, "early-return": EarlyReturnServicer, "read-write": ReadWriteServicer}
 
 
-async def serve(listen: str, model: str, route_in_headers: bool = False, handler: str = "iterate") -> None:
+async def serve(listen: str, model: str, route_in_headers: bool = False, handler: str = "early-return") -> None:
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
     )
@@ -128,7 +128,12 @@ def main() -> None:
     p.add_argument(
         "--route-in-headers", action="store_true", help="also set the routing header in the request-headers reply"
     )
-    p.add_argument("--handler", choices=sorted(HANDLERS), default="iterate", help="handler pattern (soak experiments)")
+    p.add_argument(
+        "--handler",
+        choices=sorted(HANDLERS),
+        default="early-return",
+        help="handler pattern (early-return: as the sidecar)",
+    )
     args = p.parse_args()
     uvloop.run(serve(args.listen, args.model, args.route_in_headers, args.handler))
 

@@ -2,7 +2,7 @@
 
 Both gateways take load at the same time (one wrk each, in chunks); after every chunk the
 sidecar process's RSS and the requests served so far are recorded, and a least-squares line
-through the samples after the warm-up gives the growth per 100k requests. The floor is the
+through the samples after the warm-up (the first third) gives the growth per 100k requests. The floor is the
 bare ext_proc servicer (bench/bare_ext_proc.py: same gRPC stack, no logic), so a slope both
 share comes from below our code. Exits non-zero when the sidecar's slope exceeds --max-mb.
 
@@ -36,8 +36,14 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=240.0, help="seconds of load per gateway (default 240)")
     p.add_argument("--chunk", type=float, default=10.0, help="seconds between RSS samples (default 10)")
-    p.add_argument("--warmup", type=float, default=20.0, help="seconds left out of the fit (default 20)")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=1 / 3,
+        help="fraction of the run left out of the fit: pools, caches and the allocator's arenas fill first (default 1/3)",
+    )
     p.add_argument("--gateways", default="metered,floor", help="comma-separated, from: metered, floor")
+    p.add_argument("--baseline", metavar="GIT_REF", help="also soak the metered sidecar as it was at this commit")
     p.add_argument(
         "--max-mb", type=float, default=2.0, help="fail when the sidecar grows more than this per 100k requests"
     )
@@ -68,9 +74,13 @@ def slope_mb_per_100k(samples: list[tuple[int, float]]) -> float | None:
     return sxy / sxx * 100_000
 
 
-def start(name: str, workdir: Path, upstream: gateways.Upstream, env: dict[str, str], args: argparse.Namespace) -> Gateway:
+def start(
+    name: str, workdir: Path, upstream: gateways.Upstream, env: dict[str, str], args: argparse.Namespace
+) -> Gateway:
     if name == "metered":
         return gateways._start_stack("metered", "metered sidecar", workdir, upstream, sidecar_env=env)
+    if name == "baseline":
+        return gateways.start_baseline(workdir, upstream, ref=args.baseline)
     if name == "floor":
         return gateways.start_bare(workdir, upstream, env=env, handler=args.floor_handler, python=args.floor_python)
     raise SystemExit(f"soak: unknown gateway {name!r}")
@@ -92,7 +102,7 @@ def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     env = dict(kv.split("=", 1) for kv in args.env)
-    names = [n.strip() for n in args.gateways.split(",") if n.strip()]
+    names = [n.strip() for n in args.gateways.split(",") if n.strip()] + (["baseline"] if args.baseline else [])
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     results: dict[str, dict[str, Any]] = {n: {} for n in names}
@@ -124,7 +134,7 @@ def main() -> int:
             return 1
     print(f"\n{'process':<10} {'requests':>10} {'RSS start':>10} {'RSS end':>8}  MB per 100k requests")
     for name, r in results.items():
-        fit = [(s["requests"], s["rss_mb"]) for s in r["samples"] if s["t"] > args.warmup]
+        fit = [(s["requests"], s["rss_mb"]) for s in r["samples"] if s["t"] > args.warmup * args.duration]
         r["mb_per_100k"] = slope_mb_per_100k(fit)
         first, last = r["samples"][0]["rss_mb"], r["samples"][-1]["rss_mb"]
         slope = "n/a" if r["mb_per_100k"] is None else f"{r['mb_per_100k']:.2f}"
@@ -132,7 +142,9 @@ def main() -> int:
         if name == "metered" and r["mb_per_100k"] is not None and r["mb_per_100k"] > args.max_mb:
             fail = True
         fail = fail or r["errors"] > 0
-    (args.out / "soak.json").write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, **results}, indent=1))
+    (args.out / "soak.json").write_text(
+        json.dumps({"settings": vars(args) | {"out": str(args.out)}, **results}, indent=1)
+    )
     print("(the machine may be shared: compare the two rows of one run, not runs with each other)")
     if fail:
         print(f"!!! soak: sidecar grew more than {args.max_mb} MB per 100k requests, or requests failed")
