@@ -30,6 +30,7 @@ from ..core.wire import DRAIN_GRACE_S
 from ..lifecycle import Lifecycle
 from ..observability.metrics import start_metrics_server
 from ..recycle import Recycler, recycler
+from ..store.warmup import warm_up
 from ..web.app import build_web_app
 from .authz import AuthorizationServicer
 from .ext_proc import ExtProcServicer
@@ -104,6 +105,7 @@ async def serve(config: Config) -> None:
 
     await server.start()
     await store_health.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await warm_up(c.redis)  # before readiness: a burst right after a start finds connections open
     await store_health.check_once()
     await lifecycle.start()
     health_task = asyncio.create_task(store_health.run())
