@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from critique_sidecar.devtools.stack import Stack, wait_until
+from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import REVOCATIONS_CHANNEL
 
 from .faultkit import CHAT_PATH, SERVING, health, restart_redis
@@ -91,7 +92,7 @@ def test_a_revocation_after_the_feed_reconnects_reaches_both_sidecars(
     stack: Stack, interruption: Callable[[Stack], None], account: str
 ) -> None:
     created = stack.create_key(account)
-    stack.cli("credits", "grant", "--account", account, "--credits", "1")
+    stack.cli("credits", "grant", "--account", account, "--credits", "100")
     key = created["key"]
     _answers_from_both(stack, key, 200)  # both processes have the key cached
 
@@ -102,3 +103,20 @@ def test_a_revocation_after_the_feed_reconnects_reaches_both_sidecars(
     _answers_from_both(stack, key, 200)  # cached again after the reconnect (which cleared the caches)
     stack.cli("keys", "revoke", created["key_id"])
     _answers_from_both(stack, key, 401)
+
+
+def test_a_revocation_missed_while_the_feed_was_down_is_applied_after_the_reconnect(stack: Stack, account: str) -> None:
+    """The announcement is lost (the key is marked revoked with no publish, as when the feed
+    is down); killing the subscriber connections makes redis-py reconnect by itself. The
+    reconnect is a gap, so both caches are dropped and the key is refused at once."""
+    created = stack.create_key(account)
+    stack.cli("credits", "grant", "--account", account, "--credits", "100")
+    _answers_from_both(stack, created["key"], 200)
+    wait_until(lambda: _subscribers(stack) == 2, "both sidecars subscribed", timeout=10)
+    with redis.Redis.from_url(str(stack.redis_url)) as r:
+        key_hash = r.get(ks.key_by_id(created["key_id"])).decode()
+        r.hset(ks.key_by_hash(key_hash), "revoked", "1")  # revoked, never announced
+    _answers_from_both(stack, created["key"], 200)  # still cached for an hour: nothing said otherwise
+    _kill_subscriber_connections(stack)
+    wait_until(lambda: _subscribers(stack) == 2, "both sidecars subscribed again", timeout=20)
+    _answers_from_both(stack, created["key"], 401)
