@@ -36,7 +36,7 @@ async def warm_up(redis: Any, connections_per_node: int = CONNECTIONS_PER_NODE) 
         for name in _script_names():
             await redis.script_load(lua_source(name))
         if isinstance(redis, RedisCluster):
-            nodes = redis.get_primaries()
+            nodes: list[Any] = redis.get_primaries()
 
             async def ping(node: Any) -> Any:
                 return await redis.execute_command("PING", target_nodes=node)
