@@ -77,11 +77,41 @@ class BareServicer(pb_grpc.ExternalProcessorServicer):
             yield self._replies[req.WhichOneof("request")]
 
 
-async def serve(listen: str, model: str, route_in_headers: bool = False) -> None:
+class EarlyReturnServicer(BareServicer):
+    """Ends the RPC (status OK) after answering the last body phase, without waiting for Envoy
+    to end the request stream."""
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        async for req in request_iterator:
+            kind = req.WhichOneof("request")
+            yield self._replies[kind]
+            if kind == "response_body" and req.response_body.end_of_stream:
+                return
+
+
+class ReadWriteServicer(BareServicer):
+    """The same exchange with context.read()/context.write() instead of a generator."""
+
+    async def Process(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        while True:
+            req = await context.read()
+            if req is grpc.aio.EOF:
+                return
+            await context.write(self._replies[req.WhichOneof("request")])
+
+
+HANDLERS = {"iterate": BareServicer, "early-return": EarlyReturnServicer, "read-write": ReadWriteServicer}
+
+
+async def serve(listen: str, model: str, route_in_headers: bool = False, handler: str = "early-return") -> None:
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
     )
-    pb_grpc.add_ExternalProcessorServicer_to_server(BareServicer(model, route_in_headers), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(HANDLERS[handler](model, route_in_headers), server)
     health_servicer = health.aio.HealthServicer()  # envoy.yaml health-checks the sidecar cluster
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -98,8 +128,14 @@ def main() -> None:
     p.add_argument(
         "--route-in-headers", action="store_true", help="also set the routing header in the request-headers reply"
     )
+    p.add_argument(
+        "--handler",
+        choices=sorted(HANDLERS),
+        default="early-return",
+        help="handler pattern (early-return: as the sidecar)",
+    )
     args = p.parse_args()
-    uvloop.run(serve(args.listen, args.model, args.route_in_headers))
+    uvloop.run(serve(args.listen, args.model, args.route_in_headers, args.handler))
 
 
 if __name__ == "__main__":

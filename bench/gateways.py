@@ -7,6 +7,7 @@ GATEWAYS; run.py benchmarks, checks and reports every registered gateway the sam
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def start_bare(
     label: str = "floor: same Envoy, bare ext_proc servicer",
     processing_mode: dict[str, str] | None = None,
     route_in_headers: bool = False,
+    env: dict[str, str] | None = None,
+    handler: str | None = None,
+    python: str | None = None,
 ) -> Gateway:
     """The repo's envoy.yaml (its ext_proc processing mode changed by `processing_mode`, if
     given) with its ext_proc phases answered by bench/bare_ext_proc.py: constant replies, no
@@ -166,10 +170,13 @@ def start_bare(
     if processing_mode:
         _set_processing_mode(config, processing_mode)
     listen = f"127.0.0.1:{stack.ports['grpc']}"
-    argv = [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
+    argv = [python or sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
     with open(workdir / name / "bare-ext-proc.log", "ab") as log:
+        argv += ["--route-in-headers"] if route_in_headers else []
+        argv += ["--handler", handler] if handler else []
         bare = subprocess.Popen(
-            argv + (["--route-in-headers"] if route_in_headers else []),
+            argv,
+            env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

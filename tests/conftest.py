@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,22 @@ import redis.asyncio as aioredis
 from critique_sidecar.devtools.stack import Stack, free_port, redis_binary, wait_until
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """In CI (CI=true) a skipped test fails: a missing tool or service must not turn a check
+    into a silent pass. (Locally a skip stays a skip, listed by -ra.)"""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.skipped and in_ci() and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
 
 
 @pytest.fixture(scope="session")

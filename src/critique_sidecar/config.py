@@ -143,6 +143,23 @@ class Config(BaseSettings):
 
     # ------------------------------------------------------------------------------------
 
+    # -- recycling (recycle.py): a safety net for native memory growth we cannot fix ---------
+    recycle_after_requests: int = Field(
+        0,
+        ge=0,
+        description="Drain and exit after about this many ext_proc/ext_authz requests (up to 10% fewer, so sibling processes do not recycle together), for the supervisor to restart the process; 0 never. Needs sibling processes behind Envoy (docs/operations.md).",
+    )
+    recycle_above_rss_mb: int = Field(
+        0,
+        ge=0,
+        description="Drain and exit once resident memory exceeds this many MB (checked every few seconds); 0 never.",
+    )
+    recycle_drain_s: float = Field(
+        3.0,
+        ge=0,
+        description="When recycling: seconds of NOT_SERVING before the process stops taking new streams (at least Envoy's health-check interval x unhealthy threshold + timeout), and then until a second passes without a new stream.",
+    )
+
     @field_validator("upstream_override")
     @classmethod
     def _host_port(cls, v: str | None) -> str | None:

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
+from fractions import Fraction
 from typing import Any
 
 import httpx
 import openai
 
-from critique_sidecar.core.catalog import load_catalog, price_for
-from critique_sidecar.core.clock import utc_now
-from critique_sidecar.core.money import format_credits, usd_for_tokens, usd_to_micro_credits
 from critique_sidecar.devtools.stack import Stack
 
-USD_PER_CREDIT = Decimal("0.01")  # the sidecar's default
-CATALOG = load_catalog()
+USD_PER_CREDIT = Fraction("0.01")  # the sidecar's default
+# USD per million tokens (input, output), copied by hand from catalog.toml: the expectations
+# never go through the product's catalog or money code, so a pricing bug there cannot hide in
+# them. (test_foundation checks literal charges worked out by hand on top of this.)
+LIST_PRICES = {
+    "deepseek/deepseek-v4-flash": ("0.15", "0.30"),
+    "tencent/hy3-preview": ("0.0567", "0.189"),
+    "nvidia/nemotron-3-ultra-550b-a55b": ("0.60", "2.40"),  # its intro promotion ended 2026-06-20
+}
+OPT_IN_PRICES = {"deepseek/deepseek-v4-flash": ("0.0375", "0.075")}
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,18 @@ def balance(stack: Stack, account: str) -> Decimal:
     return Decimal(json.loads(stack.cli("credits", "show", "--account", account, "--json"))["balance"])
 
 
-def expected_charge(model: str, prompt: int, completion: int, opt_in: bool = False) -> tuple[str, str]:
-    """(credits header, usd header) computed independently from the catalog price."""
-    price = price_for(CATALOG, CATALOG.model(model), utc_now(), opt_in)  # type: ignore[arg-type]
-    usd = usd_for_tokens(prompt, completion, price.input, price.output)
-    return format_credits(usd_to_micro_credits(usd, USD_PER_CREDIT)), format(usd.normalize(), "f")
+def expected_charge(
+    model: str, prompt: int, completion: int, opt_in: bool = False, prices: tuple[str, str] | None = None
+) -> tuple[str, str]:
+    """(credits header, usd header) from the hand-copied prices above (or `prices`): exact
+    fractions, the credits rounded up to the next whole micro-credit."""
+    p_in, p_out = prices or (OPT_IN_PRICES[model] if opt_in and model in OPT_IN_PRICES else LIST_PRICES[model])
+    usd = (Fraction(p_in) * prompt + Fraction(p_out) * completion) / 1_000_000
+    micro = math.ceil(usd / USD_PER_CREDIT * 1_000_000)
+    with localcontext() as ctx:
+        ctx.prec = 50  # the fraction's denominator is 2^a 5^b: its decimal expansion ends
+        usd_text = format((Decimal(usd.numerator) / Decimal(usd.denominator)).normalize(), "f")
+    return f"{micro // 1_000_000}.{micro % 1_000_000:06d}", usd_text
 
 
 def upstream_seen(stack: Stack) -> list[dict[str, Any]]:

@@ -32,10 +32,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from critique_sidecar.config import Config
-from critique_sidecar.core.catalog import load_catalog, price_for
+from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.core.clock import day_window, month_window, utc_now
-from critique_sidecar.core.money import MICRO, format_credits, parse_credits, usd_for_tokens, usd_to_micro_credits
+from critique_sidecar.core.money import MICRO, format_credits, parse_credits
 from critique_sidecar.devtools.fake_upstream import prompt_tokens
 from critique_sidecar.devtools.stack import Stack
 from critique_sidecar.store import keyspace as ks
@@ -56,20 +56,19 @@ REQUEST = {
 RAW = json.dumps(REQUEST).encode()
 
 
-def _credits(input_tokens: int, output_tokens: int) -> int:
-    usd_per_credit = Config().usd_per_credit  # the sidecar's own setting (same environment)
-    price = price_for(CATALOG, CATALOG.model(MODEL), utc_now(), False)  # type: ignore[arg-type]
-    return usd_to_micro_credits(usd_for_tokens(input_tokens, output_tokens, price.input, price.output), usd_per_credit)
-
-
 CHAT = parse_chat_request(RAW, CATALOG)
-HOLD = _credits(CHAT.input_token_bound, CHAT.max_output_tokens)  # what Meter.admit reserves
-CHARGE = _credits(prompt_tokens(REQUEST), MAX_TOKENS)  # what the fake upstream's usage costs
+# By hand, not through the product's pricing (deepseek 0.15 / 0.30 USD per million tokens at
+# 0.01 USD a credit: 15 and 30 micro-credits a token). RAW is 133 bytes, so Meter.admit bounds
+# the input at 133 + 16 = 149 tokens and reserves 149 * 15 + 2000 * 30 = 62,235 micro-credits;
+# the fake upstream reports 7 prompt tokens (27 characters // 4 + 1): 7 * 15 + 2000 * 30 = 60,105.
+HOLD = 62_235
+CHARGE = 60_105
 
 
 def test_request_shape() -> None:
     """The request is held at H and charged C with k*(H - C) < H for every k used below."""
-    assert CHAT.input_token_bound == len(RAW) + 16 and CHAT.max_output_tokens == MAX_TOKENS
+    assert CHAT.input_token_bound == len(RAW) + 16 == 149 and CHAT.max_output_tokens == MAX_TOKENS
+    assert prompt_tokens(REQUEST) == 7 and Config().usd_per_credit == Decimal("0.01")
     assert 0 < CHARGE < HOLD
     assert 8 * (HOLD - CHARGE) < HOLD
 

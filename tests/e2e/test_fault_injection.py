@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -34,10 +35,10 @@ import pytest
 import redis
 
 from critique_sidecar.config import Config
-from critique_sidecar.core.catalog import load_catalog, price_for
+from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.core.clock import day_window, utc_now
-from critique_sidecar.core.money import format_credits, usd_for_tokens, usd_to_micro_credits
+from critique_sidecar.core.money import format_credits
 from critique_sidecar.devtools.stack import Stack, wait_until
 from critique_sidecar.store import keyspace as ks
 
@@ -71,16 +72,23 @@ MAX_TOKENS = 20
 CHARGE_RE = re.compile(r"x-critique-request-id=(\S+) x-critique-credits-charged=([0-9.]+)")
 
 
-def hold_of(content: str, stream: bool) -> int:
-    """The hold Meter.admit places for one of our requests (the maximum cost)."""
-    catalog = load_catalog()
-    chat = parse_chat_request(json.dumps(body(content, stream=stream, max_tokens=MAX_TOKENS)).encode(), catalog)
-    price = price_for(catalog, chat.model, utc_now(), False)
-    usd = usd_for_tokens(chat.input_token_bound, chat.max_output_tokens, price.input, price.output)
-    return usd_to_micro_credits(usd, Config().usd_per_credit)
+def input_bound(content: str, stream: bool) -> int:
+    """The input-token bound Meter.admit prices one of our requests at."""
+    raw = json.dumps(body(content, stream=stream, max_tokens=MAX_TOKENS)).encode()
+    return parse_chat_request(raw, load_catalog()).input_token_bound
 
 
-HOLD = max(hold_of(content, stream) for _, stream, content in MIX)
+# The largest hold, by hand (deepseek 0.15 / 0.30 USD per million tokens at 0.01 USD a credit:
+# 15 and 30 micro-credits a token): the longest request of MIX is bounded at 162 input tokens
+# (asserted in test_hold_is_the_largest_request), so 162 * 15 + 20 * 30 = 3,030 micro-credits.
+HOLD = 3_030
+
+
+def test_hold_is_the_largest_request() -> None:
+    assert max(input_bound(content, stream) for _, stream, content in MIX) == 162
+    assert Config().usd_per_credit == Decimal("0.01")
+
+
 FLOOR = 1_000_000
 
 

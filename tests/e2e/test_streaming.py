@@ -97,6 +97,20 @@ def test_chunks_arrive_before_the_upstream_finishes(stack: Stack, front_door: Fr
     assert arrivals[-1] - arrivals[0] > 1.0
 
 
+def test_usage_on_the_last_text_chunk_is_metered_and_the_text_delivered(
+    stack: Stack, front_door: FrontDoor, account: str
+) -> None:
+    """Some servers send usage on the last content chunk, not on a `choices: []` chunk of its own."""
+    key = funded_key(stack, account)
+    msgs = _messages("[[usagewithtext]]")  # 17 characters: 17 // 4 + 1 = 5 prompt tokens
+    chunks = list(client(front_door, key).chat.completions.create(model=MODEL, messages=msgs, stream=True))  # type: ignore[arg-type]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok " * 12
+    # By hand: deepseek 0.15 / 0.30 USD per million tokens = 15 / 30 micro-credits a token.
+    [record] = usage_records(stack, account)
+    assert (record["credits"], record["estimated"], record["output_tokens"]) == ("435", "0", "12")  # 5*15 + 12*30
+    assert Decimal("10") - balance(stack, account) == Decimal("0.000435")
+
+
 def test_stream_without_usage_is_estimated_and_settled_once(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account)
     raw = _sse(front_door, key, {"model": MODEL, "messages": _messages("[[nousage]]"), "stream": True})

@@ -38,6 +38,7 @@ from critique_sidecar.store.journal import JournalingLedger, SettlementJournal
 from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
+from critique_sidecar.store.warmup import warm_up
 
 from .clusterkit import redis_cluster
 
@@ -69,6 +70,7 @@ async def redis_client(cluster_url: str) -> AsyncIterator[RedisCluster]:
     client = connect_redis(Config(redis_url=cluster_url, redis_cluster=True))
     assert isinstance(client, RedisCluster)
     await client.initialize()
+    await warm_up(client)  # as app.serve does before the process reports SERVING
     yield client
     await client.aclose()
 

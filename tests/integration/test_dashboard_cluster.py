@@ -29,7 +29,7 @@ from .test_dashboard_data import NOW, add_old, record
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cli = shutil.which("redis-cli")
     if cli is None:
-        pytest.skip("redis-cli is needed to form a cluster")
+        raise RuntimeError("redis-cli is needed to form a Redis Cluster (Debian: redis-tools)")
     ports = [free_port() for _ in range(3)]
     procs = []
     for port in ports:

@@ -94,3 +94,32 @@ def test_a_well_formed_stream_is_metered_exactly(
     assert got_usage == (Usage(*usage) if usage is not None else None)
     expected = b"".join(chunks) + (b"" if hide_usage else usage_event) + b"data: [DONE]\n\n"
     assert out == expected
+
+
+@SETTINGS
+@given(
+    st.lists(text, min_size=1, max_size=8),
+    st.tuples(st.integers(0, 10**9), st.integers(0, 10**9)),
+    st.booleans(),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
+)
+def test_usage_riding_on_a_text_chunk_is_metered_and_the_text_still_reaches_the_client(
+    texts: list[str], usage: tuple[int, int], hide_usage: bool, cuts: list[int]
+) -> None:
+    """Some servers put usage on the last content chunk instead of a `choices: []` chunk of its
+    own: that chunk carries completion text, so it is never hidden, whoever asked for usage."""
+    chunks = [event({"choices": [{"index": 0, "delta": {"content": t}}]}, "\n\n") for t in texts[:-1]]
+    usage_obj = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+    chunks.append(event({"choices": [{"index": 0, "delta": {"content": texts[-1]}}], "usage": usage_obj}, "\n\n"))
+    data = b"".join(chunks) + b"data: [DONE]\n\n"
+
+    out, got_usage, delivered, done = run(split(data, cuts), hide_usage)
+    assert done and got_usage == Usage(*usage)
+    assert delivered == sum(len(t.encode()) for t in texts)
+    assert out == data
+
+
+def test_a_usage_chunk_with_text_is_kept_even_when_usage_is_hidden() -> None:
+    chunk = event({"choices": [{"index": 0, "delta": {"content": "last words"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}, "\n\n")  # fmt: skip
+    out, usage, delivered, _ = run([chunk + b"data: [DONE]\n\n"], hide_usage=True)
+    assert out == chunk + b"data: [DONE]\n\n" and usage == Usage(3, 2) and delivered == len(b"last words")

@@ -11,6 +11,7 @@ through the real client path (no side channels):
   [[gzip]]        gzip the response (content-encoding: gzip) when the client accepts it
   [[forcegzip]]   gzip the response even when the client did not ask for it
   [[bigchunk:N]]  each stream chunk carries N bytes of content (for long-stream tests)
+  [[usagewithtext]] put the stream's usage on its last text chunk instead of a `choices: []` chunk
 Adversarial behaviours (devtools/adversarial.py): [[vllm]], [[overshoot:K]], [[absurd:K]],
 [[reasoning]], [[toolcalls]], [[refusal]], [[forge]], [[multiusage]].
 Usage is deterministic: prompt_tokens = characters of all message contents // 4 + 1,
@@ -84,7 +85,7 @@ def build_app(history: int = 200) -> Starlette:
         rid, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())
         if body.get("stream"):
             want_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "nousage" not in d
-            shape = _Shape(kind, choices, "forge" in d, "multiusage" in d)
+            shape = _Shape(kind, choices, "forge" in d, "multiusage" in d, "usagewithtext" in d)
             return StreamingResponse(
                 _stream(rid, created, model, n, piece, delay, usage if want_usage else None, "cut" in d, shape),
                 media_type="text/event-stream",
@@ -127,6 +128,7 @@ class _Shape:
     choices: int = 1
     forge: bool = False
     multiusage: bool = False
+    usage_with_text: bool = False  # the usage on the last text chunk, and no usage chunk
 
 
 async def _stream(
@@ -157,12 +159,13 @@ async def _stream(
             raise RuntimeError("fake upstream cut the stream")  # uvicorn drops the connection
         if delay:
             await asyncio.sleep(delay)
-        extra = {"usage": usage} if shape.multiusage and usage is not None and i == n - 1 else None
+        on_text = shape.multiusage or shape.usage_with_text
+        extra = {"usage": usage} if on_text and usage is not None and i == n - 1 else None
         yield event(
             [{"index": c, "delta": adv.delta(shape.kind, piece, i), "finish_reason": None} for c in indexes], extra
         )
     yield event([{"index": c, "delta": {}, "finish_reason": "stop"} for c in indexes])
-    if usage is not None:
+    if usage is not None and not shape.usage_with_text:
         if shape.multiusage:  # a later, smaller one: must not replace the earlier
             small = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
             yield event([], {"usage": small})

@@ -125,6 +125,13 @@ class _CloseOnce:
             log.exception("settling a cut-off request failed")
 
 
+# _ENDS_ITSELF: the stream ends with our status as soon as the last phase is answered, rather
+# than with a read waiting for Envoy to end it. Envoy resets every ext_proc stream when its
+# HTTP exchange completes, and grpc.aio leaks a little native memory for a batch cut off by
+# a reset (the pending read's): ~110 bytes a request, measured with bench/soak.py on the bare
+# servicer; ending the stream ourselves cuts that by about three quarters (docs/operations.md).
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
     def __init__(self, auth: Authenticator, meter: Meter) -> None:
         self._auth = auth
@@ -149,6 +156,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                     yield await phase(exchange, req)
                 except ApiError as error:
                     yield m.immediate(error)
+                    return  # Envoy sends nothing after an immediate response
+                if kind == "response_body" and req.response_body.end_of_stream:
+                    return  # the exchange is over: see _ENDS_ITSELF
         finally:
             if not close.idle():
                 await asyncio.shield(self._track(close.start()))

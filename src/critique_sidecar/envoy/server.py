@@ -29,6 +29,8 @@ from ..config import Config
 from ..core.wire import DRAIN_GRACE_S
 from ..lifecycle import Lifecycle
 from ..observability.metrics import start_metrics_server
+from ..recycle import Recycler, recycler
+from ..store.warmup import warm_up
 from ..web.app import build_web_app
 from .authz import AuthorizationServicer
 from .credentials import add_grpc_port
@@ -52,9 +54,12 @@ class HttpListener(uvicorn.Server):
         yield
 
 
-def grpc_server(config: Config, c: Components) -> tuple[grpc.aio.Server, ExtProcServicer, StoreHealth]:
+def grpc_server(
+    config: Config, c: Components, recycle: Recycler | None = None
+) -> tuple[grpc.aio.Server, ExtProcServicer, StoreHealth]:
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
+        interceptors=[recycle] if recycle else None,  # it counts requests
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)],
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
     ext_proc = ExtProcServicer(c.auth, c.meter)
@@ -89,7 +94,8 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     c = build_components(config)
-    server, ext_proc, store_health = grpc_server(config, c)
+    recycle = recycler(config.recycle_after_requests, config.recycle_above_rss_mb, config.recycle_drain_s)
+    server, ext_proc, store_health = grpc_server(config, c, recycle)
     c.metrics.watch_store(lambda: store_health.serving)
     metrics_server = (
         start_metrics_server(config.metrics_listen, c.metrics.registry)[0] if config.metrics_listen else None
@@ -100,10 +106,13 @@ async def serve(config: Config) -> None:
 
     await server.start()
     await store_health.servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    await warm_up(c.redis)  # before readiness: a burst right after a start finds connections open
     await store_health.check_once()
     await lifecycle.start()
     health_task = asyncio.create_task(store_health.run())
     web_task = asyncio.create_task(web.serve())
+    # When due, drains (NOT_SERVING until Envoy has moved the traffic) and sets `stop` (recycle.py).
+    recycle_task = asyncio.create_task(recycle.run(store_health.drain, stop)) if recycle else None
     log.info("critique-sidecar serving grpc=%s http=%s", config.grpc_listen, config.http_listen)
     await stop.wait()
 
@@ -111,7 +120,9 @@ async def serve(config: Config) -> None:
         web.should_exit = True
         await web_task
         health_task.cancel()
-        await asyncio.gather(health_task, return_exceptions=True)
+        if recycle_task is not None:
+            recycle_task.cancel()
+        await asyncio.gather(health_task, *([recycle_task] if recycle_task else []), return_exceptions=True)
 
     log.info("draining")
     await lifecycle.stop(

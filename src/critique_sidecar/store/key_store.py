@@ -122,13 +122,27 @@ class RedisKeyStore:
         return KeyControls.from_hash({_text(k): _text(v) for k, v in data.items()})
 
 
+class _ForgetAll:
+    """Connect callback: redis-py reconnects a dropped subscription by itself (and subscribes
+    again) without telling the listener, so a reconnect is a gap like any other."""
+
+    def __init__(self, forget: Callable[[str | None], None]) -> None:
+        self._forget = forget
+
+    def on_connect(self, connection: Any) -> None:
+        self._forget(None)
+
+
 async def watch_revocations(redis: Any, forget: Callable[[str | None], None], retry_s: float = 1.0) -> None:
-    """Forget revoked keys as they are announced. After any gap in the subscription the
-    whole cache is dropped, since announcements may have been missed meanwhile."""
+    """Forget revoked keys as they are announced. After any gap in the subscription (a
+    reconnect, silent or not) the whole cache is dropped, since announcements may have been
+    missed meanwhile."""
+    forget_all = _ForgetAll(forget)  # held here: redis-py keeps connect callbacks by weak reference
     while True:
         pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(REVOCATIONS_CHANNEL)
+            pubsub.connection.register_connect_callback(forget_all.on_connect)
             forget(None)
             async for message in pubsub.listen():
                 if message.get("type") == "message":
