@@ -8,7 +8,7 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install redis browser run test test-quick bench bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install redis browser run test test-quick bench bench-stream bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
 install: $(VENV)/.installed $(ENVOY) redis browser
 
@@ -68,6 +68,11 @@ test-quick: install
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py --stream $(filter --quick,$(BENCH_ARGS)) $(STREAM_ARGS)
+
+# The streaming benchmark alone (`make bench-stream STREAM_ARGS=--quick`); see bench/stream.py.
+bench-stream: install
+	$(PY) bench/run.py --stream $(STREAM_ARGS)
 
 # Throughput against sidecar processes, each given its own CPU budget (cgroup quota; needs root).
 bench-scaling: install

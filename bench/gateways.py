@@ -156,6 +156,7 @@ def start_bare(
     label: str = "floor: same Envoy, bare ext_proc servicer",
     processing_mode: dict[str, str] | None = None,
     route_in_headers: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> Gateway:
     """The repo's envoy.yaml (its ext_proc processing mode changed by `processing_mode`, if
     given) with its ext_proc phases answered by bench/bare_ext_proc.py: constant replies, no
@@ -168,7 +169,7 @@ def start_bare(
     argv = [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
     with open(workdir / name / "bare-ext-proc.log", "ab") as log:
         bare = subprocess.Popen(
-            argv + (["--route-in-headers"] if route_in_headers else []),
+            argv + (["--route-in-headers"] if route_in_headers else []) + list(extra_args),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

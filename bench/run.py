@@ -8,6 +8,7 @@ process from /proc deltas), and a latency run at 1 connection (p50/p99).
 
   .venv/bin/python bench/run.py            # ~3 minutes
   .venv/bin/python bench/run.py --quick    # ~30 seconds, one short round
+  .venv/bin/python bench/run.py --stream   # the streaming benchmark instead (bench/stream.py)
 """
 
 from __future__ import annotations
@@ -191,6 +192,10 @@ def check_ledger(gw: Gateway, before: dict[str, str] | None, completed: int) -> 
 
 
 def main() -> int:
+    if "--stream" in sys.argv[1:]:  # the streaming benchmark (bench/stream.py) has its own options
+        import stream
+
+        return stream.main(sys.argv[1:])
     args = parse_args()
     # Unwind (and so stop every process we started) on SIGTERM as on Ctrl-C: the children run in
     # their own sessions and would otherwise outlive us.
