@@ -198,3 +198,39 @@ async def test_lifespan_starts_and_stops_the_background_work(redis_url: str, tmp
     await gateway({"type": "lifespan"}, receive, send)
     assert replies == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
     assert all(t.done() for t in gateway._tasks) and client.is_closed
+
+
+# -- the overall request deadline (a hold never outlives its request) --------------------------------
+
+
+async def test_the_deadline_before_a_response_is_504() -> None:
+    async def never(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    forward = Forward(upstream_urls(CATALOG), httpx.AsyncClient(transport=httpx.MockTransport(never)), deadline_s=0.2)
+    sent = await drive(forward, {"x-critique-model": "tencent/hy3-preview"})
+    assert status_and_json(sent)[0] == 504 and status_and_json(sent)[1]["error"]["code"] == "upstream_timeout"
+
+
+async def test_the_deadline_cuts_a_stream_that_goes_on() -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            yield b"data: {}\n\n"
+            await asyncio.sleep(0.01)
+
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=chunks()))
+    forward = Forward(upstream_urls(CATALOG), httpx.AsyncClient(transport=transport), deadline_s=0.3)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(UpstreamCut, match="deadline"):
+        await drive(forward, {"x-critique-model": "tencent/hy3-preview"})
+    assert asyncio.get_running_loop().time() - started < 3
+
+
+def test_a_hold_ttl_not_longer_than_the_request_deadline_is_refused() -> None:
+    from critique_sidecar.envoy.config import EnvoyOptions
+
+    with pytest.raises(ValueError, match="hold_ttl_s"):
+        Config(hold_ttl_s=600, request_deadline_s=600)
+    default = Config()
+    assert default.hold_ttl_s > default.request_deadline_s >= EnvoyOptions().upstream_timeout_s

@@ -20,6 +20,13 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
+def joined_authorization(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Every Authorization header, joined as Envoy joins repeated headers ("a,b"): two of them
+    are then never a valid key, so both front doors answer 401 (never "the last one wins")."""
+    values = [v.decode("latin-1") for k, v in raw if k.lower() == b"authorization"]
+    return ",".join(values) if values else None
+
+
 def mutate(
     raw: Iterable[tuple[bytes, bytes]], set_headers: Mapping[str, str], remove: Iterable[str] = ()
 ) -> RawHeaders:

@@ -27,7 +27,7 @@ import anyio
 import httpx
 import uvicorn
 from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import Config
 from ..core.catalog import Catalog
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # As the generated Envoy config: cluster connect_timeout, route idle_timeout.
 CONNECT_TIMEOUT_S = 0.25
 IDLE_TIMEOUT_S = 120.0
+REQUEST_DEADLINE_S = 600.0  # as the route timeout; Config.request_deadline_s (below the hold TTL)
 POOL_CONNECTIONS = 512  # per gateway process; past it requests queue for a connection
 HOP_BY_HOP = frozenset(
     {
@@ -93,9 +94,12 @@ def _forwarded(scope: Scope) -> RawHeaders:
 class Forward:
     """Send the chat request to its model's upstream and stream the answer back."""
 
-    def __init__(self, urls: Mapping[str, str], client: httpx.AsyncClient) -> None:
+    def __init__(
+        self, urls: Mapping[str, str], client: httpx.AsyncClient, deadline_s: float = REQUEST_DEADLINE_S
+    ) -> None:
         self.urls = dict(urls)
         self.client = client
+        self.deadline_s = deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         base = self.urls.get(header_dict(scope["headers"]).get(MODEL_HEADER, ""))
@@ -114,10 +118,20 @@ class Forward:
             content=body,
         )
         cut: httpx.TransportError | None = None
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
-            cut = await self._exchange(request, send)
-            tasks.cancel_scope.cancel()
+        started = _Started(send)
+        # The overall deadline: no request outlives it, so none outlives its hold (whose TTL
+        # the configuration keeps longer). Before a response: 504; during one: cut, and the
+        # exchange charges what was delivered.
+        with anyio.move_on_after(self.deadline_s) as deadline:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
+                cut = await self._exchange(request, started.send)
+                tasks.cancel_scope.cancel()
+        if deadline.cancelled_caught:
+            if not started.started:
+                await send_error(send, ApiError("upstream_timeout", "The model server timed out"))
+                return
+            raise UpstreamCut(f"{request.url}: past the request deadline of {self.deadline_s:g}s")
         if cut is not None:
             raise UpstreamCut(f"{request.url}: {type(cut).__name__}") from cut
 
@@ -146,6 +160,19 @@ class Forward:
             await response.aclose()  # back to the pool before the end goes out (then a disconnect may cancel us)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
+
+
+class _Started:
+    """Passes messages on and remembers whether the response has started."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
@@ -182,7 +209,9 @@ class Gateway:
         self.components = components
         self.config = config
         self.client = client or upstream_client()
-        forward = Forward(upstream_urls(components.catalog, config.upstream_override), self.client)
+        forward = Forward(
+            upstream_urls(components.catalog, config.upstream_override), self.client, config.request_deadline_s
+        )
         self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -34,7 +34,16 @@ from ..core.errors import ApiError
 from ..core.exchange import ChatExchange
 from ..core.metering import Meter
 from ..core.scopes import CHAT_PATH
-from ._http import MAX_BODY_BYTES, declared_too_large, header_dict, mutate, read_body, send_error, too_large
+from ._http import (
+    MAX_BODY_BYTES,
+    declared_too_large,
+    header_dict,
+    joined_authorization,
+    mutate,
+    read_body,
+    send_error,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +103,9 @@ class Middleware:
 
     async def _metered(self, exchange: ChatExchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
+        authorization = joined_authorization(scope["headers"])
+        if authorization is not None:
+            headers["authorization"] = authorization
         try:
             if declared_too_large(headers, self.max_body_bytes):  # refused before reading it
                 raise too_large(self.max_body_bytes)

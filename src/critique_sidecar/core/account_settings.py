@@ -33,6 +33,7 @@ from .money import MICRO, format_credits
 MAX_CREDITS = Decimal(1_000_000_000)
 MAX_COUNT = 1_000_000_000
 
+_ONE_MICRO = Decimal(1).scaleb(-6)
 _DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 _CREDITS_RULE = f"a number of credits >= 0 and <= {MAX_CREDITS} with at most 6 decimal places"
 
@@ -53,7 +54,7 @@ def _credits(value: Any) -> Decimal:
         problem = "is negative"
     elif amount > MAX_CREDITS:
         problem = "is too large"
-    elif (amount * MICRO) % 1 != 0:
+    elif amount != amount.quantize(_ONE_MICRO):  # exact: arithmetic would round 1e-999999999 to 0
         problem = "has more than 6 decimal places"
     else:
         return amount

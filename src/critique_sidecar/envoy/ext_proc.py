@@ -17,7 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..core.auth import Authenticator
 from ..core.errors import ApiError
-from ..core.exchange import ChatExchange
+from ..core.exchange import MODEL_HEADER, ChatExchange
 from ..core.metering import Meter
 from . import messages as m
 from .identity import identity_from_metadata
@@ -37,6 +37,11 @@ async def on_request_headers(x: ChatExchange, req: pb.ProcessingRequest) -> pb.P
         raise ApiError("invalid_request", "a JSON request body is required")
     reply = pb.ProcessingResponse()
     m.fill_mutation(reply.request_headers.response.header_mutation, remove=strip)
+    if MODEL_HEADER in headers:
+        # Envoy chose the route by the client's own model header: choose again without it, so
+        # a request whose body never comes (HTTP/2 headers and trailers, no DATA) cannot reach
+        # a model cluster unmetered (it meets the chat_unrouted reply instead).
+        reply.request_headers.response.clear_route_cache = True
     return reply
 
 

@@ -45,7 +45,8 @@ def error_response(error: ApiError) -> Response:
 
 
 async def identify(ctx: WebContext, request: Request, any_of: frozenset[str]) -> Identity:
-    identity = await ctx.auth.identify(request.headers.get("authorization"))
+    # Repeated Authorization headers joined as Envoy joins them: never a valid key (401).
+    identity = await ctx.auth.identify(",".join(request.headers.getlist("authorization")) or None)
     authorize(identity, any_of)
     return identity
 
