@@ -157,6 +157,7 @@ def start_bare(
     processing_mode: dict[str, str] | None = None,
     route_in_headers: bool = False,
     extra_args: tuple[str, ...] = (),
+    config_hook: Callable[[dict[str, Any]], None] | None = None,
 ) -> Gateway:
     """The repo's envoy.yaml (its ext_proc processing mode changed by `processing_mode`, if
     given) with its ext_proc phases answered by bench/bare_ext_proc.py: constant replies, no
@@ -165,6 +166,8 @@ def start_bare(
     config = yaml.safe_load(stack.envoy_yaml().read_text())
     if processing_mode:
         _set_processing_mode(config, processing_mode)
+    if config_hook:
+        config_hook(config)
     listen = f"127.0.0.1:{stack.ports['grpc']}"
     argv = [sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
     with open(workdir / name / "bare-ext-proc.log", "ab") as log:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import json
 import signal
@@ -107,7 +108,73 @@ def start_stream_floor(workdir: Path, upstream: Any) -> Gateway:
     )
 
 
+def _filters_with_ext_proc(node: Any) -> list[dict[str, Any]] | None:
+    """The http_filters list that holds the ext_proc filter."""
+    if isinstance(node, dict):
+        filters = node.get("http_filters")
+        if isinstance(filters, list) and any(f.get("name") == EXT_PROC for f in filters):
+            return filters
+        node = list(node.values())
+    if isinstance(node, list):
+        for value in node:
+            found = _filters_with_ext_proc(value)
+            if found is not None:
+                return found
+    return None
+
+
+EXT_PROC = "envoy.filters.http.ext_proc"
+
+
+def _observe_body(config: dict[str, Any]) -> None:
+    """The response body leaves the metering filter (it answers the request and response
+    headers only) for a second ext_proc filter in observability mode: Envoy sends each chunk
+    and does not wait for (or apply) a reply."""
+    filters = _filters_with_ext_proc(config)
+    assert filters is not None
+    i = next(i for i, f in enumerate(filters) if f["name"] == EXT_PROC)
+    filters[i]["typed_config"]["processing_mode"]["response_body_mode"] = "NONE"
+    observer = copy.deepcopy(filters[i])
+    observer["name"] = "critique.ext_proc.observe_body"
+    observer["disabled"] = False
+    typed = observer["typed_config"]
+    typed["observability_mode"] = True
+    typed["allow_mode_override"] = False
+    typed["processing_mode"] = {
+        "request_header_mode": "SKIP",
+        "response_header_mode": "SKIP",
+        "request_body_mode": "NONE",
+        "response_body_mode": "STREAMED",
+        "request_trailer_mode": "SKIP",
+        "response_trailer_mode": "SKIP",
+    }
+    filters.insert(i + 1, observer)
+
+
+def _no_body(config: dict[str, Any]) -> None:
+    filters = _filters_with_ext_proc(config)
+    assert filters is not None
+    for f in filters:
+        if f["name"] == EXT_PROC:
+            f["typed_config"]["processing_mode"]["response_body_mode"] = "NONE"
+
+
+def start_floor_observe(workdir: Path, upstream: Any) -> Gateway:
+    return gateways.start_bare(
+        workdir, upstream, name="floor-observe", label="floor: body to a 2nd ext_proc, observability mode",
+        config_hook=_observe_body,
+    )  # fmt: skip
+
+
+def start_floor_headers(workdir: Path, upstream: Any) -> Gateway:
+    return gateways.start_bare(
+        workdir, upstream, name="floor-headers", label="floor: headers only, body not sent", config_hook=_no_body
+    )
+
+
 STREAM_GATEWAYS: dict[str, Callable[[Path, Any], Gateway]] = {
+    "floor-observe": start_floor_observe,
+    "floor-headers": start_floor_headers,
     "plain": gateways.start_plain,
     "metered": gateways.start_metered,
     "floor": start_stream_floor,
@@ -119,7 +186,10 @@ ROWS = {
     "metered+usage": Row("metered+usage", "metered", include_usage=True),
     "floor": Row("floor", "floor"),
     "asgi": Row("asgi", "asgi"),
+    "floor-observe": Row("floor-observe", "floor-observe"),
+    "floor-headers": Row("floor-headers", "floor-headers"),
 }
+DEFAULT_ROWS = ("plain", "metered", "metered+usage", "floor", "floor-observe", "asgi")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -127,7 +197,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--stream", action="store_true", help=argparse.SUPPRESS)  # run.py's switch
     p.add_argument("--quick", action="store_true", help="short workloads, one round: a smoke run")
     p.add_argument("--rounds", type=int, help="alternating rounds (default 2, quick 1)")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated, from: {', '.join(ROWS)}")
     p.add_argument("--workloads", help=f"comma-separated, from: {', '.join(WORKLOADS)}")
     p.add_argument("--baseline", metavar="GIT_REF", help="also the metered path at this commit, same run")
     p.add_argument("--out", type=Path, default=BENCH / "out" / "stream")
