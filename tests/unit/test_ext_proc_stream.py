@@ -49,6 +49,22 @@ async def test_unchanged_chunks_get_the_shared_reply_and_the_end_carries_the_cha
     assert core.ledger.records[-1].output_tokens == 2
 
 
+async def test_a_done_chunk_of_its_own_is_held_for_the_charge() -> None:
+    core = make_core(NULL_OBSERVER)
+    key = core.keys.add("acme")
+    x = core.exchange()
+    await x.start({"authorization": f"Bearer {key}"})
+    await x.admit(chat(stream=True, stream_options={"include_usage": True}))  # nothing hidden
+    await x.response_start(200, {"content-type": "text/event-stream"})
+    assert await on_response_body(x, body(CONTENT)) is m.CONTINUE_RESPONSE_BODY
+    assert await on_response_body(x, body(USAGE)) is m.CONTINUE_RESPONSE_BODY  # the client asked for it
+    done = await on_response_body(x, body(b"data: [DONE]\n\n"))
+    sent = done.response_body.response.body_mutation.body
+    assert sent.startswith(b": x-critique-request-id=") and sent.endswith(b"\n\ndata: [DONE]\n\n")
+    assert b"estimated=false" in sent
+    assert await on_response_body(x, body(b"", end=True)) is m.CONTINUE_RESPONSE_BODY
+
+
 _TEXT = st.text(max_size=12)
 _DELTA = st.dictionaries(
     st.sampled_from(["role", "content", "reasoning_content", "refusal", "tool_calls", "message"]),

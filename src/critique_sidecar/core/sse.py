@@ -108,6 +108,18 @@ class SseMeter:
             self._held += chunk
             return b""
         if not self._buf:
+            # The usual chunk: exactly one single-line data event.
+            if (
+                chunk.find(b"\n") == len(chunk) - 2
+                and chunk.endswith(b"\n\n")
+                and chunk.startswith(b"data:")
+                and b"\r" not in chunk
+            ):
+                if self._keep_data(chunk[6 if chunk[5] == 0x20 else 5 : -2]):
+                    return chunk
+                if self.done:
+                    self._held += chunk
+                return b""
             spans = _plain_events(chunk)
             if spans is not None:
                 return self._feed_plain(chunk, spans)
@@ -160,7 +172,7 @@ class SseMeter:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             return True
-        usage = usage_from_obj(obj)
+        usage = usage_from_obj(obj) if type(obj) is dict and "usage" in obj else None
         if usage is not None:
             # One chunk's usage: the largest reported (counts are cumulative, so for an honest
             # stream the last); a later, smaller one never replaces it.
