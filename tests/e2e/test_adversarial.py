@@ -79,10 +79,14 @@ def random_request(rng: random.Random) -> tuple[dict[str, Any], dict[str, str]]:
         if rng.random() < p:
             directives.append(name)
     directives.append(f"[[tokens:{rng.randint(1, 30)}]]")
-    messages: list[dict[str, Any]] = [{"role": "user", "content": " ".join(directives) + " " + "w" * rng.randint(0, 300)}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": " ".join(directives) + " " + "w" * rng.randint(0, 300)}
+    ]
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": rng.random() < 0.5}
     if rng.random() < 0.3:  # tools and a tool result: input the estimate must count
-        body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {"d": "p" * rng.randint(0, 2000)}}}]
+        body["tools"] = [
+            {"type": "function", "function": {"name": "f", "parameters": {"d": "p" * rng.randint(0, 2000)}}}
+        ]
         messages.insert(0, {"role": "tool", "tool_call_id": "c", "content": "r" * rng.randint(0, 2000)})
     bound = rng.random()
     if bound < 0.3:

@@ -194,3 +194,45 @@ def test_forged_charge_comments_are_dropped_and_usage_comes_from_the_largest_chu
     assert (record["input_tokens"], record["output_tokens"], record["estimated"]) == ("10", "5", "0")
     deltas = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
     assert sum(d["choices"][0]["delta"].get("content", "") == "tok " for d in deltas if d["choices"]) == 5
+
+
+# -- the table: balance 10, reserve floor 9, a vLLM-like model server ------------------
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        # (3 x 0.15 + 32768 x 0.30) / 1e6 USD = 0.00983085 USD = 0.983085 credits: the model's
+        # whole output budget, which is now the bound the model server receives
+        ({}, "0.983085"),
+        ({"max_tokens": 200_000}, "0.983085"),
+        # the hold is 8 x 30000 output tokens (7.2 credits and more): over the 1 credit available
+        ({"n": 8, "max_tokens": 30_000}, None),
+    ],
+    ids=["no max_tokens", "max_tokens 200000", "n 8 + max_tokens 30000"],
+)
+def test_the_floor_holds_against_a_vllm_like_server(
+    stack: Stack, front_door: FrontDoor, account: str, extra: dict[str, Any], expected: str | None
+) -> None:
+    import openai
+
+    from critique_sidecar.store import keyspace as ks
+
+    from .faultkit import sync_redis
+    from .helpers import client
+
+    key = funded(stack, account, "10")
+    with sync_redis(stack) as r:
+        r.hset(ks.settings(account), "reserve_floor", 9_000_000)  # as `settings set --reserve-floor 9`
+    sdk = client(front_door, key)
+    messages: Any = [{"role": "user", "content": "[[vllm]] hi"}]  # 3 prompt tokens at the fake upstream
+    if expected is None:
+        with pytest.raises(openai.APIStatusError) as err:
+            sdk.chat.completions.create(model=MODEL, messages=messages, **extra)
+        assert err.value.status_code == 402
+        assert (ledger(stack, account).balance, ledger(stack, account).records) == (10_000_000, [])
+        return
+    r = sdk.chat.completions.with_raw_response.create(model=MODEL, messages=messages, **extra)
+    assert r.headers["x-critique-credits-charged"] == expected
+    state = ledger(stack, account)
+    assert (state.balance, state.holds) == (10_000_000 - 983_085, 0)  # 9.016915: above the floor

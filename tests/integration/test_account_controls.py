@@ -315,12 +315,16 @@ async def test_account_training_opt_in_prices_at_the_opt_in_tier(env: Env) -> No
     list_req = await env.admit()
     await env.configure(deepseek_training_opt_in=True)
     opt_req = await env.admit()
-    assert (list_req.price.opt_in, opt_req.price.opt_in) == (False, True)
-    assert opt_req.price.version.endswith("/training-opt-in")
-    assert opt_req.hold == list_req.hold  # the hold is priced without it: never short
-    usage = Usage(1000, 1000)
-    list_charge, opt_charge = await env.settle(list_req, usage), await env.settle(opt_req, usage)
-    assert opt_charge * 4 == list_charge  # 25% of list: (1000*0.0375 + 1000*0.075)/1e6 USD = 11250 micro-credits
+    assert (list_req.opt_in, opt_req.opt_in) == (False, True)  # the account setting is read at admission
+    # Held at the normal price: the discount is given only once the capture is written (settle_completed).
+    assert opt_req.price == list_req.price and opt_req.hold == list_req.hold
+    usage = Usage(10, MAX_TOKENS)
+    opt_price = price_for(env.meter.catalog, opt_req.chat.model, opt_req.started_at, opt_in=True)
+    assert opt_price.version.endswith("/training-opt-in")
+    # (10 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.000007875 USD = 787.5 -> 788 micro-credits
+    assert env.meter.charge(opt_req, usage, price=opt_price).credits == 788
+    # (10 x 0.15 + 100 x 0.30) / 1e6 USD = 0.0000315 USD = 3150 micro-credits
+    assert await env.settle(list_req, usage) == 3150
 
 
 # -- UTC windows roll over by key name -----------------------------------------------------
