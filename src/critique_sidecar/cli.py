@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from pydantic import ValidationError
 
@@ -81,10 +82,19 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+Commands: TypeAlias = "argparse._SubParsersAction[_OneLineParser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="critique-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_serving_commands, _envoy_config_command, _keys_commands, _credits_commands, _settings_commands,
+                _usage_commands):  # fmt: skip
+        add(sub)
+    return p
 
+
+def _serving_commands(sub: Commands) -> None:
     sub.add_parser("serve", help="run the gRPC (ext_authz, ext_proc, health) and HTTP servers")
 
     gateway = sub.add_parser("gateway", help="run the ASGI gateway: the whole product without Envoy (uvicorn)")
@@ -92,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config-table", help="print the configuration reference table (Markdown)")
 
+
+def _envoy_config_command(sub: Commands) -> None:
     envoy = sub.add_parser("envoy-config", help="print the Envoy config generated from the catalog")
     envoy.add_argument("--listen", default="127.0.0.1:8080", help="Envoy listener address")
     envoy.add_argument("--sidecar-grpc", action="append", help="sidecar gRPC address (repeat for several processes)")
@@ -103,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="authorise chat inside the one ext_proc stream (default) or with ext_authz too",
     )
 
+
+def _keys_commands(sub: Commands) -> None:
     keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create", help="create a key (printed once)")
     create.add_argument("--account", required=True)
@@ -115,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
 
+
+def _credits_commands(sub: Commands) -> None:
     credits = sub.add_parser("credits", help="the shared credit pool").add_subparsers(dest="action", required=True)
     grant = credits.add_parser("grant", help="add credits (negative to debit)")
     grant.add_argument("--account", required=True)
@@ -123,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--account", required=True)
     show.add_argument("--json", action="store_true")
 
+
+def _settings_commands(sub: Commands) -> None:
     account_settings = sub.add_parser("settings", help="an account's Inference API settings")
     settings_cmds = account_settings.add_subparsers(dest="action", required=True)
     sshow = settings_cmds.add_parser("show", help="the account's settings")
@@ -133,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     sset.add_argument("--json", action="store_true")
     for flag, (_, metavar, text) in _SETTING_FLAGS.items():
         sset.add_argument(flag, metavar=metavar, help=text)
+
+
+def _usage_commands(sub: Commands) -> None:
     usage = sub.add_parser("usage", help="usage records: billing export, retention trim, accounts with usage")
     usage_cmds = usage.add_subparsers(dest="action", required=True)
     export = usage_cmds.add_parser(
@@ -159,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_argument(
         "--rebuild", action="store_true", help="first re-register every account found by scanning Redis"
     )
-    return p
 
 
 async def _with_redis(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
@@ -187,7 +207,7 @@ async def _keys(args: argparse.Namespace, redis: Any) -> int:
         return 0
     if args.action == "list":
         records = await store.list(args.account)
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "key_id": r.key_id,
                 "name": r.name,
@@ -240,7 +260,7 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
     if args.action == "show":
         current = await store.get(args.account)
     else:
-        given = {}
+        given: dict[str, str] = {}
         for flag in _SETTING_FLAGS:
             text = getattr(args, flag[2:].replace("-", "_"))
             if text is not None:
@@ -250,8 +270,8 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
         try:
             patch = SettingsPatch.parse({_SETTING_FLAGS[f][0]: _setting_value(v) for f, v in given.items()})
         except ApiError as exc:
-            flag = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)
-            raise CliError(f"{flag}: {exc.message}" if flag else exc.message) from None
+            bad = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)
+            raise CliError(f"{bad}: {exc.message}" if bad else exc.message) from None
         current = await store.patch(args.account, patch)
     out = current.to_json()
     if args.json:
@@ -313,15 +333,35 @@ def _envoy_config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# Commands that talk to Redis: beside a running `make run` stack they use its Redis.
+_REDIS_COMMANDS = ("keys", "credits", "settings", "usage")
+
+
+def _operator_config(command: str) -> Config:
+    """Config from the environment; with CRITIQUE_REDIS_URL unset, an operator command run
+    beside a `make run` stack (its `.run/stack.json`) uses that stack's Redis, and says so."""
+    if command in _REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
+        from .devtools.stack_file import running_stack
+
+        stack = running_stack()
+        if stack is not None:
+            print(
+                f"critique-sidecar: using the local stack's Redis {stack['redis_url']} (.run/stack.json)",
+                file=sys.stderr,
+            )
+            return Config(redis_url=stack["redis_url"])
+    return Config()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = Config()
+        config = _operator_config(args.command)
         configure_logging(config.log_level, config.log_format)
         if args.command == "serve":
             import uvloop
 
-            from .app import serve
+            from .envoy.server import serve
 
             uvloop.run(serve(config))
             return 0

@@ -84,6 +84,9 @@ class Background:
         except BaseException as exc:
             self.error = exc
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def get(self, timeout: float = 60) -> Any:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "background request did not finish"

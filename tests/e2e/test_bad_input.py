@@ -232,7 +232,7 @@ def test_absurd_headers_get_431_json_not_an_empty_reply(
 
 def test_a_malformed_http_request_gets_an_answer(stack: Stack) -> None:
     """Envoy's own 400 for a broken request (here a space in a header name) reaches the
-    client; it used to be an empty reply while ext_proc waited on a stream with no route."""
+    client, not an empty reply (ext_proc must not hold a reply for a request with no route)."""
     with socket.create_connection(("127.0.0.1", stack.ports["envoy"]), timeout=QUICK_S) as sock:
         sock.sendall(f"POST {CHAT_PATH} HTTP/1.1\r\nHost: x\r\nBad Header: v\r\nContent-Length: 2\r\n\r\n{{}}".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 400")

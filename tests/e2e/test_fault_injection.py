@@ -1,7 +1,7 @@
 """A seeded fault-injection run: mixed traffic (JSON and streams, some with faulty upstream
 directives) through Envoy and two sidecar processes while Redis is killed and restarted, frozen
 and thawed, a sidecar is SIGKILLed and restarted and the model server is killed and restarted.
-Then the invariants of DESIGN.md "Failure policy" are checked:
+Then the invariants of docs/design.md "Failure policy" are checked:
 
 - every answer is a 200 or an error in the JSON error shape, from an expected set of statuses;
 - conservation: per account, balance change = sum of its usage records, every journal drained;

@@ -1,4 +1,4 @@
-"""Redis faults through the real Envoy stack (DESIGN.md "Failure policy").
+"""Redis faults through the real Envoy stack (docs/design.md, "Failure policy").
 
 - Redis down or frozen at admission: 503 `service_unavailable` in the JSON error shape within a
   bounded time, nothing reaches the upstream, gRPC health NOT_SERVING and back.

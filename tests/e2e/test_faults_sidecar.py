@@ -3,7 +3,9 @@
 - SIGKILL mid-stream, then restart: the orphaned hold is released once it expires (the next
   admission sweeps it), nothing is charged twice, the account keeps working.
 - SIGTERM mid-stream: health turns NOT_SERVING at once, the open stream still finishes with
-  its charge comment and [DONE] and is settled, the journal stays empty, the process exits 0."""
+  its charge comment and [DONE] and is settled, the journal stays empty, the process exits 0.
+  The order: the HTTP routes keep answering while the stream drains, and close only after it
+  (uvicorn does not get the signal first)."""
 
 from __future__ import annotations
 
@@ -114,12 +116,20 @@ def test_sigterm_mid_stream_drains_settles_and_exits_zero(tmp_path: Path, accoun
             watch.cancel()  # an open Watch would itself hold the drain for its grace period
             channel.close()
 
+        # Mid-drain (the stream is still open): the HTTP listener still answers.
+        models = f"http://127.0.0.1:{stack.ports['http']}/api/v1/models"
+        answered = httpx.get(models, headers={"authorization": f"Bearer {key}"}, timeout=5)
+        assert inflight.running() and ledger(stack, account).holds == 1, "the stream ended before the check"
+        assert answered.status_code == 200 and answered.json()["data"], answered.text
+
         status, text = inflight.get()
         assert status == 200
         assert ": x-critique-request-id=" in text and "estimated=false" in text  # the in-band charge
         assert text.rstrip().endswith("data: [DONE]")
         assert proc.wait(timeout=40) == 0
         exit_s = time.monotonic() - t0
+        with pytest.raises(httpx.ConnectError):  # and closed after the drain
+            httpx.get(models, timeout=5)
 
         state = ledger(stack, account)
         assert len(state.records) == 1 and state.records[0]["status"] == "ok" and state.records[0]["estimated"] == "0"

@@ -16,8 +16,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc as auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from critique_sidecar.app import LIVENESS_SERVICE
 from critique_sidecar.devtools.stack import Stack, wait_until
+from critique_sidecar.envoy.server import LIVENESS_SERVICE
 
 from .helpers import client, funded_key
 

@@ -192,8 +192,7 @@ def test_long_stream_keeps_sidecar_memory_flat(stack: Stack, front_door: FrontDo
     total = stream(960)
     after = _rss_kb(pid)
     assert total > 60 * 1024 * 1024  # tens of MB went through
-    # Bounded per stream: twice the data must not cost more memory. (Before the fixed mmap
-    # threshold, RSS grew by 20-45 MB per 30 MB stream.)
+    # Bounded per stream: twice the data must not cost more memory (app.fix_malloc_mmap_threshold).
     assert after - before < 12 * 1024, f"RSS grew {after - before} KiB over a {total >> 20} MiB stream"
     record = usage_records(stack, account)[-1]
     assert record["output_tokens"] == "960" and record["estimated"] == "0"

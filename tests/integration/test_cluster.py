@@ -212,8 +212,8 @@ async def test_key_lookups_on_the_cluster(redis_client: RedisCluster, account: s
 
 
 async def test_a_burst_beyond_the_node_pool_queues_instead_of_failing(redis_client: RedisCluster, account: str) -> None:
-    """Bug fixed: redis-py's cluster client failed commands past 100 connections per node
-    (MaxConnectionsError, so 503s under a burst); the sidecar's client queues them."""
+    """redis-py's cluster client fails commands past 100 connections per node; the sidecar's
+    client (BoundedRedisCluster) queues them instead, so a burst is not a burst of 503s."""
     key = ks.account(account)
     results = await asyncio.gather(*(redis_client.hincrby(key, "n", 1) for _ in range(600)), return_exceptions=True)
     assert [r for r in results if isinstance(r, Exception)] == []

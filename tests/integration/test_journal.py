@@ -145,8 +145,8 @@ async def test_replay_stops_at_the_first_store_failure_and_keeps_order(env: Env)
 
 
 async def test_settlements_journaled_during_a_replay_are_kept(env: Env) -> None:
-    """Bug fixed: replay used to rewrite the journal from what it had read, dropping records a
-    concurrent failed settlement appended while the replay was awaiting Redis."""
+    """A settlement that fails (and is journaled) while a replay awaits Redis is kept: the
+    replay removes only what it read."""
     gate = asyncio.Event()
 
     class Gated:

@@ -189,7 +189,9 @@ async def test_lifespan_starts_and_stops_the_background_work(redis_url: str, tmp
 
     async def receive() -> Message:
         if len(replies) == 1:
-            assert len(gateway._tasks) == 2 and not any(t.done() for t in gateway._tasks)  # replay + revocation feed
+            tasks = gateway.lifecycle.tasks  # the same background work as Envoy mode's
+            assert set(tasks) == {"journal-replay", "revocation-feed", "usage-retention"}
+            assert not any(t.done() for t in tasks.values())
         return events.pop(0)
 
     async def send(message: Message) -> None:
@@ -197,7 +199,7 @@ async def test_lifespan_starts_and_stops_the_background_work(redis_url: str, tmp
 
     await gateway({"type": "lifespan"}, receive, send)
     assert replies == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
-    assert all(t.done() for t in gateway._tasks) and client.is_closed
+    assert all(t.done() for t in gateway.lifecycle.tasks.values()) and client.is_closed
 
 
 # -- the overall request deadline (a hold never outlives its request) --------------------------------

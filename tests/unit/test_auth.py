@@ -1,4 +1,4 @@
-"""auth.py: bearer key -> identity, with the store behind an in-memory KeyDirectory."""
+"""auth.py: bearer key -> identity, with the store behind an in-memory KeyDirectory (tests/fakes.py)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,10 @@ import pytest
 from critique_sidecar.core import auth as auth_module
 from critique_sidecar.core.auth import Authenticator, Identity, authorize
 from critique_sidecar.core.errors import ApiError
-from critique_sidecar.core.keys import KeyRecord, generate_key, hash_key
+from critique_sidecar.core.keys import generate_key, hash_key
 from critique_sidecar.core.scopes import CHAT, MODELS, SETTINGS_WRITE
 
-
-class MemoryDirectory:
-    """A KeyDirectory that counts lookups."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, KeyRecord] = {}
-        self.lookups: list[str] = []
-
-    def add(
-        self,
-        key: str,
-        account: str = "acct-1",
-        scopes: tuple[str, ...] = ("read:inference", "write:inference"),
-        revoked: bool = False,
-        key_id: str = "key_1",
-    ) -> KeyRecord:
-        record = KeyRecord(
-            key_id=key_id, key_hash=hash_key(key), account=account, scopes=frozenset(scopes), revoked=revoked
-        )
-        self.records[record.key_hash] = record
-        return record
-
-    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        self.lookups.append(key_hash)
-        return self.records.get(key_hash)
+from ..fakes import MemoryKeys
 
 
 class FakeTime:
@@ -46,8 +22,8 @@ class FakeTime:
 
 
 @pytest.fixture
-def directory() -> MemoryDirectory:
-    return MemoryDirectory()
+def directory() -> MemoryKeys:
+    return MemoryKeys()
 
 
 @pytest.fixture
@@ -64,17 +40,17 @@ async def expect_invalid(authn: Authenticator, header: str | None) -> ApiError:
     return err.value
 
 
-async def test_valid_key_identifies(directory: MemoryDirectory) -> None:
+async def test_valid_key_identifies(directory: MemoryKeys) -> None:
     key = generate_key()
-    directory.add(key, account="acct-7", key_id="key_abc", scopes=("write:inference",))
+    directory.put(key, account="acct-7", key_id="key_abc", scopes=("write:inference",))
     ident = await Authenticator(directory).identify(f"Bearer {key}")
     assert ident == Identity(account="acct-7", key_id="key_abc", scopes=frozenset({"write:inference"}))
     assert directory.lookups == [hash_key(key)]
 
 
-async def test_store_sees_only_the_hash(directory: MemoryDirectory) -> None:
+async def test_store_sees_only_the_hash(directory: MemoryKeys) -> None:
     key = generate_key()
-    directory.add(key)
+    directory.put(key)
     await Authenticator(directory).identify(f"Bearer {key}")
     assert all(key not in h for h in directory.lookups)
 
@@ -91,46 +67,46 @@ async def test_store_sees_only_the_hash(directory: MemoryDirectory) -> None:
         "Bearer crt_" + "a" * 38,  # right length and alphabet, wrong checksum
     ],
 )
-async def test_malformed_keys_rejected_without_lookup(directory: MemoryDirectory, header: str | None) -> None:
+async def test_malformed_keys_rejected_without_lookup(directory: MemoryKeys, header: str | None) -> None:
     authn = Authenticator(directory)
     err = await expect_invalid(authn, header)
     assert "crt_" in err.message
     assert directory.lookups == []
 
 
-async def test_key_with_one_flipped_char_rejected_without_lookup(directory: MemoryDirectory) -> None:
+async def test_key_with_one_flipped_char_rejected_without_lookup(directory: MemoryKeys) -> None:
     key = generate_key()
-    directory.add(key)
+    directory.put(key)
     c = key[10]
     flipped = key[:10] + ("b" if c == "a" else "a") + key[11:]
     await expect_invalid(Authenticator(directory), f"Bearer {flipped}")
     assert directory.lookups == []
 
 
-async def test_unknown_key_rejected(directory: MemoryDirectory) -> None:
+async def test_unknown_key_rejected(directory: MemoryKeys) -> None:
     key = generate_key()
     await expect_invalid(Authenticator(directory), f"Bearer {key}")
     assert directory.lookups == [hash_key(key)]
 
 
-async def test_revoked_key_rejected(directory: MemoryDirectory) -> None:
+async def test_revoked_key_rejected(directory: MemoryKeys) -> None:
     key = generate_key()
-    directory.add(key, revoked=True)
+    directory.put(key, revoked=True)
     await expect_invalid(Authenticator(directory), f"Bearer {key}")
     assert len(directory.lookups) == 1
 
 
-async def test_record_with_different_hash_rejected(directory: MemoryDirectory) -> None:
+async def test_record_with_different_hash_rejected(directory: MemoryKeys) -> None:
     """A directory answering with some other key's record must not authenticate."""
     key, other = generate_key(), generate_key()
-    other_record = directory.add(other)
+    other_record = directory.put(other)
     directory.records[hash_key(key)] = other_record
     await expect_invalid(Authenticator(directory), f"Bearer {key}")
 
 
-async def test_cache_hit_avoids_lookup_within_ttl(directory: MemoryDirectory, clock: FakeTime) -> None:
+async def test_cache_hit_avoids_lookup_within_ttl(directory: MemoryKeys, clock: FakeTime) -> None:
     key = generate_key()
-    directory.add(key)
+    directory.put(key)
     authn = Authenticator(directory, cache_ttl_s=5.0)
     first = await authn.identify(f"Bearer {key}")
     clock.now += 4.9
@@ -142,39 +118,39 @@ async def test_cache_hit_avoids_lookup_within_ttl(directory: MemoryDirectory, cl
     assert len(directory.lookups) == 2
 
 
-async def test_negative_results_are_cached_too(directory: MemoryDirectory, clock: FakeTime) -> None:
+async def test_negative_results_are_cached_too(directory: MemoryKeys, clock: FakeTime) -> None:
     key = generate_key()
     authn = Authenticator(directory, cache_ttl_s=5.0)
     await expect_invalid(authn, f"Bearer {key}")
     await expect_invalid(authn, f"Bearer {key}")
     assert len(directory.lookups) == 1
     # The key is created; within the TTL this replica still says no, after it, yes.
-    directory.add(key)
+    directory.put(key)
     await expect_invalid(authn, f"Bearer {key}")
     clock.now += 5.1
     assert (await authn.identify(f"Bearer {key}")).account == "acct-1"
 
 
-async def test_revocation_visible_after_ttl(directory: MemoryDirectory, clock: FakeTime) -> None:
+async def test_revocation_visible_after_ttl(directory: MemoryKeys, clock: FakeTime) -> None:
     key = generate_key()
-    directory.add(key)
+    directory.put(key)
     authn = Authenticator(directory, cache_ttl_s=5.0)
     await authn.identify(f"Bearer {key}")
-    directory.add(key, revoked=True)
+    directory.put(key, revoked=True)
     clock.now += 5.1
     await expect_invalid(authn, f"Bearer {key}")
 
 
-async def test_forget_drops_the_entry(directory: MemoryDirectory, clock: FakeTime) -> None:
+async def test_forget_drops_the_entry(directory: MemoryKeys, clock: FakeTime) -> None:
     key, other = generate_key(), generate_key()
-    directory.add(key)
-    directory.add(other, key_id="key_2")
+    directory.put(key)
+    directory.put(other, key_id="key_2")
     authn = Authenticator(directory, cache_ttl_s=60.0)
     await authn.identify(f"Bearer {key}")
     await authn.identify(f"Bearer {other}")
     assert len(directory.lookups) == 2
 
-    directory.add(key, revoked=True)
+    directory.put(key, revoked=True)
     authn.forget(hash_key(key))
     await expect_invalid(authn, f"Bearer {key}")  # revocation takes effect at once
     assert len(directory.lookups) == 3
@@ -187,19 +163,19 @@ async def test_forget_drops_the_entry(directory: MemoryDirectory, clock: FakeTim
     assert len(directory.lookups) == 4
 
 
-async def test_zero_ttl_disables_cache(directory: MemoryDirectory) -> None:
+async def test_zero_ttl_disables_cache(directory: MemoryKeys) -> None:
     key = generate_key()
-    directory.add(key)
+    directory.put(key)
     authn = Authenticator(directory, cache_ttl_s=0)
     for _ in range(3):
         await authn.identify(f"Bearer {key}")
     assert len(directory.lookups) == 3
 
 
-async def test_cache_is_bounded(directory: MemoryDirectory, clock: FakeTime) -> None:
+async def test_cache_is_bounded(directory: MemoryKeys, clock: FakeTime) -> None:
     keys = [generate_key() for _ in range(5)]
     for i, k in enumerate(keys):
-        directory.add(k, key_id=f"key_{i}")
+        directory.put(k, key_id=f"key_{i}")
     authn = Authenticator(directory, cache_ttl_s=60.0, max_entries=3)
     for k in keys:
         await authn.identify(f"Bearer {k}")

@@ -13,8 +13,8 @@ from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.sse import SseMeter
 from critique_sidecar.core.usage import Usage, completion_text_bytes
 
-from .test_capture import ListSink
-from .test_metering import CENT, DEEPSEEK, IDENT, NOW, Clock, MemoryLedger, chat_body
+from ..fakes import FixedClock, ListSink, MemoryLedger
+from .test_metering import CENT, DEEPSEEK, IDENT, NOW, chat_body
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_forged_charge_comments_never_reach_the_client(forged: bytes) -> None:
 
 async def test_usage_beyond_the_hold_is_charged_up_to_it_and_recorded_as_overage(catalog: Catalog) -> None:
     ledger = MemoryLedger()
-    meter = Meter(catalog, ledger, CENT, clock=Clock(NOW))
+    meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW))
     raw = chat_body(DEEPSEEK, max_tokens=100)
     req = await meter.admit(IDENT, meter.parse(raw), False)
     bound = len(raw) + 16
@@ -79,7 +79,7 @@ async def test_usage_beyond_the_hold_is_charged_up_to_it_and_recorded_as_overage
 
 async def test_a_cut_opt_in_stream_pays_the_normal_price(catalog: Catalog) -> None:
     ledger = MemoryLedger()
-    meter = Meter(catalog, ledger, CENT, clock=Clock(NOW), capture=ListSink())
+    meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=ListSink())
     req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
     assert req.opt_in
     await meter.settle(req, meter.charge(req, None, delivered_text_bytes=400), "interrupted")
@@ -93,7 +93,7 @@ async def test_a_cut_opt_in_stream_pays_the_normal_price(catalog: Catalog) -> No
 async def test_the_opt_in_hold_is_at_the_normal_price_and_the_capture_earns_the_discount(catalog: Catalog) -> None:
     sink = ListSink()
     ledger = MemoryLedger()
-    meter = Meter(catalog, ledger, CENT, clock=Clock(NOW), capture=sink)
+    meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink)
     req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
     _, charge = await meter.settle_completed(req, Usage(20, 100), 0, lambda: "done")
     # (20 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.00000825 USD = 825 micro-credits

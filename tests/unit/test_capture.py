@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from decimal import Decimal
 
 import pytest
 
-from critique_sidecar.core.capture import CaptureRecord, completion_text
+from critique_sidecar.core.capture import completion_text
 from critique_sidecar.core.catalog import Catalog, load_catalog
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.sse import SseMeter
 from critique_sidecar.core.usage import Usage
 
-from .test_metering import CENT, DEEPSEEK, IDENT, NOW, TENCENT, Clock, MemoryLedger, chat_body
-
-
-class ListSink:
-    def __init__(self, fail: BaseException | None = None, delay: float = 0) -> None:
-        self.records: list[CaptureRecord] = []
-        self.fail = fail
-        self.delay = delay
-
-    async def write(self, record: CaptureRecord) -> None:
-        if self.delay:
-            await asyncio.sleep(self.delay)  # a slow sink, slower than the meter's timeout
-        if self.fail:
-            raise self.fail
-        self.records.append(record)
+from ..fakes import FixedClock, ListSink, MemoryLedger
+from .test_metering import CENT, DEEPSEEK, IDENT, NOW, TENCENT, chat_body
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +25,7 @@ async def _settle(
     catalog: Catalog, sink: ListSink | None, model: str = DEEPSEEK, opt_in: bool = True, text: str | None = "hello"
 ):
     ledger = MemoryLedger()
-    meter = Meter(catalog, ledger, CENT, clock=Clock(NOW), capture=sink, capture_timeout_s=0.05)
+    meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink, capture_timeout_s=0.05)
     req = await meter.admit(IDENT, meter.parse(chat_body(model)), opt_in_header=opt_in)
     _result, charge = await meter.settle_completed(req, Usage(100, 2000), 0, lambda: text)
     return ledger.records[-1], charge
@@ -93,7 +79,7 @@ async def test_needs_close_tracks_open_holds_and_open_streams(catalog: Catalog) 
     from critique_sidecar.core.auth import Authenticator
     from critique_sidecar.core.exchange import ChatExchange
 
-    meter = Meter(catalog, MemoryLedger(), CENT, clock=Clock(NOW))
+    meter = Meter(catalog, MemoryLedger(), CENT, clock=FixedClock(NOW))
     x = ChatExchange(Authenticator(None), meter, identity=IDENT)  # type: ignore[arg-type]
     assert not x.needs_close()  # nothing admitted
     await x.admit(chat_body(stream=True))

@@ -18,11 +18,12 @@ import pytest
 import yaml
 
 from critique_sidecar import cli
-from critique_sidecar.app import DRAIN_GRACE_S, LIVENESS_SERVICE
 from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.wire import DRAIN_GRACE_S
 from critique_sidecar.devtools.stack import REPO, envoy_binary, free_port, relocate, wait_until
 from critique_sidecar.envoy.config import EnvoyOptions, build_config
+from critique_sidecar.envoy.server import LIVENESS_SERVICE
 
 from .envoy_yaml import DEPLOY, K8S, cluster, endpoints, hostport, k8s, listener, load_module, routes
 

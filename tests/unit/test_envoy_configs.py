@@ -21,8 +21,9 @@ from critique_sidecar.devtools.stack import REPO, envoy_binary
 from critique_sidecar.envoy.config import EnvoyOptions, render
 from critique_sidecar.web.app import WebContext, build_web_app
 
+from ..fakes import MemoryKeys
 from .envoy_yaml import K8S, cluster, endpoints, k8s, listener, load_module, routes
-from .test_metrics import MemoryKeys, chat, completion, make_core, run_json
+from .test_metrics import chat, completion, make_core, run_json
 
 # --- no shipped config routes /metrics (or anything else unplanned) to the sidecar ----------
 

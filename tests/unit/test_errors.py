@@ -7,7 +7,7 @@ import pytest
 
 from critique_sidecar.core.errors import ERROR_TABLE, ApiError, StoreUnavailable, error_body
 
-# DESIGN.md's error table (status per code)
+# docs/design.md's error table (status per code)
 DESIGN_TABLE = {
     "invalid_api_key": 401,
     "insufficient_scope": 403,

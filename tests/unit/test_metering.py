@@ -12,10 +12,12 @@ from critique_sidecar.core.auth import Identity
 from critique_sidecar.core.catalog import Catalog, load_catalog, price_for
 from critique_sidecar.core.chat_request import estimate_tokens
 from critique_sidecar.core.errors import ApiError
-from critique_sidecar.core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
+from critique_sidecar.core.ledger import HoldResult, SettleResult
 from critique_sidecar.core.metering import Charge, Meter, hold_refusal
 from critique_sidecar.core.money import usd_for_tokens, usd_to_micro_credits
 from critique_sidecar.core.usage import Usage
+
+from ..fakes import FixedClock, MemoryLedger
 
 DEEPSEEK = "deepseek/deepseek-v4-flash"
 TENCENT = "tencent/hy3-preview"
@@ -25,42 +27,13 @@ NOW = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
 IDENT = Identity("acct-1", "key_1", frozenset({"write:inference"}))
 
 
-class MemoryLedger:
-    """A Ledger kept in memory: admits or refuses holds as told, settles once per request id."""
-
-    def __init__(self, result: HoldResult | None = None) -> None:
-        self.result = result or HoldResult(code=None)
-        self.holds: list[HoldRequest] = []
-        self.records: list[UsageRecord] = []
-        self.settled: dict[str, int] = {}
-
-    async def place_hold(self, hold: HoldRequest) -> HoldResult:
-        self.holds.append(hold)
-        return self.result
-
-    async def settle(self, record: UsageRecord) -> SettleResult:
-        self.records.append(record)
-        if record.request_id in self.settled:
-            return SettleResult(self.settled[record.request_id], applied=False)
-        self.settled[record.request_id] = record.credits
-        return SettleResult(record.credits, applied=True)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def catalog() -> Catalog:
     return load_catalog()
 
 
 def make_meter(catalog: Catalog, ledger: MemoryLedger, now: datetime = NOW) -> Meter:
-    return Meter(catalog, ledger, usd_per_credit=CENT, clock=Clock(now))
+    return Meter(catalog, ledger, usd_per_credit=CENT, clock=FixedClock(now))
 
 
 def chat_body(model: str | None = DEEPSEEK, **extra: object) -> bytes:
@@ -258,7 +231,7 @@ async def test_opt_in_header_holds_at_the_normal_price(catalog: Catalog) -> None
 
 
 async def test_account_opt_in_prices_the_charge_but_hold_stays_at_list(catalog: Catalog) -> None:
-    ledger = MemoryLedger(HoldResult(code=None, training_opt_in=True))
+    ledger = MemoryLedger(result=HoldResult(code=None, training_opt_in=True))
     meter = make_meter(catalog, ledger)
     req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=False)
     list_usd = usd_for_tokens(req.chat.input_token_bound, 100, Decimal("0.15"), Decimal("0.30"))
@@ -267,7 +240,7 @@ async def test_account_opt_in_prices_the_charge_but_hold_stays_at_list(catalog: 
 
 
 async def test_account_opt_in_on_other_model_stays_at_list(catalog: Catalog) -> None:
-    ledger = MemoryLedger(HoldResult(code=None, training_opt_in=True))
+    ledger = MemoryLedger(result=HoldResult(code=None, training_opt_in=True))
     meter = make_meter(catalog, ledger)
     req = await meter.admit(IDENT, meter.parse(chat_body(TENCENT)), opt_in_header=True)
     assert (req.price.input, req.price.opt_in, req.opt_in) == (Decimal("0.0567"), False, False)
@@ -289,7 +262,7 @@ async def test_admit_prices_at_start_time(catalog: Catalog, now: datetime, promo
 
 
 async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog: Catalog) -> None:
-    clock = Clock(datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC))
+    clock = FixedClock(datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC))
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, usd_per_credit=CENT, clock=clock)
     req = await meter.admit(IDENT, meter.parse(chat_body(NEMOTRON)), False)
@@ -304,7 +277,7 @@ async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog
 
 async def test_admit_refused_raises_hold_refusal(catalog: Catalog) -> None:
     now = datetime(2026, 11, 26, 22, 0, 0, tzinfo=UTC)
-    ledger = MemoryLedger(HoldResult("daily_credit_cap_reached"))
+    ledger = MemoryLedger(result=HoldResult("daily_credit_cap_reached"))
     meter = make_meter(catalog, ledger, now)
     with pytest.raises(ApiError) as err:
         await meter.admit(IDENT, meter.parse(chat_body()), False)
@@ -313,7 +286,7 @@ async def test_admit_refused_raises_hold_refusal(catalog: Catalog) -> None:
 
 
 async def test_admit_refused_for_credits_names_the_hold(catalog: Catalog) -> None:
-    ledger = MemoryLedger(HoldResult("insufficient_credits", detail={"balance": 5, "floor": 0, "held": 0}))
+    ledger = MemoryLedger(result=HoldResult("insufficient_credits", detail={"balance": 5, "floor": 0, "held": 0}))
     meter = make_meter(catalog, ledger)
     with pytest.raises(ApiError) as err:
         await meter.admit(IDENT, meter.parse(chat_body(max_tokens=1000)), False)
@@ -323,7 +296,7 @@ async def test_admit_refused_for_credits_names_the_hold(catalog: Catalog) -> Non
 
 
 async def test_admit_passes_warnings_through(catalog: Catalog) -> None:
-    ledger = MemoryLedger(HoldResult(code=None, warnings=("daily_credit_cap_reached",)))
+    ledger = MemoryLedger(result=HoldResult(code=None, warnings=("daily_credit_cap_reached",)))
     meter = make_meter(catalog, ledger)
     req = await meter.admit(IDENT, meter.parse(chat_body()), False)
     assert req.warnings == ("daily_credit_cap_reached",)

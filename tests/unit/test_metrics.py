@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.errors import ApiError, StoreUnavailable
 from critique_sidecar.core.exchange import ChatExchange
-from critique_sidecar.core.keys import KeyRecord, generate_key, hash_key
-from critique_sidecar.core.ledger import HoldRequest, HoldResult, SettleResult, UsageRecord
+from critique_sidecar.core.keys import generate_key
+from critique_sidecar.core.ledger import HoldResult, UsageRecord
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.observe import NULL_OBSERVER, ObservedKeys, ObservedLedger, Observer
 from critique_sidecar.devtools.stack import REPO, free_port
@@ -29,47 +29,11 @@ from critique_sidecar.observability import RequestLog, Telemetry
 from critique_sidecar.observability.metrics import Metrics, journal_depth, start_metrics_server
 from critique_sidecar.web.app import WebContext, build_web_app
 
+from ..fakes import MemoryKeys, MemoryLedger
+
 MODEL = "deepseek/deepseek-v4-flash"
 TENCENT = "tencent/hy3-preview"
 SCOPES = frozenset({"read:inference", "write:inference"})
-
-
-@dataclass
-class MemoryKeys:
-    """A KeyDirectory in memory; `down` makes every lookup fail as an unreachable store would."""
-
-    records: dict[str, KeyRecord] = field(default_factory=dict)
-    down: bool = False
-
-    def add(self, account: str, scopes: frozenset[str] = SCOPES) -> str:
-        key = generate_key()
-        self.records[hash_key(key)] = KeyRecord(f"key_{len(self.records)}", hash_key(key), account, scopes)
-        return key
-
-    async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
-        if self.down:
-            raise StoreUnavailable("ConnectionError")
-        return self.records.get(key_hash)
-
-
-@dataclass
-class MemoryLedger:
-    """Admits every hold (or answers `result`), settles once per request id; `down` fails."""
-
-    result: HoldResult = field(default_factory=lambda: HoldResult(code=None))
-    down: bool = False
-    records: list[UsageRecord] = field(default_factory=list)
-
-    async def place_hold(self, hold: HoldRequest) -> HoldResult:
-        if self.down:
-            raise StoreUnavailable("TimeoutError")
-        return self.result
-
-    async def settle(self, record: UsageRecord) -> SettleResult:
-        if self.down:
-            raise StoreUnavailable("TimeoutError")
-        self.records.append(record)
-        return SettleResult(record.credits, applied=True)
 
 
 @dataclass

@@ -8,11 +8,11 @@ from collections.abc import Iterable, Mapping
 from starlette.types import Receive, Send
 
 from ..core.errors import ApiError
+from ..core.wire import MAX_REQUEST_BODY_BYTES
 
 RawHeaders = list[tuple[bytes, bytes]]
 
-# As Envoy's buffer filter (envoy_config.EnvoyOptions.max_request_bytes), with its message.
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = MAX_REQUEST_BODY_BYTES  # as Envoy's buffer filter, with its message
 
 
 def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:

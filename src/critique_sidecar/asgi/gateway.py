@@ -18,22 +18,24 @@ cancels the upstream request."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import anyio
 import httpx
 import uvicorn
+from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..app import Components, build_components, fix_malloc_mmap_threshold, web_context
 from ..config import Config
 from ..core.catalog import Catalog
 from ..core.errors import ApiError
-from ..core.exchange import MODEL_HEADER
 from ..core.scopes import CHAT_PATH
+from ..core.wire import DRAIN_GRACE_S, MODEL_HEADER
+from ..lifecycle import Lifecycle
+from ..web.app import build_web_app
 from ._http import MAX_BODY_BYTES, RawHeaders, header_dict, read_body, send_error
 from .middleware import Middleware
 
@@ -201,11 +203,13 @@ class Routes:
 
 
 class Gateway:
-    """The composed gateway. Owns its background work and connections through the ASGI
-    lifespan: journal replay and the revocation feed run while it serves; at shutdown the
-    journal is flushed and the pools are closed."""
+    """The composed gateway. Its background work (the same Lifecycle as Envoy mode's) runs
+    through the ASGI lifespan; at shutdown, after the server has let open requests finish,
+    their settlements complete, the upstream pool closes and the lifecycle stops."""
 
-    def __init__(self, components: Any, web: Any, config: Config, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, components: Components, web: Starlette, config: Config, client: httpx.AsyncClient | None = None
+    ) -> None:
         self.components = components
         self.config = config
         self.client = client or upstream_client()
@@ -213,7 +217,7 @@ class Gateway:
             upstream_urls(components.catalog, config.upstream_override), self.client, config.request_deadline_s
         )
         self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
-        self._tasks: list[asyncio.Task[None]] = []
+        self.lifecycle = Lifecycle(config, components)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -222,22 +226,11 @@ class Gateway:
             await self.app(scope, receive, send)
 
     async def startup(self) -> None:
-        from ..store.key_store import watch_revocations
-
-        c = self.components
-        await c.ledger.replay()  # a journal left by an earlier run
-        self._tasks.append(asyncio.create_task(c.ledger.replay_forever()))
-        if not self.config.redis_cluster:  # no pub/sub on redis-py's cluster client: the cache TTL bounds it
-            self._tasks.append(asyncio.create_task(watch_revocations(c.redis, c.auth.forget)))
+        await self.lifecycle.start()
 
     async def shutdown(self) -> None:
-        await self.app.drain()  # settlements of requests the server cut off
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.aclose()
-        await self.components.ledger.replay()  # flush what can be; the rest stays journaled
-        await self.components.aclose()
+        # settlements of requests the server cut off, then the upstream pool
+        await self.lifecycle.stop(self.app.drain, self.client.aclose)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -257,9 +250,6 @@ class Gateway:
 
 def create_app(config: Config | None = None) -> Gateway:
     """The gateway from the environment's settings (an app factory for any ASGI server)."""
-    from ..app import build_components, web_context
-    from ..web.app import build_web_app
-
     config = config or Config()
     c = build_components(config)
     web = build_web_app(web_context(c))  # no /metrics here: never public (see WebContext)
@@ -268,12 +258,10 @@ def create_app(config: Config | None = None) -> Gateway:
 
 async def serve(config: Config, listen: str) -> None:
     """Run the gateway with uvicorn until SIGINT/SIGTERM; open requests finish first."""
-    from ..app import fix_malloc_mmap_threshold
-
     fix_malloc_mmap_threshold()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per forwarded request
     host, _, port = listen.rpartition(":")
-    config = uvicorn.Config(
+    server = uvicorn.Config(
         create_app(config),
         host=host,
         port=int(port),
@@ -281,7 +269,7 @@ async def serve(config: Config, listen: str) -> None:
         log_level="warning",
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=DRAIN_GRACE_S,
     )
     log.info("critique-sidecar gateway serving http://%s", listen)
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(server).serve()

@@ -6,8 +6,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import ApiError
-from .keys import KeyRecord, bearer_token, hash_key, hashes_match, is_well_formed
-from .ledger import KeyDirectory
+from .keys import KeyDirectory, KeyRecord, bearer_token, hash_key, hashes_match, is_well_formed
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The product's error table (DESIGN.md) as one exception type.
+"""The product's error table (docs/design.md) as one exception type.
 
 Every denial in the core raises `ApiError`; each front door turns it into a transport
 response in exactly one place, using `status` and `body()` (OpenAI's error shape).

@@ -26,12 +26,16 @@ from .observe import Denial
 from .scopes import CHAT
 from .sse import SseMeter, charge_comment
 from .usage import decode_body, parse_json_response
-
-OPT_IN_HEADER = "x-critique-deepseek-training-opt-in"
-MODEL_HEADER = "x-critique-model"  # the routing header: Envoy picks the model's cluster by it
-# Never forwarded upstream: the client's key, and accept-encoding, so upstreams send
-# uncompressed bodies we can meter (an encoding that comes anyway is decoded for metering).
-_NEVER_UPSTREAM = ("authorization", "accept-encoding")
+from .wire import (
+    CREDITS_CHARGED_HEADER,
+    ESTIMATED_USD_HEADER,
+    MODEL_HEADER,
+    NEVER_UPSTREAM,
+    OPT_IN_HEADER,
+    REQUEST_ID_HEADER,
+    WARNING_HEADER,
+    ours,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ class ChatExchange:
             identity = found
         self.identity = identity
         self.opt_in = headers.get(OPT_IN_HEADER, "").strip().lower() == "true"
-        return [*_NEVER_UPSTREAM, *(k for k in headers if k.startswith("x-critique-"))]
+        return [*NEVER_UPSTREAM, *ours(headers)]
 
     async def admit(self, body: bytes) -> UpstreamRequest:
         if self.identity is None:
@@ -101,10 +105,10 @@ class ChatExchange:
             return None
         self.response_status = status
         self.encoding = headers.get("content-encoding", "")
-        add = {"x-critique-request-id": metered.request_id}
+        add = {REQUEST_ID_HEADER: metered.request_id}
         if metered.warnings:
-            add["x-critique-warning"] = ",".join(metered.warnings)
-        remove = [k for k in headers if k.startswith("x-critique-")]  # upstreams can't spoof charges
+            add[WARNING_HEADER] = ",".join(metered.warnings)
+        remove = ours(headers)  # upstreams can't spoof charges
         stream = False
         if not 200 <= status < 300:
             await self.meter.settle(metered, None, "upstream_error")  # release, charge nothing
@@ -125,8 +129,8 @@ class ChatExchange:
         usage, text_bytes = parse_json_response(decoded)
         result, charge = await self.meter.settle_completed(metered, usage, text_bytes, lambda: completion_text(decoded))
         return {
-            "x-critique-credits-charged": format_credits(result.credits),
-            "x-critique-estimated-usd": format_usd(charge.usd),
+            CREDITS_CHARGED_HEADER: format_credits(result.credits),
+            ESTIMATED_USD_HEADER: format_usd(charge.usd),
         }
 
     async def stream_chunk(self, chunk: bytes, end: bool) -> bytes:

@@ -13,6 +13,7 @@ import hmac
 import secrets
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 PREFIX = "crt_"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -83,3 +84,9 @@ class KeyRecord:
     name: str = ""
     created_at: int = 0
     revoked: bool = False
+
+
+class KeyDirectory(Protocol):
+    """Where keys are looked up by hash (store/key_store.RedisKeyStore implements it)."""
+
+    async def find_by_hash(self, key_hash: str) -> KeyRecord | None: ...

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .keys import KeyRecord
-
 
 @dataclass(frozen=True, slots=True)
 class HoldRequest:
@@ -67,7 +65,3 @@ class Ledger(Protocol):
     async def place_hold(self, hold: HoldRequest) -> HoldResult: ...
 
     async def settle(self, record: UsageRecord) -> SettleResult: ...
-
-
-class KeyDirectory(Protocol):
-    async def find_by_hash(self, key_hash: str) -> KeyRecord | None: ...

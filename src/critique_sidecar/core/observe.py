@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from .errors import StoreUnavailable
-from .keys import KeyRecord
-from .ledger import HoldRequest, HoldResult, KeyDirectory, Ledger, SettleResult, UsageRecord
+from .keys import KeyDirectory, KeyRecord
+from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
 
 T = TypeVar("T")
 

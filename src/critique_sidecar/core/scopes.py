@@ -1,4 +1,4 @@
-"""Scopes and which routes need them (DESIGN.md, product page)."""
+"""Scopes and which routes need them (docs/product.md)."""
 
 from __future__ import annotations
 

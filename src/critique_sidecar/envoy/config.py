@@ -15,11 +15,11 @@ import yaml
 from ..core.catalog import Catalog
 from ..core.errors import error_body
 from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 EXT_PROC = "envoy.filters.http.ext_proc"
 BUFFER = "envoy.filters.http.buffer"
-MODEL_HEADER = "x-critique-model"
 # What the ext_proc stream needs to see of the request (key, trace id) and response (status,
 # type, encoding), besides the x-critique-* prefix.
 FORWARDED_HEADERS = ("authorization", "x-request-id", ":status", "content-type", "content-encoding")
@@ -37,7 +37,7 @@ class EnvoyOptions:
     # "ext_proc": authorise inside the one ext_proc stream on the chat route (one gRPC stream
     # per request); "ext_authz": ext_authz and ext_proc both run (two streams).
     chat_auth: str = "ext_proc"
-    max_request_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = MAX_REQUEST_BODY_BYTES
     # Past this Envoy answers 503 itself; the sidecar's own Redis timeout (0.5 s) fails first.
     sidecar_timeout_ms: int = 2000
     upstream_timeout_s: int = 600
@@ -277,7 +277,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
                 # stripped); removals need no forwarding.
                 "forward_rules": {
                     "allowed_headers": {
-                        "patterns": [{"exact": h} for h in FORWARDED_HEADERS] + [{"prefix": "x-critique-"}]
+                        "patterns": [{"exact": h} for h in FORWARDED_HEADERS] + [{"prefix": HEADER_PREFIX}]
                     }
                 },
                 "status_on_error": {"code": 503},

@@ -17,8 +17,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..core.auth import Authenticator
 from ..core.errors import ApiError
-from ..core.exchange import MODEL_HEADER, ChatExchange
+from ..core.exchange import ChatExchange
 from ..core.metering import Meter
+from ..core.wire import MODEL_HEADER
 from . import messages as m
 from .identity import identity_from_metadata
 
@@ -98,15 +99,11 @@ _PASS = {"request_trailers": m.CONTINUE_REQUEST_TRAILERS, "response_trailers": m
 
 
 class _CloseOnce:
-    """Ends one exchange exactly once, in a task of its own.
-
-    Two ways a cut-off stream went unsettled (its hold open until it expired, what had been
-    streamed never charged), both when a client hangs up mid-stream and Envoy ends the
-    ext_proc stream: grpc.aio cancels the handler task, which cancelled the settlement awaiting
-    Redis inside the handler's `finally`; and a handler suspended at a `yield` when the RPC
-    ends is abandoned without its `finally` running at all. So the settlement runs in its own
-    task, shielded from the handler's cancellation, started by the `finally` or by the RPC's
-    done callback, whichever comes first."""
+    """Ends one exchange exactly once, in a task of its own, so a stream that ends any way is
+    settled: grpc.aio cancels the handler task when the client goes (a settlement awaited in
+    it would be cancelled too), and a handler suspended at a `yield` when the RPC ends may never
+    run its `finally`. Started by that `finally` or by the RPC's done callback, whichever
+    comes first; shielded from the handler's cancellation."""
 
     __slots__ = ("exchange", "task")
 
@@ -147,9 +144,9 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
-                phase = _PHASES.get(kind)  # type: ignore[arg-type]
+                phase = _PHASES.get(kind)
                 if phase is None:
-                    yield _PASS.get(kind, m.CONTINUE_RESPONSE_TRAILERS)  # type: ignore[arg-type]
+                    yield _PASS.get(kind, m.CONTINUE_RESPONSE_TRAILERS)
                     continue
                 try:
                     yield await phase(exchange, req)

@@ -56,7 +56,7 @@ def immediate(error: ApiError) -> pb.ProcessingResponse:
     headers = {"content-type": JSON, **error.headers}
     return pb.ProcessingResponse(
         immediate_response=pb.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=error.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=error.status),
             headers=mutation(headers),
             body=error.body(),
             details=error.code,

@@ -1,6 +1,6 @@
 """Metrics and logs: the implementations of the core's observer (core/observe.py).
 
-metrics.Metrics     Prometheus collectors (served at /metrics by app.serve)
+metrics.Metrics     Prometheus collectors (served at /metrics by envoy.server.serve)
 logs.RequestLog     one structured line per settled or denied request
 logs.configure_logging   the one logging setup (JSON or text)
 Telemetry           both behind one Observer

@@ -119,9 +119,7 @@ class RequestLog:
                 pass  # the record path below lets logging report it its own way (handleError)
         # Any other logging setup: build the record directly (Logger.info would walk the stack
         # to find the caller, the costliest part of a log call, for a location nobody reads).
-        record = self.log.makeRecord(
-            self.log.name, logging.INFO, __name__, 0, msg, None, None, extra={"fields": fields}
-        )
+        record = self.log.makeRecord(self.log.name, logging.INFO, __name__, 0, msg, (), None, extra={"fields": fields})
         self.log.handle(record)
 
     def admitted(self, model: str, warnings: tuple[str, ...]) -> None:

@@ -44,7 +44,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         # No `*_created` series beside every counter: twice the lines for nothing a dashboard uses.
         # (A process-wide switch in prometheus_client; this registry is the process's only one.)
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         if process:  # CPU, RSS, open fds, GC: what a gateway operator checks first

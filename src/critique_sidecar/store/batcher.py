@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -55,7 +56,7 @@ class CommandBatcher:
         self._timeout = timeout_s if timeout_s is not None else kwargs.get("socket_timeout") or 5.0
         kwargs["socket_timeout"] = None
         kwargs["retry"] = None
-        self._make_connection = lambda: pool.connection_class(**kwargs)
+        self._make_connection: Callable[[], Any] = lambda: pool.connection_class(**kwargs)
         self._connection: Any = None
         self._retries = retries
         self._max_batch = max_batch  # bounds one write and the work under one deadline

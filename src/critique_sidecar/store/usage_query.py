@@ -9,63 +9,16 @@ whatever the traffic was."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.account_settings import AccountSettings
+from ..core.dashboard_source import ActivityPage, Counts, DayRollup, KeyInfo, UsageSnapshot, parse_record_id
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
-from .usage_records import as_text, parse_stream_id
+from .usage_records import as_text, record_json
 
 _COUNTERS = {"credits": "credits", "requests": "requests", "in": "input_tokens", "out": "output_tokens"}
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    credits: int = 0  # micro-credits
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    def __add__(self, other: Counts) -> Counts:
-        return Counts(
-            self.credits + other.credits,
-            self.requests + other.requests,
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class DayRollup:
-    day: str
-    total: Counts = Counts()
-    admitted: int = 0  # admissions (what the daily request cap counts)
-    by_model: dict[str, Counts] = field(default_factory=dict)
-    by_key: dict[str, Counts] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageSnapshot:
-    days: list[DayRollup]  # as asked, oldest first
-    month_credits: int  # micro-credits settled in the month asked
-    balance: int
-    held: int
-    settings: AccountSettings
-
-
-@dataclass(frozen=True, slots=True)
-class ActivityPage:
-    entries: list[tuple[str, dict[str, str]]]  # (stream id, fields), newest first
-    has_more: bool
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    key_id: str
-    name: str
-    revoked: bool
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
@@ -125,12 +78,12 @@ class UsageQuery:
         """Up to `limit` records newest first, strictly older than stream id `before` (None:
         from the newest). Keyset pagination on the stream id: records written meanwhile have
         larger ids, so they never shift or repeat a later page."""
-        if before is not None and parse_stream_id(before) == (0, 0):
+        if before is not None and parse_record_id(before) == (0, 0):
             return ActivityPage([], False)  # nothing is older than the first possible id
         rows = await self._redis.xrevrange(
             ks.usage_stream(ks.check_account(account)), max=f"({before}" if before else "+", min="-", count=limit + 1
         )
-        entries = [(as_text(sid), {as_text(k): as_text(v) for k, v in fields.items()}) for sid, fields in rows]
+        entries = [(as_text(sid), record_json(sid, fields)) for sid, fields in rows]
         return ActivityPage(entries[:limit], len(entries) > limit)
 
     @store_call

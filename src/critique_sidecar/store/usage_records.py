@@ -40,8 +40,6 @@ from . import keyspace as ks
 USAGE_ACCOUNTS = "crt:usage:accounts"
 """Set of account ids that have (or had) a usage stream."""
 
-STREAM_ID_MAX_LEN = 41  # "<ms>-<seq>", both unsigned 64-bit
-
 _INT_TYPES = (
     FieldDescriptor.TYPE_INT64,
     FieldDescriptor.TYPE_INT32,
@@ -53,19 +51,6 @@ SCHEMA: tuple[tuple[str, int], ...] = tuple((f.name, f.type) for f in UsageRecor
 
 def as_text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def parse_stream_id(text: str) -> tuple[int, int]:
-    """'1732600000000-3' -> (1732600000000, 3); ValueError for anything else."""
-    if len(text) > STREAM_ID_MAX_LEN:
-        raise ValueError("stream id too long")
-    ms, sep, seq = text.partition("-")
-    if not sep or not ms.isdigit() or not seq.isdigit() or not ms.isascii() or not seq.isascii():
-        raise ValueError(f"not a stream id: {text!r}")
-    a, b = int(ms), int(seq)
-    if a >= 2**64 or b >= 2**64:
-        raise ValueError("stream id out of range")
-    return a, b
 
 
 def to_proto(fields: Mapping[Any, Any]) -> UsageRecordPb:

@@ -16,9 +16,10 @@ from ..core.account_settings import SettingsStore
 from ..core.auth import Authenticator, Identity, authorize
 from ..core.catalog import Catalog
 from ..core.clock import Clock, utc_now
+from ..core.dashboard_source import DashboardSource
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
-from .dashboard import DashboardSource, dashboard_routes
+from .dashboard import dashboard_routes
 from .models import model_list
 from .settings import settings_routes
 

@@ -22,12 +22,12 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -36,11 +36,10 @@ from starlette.routing import Route
 
 from ..core.auth import Identity
 from ..core.clock import Clock, day_window, month_window, next_month_start
+from ..core.dashboard_source import ActivityPage, Counts, DashboardSource, KeyInfo, UsageSnapshot, parse_record_id
 from ..core.errors import ApiError
 from ..core.money import format_credits
 from ..core.scopes import DASHBOARD, DASHBOARD_PATH
-from ..store.usage_query import ActivityPage, Counts, KeyInfo, UsageSnapshot
-from ..store.usage_records import parse_stream_id, record_json
 
 PAGE_PATH = "/inference-dashboard"
 DAYS = (7, 30, 90)
@@ -50,16 +49,6 @@ MAX_LIMIT = 200
 _CURSOR_PREFIX = "u1:"
 
 Identify = Callable[[Request, frozenset[str]], Awaitable[Identity]]
-
-
-class DashboardSource(Protocol):
-    """What the dashboard reads (store/usage_query.UsageQuery implements it)."""
-
-    async def snapshot(self, account: str, days: Sequence[str], month: str) -> UsageSnapshot: ...
-
-    async def activity(self, account: str, before: str | None, limit: int) -> ActivityPage: ...
-
-    async def keys(self, account: str, key_ids: Sequence[str]) -> dict[str, KeyInfo]: ...
 
 
 # -- parameters ------------------------------------------------------------------------
@@ -100,7 +89,7 @@ def decode_cursor(raw: str | None) -> str | None:
         if not text.startswith(_CURSOR_PREFIX):
             raise ValueError("bad prefix")
         stream_id = text[len(_CURSOR_PREFIX) :]
-        parse_stream_id(stream_id)
+        parse_record_id(stream_id)
         if encode_cursor(stream_id) != raw:
             raise ValueError("not canonical")
         return stream_id
@@ -215,7 +204,7 @@ def build_summary(
 
 
 def build_activity(page: ActivityPage, limit: int) -> dict[str, Any]:
-    data = [record_json(sid, fields) for sid, fields in page.entries]
+    data = [record for _, record in page.entries]
     return {
         "object": "list",
         "limit": limit,

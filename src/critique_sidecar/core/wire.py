@@ -1,0 +1,40 @@
+"""The wire contract: header names, what never reaches a model server, and the limits.
+
+One module so the exchange, ext_authz, the Envoy config generator and the ASGI gateway cannot
+drift apart. Transport-free: plain names and numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Every header of ours starts with this. Clients may not send any (a client could otherwise
+# fake the routing header or a charge), except OPT_IN_HEADER, which the exchange reads first.
+HEADER_PREFIX = "x-critique-"
+OPT_IN_HEADER = "x-critique-deepseek-training-opt-in"  # request option: "true" opts in
+MODEL_HEADER = "x-critique-model"  # set by the exchange; the proxy routes by it, then drops it
+
+# Response headers the exchange adds.
+REQUEST_ID_HEADER = "x-critique-request-id"
+WARNING_HEADER = "x-critique-warning"
+CREDITS_CHARGED_HEADER = "x-critique-credits-charged"
+ESTIMATED_USD_HEADER = "x-critique-estimated-usd"
+
+# Never forwarded upstream, besides every x-critique-* header: the client's key, and
+# accept-encoding, so upstreams answer uncompressed and the body can be metered as it passes.
+NEVER_UPSTREAM = ("authorization", "accept-encoding")
+
+# Largest chat request body either front door accepts (413 past it).
+MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+
+# Seconds open requests get to finish and settle after SIGTERM (deploy/ stop timeouts cover it).
+DRAIN_GRACE_S = 30
+
+
+def ours(names: Iterable[str]) -> list[str]:
+    """The x-critique-* names among lower-case header names."""
+    return [k for k in names if k.startswith(HEADER_PREFIX)]
+
+
+def spoofed(names: Iterable[str]) -> list[str]:
+    """Client headers to strip before the request goes on: ours, except the opt-in option."""
+    return [k for k in ours(names) if k != OPT_IN_HEADER]

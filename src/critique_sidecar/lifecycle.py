@@ -1,0 +1,64 @@
+"""The background work of a serving process, owned in one place for both front doors
+(`envoy.server.serve` and the ASGI `Gateway`).
+
+    start()          replay a journal left by an earlier run, then keep running:
+                       journal replay (settlements written while Redis was unreachable)
+                       the revocation feed (drops revoked keys from this process's cache)
+                       usage retention (trims old usage records; Config.usage_trim_interval_s)
+    stop(*drains)    the front door's drain steps, in order (stop taking requests, let open ones
+                     finish and settle); then the background work stops, the journal is flushed
+                     once more (what cannot reach Redis stays for the next start) and the
+                     connections close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from .app import Components
+from .config import Config
+from .store.key_store import watch_revocations
+from .store.usage_retention import UsageRetention
+
+log = logging.getLogger(__name__)
+
+Drain = Callable[[], Awaitable[object]]
+
+
+class Lifecycle:
+    def __init__(self, config: Config, components: Components) -> None:
+        self.config = config
+        self.components = components
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._stopped = False
+
+    def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        self.tasks[name] = asyncio.create_task(work, name=name)
+
+    async def start(self) -> None:
+        c, config = self.components, self.config
+        await c.ledger.replay()  # a journal left by an earlier run (e.g. killed during an outage)
+        self._run("journal-replay", c.ledger.replay_forever())
+        if not config.redis_cluster:  # redis-py's cluster client has no pub/sub: the cache TTL bounds revocation
+            self._run("revocation-feed", watch_revocations(c.redis, c.auth.forget))
+        if config.usage_trim_interval_s > 0:
+            retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
+            self._run("usage-retention", retention.run_forever(config.usage_trim_interval_s))
+
+    async def stop(self, *drains: Drain) -> None:
+        """Idempotent: a second call (a second signal, a lifespan after a crash) does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
+        for drain in drains:
+            try:
+                await drain()
+            except Exception:
+                log.exception("a drain step failed; shutting down anyway")
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.components.ledger.replay()  # flush what can be flushed
+        await self.components.aclose()
