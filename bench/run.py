@@ -298,6 +298,16 @@ def finish(results: dict[str, Any], out: Path, wanted: list[str]) -> int:
                 f"Ledger ({g['name']}): {lg['billed']:.0f} requests charged at {lg['charge_per_request']} credits for {lg['completed']} completed; open holds {lg['open_holds']}"
             )
     print(f"Upstream keep-alive: {up['requests']} requests over {up['connections_opened']} connections")
+    lite = results["gateways"].get("litellm")
+    if lite:
+        print(
+            "Throughput against LiteLLM's (same run): "
+            + ", ".join(
+                f"{g['name']} {g['summary']['rps'] / lite['summary']['rps']:.1f}x"
+                for g in results["gateways"].values()
+                if g["name"] not in ("litellm", "plain")
+            )
+        )
     noisy = [
         g["name"] for g in results["gateways"].values() if g["summary"]["other_load_cores"] > NOISY_OTHER_LOAD_CORES
     ]
