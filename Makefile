@@ -98,7 +98,7 @@ profile: install
 	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) .run bench/out
+	rm -rf $(VENV) $(ENVOY_VENV) .venv-litellm .run bench/out
 
 # Regenerate the README's configuration table from the settings model.
 docs: $(VENV)/.installed
