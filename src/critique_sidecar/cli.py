@@ -59,7 +59,61 @@ _SETTING_FLAGS = {
         "false: over-cap requests pass with a warning",
     ),
     "--training-opt-in": ("deepseek_training_opt_in", "true|false", "DeepSeek V4 Flash training opt-in (75%% off)"),
+    "--rpm": ("requests_per_minute", "N|none", "the account's requests per minute; none clears it"),
+    "--tpm": ("tokens_per_minute", "N|none", "the account's tokens per minute (input + max output at admission)"),
+    "--max-concurrent": ("max_concurrent", "N|none", "the account's requests in flight at once; none clears it"),
 }
+
+
+# --- per-key controls (issue 17/18): `keys create` and `keys set-limits` flags ----------------
+# flag -> (KeyControls JSON field, metavar, help). Values go through KeyControls.patched.
+_KEY_CONTROL_FLAGS = {
+    "--expires-at": ("expires_at", "TIME|none", "expiry: 2026-12-31T00:00:00Z or 2026-12-31 (UTC); none: never"),
+    "--models": ("models", "M1,M2|none", "the only models the key may use; none: every model"),
+    "--daily-credit-cap": ("daily_credit_cap", "CREDITS|none", "the key's own daily credit cap (UTC day, always hard)"),
+    "--rpm": ("requests_per_minute", "N|none", "the key's requests per minute"),
+    "--tpm": ("tokens_per_minute", "N|none", "the key's tokens per minute (input + max output at admission)"),
+    "--max-concurrent": ("max_concurrent", "N|none", "the key's requests in flight at once"),
+}
+
+
+def _add_key_control_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, (_, metavar, text) in _KEY_CONTROL_FLAGS.items():
+        parser.add_argument(flag, metavar=metavar, help=text)
+
+
+def _key_controls_given(args: argparse.Namespace) -> dict[str, object]:
+    """The JSON object the provisioning API would receive for the flags given."""
+    given: dict[str, object] = {}
+    for flag, (field, _, _) in _KEY_CONTROL_FLAGS.items():
+        text = getattr(args, flag[2:].replace("-", "_"))
+        if text is None:
+            continue
+        low = text.strip().lower()
+        if low in ("none", "null"):
+            given[field] = None
+        elif field == "models":
+            given[field] = [m.strip() for m in text.split(",")]
+        elif field in ("expires_at", "daily_credit_cap"):
+            given[field] = text.strip()
+        else:
+            given[field] = int(low) if re.fullmatch(r"-?[0-9]+", low) else text.strip()
+    return given
+
+
+def _key_controls(current: Any, given: dict[str, object], catalog_path: Any) -> Any:
+    from .core.catalog import load_catalog
+    from .core.errors import ApiError
+
+    known = {m.id for m in load_catalog(catalog_path).models}
+    try:
+        return current.patched(given, known_models=known)
+    except ApiError as exc:
+        flag = next((f for f, (field, _, _) in _KEY_CONTROL_FLAGS.items() if field == exc.param), None)
+        raise CliError(f"{flag}: {exc.message}" if flag else exc.message) from None
+
+
+# --- end per-key controls ------------------------------------------------------------------------
 
 
 def _setting_value(text: str) -> object:
@@ -123,11 +177,19 @@ def _keys_commands(sub: Commands) -> None:
     create.add_argument("--scopes", type=_scopes, default=DEFAULT_KEY_SCOPES, help="comma-separated scopes")
     create.add_argument("--name", default="")
     create.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_key_control_flags(create)
     lst = keys.add_parser("list", help="list an account's keys (never the keys themselves)")
     lst.add_argument("--account", required=True)
     lst.add_argument("--json", action="store_true")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    set_limits = keys.add_parser("set-limits", help="change a key's controls (the others stay as they are)")
+    set_limits.add_argument("key_id")
+    set_limits.add_argument("--json", action="store_true")
+    _add_key_control_flags(set_limits)
+    show_limits = keys.add_parser("show-limits", help="a key's controls")
+    show_limits.add_argument("key_id")
+    show_limits.add_argument("--json", action="store_true")
 
 
 def _credits_commands(sub: Commands) -> None:
@@ -192,18 +254,56 @@ async def _with_redis(config: Config, fn: Callable[[Any], Awaitable[int]]) -> in
         await redis.aclose()
 
 
-async def _keys(args: argparse.Namespace, redis: Any) -> int:
-    from .store.key_store import RedisKeyStore
+def _print_controls(controls: Any, as_json: bool) -> None:
+    out = controls.to_json()
+    if as_json:
+        print(json.dumps(out))
+    else:
+        for name, value in out.items():
+            text = "none" if value is None else ",".join(value) if isinstance(value, list) else value
+            print(f"{name}: {text}")
+
+
+async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
+    from .core.key_controls import KeyControls
+    from .store.key_store import RedisKeyStore, UnknownKey
 
     store = RedisKeyStore(redis)
     if args.action == "create":
+        given = _key_controls_given(args)
+        controls = _key_controls(KeyControls(), given, config.catalog_path) if given else None
         key, record = await store.create(args.account, args.scopes, args.name)
+        if controls is not None:
+            await store.set_controls(record.account, record.key_id, controls)
         out = {"key": key, "key_id": record.key_id, "account": record.account, "scopes": sorted(record.scopes)}
+        if controls is not None:
+            out["controls"] = controls.to_json()
         if args.json:
             print(json.dumps(out))
         else:
             print(f"key_id:  {record.key_id}\naccount: {record.account}\nscopes:  {','.join(sorted(record.scopes))}")
+            if controls is not None:
+                _print_controls(controls, False)
             print(f"key:     {key}\n(store it now: it is shown only once)")
+        return 0
+    if args.action in ("set-limits", "show-limits"):
+        given = _key_controls_given(args) if args.action == "set-limits" else {}
+        if args.action == "set-limits":
+            if not given:
+                raise CliError(f"keys set-limits: give at least one of {', '.join(_KEY_CONTROL_FLAGS)}")
+            _key_controls(KeyControls(), given, config.catalog_path)  # bad flags fail before Redis
+        found = await store.by_id(args.key_id)
+        if found is None:
+            raise CliError(f"no key with id {args.key_id}")
+        try:
+            controls = await store.get_controls(found.account, found.key_id)
+            if args.action == "set-limits":
+                controls = await store.set_controls(
+                    found.account, found.key_id, _key_controls(controls, given, config.catalog_path)
+                )
+        except UnknownKey as exc:
+            raise CliError(str(exc)) from None
+        _print_controls(controls, args.json)
         return 0
     if args.action == "list":
         records = await store.list(args.account)
@@ -214,6 +314,7 @@ async def _keys(args: argparse.Namespace, redis: Any) -> int:
                 "scopes": sorted(r.scopes),
                 "created_at": r.created_at,
                 "revoked": r.revoked,
+                "controls": (await store.controls_of(r.account, r.key_id)).to_json(),  # limits
             }
             for r in records
         ]
@@ -222,7 +323,8 @@ async def _keys(args: argparse.Namespace, redis: Any) -> int:
         else:
             for r in rows:
                 state = "revoked" if r["revoked"] else "active"
-                print(f"{r['key_id']}  {state:8} {','.join(r['scopes'])}  {r['name']}")
+                limits = " ".join(f"{k}={v}" for k, v in r["controls"].items() if v is not None)
+                print(f"{r['key_id']}  {state:8} {','.join(r['scopes'])}  {r['name']}  {limits}".rstrip())
         return 0
     revoked = await store.revoke(args.key_id)
     if revoked is None:
@@ -381,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
             return _envoy_config(args, config)
         if args.command == "usage":
             return asyncio.run(_with_redis(config, lambda redis: _usage_cmd(args, redis, config)))
-        handler = {"keys": _keys, "credits": _credits_cmd, "settings": _settings_cmd}[args.command]
+        if args.command == "keys":
+            return asyncio.run(_with_redis(config, lambda redis: _keys(args, redis, config)))
+        handler = {"credits": _credits_cmd, "settings": _settings_cmd}[args.command]
         return asyncio.run(_with_redis(config, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)

@@ -193,3 +193,72 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
     await page.wait_for_selector("body[data-state=error]", timeout=10_000)
     assert "invalid_api_key" in (await page.text_content("#status") or "")
     await page.close()
+
+
+# >>> limits
+async def test_dashboard_page_shows_rate_limits_and_each_keys_limits(stack: Stack, account: str, browser: Any) -> None:
+    import json
+
+    model = MODELS[0]
+    agent = json.loads(
+        stack.cli(
+            "keys",
+            "create",
+            "--account",
+            account,
+            "--scopes",
+            "read:inference,write:inference",
+            "--json",
+            "--rpm",
+            "30",
+            "--tpm",
+            "50000",
+            "--max-concurrent",
+            "3",
+            "--daily-credit-cap",
+            "2",
+            "--models",
+            model,
+            "--expires-at",
+            "2099-01-01",
+        )
+    )
+    stack.cli("credits", "grant", "--account", account, "--credits", "10")
+    stack.cli("settings", "set", "--account", account, "--rpm", "100", "--max-concurrent", "10")
+    client = openai.OpenAI(api_key=agent["key"], base_url=stack.base_url + "/api/v1", max_retries=0, timeout=30)
+    for i in range(3):
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": f"limits {i}"}], max_tokens=20
+        )
+
+    import redis
+
+    with redis.Redis.from_url(str(stack.redis_url)) as r:
+        wait_until(lambda: r.xlen(keyspace.usage_stream(account)) >= 3, "usage records", timeout=15)
+    summary = api(stack, agent["key"])
+    rpm = summary["limits"]["requests_per_minute"]
+    assert (rpm["limit"], rpm["used"], rpm["remaining"], rpm["reached"]) == (100, 3, 97, False)
+    assert summary["limits"]["tokens_per_minute"]["limit"] is None
+    assert summary["limits"]["max_concurrent"] == {"limit": 10, "in_flight": 0, "reached": False}
+    [row] = summary["by_key"]
+    assert row["limits"] == agent["controls"]
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await page.goto(stack.base_url + "/inference-dashboard")
+    await page.fill("#api-key", agent["key"])
+    await page.click("#load")
+    await page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+    shown = await page.eval_on_selector_all(
+        "#limits .limit[data-used]", "els => els.map(e => [e.dataset.limit, e.dataset.used, e.dataset.cap])"
+    )
+    assert shown == [["requests_per_minute", "3", "100"], ["max_concurrent", "0", "10"]]  # unset: not shown
+    cell = await page.text_content(f"#keys-table tr[data-key-id='{agent['key_id']}'] [data-col=limits]") or ""
+    for part in ("30 req/min", "50,000 tokens/min", "3 in flight", "2.000000 credits/day", f"models: {model}",
+                 "expires 2099-01-01 00:00:00 UTC"):  # fmt: skip
+        assert part in cell, cell
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-limits.png"), full_page=True)
+    await page.close()
+
+
+# <<< limits

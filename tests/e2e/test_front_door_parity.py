@@ -5,6 +5,7 @@ the same way, so the two ledgers can be compared record by record."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from decimal import Decimal
@@ -206,6 +207,38 @@ def _floor(stack: Stack, account: str) -> str | None:
     return key
 
 
+# >>> limits: per-key controls and rate limits
+def _limited_key(*flags: str) -> Setup:
+    def setup(stack: Stack, account: str) -> str | None:
+        created = json.loads(stack.cli("keys", "create", "--account", account, "--json", *flags))
+        stack.cli("credits", "grant", "--account", account, "--credits", "10")
+        return str(created["key"])
+
+    return setup
+
+
+_expired = _limited_key("--expires-at", "2020-01-01")
+_other_model_only = _limited_key("--models", "tencent/hy3-preview")
+_key_cap_spent = _limited_key("--daily-credit-cap", "0")
+_tokens_too_few = _limited_key("--tpm", "10", "--rpm", "5")  # every request's bound is larger
+# Refusals with Retry-After, and those the SDKs are told not to retry.
+RETRY_AFTER = {"daily_request_cap_reached", "key_daily_credit_cap_reached"}
+NO_RETRY = {"inference_disabled", "insufficient_credits", "daily_request_cap_reached",
+            "key_daily_credit_cap_reached", "model_not_allowed", "rate_limit_exceeded"}  # fmt: skip
+RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")  # fmt: skip
+
+
+def limit_headers(r: httpx.Response) -> dict[str, str]:
+    """The retry and rate-limit headers (Retry-After by presence: its value counts down)."""
+    out = {k: r.headers[k] for k in (*RATE_HEADERS, "x-should-retry") if k in r.headers}
+    if "retry-after" in r.headers:
+        out["retry-after"] = "present"
+    return out
+
+
+# <<< limits
+
 OK = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
 
 
@@ -228,7 +261,11 @@ OK = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
      pytest.param(_funded, {**OK, "max_tokens": 0}, {}, 400, "invalid_request", id="max-tokens"),
      pytest.param(_funded, {**OK, "stream": "yes"}, {}, 400, "invalid_request", id="stream"),
      pytest.param(_funded, b"x" * (4 * 1024 * 1024 + 1), {}, 413, "request_too_large", id="too-large"),
-     pytest.param(_no_key, b"x" * (4 * 1024 * 1024 + 1), {}, 413, "request_too_large", id="too-large-no-key")],
+     pytest.param(_no_key, b"x" * (4 * 1024 * 1024 + 1), {}, 413, "request_too_large", id="too-large-no-key"),
+     pytest.param(_expired, OK, {}, 401, "invalid_api_key", id="key-expired"),
+     pytest.param(_other_model_only, OK, {}, 403, "model_not_allowed", id="model-not-allowed"),
+     pytest.param(_key_cap_spent, OK, {}, 429, "key_daily_credit_cap_reached", id="key-cap"),
+     pytest.param(_tokens_too_few, OK, {}, 429, "rate_limit_exceeded", id="tpm-never-fits")],
 )  # fmt: skip
 def test_errors_are_identical(
     stack: Stack, doors: list[FrontDoor], accounts: dict[str, str],
@@ -238,13 +275,39 @@ def test_errors_are_identical(
     for door in doors:
         key = setup(stack, accounts[door.name])
         r = chat(door, key, body, headers)
-        seen[door.name] = error_view(r)
+        seen[door.name] = (*error_view(r), limit_headers(r))
         retry = r.headers.get("retry-after")
-        assert (retry is not None) == (code == "daily_request_cap_reached"), door.name
+        assert (retry is not None) == (code in RETRY_AFTER), door.name
+        assert (r.headers.get("x-should-retry") == "false") == (code in NO_RETRY), door.name
+        assert ("x-ratelimit-limit-tokens" in r.headers) == (code == "rate_limit_exceeded"), door.name
         assert usage_records(stack, accounts[door.name]) == []  # never charge a denied request
         assert '"held": "0.000000"' in stack.cli("credits", "show", "--account", accounts[door.name], "--json")
     assert seen["envoy"] == seen["asgi"]
     assert seen["envoy"][:2] == (status, "application/json") and seen["envoy"][2]["error"]["code"] == code
+
+
+# >>> limits
+@pytest.mark.parametrize("stream", [False, True])
+def test_rate_limit_headers_are_identical(
+    stack: Stack, doors: list[FrontDoor], accounts: dict[str, str], stream: bool
+) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "limited"}], "max_tokens": 30, "stream": stream}
+    seen = {}
+    for door in doors:
+        key = _limited_key("--rpm", "20", "--tpm", "100000")(stack, accounts[door.name])
+        r = chat(door, key, body)
+        assert r.status_code == 200, r.text
+        [record] = usage_records(stack, accounts[door.name])
+        assert r.headers["x-request-id"] == r.headers["x-critique-request-id"] == record["request_id"]
+        seen[door.name] = limit_headers(r)
+    assert seen["envoy"] == seen["asgi"]
+    assert (
+        seen["envoy"]["x-ratelimit-limit-requests"] == "20" and seen["envoy"]["x-ratelimit-remaining-requests"] == "19"
+    )
+    assert seen["envoy"]["x-ratelimit-reset-tokens"] == "1m0s" and "x-should-retry" not in seen["envoy"]
+
+
+# <<< limits
 
 
 def test_models_settings_and_unknown_routes_answer_identically(

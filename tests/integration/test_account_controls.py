@@ -134,6 +134,7 @@ async def test_defaults_for_an_unconfigured_account(env: Env) -> None:
     assert got.to_json() == {
         "enabled": True, "monthly_credit_cap": None, "daily_credit_cap": None, "daily_request_cap": None,
         "reserve_credits_for_review": "0.000000", "block_when_cap_reached": True, "deepseek_training_opt_in": False,
+    "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
     }  # fmt: skip
     assert await env.redis.exists(ks.settings(env.account)) == 0  # reading writes nothing
 
@@ -223,7 +224,7 @@ async def test_daily_credit_cap_counts_open_holds(env: Env) -> None:
     assert day["credits"] == 2 * charged <= 2 * env.hold
 
 
-async def test_monthly_credit_cap_spans_days_and_has_no_retry_after(env: Env) -> None:
+async def test_monthly_credit_cap_spans_days_and_retries_after_the_month(env: Env) -> None:
     await env.accounts.grant(env.account, 10 * MICRO)
     env.clock.at = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
     charged = await env.settle(await env.admit())
@@ -233,7 +234,9 @@ async def test_monthly_credit_cap_spans_days_and_has_no_retry_after(env: Env) ->
     env.clock.at = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)  # a fresh day, the same month
     err = await env.refused()
     assert (err.status, err.code) == (429, "monthly_credit_cap_reached")
-    assert "retry-after" not in err.headers
+    # 10 days 15 hours to 2026-12-01T00:00Z; and the SDKs are told not to retry it
+    assert err.headers["retry-after"] == str((10 * 24 + 15) * 3600)
+    assert err.headers["x-should-retry"] == "false"
     await env.configure(monthly_credit_cap=format_credits(charged + env.hold))
     await env.admit()  # exactly at the cap is allowed
 
@@ -416,6 +419,7 @@ def test_cli_settings_set_and_show(
     assert json.loads(out) == {
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "12.500000", "daily_request_cap": 40,
         "reserve_credits_for_review": "2.250000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
+        "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
     }  # fmt: skip
     code, out, _ = _cli(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-credit-cap", "none"

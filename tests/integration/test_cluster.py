@@ -332,3 +332,24 @@ from .test_account_controls import (  # noqa: E402 - imported to run here with t
 )
 
 __all__ = ["env"]  # the imported fixture, resolved with this module's `redis_client`
+
+
+# -- per-key controls and rate limits (tests/integration/test_rate_limits.py), on the Cluster ----
+
+from .test_rate_limits import (  # noqa: E402 - collected here, with the Cluster `redis_client`
+    lim,
+    test_concurrency_limit_counts_requests_in_flight,
+    test_controls_round_trip_and_belong_to_the_account,
+    test_key_daily_cap_admits_exactly_what_fits_under_concurrency,
+    test_requests_per_minute_admit_exactly_the_limit_of_a_burst,
+    test_tokens_per_minute_admit_exactly_what_fits_and_settlement_corrects,
+)
+
+__all__ += [
+    "lim",
+    "test_concurrency_limit_counts_requests_in_flight",
+    "test_controls_round_trip_and_belong_to_the_account",
+    "test_key_daily_cap_admits_exactly_what_fits_under_concurrency",
+    "test_requests_per_minute_admit_exactly_the_limit_of_a_burst",
+    "test_tokens_per_minute_admit_exactly_what_fits_and_settlement_corrects",
+]

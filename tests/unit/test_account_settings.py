@@ -68,12 +68,14 @@ def test_hash_round_trip_and_lua_semantics() -> None:
     full = SettingsPatch.parse({
         "enabled": False, "monthly_credit_cap": "100", "daily_credit_cap": Decimal("2.5"), "daily_request_cap": 9,
         "reserve_credits_for_review": MAX_CREDITS, "block_when_cap_reached": False, "deepseek_training_opt_in": True,
+        "requests_per_minute": 60, "tokens_per_minute": 90000, "max_concurrent": 3,
     })  # fmt: skip
     stored, _ = full.hash_changes()
     back = AccountSettings.from_hash(stored)
     assert back.to_json() == {
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "2.500000", "daily_request_cap": 9,
         "reserve_credits_for_review": "1000000000.000000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
+        "requests_per_minute": 60, "tokens_per_minute": 90000, "max_concurrent": 3,
     }  # fmt: skip
     # As place_hold.lua reads them: only '0' disables/softens, only '1' opts in, junk caps are no caps.
     odd = AccountSettings.from_hash(
@@ -86,3 +88,29 @@ def test_hash_round_trip_and_lua_semantics() -> None:
         None,
     )
     assert AccountSettings.from_hash({}) == AccountSettings()
+
+
+# >>> limits
+@pytest.mark.parametrize(
+    ("body", "stored", "deleted"),
+    [(b'{"requests_per_minute": 60, "tokens_per_minute": 1000000000, "max_concurrent": 1}',
+      {"rpm": "60", "tpm": "1000000000", "max_concurrent": "1"}, []),
+     (b'{"requests_per_minute": null, "max_concurrent": null}', {}, ["max_concurrent", "rpm"])],
+)  # fmt: skip
+def test_rate_limits_map_to_hash_fields(body: bytes, stored: dict[str, str], deleted: list[str]) -> None:
+    assert patch(body).hash_changes() == (stored, deleted)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"requests_per_minute": 0}', b'{"tokens_per_minute": 1000000001}', b'{"max_concurrent": "5"}',
+     b'{"requests_per_minute": 2.0}', b'{"max_concurrent": true}'],
+)  # fmt: skip
+def test_bad_rate_limits_name_the_field(body: bytes) -> None:
+    with pytest.raises(ApiError) as err:
+        patch(body)
+    assert err.value.param in ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+    assert "must be an integer from 1 to" in err.value.message
+
+
+# <<< limits

@@ -32,3 +32,24 @@ def test_bad_account_id_is_one_line_too(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["keys", "create", "--account", "bad account"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "invalid account id" in err
+
+
+# >>> limits: per-key control flags are validated before Redis is touched
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["keys", "create", "--account", "a", "--rpm", "0"], "--rpm: "),
+        (["keys", "create", "--account", "a", "--models", "acme/nope"], "--models: "),
+        (["keys", "create", "--account", "a", "--expires-at", "soon"], "--expires-at: "),
+        (["keys", "create", "--account", "a", "--daily-credit-cap", "-1"], "--daily-credit-cap: "),
+        (["keys", "set-limits", "key_x", "--max-concurrent", "x"], "--max-concurrent: "),
+        (["settings", "set", "--account", "a", "--tpm", "0"], "--tpm: "),
+    ],
+)
+def test_bad_key_controls_are_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err
+
+
+# <<< limits

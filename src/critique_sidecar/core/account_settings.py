@@ -65,6 +65,12 @@ def _credits(value: Any) -> Decimal:
 
 Credits = Annotated[Decimal, PlainValidator(_credits)]
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+# >>> limits: per-minute rate limits (enforced by place_hold.lua; docs/rate-limits.md)
+MAX_RATE = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000, "max_concurrent": 100_000}
+RequestsPerMinute = Annotated[StrictInt, Field(ge=1, le=MAX_RATE["requests_per_minute"])]
+TokensPerMinute = Annotated[StrictInt, Field(ge=1, le=MAX_RATE["tokens_per_minute"])]
+MaxConcurrent = Annotated[StrictInt, Field(ge=1, le=MAX_RATE["max_concurrent"])]
+# <<< limits
 
 # Redis hash fields (read by place_hold.lua). Amounts are integer micro-credits.
 H_ENABLED = "enabled"
@@ -74,6 +80,9 @@ H_DAILY_REQUEST_CAP = "daily_request_cap"
 H_RESERVE_FLOOR = "reserve_floor"
 H_BLOCK = "block_when_cap_reached"
 H_OPT_IN = "training_opt_in"
+H_RPM = "rpm"  # limits
+H_TPM = "tpm"
+H_CONCURRENT = "max_concurrent"
 
 # API field -> hash field
 HASH_FIELDS = {
@@ -84,6 +93,9 @@ HASH_FIELDS = {
     "reserve_credits_for_review": H_RESERVE_FLOOR,
     "block_when_cap_reached": H_BLOCK,
     "deepseek_training_opt_in": H_OPT_IN,
+    "requests_per_minute": H_RPM,  # limits
+    "tokens_per_minute": H_TPM,
+    "max_concurrent": H_CONCURRENT,
 }
 
 
@@ -102,6 +114,11 @@ def _int_or_none(raw: str | None) -> int | None:
         return None  # place_hold.lua's tonumber() would not enforce it either
 
 
+def _rate_or_none(raw: str | None) -> int | None:
+    value = _int_or_none(raw)
+    return value if value is not None and value >= 1 else None  # place_hold.lua ignores < 1
+
+
 class AccountSettings(BaseModel):
     """The full settings of one account; the defaults are an account nobody configured."""
 
@@ -114,6 +131,9 @@ class AccountSettings(BaseModel):
     reserve_credits_for_review: Credits = Decimal(0)
     block_when_cap_reached: StrictBool = True
     deepseek_training_opt_in: StrictBool = False
+    requests_per_minute: RequestsPerMinute | None = None  # limits
+    tokens_per_minute: TokensPerMinute | None = None
+    max_concurrent: MaxConcurrent | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The API representation: credit amounts as exact 6-decimal strings."""
@@ -129,6 +149,9 @@ class AccountSettings(BaseModel):
             "reserve_credits_for_review": credits(self.reserve_credits_for_review),
             "block_when_cap_reached": self.block_when_cap_reached,
             "deepseek_training_opt_in": self.deepseek_training_opt_in,
+            "requests_per_minute": self.requests_per_minute,  # limits
+            "tokens_per_minute": self.tokens_per_minute,
+            "max_concurrent": self.max_concurrent,
         }
 
     @classmethod
@@ -148,6 +171,9 @@ class AccountSettings(BaseModel):
             reserve_credits_for_review=credits(data.get(H_RESERVE_FLOOR)) or Decimal(0),
             block_when_cap_reached=data.get(H_BLOCK) != "0",
             deepseek_training_opt_in=data.get(H_OPT_IN) == "1",
+            requests_per_minute=_rate_or_none(data.get(H_RPM)),  # limits
+            tokens_per_minute=_rate_or_none(data.get(H_TPM)),
+            max_concurrent=_rate_or_none(data.get(H_CONCURRENT)),
         )
 
 
@@ -163,6 +189,9 @@ class SettingsPatch(BaseModel):
     reserve_credits_for_review: Credits | None = None
     block_when_cap_reached: StrictBool | None = None
     deepseek_training_opt_in: StrictBool | None = None
+    requests_per_minute: RequestsPerMinute | None = None  # limits
+    tokens_per_minute: TokensPerMinute | None = None
+    max_concurrent: MaxConcurrent | None = None
 
     @field_validator(
         "enabled", "reserve_credits_for_review", "block_when_cap_reached", "deepseek_training_opt_in", mode="before"
@@ -208,6 +237,8 @@ def _as_api_error(exc: ValidationError) -> ApiError:
         field = str(err["loc"][0]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
             problems.append((field, f"unknown field '{field}'; known fields: {', '.join(HASH_FIELDS)}"))
+        elif field in MAX_RATE and err["type"] in ("int_type", "greater_than_equal", "less_than_equal"):
+            problems.append((field, f"'{field}' must be an integer from 1 to {MAX_RATE[field]}, or null"))
         else:
             problems.append((field, f"'{field}' {_message(err)}"))
     return ApiError("invalid_request", "Invalid settings: " + "; ".join(p[1] for p in problems), param=problems[0][0])

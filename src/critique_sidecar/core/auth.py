@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .errors import ApiError
 from .keys import KeyDirectory, KeyRecord, bearer_token, hash_key, hashes_match, is_well_formed
+from .limits import key_expired
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class Authenticator:
             record = await self._lookup(key_hash)
         if record is None or record.revoked or not hashes_match(record.key_hash, key_hash):
             raise ApiError("invalid_api_key", _INVALID)
+        if record.expires_at_ms is not None and time.time() * 1000 >= record.expires_at_ms:
+            raise key_expired(record.expires_at_ms)
         return Identity(record.account, record.key_id, record.scopes)
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:

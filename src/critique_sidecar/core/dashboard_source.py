@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .account_settings import AccountSettings
+from .key_controls import KeyControls
 
 RECORD_ID_MAX_LEN = 41  # "<ms>-<seq>", both unsigned 64-bit
 
@@ -71,6 +72,17 @@ class KeyInfo:
     key_id: str
     name: str
     revoked: bool
+    controls: KeyControls = field(default_factory=KeyControls)  # expiry, models, caps, rates
+
+
+@dataclass(frozen=True, slots=True)
+class RateUsage:
+    """The account's live rate-limit counters: requests and tokens in the last minute's window
+    (counted while a per-minute limit is set), and requests in flight (open, unexpired holds)."""
+
+    requests: int = 0
+    tokens: int = 0
+    in_flight: int = 0
 
 
 class DashboardSource(Protocol):
@@ -79,3 +91,5 @@ class DashboardSource(Protocol):
     async def activity(self, account: str, before: str | None, limit: int) -> ActivityPage: ...
 
     async def keys(self, account: str, key_ids: Sequence[str]) -> dict[str, KeyInfo]: ...
+
+    async def rates(self, account: str, now_ms: int) -> RateUsage: ...

@@ -25,6 +25,11 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "upstream_error": (502, "api_error"),
     "upstream_timeout": (504, "api_error"),
     "service_unavailable": (503, "api_error"),
+    # >>> limits: per-key controls and per-minute rate limits
+    "model_not_allowed": (403, "permission_error"),
+    "key_daily_credit_cap_reached": (429, "rate_limit_error"),
+    "rate_limit_exceeded": (429, "rate_limit_error"),
+    # <<< limits
 }
 
 

@@ -20,6 +20,7 @@ from .auth import Authenticator, Identity, authorize
 from .capture import completion_text
 from .chat_request import upstream_body
 from .errors import ApiError
+from .limits import REQUEST_ID
 from .metering import Meter, MeteredRequest
 from .money import format_credits, format_usd
 from .observe import Denial
@@ -106,6 +107,11 @@ class ChatExchange:
         self.response_status = status
         self.encoding = headers.get("content-encoding", "")
         add = {REQUEST_ID_HEADER: metered.request_id}
+        # >>> limits: the id the SDKs read, and the per-minute limits (on a stream's head too)
+        add[REQUEST_ID] = metered.request_id
+        if metered.rate is not None:
+            add.update(metered.rate.headers())
+        # <<< limits
         if metered.warnings:
             add[WARNING_HEADER] = ",".join(metered.warnings)
         remove = ours(headers)  # upstreams can't spoof charges

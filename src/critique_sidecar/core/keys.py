@@ -84,6 +84,9 @@ class KeyRecord:
     name: str = ""
     created_at: int = 0
     revoked: bool = False
+    # A copy of KeyControls.expires_at_ms, so routes without the admission script (models,
+    # settings, dashboard) refuse an expired key too; the chat route checks the controls.
+    expires_at_ms: int | None = None
 
 
 class KeyDirectory(Protocol):

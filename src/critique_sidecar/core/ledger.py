@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .limits import RateStatus
+
 
 @dataclass(frozen=True, slots=True)
 class HoldRequest:
@@ -15,6 +17,11 @@ class HoldRequest:
     expires_ms: int
     day: str  # UTC window names, e.g. 2026-11-26 and 2026-11
     month: str
+    # >>> limits: what the per-key controls and the per-minute limits check
+    key_id: str = ""
+    model: str = ""
+    tokens: int = 0  # input bound + output bound, counted against tokens-per-minute limits
+    # <<< limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +32,11 @@ class HoldResult:
     warnings: tuple[str, ...] = ()
     training_opt_in: bool = False  # the account-wide opt-in setting
     detail: dict[str, int] = field(default_factory=dict)
+    # >>> limits
+    control: str = ""  # the refusing control, e.g. key:requests_per_minute:50 (or the expiry ms)
+    retry_after_ms: int = 0  # rate limits: when it would fit; -1: it never can
+    rate: RateStatus | None = None  # the tightest per-minute limits, for the x-ratelimit-* headers
+    # <<< limits
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ from .auth import Identity
 from .capture import CaptureRecord, CaptureSink
 from .catalog import Catalog, Price, price_for
 from .chat_request import ChatRequest, estimate_tokens, parse_chat_request
-from .clock import Clock, day_window, month_window, seconds_to_next_utc_midnight, to_ms, utc_now
+from .clock import Clock, day_window, month_window, to_ms, utc_now
 from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
+from .limits import REQUEST_ID, RateStatus, control_refusal, rate_refusal, retry_headers
 from .money import format_credits, usd_for_tokens, usd_to_micro_credits
 from .observe import NULL_OBSERVER, Observer
 from .settlement import Charge, settlement_charge
@@ -44,6 +45,7 @@ class MeteredRequest:
     warnings: tuple[str, ...]
     settled: SettleResult | None = field(default=None)
     opt_in: bool = False  # opted in (header or account) on a model with an opt-in tier
+    rate: RateStatus | None = field(default=None)  # limits: the x-ratelimit-* state at admission
 
 
 def new_request_id() -> str:
@@ -58,9 +60,27 @@ _CAP_MESSAGES = {
 }
 
 
-def hold_refusal(result: HoldResult, hold: int, now: datetime) -> ApiError:
-    """The client-facing error for a refused hold."""
+def hold_refusal(result: HoldResult, hold: int, now: datetime, tokens: int = 0) -> ApiError:
+    """The client-facing error for a refused hold, with the retry and x-ratelimit-* headers."""
+    error = _hold_refusal(result, hold, now, tokens)
+    # >>> limits: every refusal says whether to retry, and shows the per-minute limits
+    extra = retry_headers(error.code, now)
+    if result.rate is not None:
+        extra.update(result.rate.headers())
+    error.headers = {**extra, **error.headers}
+    # <<< limits
+    return error
+
+
+def _hold_refusal(result: HoldResult, hold: int, now: datetime, tokens: int) -> ApiError:
     code = result.code or "service_unavailable"
+    # >>> limits
+    if code == "rate_limit_exceeded":
+        return rate_refusal(result.control, result.retry_after_ms, tokens)
+    refused = control_refusal(code, result.control, now)
+    if refused is not None:
+        return refused
+    # <<< limits
     if code == "insufficient_credits":
         d = result.detail
         available = d.get("balance", 0) - d.get("floor", 0) - d.get("held", 0)
@@ -74,10 +94,7 @@ def hold_refusal(result: HoldResult, hold: int, now: datetime) -> ApiError:
             f"Insufficient credits: this request may cost up to {format_credits(hold)} credits but only "
             f"{format_credits(max(available, 0))} are available ({reason}).",
         )
-    headers = {}
-    if code in ("daily_request_cap_reached", "daily_credit_cap_reached"):
-        headers["retry-after"] = str(seconds_to_next_utc_midnight(now))
-    return ApiError(code, _CAP_MESSAGES.get(code, code), headers=headers)
+    return ApiError(code, _CAP_MESSAGES.get(code, code))
 
 
 class Meter:
@@ -122,15 +139,22 @@ class Meter:
                 expires_ms=to_ms(now + self._hold_ttl),
                 day=day_window(now),
                 month=month_window(now),
+                key_id=identity.key_id,
+                model=chat.model.id,
+                tokens=chat.input_token_bound + chat.max_output_tokens,
             )
         )
         if result.code is not None:
-            raise hold_refusal(result, hold, now)
+            refusal = hold_refusal(result, hold, now, chat.input_token_bound + chat.max_output_tokens)
+            refusal.headers[REQUEST_ID] = request_id
+            raise refusal
         opt_in = (opt_in_header or result.training_opt_in) and chat.model.training_opt_in is not None
         self.observer.admitted(chat.model.id, result.warnings)
-        return MeteredRequest(
+        metered = MeteredRequest(
             request_id, identity, chat, hold_price, hold, now, time.monotonic(), result.warnings, opt_in=opt_in
         )
+        metered.rate = result.rate
+        return metered
 
     @staticmethod
     def bounds(chat: ChatRequest) -> Usage:

@@ -10,14 +10,20 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..core.key_controls import KeyControls
 from ..core.keys import KeyRecord, generate_key, hash_key, new_key_id
 from . import keyspace as ks
 from .errors import store_call
+from .scripts import register
 
 log = logging.getLogger(__name__)
 
 # Revocations are announced here so every sidecar drops the key from its cache at once.
 REVOCATIONS_CHANNEL = "crt:revocations"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _record(data: dict[bytes, bytes]) -> KeyRecord:
@@ -30,12 +36,18 @@ def _record(data: dict[bytes, bytes]) -> KeyRecord:
         name=d.get("name", ""),
         created_at=int(d.get("created_at", "0")),
         revoked=d.get("revoked") == "1",
+        expires_at_ms=int(d["expires_at_ms"]) if d.get("expires_at_ms", "").isdigit() else None,
     )
+
+
+class UnknownKey(ValueError):
+    """No such key in that account."""
 
 
 class RedisKeyStore:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
+        self._set_controls = register(redis, "set_key_controls")
 
     @store_call
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None:
@@ -74,6 +86,40 @@ class RedisKeyStore:
         await self._redis.hset(ks.key_by_hash(record.key_hash), "revoked", "1")
         await self._redis.publish(REVOCATIONS_CHANNEL, record.key_hash)
         return await self.by_id(key_id)
+
+    # --- per-key controls (issue 17/18) ---------------------------------------------------------
+    async def _own_key(self, account: str, key_id: str) -> KeyRecord:
+        record = await self.by_id(key_id)
+        if record is None or record.account != ks.check_account(account):
+            raise UnknownKey(f"no key with id {key_id} in account {account}")
+        return record
+
+    @store_call
+    async def set_controls(self, account: str, key_id: str, controls: KeyControls) -> KeyControls:
+        """Replace the key's controls (all fields; None removes a control). Enforced by the
+        next admission; the expiry is copied to the key record for the other routes, and
+        every sidecar drops the key from its cache."""
+        record = await self._own_key(account, key_id)
+        flat = [item for pair in sorted(controls.to_hash().items()) for item in pair]
+        await self._set_controls(keys=[ks.key_controls(account, key_id)], args=flat)
+        if controls.expires_at_ms is None:
+            await self._redis.hdel(ks.key_by_hash(record.key_hash), "expires_at_ms")
+        else:
+            await self._redis.hset(ks.key_by_hash(record.key_hash), "expires_at_ms", str(controls.expires_at_ms))
+        await self._redis.publish(REVOCATIONS_CHANNEL, record.key_hash)  # "forget": re-read the record
+        return controls
+
+    @store_call
+    async def get_controls(self, account: str, key_id: str) -> KeyControls:
+        """The key's controls (all None when it has none). Raises UnknownKey."""
+        await self._own_key(account, key_id)
+        return await self.controls_of(account, key_id)
+
+    @store_call
+    async def controls_of(self, account: str, key_id: str) -> KeyControls:
+        """The stored controls without checking the key exists (the dashboard's by-key table)."""
+        data = await self._redis.hgetall(ks.key_controls(ks.check_account(account), key_id))
+        return KeyControls.from_hash({_text(k): _text(v) for k, v in data.items()})
 
 
 async def watch_revocations(redis: Any, forget: Callable[[str | None], None], retry_s: float = 1.0) -> None:

@@ -72,3 +72,28 @@ def key_by_id(key_id: str) -> str:
 def capture_stream(account: str) -> str:
     """Stream of opted-in training captures (payloads; only for opted-in requests)."""
     return f"{_tag(account)}:capture"
+
+
+# --- per-key controls and rate limits (issue 18); all in the account's slot ---------------------
+def key_controls(account: str, key_id: str) -> str:
+    """Hash: one key's controls (core/key_controls.py), read by place_hold.lua."""
+    return f"{_tag(account)}:keyctl:{key_id}"
+
+
+def limiter(account: str) -> str:
+    """Hash: live limiter state. r, t (+ ':at'): the account's requests / tokens buckets;
+    r:<key>, t:<key> (+ ':at'): a key's; n:<key> a key's requests in flight; h:<key> a key's
+    held micro-credits (place_hold.lua documents the units)."""
+    return f"{_tag(account)}:lim"
+
+
+def hold_info(account: str) -> str:
+    """Hash: request id -> what its admission counted per key and per token bucket, so
+    settlement and the expiry sweep undo exactly that (place_hold.lua)."""
+    return f"{_tag(account)}:holdinfo"
+
+
+def minute_window(account: str, key_id: str | None = None) -> str:
+    """Sorted set: the requests admitted in the last minute under a per-minute limit, of the
+    account (key_id None) or of one key; member '<request id>:<tokens>', score admission ms."""
+    return f"{_tag(account)}:win" if key_id is None else f"{_tag(account)}:win:{key_id}"

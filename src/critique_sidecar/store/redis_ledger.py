@@ -8,6 +8,7 @@ import orjson
 from redis.exceptions import ResponseError
 
 from ..core.ledger import HoldRequest, HoldResult, SettlementRejected, SettleResult, UsageRecord
+from ..core.limits import rate_status
 from . import keyspace as ks
 from .batcher import CommandBatcher, Script
 from .errors import store_call
@@ -50,16 +51,27 @@ class RedisLedger:
             ks.hold_expiry(a),
             ks.day(a, hold.day),
             ks.month(a, hold.month),
+            # >>> limits
+            ks.key_controls(a, hold.key_id),
+            ks.limiter(a),
+            ks.hold_info(a),
+            ks.minute_window(a),
+            ks.minute_window(a, hold.key_id),
+            # <<< limits
         ]
         args = [hold.request_id, hold.amount, hold.now_ms, hold.expires_ms, WINDOW_TTL_S]
-        code, warnings, optin, balance, floor, held = await self._place_hold(keys=keys, args=args)
-        code = _s(code)
-        warnings_s = _s(warnings)
+        args += [hold.key_id, hold.model, hold.tokens]
+        r = await self._place_hold(keys=keys, args=args)
+        code = _s(r[0])
+        warnings_s = _s(r[1])
         return HoldResult(
             code=None if code == "ok" else code,
             warnings=tuple(w for w in warnings_s.split(",") if w),
-            training_opt_in=bool(int(optin)),
-            detail={"balance": int(balance), "floor": int(floor), "held": int(held)},
+            training_opt_in=bool(int(r[2])),
+            detail={"balance": int(r[3]), "floor": int(r[4]), "held": int(r[5])},
+            control=_s(r[6]),
+            retry_after_ms=int(r[7]),
+            rate=rate_status(*(int(v) for v in r[8:14])),
         )
 
     @store_call
@@ -76,6 +88,12 @@ class RedisLedger:
             ks.month(a, record.month),
             ks.settled(a, record.request_id),
             ks.usage_stream(a),
+            # >>> limits
+            ks.limiter(a),
+            ks.hold_info(a),
+            ks.minute_window(a),
+            ks.minute_window(a, record.key_id),
+            # <<< limits
         ]
         fields = orjson.dumps([str(v) for v in record_fields(record)])
         args = [record.request_id, record.credits, WINDOW_TTL_S, self._settled_ttl, fields]

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.account_settings import AccountSettings
-from ..core.dashboard_source import ActivityPage, Counts, DayRollup, KeyInfo, UsageSnapshot, parse_record_id
+from ..core.dashboard_source import ActivityPage, Counts, DayRollup, KeyInfo, RateUsage, UsageSnapshot, parse_record_id
+from ..core.key_controls import KeyControls
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
@@ -102,8 +103,35 @@ class UsageQuery:
         pipe = self._redis.pipeline(transaction=False)
         for _, key_hash in found:
             pipe.hmget(ks.key_by_hash(key_hash), "name", "revoked", "account")
+        for key_id, _ in found:  # limits: each key's controls (in the account's slot)
+            pipe.hgetall(ks.key_controls(account, key_id))
+        replies = await pipe.execute()
         out: dict[str, KeyInfo] = {}
-        for (key_id, _), (name, revoked, owner) in zip(found, await pipe.execute(), strict=True):
+        for (key_id, _), (name, revoked, owner), controls in zip(
+            found, replies[: len(found)], replies[len(found) :], strict=True
+        ):
             if owner is not None and as_text(owner) == account:
-                out[key_id] = KeyInfo(key_id, as_text(name or ""), as_text(revoked or "0") == "1")
+                out[key_id] = KeyInfo(
+                    key_id,
+                    as_text(name or ""),
+                    as_text(revoked or "0") == "1",
+                    KeyControls.from_hash({as_text(k): as_text(v) for k, v in controls.items()}),
+                )
         return out
+
+    # >>> limits
+    @store_call
+    async def rates(self, account: str, now_ms: int) -> RateUsage:
+        """The account's live rate-limit counters (one slot; not atomic with the snapshot)."""
+        ks.check_account(account)
+        window, start = ks.minute_window(account), now_ms - 60_000
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zcount(window, f"({start}", "+inf")
+        pipe.hget(ks.limiter(account), "tw")
+        pipe.zrangebyscore(window, "-inf", start)  # left the window, not yet removed by an admission
+        pipe.zcount(ks.hold_expiry(account), f"({now_ms}", "+inf")
+        requests, tokens, stale, in_flight = await pipe.execute()
+        gone = sum(_int(as_text(m).rpartition(":")[2]) for m in stale)
+        return RateUsage(int(requests), max(_int(tokens) - gone, 0) if requests else 0, int(in_flight))
+
+    # <<< limits

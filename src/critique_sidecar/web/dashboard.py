@@ -35,8 +35,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..core.auth import Identity
-from ..core.clock import Clock, day_window, month_window, next_month_start
-from ..core.dashboard_source import ActivityPage, Counts, DashboardSource, KeyInfo, UsageSnapshot, parse_record_id
+from ..core.clock import Clock, day_window, month_window, next_month_start, to_ms
+from ..core.dashboard_source import (
+    ActivityPage,
+    Counts,
+    DashboardSource,
+    KeyInfo,
+    RateUsage,
+    UsageSnapshot,
+    parse_record_id,
+)
 from ..core.errors import ApiError
 from ..core.money import format_credits
 from ..core.scopes import DASHBOARD, DASHBOARD_PATH
@@ -143,8 +151,40 @@ def window_days(now: datetime, days: int) -> list[str]:
     return [day_window(today - timedelta(days=i)) for i in range(days - 1, -1, -1)]
 
 
+# >>> limits
+def _rate(limit: int | None, used: int) -> dict[str, Any]:
+    """A per-minute limit's status: what the last 60 seconds used (counted while a limit is set)."""
+    return {
+        "limit": limit,
+        "used": used,
+        "remaining": None if limit is None else max(limit - used, 0),
+        "reached": limit is not None and used >= limit,
+        "window_s": 60,
+    }
+
+
+def rate_limits(s: Any, rates: RateUsage) -> dict[str, Any]:
+    return {
+        "requests_per_minute": _rate(s.requests_per_minute, rates.requests),
+        "tokens_per_minute": _rate(s.tokens_per_minute, rates.tokens),
+        "max_concurrent": {
+            "limit": s.max_concurrent,
+            "in_flight": rates.in_flight,
+            "reached": s.max_concurrent is not None and rates.in_flight >= s.max_concurrent,
+        },
+    }
+
+
+# <<< limits
+
+
 def build_summary(
-    account: str, snap: UsageSnapshot, keys: dict[str, KeyInfo], days: int, now: datetime
+    account: str,
+    snap: UsageSnapshot,
+    keys: dict[str, KeyInfo],
+    days: int,
+    now: datetime,
+    rates: RateUsage | None = None,
 ) -> dict[str, Any]:
     now = now.astimezone(UTC)
     total = Counts()
@@ -180,6 +220,7 @@ def build_summary(
                 "key_id": k,
                 "name": keys[k].name if k in keys else None,
                 "revoked": keys[k].revoked if k in keys else None,
+                "limits": keys[k].controls.to_json() if k in keys else None,
                 **_counts(c),
             }
             for k, c in ranked(by_key)
@@ -192,6 +233,7 @@ def build_summary(
                 snap.month_credits, _micro(s.monthly_credit_cap), next_month_start(now), "month", True
             ),
             "daily_request_cap": _limit(today.admitted, s.daily_request_cap, tomorrow, "day", False),
+            **rate_limits(s, rates or RateUsage()),
         },
         "balance": {
             "balance": format_credits(snap.balance),
@@ -257,7 +299,8 @@ def dashboard_routes(source: DashboardSource, identify: Identify, clock: Clock) 
         snap = await source.snapshot(identity.account, window_days(now, days), month_window(now.astimezone(UTC)))
         key_ids = sorted({k for d in snap.days for k in d.by_key})
         keys = await source.keys(identity.account, key_ids) if key_ids else {}
-        return _json(build_summary(identity.account, snap, keys, days, now))
+        rates = await source.rates(identity.account, to_ms(now))
+        return _json(build_summary(identity.account, snap, keys, days, now, rates))
 
     async def dashboard_page(request: Request) -> Response:
         body, csp = page()

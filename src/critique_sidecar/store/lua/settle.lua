@@ -1,5 +1,6 @@
 -- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
 -- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
+--       8 limiter state  9 hold info  10 the account's minute window  11 the key's (limits)
 -- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s
 --       5 the usage record: a JSON array of field/value strings (one argument, not 28: each
 --         argument costs the client packing time on every request)
@@ -59,6 +60,37 @@ end
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]))
 redis.call('HINCRBY', KEYS[5], 'credits', charge)
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
+
+-- >>> limits: undo what admission counted for this hold (place_hold.lua's hold info): the
+-- key's held credits and in-flight count; in the minute windows, the token bound becomes the
+-- tokens actually used (if the entry is still in its window).
+if KEYS[9] then
+  local info = redis.call('HGET', KEYS[9], rid)
+  if info then
+    local k, h, n, wa, wk, bound = string.match(info, '^(.-)|(%d+)|(%d+)|(%d)|(%d)|(%d+)|')
+    if k then
+      if tonumber(h) > 0 and redis.call('HINCRBY', KEYS[8], 'h:' .. k, -tonumber(h)) <= 0 then
+        redis.call('HDEL', KEYS[8], 'h:' .. k)
+      end
+      if n == '1' and redis.call('HINCRBY', KEYS[8], 'n:' .. k, -1) <= 0 then
+        redis.call('HDEL', KEYS[8], 'n:' .. k)
+      end
+      local used = string.format('%d', inp + out)
+      for _, w in ipairs({{wa, KEYS[10], 'tw'}, {wk, KEYS[11], 'tw:' .. k}}) do
+        local entry = rid .. ':' .. bound
+        local at = w[1] == '1' and redis.call('ZSCORE', w[2], entry)
+        if at then
+          redis.call('ZREM', w[2], entry)
+          redis.call('ZADD', w[2], at, rid .. ':' .. used)
+          local sum = (tonumber(redis.call('HGET', KEYS[8], w[3])) or 0) + (inp + out) - tonumber(bound)
+          redis.call('HSET', KEYS[8], w[3], string.format('%d', math.max(sum, 0)))
+        end
+      end
+    end
+    redis.call('HDEL', KEYS[9], rid)
+  end
+end
+-- <<< limits
 
 -- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
 -- Retention trims instead (store/usage_retention.py).

@@ -1,0 +1,171 @@
+"""Per-minute rate limits as clients see them: the x-ratelimit-* headers (OpenAI's names and
+formats), the refusals of rate limits and per-key controls, and which refusals are worth a retry.
+
+The counting itself is one atomic step of the admission script (store/lua/place_hold.lua): a
+sliding-window log per scope (the account, the key), exact at any concurrency; see
+docs/rate-limits.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from .clock import next_month_start, seconds_to_next_utc_midnight
+from .errors import ApiError
+from .key_controls import iso_ms
+
+# Header names (one place; OpenAI's spelling, which the SDKs read).
+LIMIT_REQUESTS = "x-ratelimit-limit-requests"
+REMAINING_REQUESTS = "x-ratelimit-remaining-requests"
+RESET_REQUESTS = "x-ratelimit-reset-requests"
+LIMIT_TOKENS = "x-ratelimit-limit-tokens"
+REMAINING_TOKENS = "x-ratelimit-remaining-tokens"
+RESET_TOKENS = "x-ratelimit-reset-tokens"
+RETRY_AFTER = "retry-after"
+SHOULD_RETRY = "x-should-retry"  # read by the OpenAI and Anthropic SDKs before their own rules
+REQUEST_ID = "x-request-id"  # what the SDKs read (also sent as x-critique-request-id)
+
+# Refusals that will not lift within a retry's wait: the SDKs are told not to retry them.
+NO_RETRY = frozenset(
+    {
+        "inference_disabled",
+        "insufficient_credits",
+        "daily_request_cap_reached",
+        "daily_credit_cap_reached",
+        "monthly_credit_cap_reached",
+        "key_daily_credit_cap_reached",
+        "model_not_allowed",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One per-minute limit as a client sees it: the limit, what is left, and when the oldest
+    request in the window leaves it (so `remaining` grows)."""
+
+    limit: int
+    remaining: int
+    reset_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateStatus:
+    """The tightest requests and tokens limits that apply (account or key); None: no such limit."""
+
+    requests: Window | None = None
+    tokens: Window | None = None
+
+    def headers(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.requests is not None:
+            out[LIMIT_REQUESTS] = str(self.requests.limit)
+            out[REMAINING_REQUESTS] = str(self.requests.remaining)
+            out[RESET_REQUESTS] = duration(self.requests.reset_ms)
+        if self.tokens is not None:
+            out[LIMIT_TOKENS] = str(self.tokens.limit)
+            out[REMAINING_TOKENS] = str(self.tokens.remaining)
+            out[RESET_TOKENS] = duration(self.tokens.reset_ms)
+        return out
+
+
+def rate_status(
+    req_limit: int, req_left: int, req_reset: int, tok_limit: int, tok_left: int, tok_reset: int
+) -> RateStatus | None:
+    """From the admission script's numbers (a limit < 0: none applies)."""
+    if req_limit < 0 and tok_limit < 0:
+        return None
+    return RateStatus(
+        Window(req_limit, req_left, req_reset) if req_limit >= 0 else None,
+        Window(tok_limit, tok_left, tok_reset) if tok_limit >= 0 else None,
+    )
+
+
+def duration(ms: int) -> str:
+    """A duration as OpenAI (Go) writes it: 0s, 20ms, 1s, 1.5s, 6m0s, 1h2m3s."""
+    ms = max(int(ms), 0)
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    sec = f"{seconds}.{millis:03d}".rstrip("0").rstrip(".") if millis else str(seconds)
+    if hours:
+        return f"{hours}h{minutes}m{sec}s"
+    if minutes:
+        return f"{minutes}m{sec}s"
+    return f"{sec}s"
+
+
+def retry_after_s(ms: int) -> str:
+    return str(max(1, -(-int(ms) // 1000)))
+
+
+_UNITS = {"requests_per_minute": "requests per minute", "tokens_per_minute": "tokens per minute"}
+_WHOSE = {"account": "this account", "key": "this API key"}
+
+
+def rate_refusal(control: str, retry_after_ms: int, tokens: int) -> ApiError:
+    """429 rate_limit_exceeded naming the limit (`control` is scope:name:limit)."""
+    scope, _, rest = control.partition(":")
+    name, _, limit = rest.partition(":")
+    whose = _WHOSE.get(scope, scope)
+    if name == "max_concurrent":
+        message = (
+            f"Rate limit reached: {whose} allows {limit} concurrent requests (max_concurrent); "
+            "retry when one of them finishes."
+        )
+    elif retry_after_ms < 0:  # more than the whole limit: waiting never helps
+        return ApiError(
+            "rate_limit_exceeded",
+            f"This request may use up to {tokens} tokens (prompt bound + max_tokens), more than {whose}'s limit "
+            f"of {limit} {_UNITS.get(name, name)}; lower max_tokens or shorten the prompt.",
+            headers={SHOULD_RETRY: "false"},
+        )
+    else:
+        message = (
+            f"Rate limit reached: {whose} allows {limit} {_UNITS.get(name, name)} ({name}); "
+            f"retry after {retry_after_s(retry_after_ms)} s."
+        )
+    return ApiError("rate_limit_exceeded", message, headers={RETRY_AFTER: retry_after_s(retry_after_ms)})
+
+
+def key_expired(expires_at_ms: int) -> ApiError:
+    return ApiError(
+        "invalid_api_key",
+        f"This API key expired at {iso_ms(expires_at_ms)}. Create a new key (or ask the operator to extend it).",
+    )
+
+
+def control_refusal(code: str, control: str, now: datetime) -> ApiError | None:
+    """The per-key controls' refusals (None for other codes)."""
+    if code == "key_expired":
+        return key_expired(int(control))
+    if code == "model_not_allowed":
+        return ApiError(
+            "model_not_allowed",
+            f"This API key may not use the model '{control}'; ask the operator to add it to the key's models.",
+            param="model",
+        )
+    if code == "key_daily_credit_cap_reached":
+        return ApiError(
+            code,
+            "Daily inference credit cap reached for this API key (resets at 00:00 UTC)",
+            headers={RETRY_AFTER: str(seconds_to_next_utc_midnight(now))},
+        )
+    return None
+
+
+def retry_headers(code: str, now: datetime) -> dict[str, str]:
+    """Retry-After for the daily and monthly caps, and x-should-retry: false for every refusal
+    that will not lift soon (so the SDKs' automatic retries do not hammer a closed door)."""
+    out: dict[str, str] = {}
+    if code in ("daily_request_cap_reached", "daily_credit_cap_reached", "key_daily_credit_cap_reached"):
+        out[RETRY_AFTER] = str(seconds_to_next_utc_midnight(now))
+    elif code == "monthly_credit_cap_reached":
+        out[RETRY_AFTER] = str(max(1, int((next_month_start(now) - now).total_seconds() + 0.999)))
+    if code in NO_RETRY:
+        out[SHOULD_RETRY] = "false"
+    return out
