@@ -8,7 +8,7 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install install-run redis browser run lint test test-quick bench bench-scaling soak profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install install-run redis browser run lint test test-quick bench bench-stream bench-scaling soak profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
 # Everything the tests need: the run-time install, the dev extras and the browser.
 install: install-run $(VENV)/.installed browser
@@ -84,6 +84,11 @@ test-quick: install
 bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py --stream $(filter --quick,$(BENCH_ARGS)) $(STREAM_ARGS)
+
+# The streaming benchmark alone (`make bench-stream STREAM_ARGS=--quick`); see bench/stream.py.
+bench-stream: install
+	$(PY) bench/run.py --stream $(STREAM_ARGS)
 
 # Resident memory per 100k requests, metered sidecar and bare servicer side by side (~5 min);
 # fails when the sidecar grows faster than --max-mb. `make soak SOAK_ARGS="--duration 60"`.
@@ -100,7 +105,7 @@ profile: install
 	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(ENVOY_VENV) .run bench/out
+	rm -rf $(VENV) $(ENVOY_VENV) .venv-litellm .run bench/out
 
 # Regenerate the README's configuration table from the settings model.
 docs: $(VENV)/.installed

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 import uvloop
 from envoy.config.core.v3 import base_pb2 as core_pb
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,13 +31,30 @@ def _set(key: str, value: str) -> core_pb.HeaderValueOption:
     )
 
 
-def replies(model: str, route_in_headers: bool = False) -> dict[str, pb.ProcessingResponse]:
+def replies(model: str, route_in_headers: bool = False, stream: bool = False) -> dict[str, pb.ProcessingResponse]:
     """`route_in_headers`: set the routing header in the first reply too, so the phase-count
-    experiment (bench/phases.py) routes without a request-body phase."""
+    experiment (bench/phases.py) routes without a request-body phase. `stream`: the streaming
+    benchmark's floor: the response-headers reply switches the body to STREAMED, as the sidecar
+    does for SSE, and every body chunk is answered "unchanged" (what most chunks get)."""
     common = pb.CommonResponse
     first = pb.HeaderMutation(remove_headers=["authorization"])
     if route_in_headers:
         first.set_headers.append(_set("x-critique-model", model))
+    response_headers = pb.ProcessingResponse(
+        response_headers=pb.HeadersResponse(
+            response=common(header_mutation=pb.HeaderMutation(set_headers=[_set("x-critique-request-id", "req_0")]))
+        )
+    )
+    if stream:
+        response_headers.mode_override.response_body_mode = processing_mode_pb2.ProcessingMode.STREAMED
+        return {
+            "request_headers": pb.ProcessingResponse(
+                request_headers=pb.HeadersResponse(response=common(header_mutation=first))
+            ),
+            "request_body": replies(model)["request_body"],
+            "response_headers": response_headers,
+            "response_body": pb.ProcessingResponse(response_body=pb.BodyResponse()),
+        }
     return {
         "request_headers": pb.ProcessingResponse(
             request_headers=pb.HeadersResponse(
@@ -67,8 +85,8 @@ def replies(model: str, route_in_headers: bool = False) -> dict[str, pb.Processi
 
 
 class BareServicer(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, model: str, route_in_headers: bool = False) -> None:
-        self._replies = replies(model, route_in_headers)
+    def __init__(self, model: str, route_in_headers: bool = False, stream: bool = False) -> None:
+        self._replies = replies(model, route_in_headers, stream)
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -107,11 +125,13 @@ class ReadWriteServicer(BareServicer):
 HANDLERS = {"iterate": BareServicer, "early-return": EarlyReturnServicer, "read-write": ReadWriteServicer}
 
 
-async def serve(listen: str, model: str, route_in_headers: bool = False, handler: str = "early-return") -> None:
+async def serve(
+    listen: str, model: str, route_in_headers: bool = False, handler: str = "early-return", stream: bool = False
+) -> None:
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
     )
-    pb_grpc.add_ExternalProcessorServicer_to_server(HANDLERS[handler](model, route_in_headers), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(HANDLERS[handler](model, route_in_headers, stream), server)
     health_servicer = health.aio.HealthServicer()  # envoy.yaml health-checks the sidecar cluster
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -134,8 +154,11 @@ def main() -> None:
         default="early-return",
         help="handler pattern (early-return: as the sidecar)",
     )
+    p.add_argument(
+        "--stream", action="store_true", help="answer the streaming benchmark's SSE responses chunk by chunk"
+    )
     args = p.parse_args()
-    uvloop.run(serve(args.listen, args.model, args.route_in_headers, args.handler))
+    uvloop.run(serve(args.listen, args.model, args.route_in_headers, args.handler, args.stream))
 
 
 if __name__ == "__main__":

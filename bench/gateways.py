@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -161,6 +162,8 @@ def start_bare(
     env: dict[str, str] | None = None,
     handler: str | None = None,
     python: str | None = None,
+    extra_args: tuple[str, ...] = (),
+    config_hook: Callable[[dict[str, Any]], None] | None = None,
 ) -> Gateway:
     """The repo's envoy.yaml (its ext_proc processing mode changed by `processing_mode`, if
     given) with its ext_proc phases answered by bench/bare_ext_proc.py: constant replies, no
@@ -169,13 +172,15 @@ def start_bare(
     config = yaml.safe_load(stack.envoy_yaml().read_text())
     if processing_mode:
         _set_processing_mode(config, processing_mode)
+    if config_hook:
+        config_hook(config)
     listen = f"127.0.0.1:{stack.ports['grpc']}"
     argv = [python or sys.executable, str(BENCH / "bare_ext_proc.py"), "--listen", listen, "--model", MODEL]
     with open(workdir / name / "bare-ext-proc.log", "ab") as log:
         argv += ["--route-in-headers"] if route_in_headers else []
         argv += ["--handler", handler] if handler else []
         bare = subprocess.Popen(
-            argv,
+            argv + list(extra_args),
             env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -256,6 +261,62 @@ def start_metered_limits(workdir: Path, upstream: Upstream) -> Gateway:
 # <<< limits
 
 
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = BENCH.parent / ".venv-litellm"
+
+
+def ensure_litellm() -> Path:
+    """LiteLLM's proxy in a virtualenv of its own (its pins would fight ours), installed on first use."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    if not exe.exists():
+        print(f"bench: installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"]
+        subprocess.run(pip, check=True)
+    return exe
+
+
+def start_litellm(workdir: Path, upstream: Upstream) -> Gateway:
+    """LiteLLM's proxy (one worker, no database, its master key as the only key) forwarding the same model to the same
+    fast upstream as an OpenAI-compatible server: the comparison the product is measured against.
+    Its process is listed as "sidecar" (the one process doing the gateway's work)."""
+    exe = ensure_litellm()
+    port = free_port()
+    config = {
+        "model_list": [
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": f"http://127.0.0.1:{upstream.port}/v1",
+                    "api_key": "bench",
+                },
+            }
+        ],
+    }
+    master_key = "sk-bench-" + secrets.token_hex(16)  # it refuses to start without one
+    config["general_settings"] = {"master_key": master_key}
+    path = workdir / "litellm.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
+    argv = [str(exe), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    with open(workdir / "litellm.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        wait_until(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status == 200,
+            "litellm",
+            timeout=120,
+            proc=proc,
+        )
+    except BaseException:
+        procs.stop_process(proc)
+        raise
+    label = f"LiteLLM {LITELLM_VERSION} proxy (1 worker, master key)"
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    return Gateway("litellm", label, url, {"sidecar": proc.pid}, lambda: procs.stop_process(proc), api_key=master_key)
+
+
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "plain": start_plain,
     "metered": start_metered,
@@ -264,6 +325,7 @@ GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "metered-2proc": start_metered_2proc,
     "two-stream": start_two_stream,
     "asgi": start_asgi,
+    "litellm": start_litellm,
 }
 
 

@@ -7,6 +7,7 @@ time, grouped by module, and writes the raw samples and a flame graph (SVG).
 
   .venv/bin/python bench/profile.py                    # 15 s of sampling
   .venv/bin/python bench/profile.py --gateway asgi     # the ASGI front door instead
+  .venv/bin/python bench/profile.py --stream           # under 100 concurrent SSE streams instead
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--stream", action="store_true", help="streamed load: 100 concurrent paced SSE streams")
     p.add_argument("--out", type=Path, default=BENCH / "out" / "profile")
     return p.parse_args()
 
@@ -138,11 +140,36 @@ def area(frames: list[str]) -> str:
     return "other"
 
 
+def profile_stream(args: argparse.Namespace, out: Path) -> None:
+    """py-spy on the sidecar while 100 concurrent streams (a chunk every ~20 ms) pass through it."""
+    import stream
+
+    with contextlib.ExitStack() as stack:
+        upstream = stream.start_sse_upstream(out)
+        stack.callback(stream.procs.stop_process, upstream.proc)
+        gw = stream.STREAM_GATEWAYS[args.gateway](out, upstream)
+        stack.callback(gw.stop)
+        wl = stream.WORKLOADS["c100"]
+        chunks = int((args.seconds + 4) * 1e6 / wl.gap_us)
+        for seconds, path, fmt in ((args.seconds, "samples.txt", "raw"), (4, "flame.svg", "flamegraph")):
+            load_wl = stream.Workload("profile", "", wl.concurrency, wl.streams, chunks, wl.gap_us)
+            load = threading.Thread(target=stream.client, args=(gw, load_wl, False))
+            load.start()
+            record(gw.pids["sidecar"], seconds, args.rate, out / path, fmt)
+            load.join()
+
+
 def main() -> int:
     args = parse_args()
     out = args.out
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    if args.stream:
+        profile_stream(args, out)
+        report = summarize(out / "samples.txt", args.top)
+        (out / "summary.txt").write_text(report + "\n")
+        print(report)
+        return 0
     with contextlib.ExitStack() as stack:
         upstream = gateways.start_upstream(out)
         stack.callback(upstream.envoy.stop)

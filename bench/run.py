@@ -8,6 +8,7 @@ process from /proc deltas), and a latency run at 1 connection (p50/p99).
 
   .venv/bin/python bench/run.py            # ~3 minutes
   .venv/bin/python bench/run.py --quick    # ~30 seconds, one short round
+  .venv/bin/python bench/run.py --stream   # the streaming benchmark instead (bench/stream.py)
 """
 
 from __future__ import annotations
@@ -191,6 +192,10 @@ def check_ledger(gw: Gateway, before: dict[str, str] | None, completed: int) -> 
 
 
 def main() -> int:
+    if "--stream" in sys.argv[1:]:  # the streaming benchmark (bench/stream.py) has its own options
+        import stream
+
+        return stream.main(sys.argv[1:])
     args = parse_args()
     # Unwind (and so stop every process we started) on SIGTERM as on Ctrl-C: the children run in
     # their own sessions and would otherwise outlive us.
@@ -293,6 +298,16 @@ def finish(results: dict[str, Any], out: Path, wanted: list[str]) -> int:
                 f"Ledger ({g['name']}): {lg['billed']:.0f} requests charged at {lg['charge_per_request']} credits for {lg['completed']} completed; open holds {lg['open_holds']}"
             )
     print(f"Upstream keep-alive: {up['requests']} requests over {up['connections_opened']} connections")
+    lite = results["gateways"].get("litellm")
+    if lite:
+        print(
+            "Throughput against LiteLLM's (same run): "
+            + ", ".join(
+                f"{g['name']} {g['summary']['rps'] / lite['summary']['rps']:.1f}x"
+                for g in results["gateways"].values()
+                if g["name"] not in ("litellm", "plain")
+            )
+        )
     noisy = [
         g["name"] for g in results["gateways"].values() if g["summary"]["other_load_cores"] > NOISY_OTHER_LOAD_CORES
     ]

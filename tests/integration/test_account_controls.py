@@ -318,16 +318,16 @@ async def test_account_training_opt_in_prices_at_the_opt_in_tier(env: Env) -> No
     list_req = await env.admit()
     await env.configure(deepseek_training_opt_in=True)
     opt_req = await env.admit()
-    # The account setting marks the request; the hold stays at the normal price, and the
-    # opt-in tier is applied only at settlement once the capture is written.
-    assert (list_req.opt_in, opt_req.opt_in) == (False, True)
-    assert not opt_req.price.opt_in and opt_req.price.version.endswith("/list")
-    assert opt_req.hold == list_req.hold
-    usage = Usage(1000, 1000)
-    list_charge = await env.settle(list_req, usage)
-    # Settled without a written capture (this meter has no sink): the normal price, never 25%.
-    opt_charge = (await env.meter.settle_completed(opt_req, usage, 0, lambda: "text"))[1].credits
-    assert opt_charge == list_charge > 0
+    assert (list_req.opt_in, opt_req.opt_in) == (False, True)  # the account setting is read at admission
+    # Held at the normal price: the discount is given only once the capture is written (settle_completed).
+    assert opt_req.price == list_req.price and opt_req.hold == list_req.hold
+    usage = Usage(10, MAX_TOKENS)
+    opt_price = price_for(env.meter.catalog, opt_req.chat.model, opt_req.started_at, opt_in=True)
+    assert opt_price.version.endswith("/training-opt-in")
+    # (10 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.000007875 USD = 787.5 -> 788 micro-credits
+    assert env.meter.charge(opt_req, usage, price=opt_price).credits == 788
+    # (10 x 0.15 + 100 x 0.30) / 1e6 USD = 0.0000315 USD = 3150 micro-credits
+    assert await env.settle(list_req, usage) == 3150
 
 
 # -- UTC windows roll over by key name -----------------------------------------------------

@@ -40,6 +40,44 @@ def _without_forged_comments(event: bytes) -> bytes:
     return b"\n".join(kept) if any(kept) else b""
 
 
+def _plain_events(chunk: bytes) -> list[tuple[int, int, int]] | None:
+    """(event start, data start, data end) of each event when `chunk` is nothing but whole,
+    single-line `data:` events, which is what model servers send; None for anything else
+    (a partial event, comments or other fields, CR line ends). Such events need no framing
+    work: no comment line can hide in them and their data is one slice of the chunk."""
+    if b"\r" in chunk:
+        return None
+    spans = []
+    start, end = 0, len(chunk)
+    while start < end:
+        newline = chunk.find(b"\n", start)
+        if newline < 0 or newline + 1 >= end or chunk[newline + 1] != 0x0A or not chunk.startswith(b"data:", start):
+            return None
+        spans.append((start, start + 6 if chunk[start + 5] == 0x20 else start + 5, newline))
+        start = newline + 2
+    return spans
+
+
+_PLAIN_DELTA = frozenset(("role", "content"))
+
+
+def _generated_bytes(obj: Any) -> int:
+    """completion_text_bytes(obj), without its general walk for the usual chunk: one choice
+    whose delta holds only a role and content."""
+    if type(obj) is dict:
+        choices = obj.get("choices")
+        if type(choices) is list and len(choices) == 1:
+            choice = choices[0]
+            if type(choice) is dict and "message" not in choice:
+                delta = choice.get("delta")
+                if type(delta) is dict and delta.keys() <= _PLAIN_DELTA:
+                    content = delta.get("content")
+                    if type(content) is not str:
+                        return 0
+                    return len(content) if content.isascii() else len(content.encode("utf-8", "replace"))
+    return completion_text_bytes(obj)
+
+
 def _delta_texts(obj: dict[str, Any]) -> list[str]:
     return [
         c["delta"]["content"]
@@ -65,10 +103,26 @@ class SseMeter:
         self.done = False
 
     def feed(self, chunk: bytes) -> bytes:
-        """Bytes to forward now for this upstream chunk."""
+        """Bytes to forward now for this upstream chunk: `chunk` itself when unchanged."""
         if self.done:
             self._held += chunk
             return b""
+        if not self._buf:
+            # The usual chunk: exactly one single-line data event.
+            if (
+                chunk.find(b"\n") == len(chunk) - 2
+                and chunk.endswith(b"\n\n")
+                and chunk.startswith(b"data:")
+                and b"\r" not in chunk
+            ):
+                if self._keep_data(chunk[6 if chunk[5] == 0x20 else 5 : -2]):
+                    return chunk
+                if self.done:
+                    self._held += chunk
+                return b""
+            spans = _plain_events(chunk)
+            if spans is not None:
+                return self._feed_plain(chunk, spans)
         self._buf += chunk
         out = bytearray()
         start = 0
@@ -91,18 +145,34 @@ class SseMeter:
             self._buf.clear()
         return bytes(out)
 
+    def _feed_plain(self, chunk: bytes, spans: list[tuple[int, int, int]]) -> bytes:
+        """feed() for a chunk of whole single-line data events: no copy unless one is dropped."""
+        kept: list[bytes] | None = None  # None: every event so far is kept
+        for start, data_start, data_end in spans:
+            if self._keep_data(chunk[data_start:data_end]):
+                if kept is not None:
+                    kept.append(chunk[start : data_end + 2])
+                continue
+            if kept is None:
+                kept = [chunk[:start]]
+            if self.done:
+                self._held += chunk[start:]
+                break
+        return chunk if kept is None else b"".join(kept)
+
     def _keep(self, event: bytes) -> bool:
         data = _data_of(event)
-        if data is None:
-            return True
-        if data.strip() == _DONE:
+        return True if data is None else self._keep_data(data)
+
+    def _keep_data(self, data: bytes) -> bool:
+        if _DONE in data and data.strip() == _DONE:
             self.done = True
             return False  # held back: the charge goes in front of it
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             return True
-        usage = usage_from_obj(obj)
+        usage = usage_from_obj(obj) if type(obj) is dict and "usage" in obj else None
         if usage is not None:
             # One chunk's usage: the largest reported (counts are cumulative, so for an honest
             # stream the last); a later, smaller one never replaces it.
@@ -110,7 +180,7 @@ class SseMeter:
                 self.usage = usage
             if self._hide_usage and isinstance(obj, dict) and not obj.get("choices"):
                 return False
-        delivered = completion_text_bytes(obj)
+        delivered = _generated_bytes(obj)
         self.delivered_bytes += delivered
         if self._text is not None and delivered:
             if self.delivered_bytes > MAX_KEPT_TEXT_BYTES:

@@ -71,17 +71,20 @@ async def on_response_headers(x: ChatExchange, req: pb.ProcessingRequest) -> pb.
 
 async def on_response_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
     body = req.response_body
-    reply = pb.ProcessingResponse()
+    # Read once: each read of a bytes field makes a new object, so `out is body.body` was never
+    # true and every unchanged chunk went back to Envoy as a full body replacement.
+    chunk = body.body
     if x.sse is not None:
-        chunk = body.body  # one object: each read of a bytes field makes a new one
         out = await x.stream_chunk(chunk, body.end_of_stream)
-        if out is chunk:
+        if out is chunk:  # most chunks: the shared "unchanged" reply, nothing built or copied
             return m.CONTINUE_RESPONSE_BODY
+        reply = pb.ProcessingResponse()
         reply.response_body.response.body_mutation.body = out
         return reply
-    charged = await x.response_json(body.body)
+    charged = await x.response_json(chunk)
     if not charged:
         return m.CONTINUE_RESPONSE_BODY
+    reply = pb.ProcessingResponse()
     m.fill_mutation(reply.response_body.response.header_mutation, charged)
     return reply
 
