@@ -6,6 +6,7 @@ GATEWAYS; run.py benchmarks, checks and reports every registered gateway the sam
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -317,6 +318,43 @@ def start_litellm(workdir: Path, upstream: Upstream) -> Gateway:
     return Gateway("litellm", label, url, {"sidecar": proc.pid}, lambda: procs.stop_process(proc), api_key=master_key)
 
 
+def start_metered_otel(workdir: Path, upstream: Upstream, ratio: float = 1.0) -> Gateway:
+    """The metered path with OpenTelemetry tracing on (four spans per sampled request, batched
+    and exported over OTLP/HTTP to bench/otlp_sink.py), every request sampled or `ratio` of
+    them (the SDK's parentbased_traceidratio sampler); compare with "metered" in the same run
+    for the cost of tracing (off, the sidecar never imports OpenTelemetry)."""
+    port = free_port()
+    name = "metered-otel" if ratio == 1.0 else f"metered-otel-{ratio:g}"
+    (workdir / name).mkdir(parents=True, exist_ok=True)
+    with open(workdir / name / "otlp-sink.log", "ab") as log:
+        sink = subprocess.Popen(
+            [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(
+            lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, "otlp sink", proc=sink
+        )
+        env = {"CRITIQUE_OTEL_ENDPOINT": f"http://127.0.0.1:{port}"}
+        if ratio != 1.0:
+            env |= {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
+        label = "metered, OpenTelemetry tracing on" + ("" if ratio == 1.0 else f", {ratio:.0%} sampled")
+        gw = _start_stack(name, label, workdir, upstream, sidecar_env=env)
+    except BaseException:
+        procs.stop_process(sink)
+        raise
+    stop_stack = gw.stop
+
+    def stop() -> None:
+        stop_stack()
+        procs.stop_process(sink)
+
+    gw.stop = stop
+    return gw
+
+
 GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "plain": start_plain,
     "metered": start_metered,
@@ -326,6 +364,8 @@ GATEWAYS: dict[str, Callable[[Path, Upstream], Gateway]] = {
     "two-stream": start_two_stream,
     "asgi": start_asgi,
     "litellm": start_litellm,
+    "metered-otel": start_metered_otel,
+    "metered-otel-0.1": functools.partial(start_metered_otel, ratio=0.1),
 }
 
 

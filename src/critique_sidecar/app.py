@@ -5,6 +5,7 @@ the other's."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -82,10 +83,13 @@ class Components:
     ledger: JournalingLedger
     metrics: Metrics
     redis_ledger: RedisLedger
+    tracer: Any = None  # observability.tracing.OtelTracer when CRITIQUE_OTEL_ENDPOINT is set
 
     async def aclose(self) -> None:
         await self.redis_ledger.aclose()  # its dedicated connection is not in the pool
         await self.redis.aclose()
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)  # export the spans still buffered
 
 
 def capture_sink(config: Config, redis: Any) -> CaptureSink | None:
@@ -94,6 +98,15 @@ def capture_sink(config: Config, redis: Any) -> CaptureSink | None:
     if config.capture_sink == "file":
         return JsonlFileSink(config.capture_path)
     return None
+
+
+def build_tracer(config: Config) -> Any:
+    """The OpenTelemetry tracer when configured; OpenTelemetry is imported only then."""
+    if not config.otel_endpoint:
+        return None
+    from .observability.tracing import otlp_tracer
+
+    return otlp_tracer(config.otel_endpoint, config.otel_service_name)
 
 
 def build_components(config: Config, redis: Any | None = None, clock: Clock = utc_now) -> Components:
@@ -120,8 +133,9 @@ def build_components(config: Config, redis: Any | None = None, clock: Clock = ut
         capture_timeout_s=config.capture_timeout_s,
         observer=observer,
         max_n=config.max_n,
+        tracer=(tracer := build_tracer(config)),
     )
-    return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger)
+    return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger, tracer)
 
 
 def web_context(c: Components, metrics: Any = None) -> WebContext:

@@ -66,6 +66,18 @@ _SETTING_FLAGS = {
     "--rpm": ("requests_per_minute", "N|none", "the account's requests per minute; none clears it"),
     "--tpm": ("tokens_per_minute", "N|none", "the account's tokens per minute (input + max output at admission)"),
     "--max-concurrent": ("max_concurrent", "N|none", "the account's requests in flight at once; none clears it"),
+    # -- observe: budget notifications
+    "--notify-webhook-url": (
+        "notify_webhook_url",
+        "URL|none",
+        "budget notifications webhook (https://); none turns them off",
+    ),
+    "--notify-thresholds": (
+        "notify_thresholds_percent",
+        "P,P,...|none",
+        "percent of each cap that notifies, e.g. 50,80,100",
+    ),
+    "--notify-low-balance": ("notify_low_balance_credits", "CREDITS|none", "notify when the balance falls to this"),
 }
 
 
@@ -120,6 +132,14 @@ def _key_controls(current: Any, given: dict[str, object], catalog_path: Any) -> 
 # --- end per-key controls ------------------------------------------------------------------------
 
 
+def _cli_setting(field: str, text: str) -> object:
+    """As _setting_value, with the threshold list as comma-separated integers."""
+    if field == "notify_thresholds_percent" and text.strip().lower() not in ("none", "null"):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        return [int(p) if re.fullmatch(r"[0-9]+", p) else p for p in parts]
+    return _setting_value(text)
+
+
 def _setting_value(text: str) -> object:
     """CLI text -> the JSON value the settings API would receive (validated afterwards)."""
     low = text.strip().lower()
@@ -166,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="critique-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_serving_commands, _envoy_config_command, _keys_commands, _credits_commands, _settings_commands,
-                _usage_commands):  # fmt: skip
+                _usage_commands, _notify_commands):  # fmt: skip
         add(sub)
     return p
 
@@ -244,6 +264,11 @@ def _settings_commands(sub: Commands) -> None:
     sset.add_argument("--json", action="store_true")
     for flag, (_, metavar, text) in _SETTING_FLAGS.items():
         sset.add_argument(flag, metavar=metavar, help=text)
+    sset.add_argument(
+        "--notify-webhook-secret",
+        metavar="SECRET|generate",
+        help="set the webhook signing secret (>= 24 characters), or generate a new one (printed once)",
+    )
 
 
 def _usage_commands(sub: Commands) -> None:
@@ -273,6 +298,19 @@ def _usage_commands(sub: Commands) -> None:
     accounts.add_argument(
         "--rebuild", action="store_true", help="first re-register every account found by scanning Redis"
     )
+    # -- observe: usage push
+    push = usage_cmds.add_parser("push", help="push usage records as CloudEvents batches to CRITIQUE_USAGE_PUSH_URL")
+    push.add_argument("--url", help="endpoint (default: CRITIQUE_USAGE_PUSH_URL)")
+    push.add_argument("--once", action="store_true", help="push until nothing is left, then exit")
+
+
+def _notify_commands(sub: Commands) -> None:  # observe: budget notifications
+    nworker = sub.add_parser("notify-worker", help="deliver budget notifications to the accounts' webhooks")
+    nworker.add_argument("--once", action="store_true", help="deliver what is queued (with retries), then exit")
+    notify = sub.add_parser("notify", help="budget notifications").add_subparsers(dest="action", required=True)
+    dead = notify.add_parser("dead-letters", help="notifications that could not be delivered (newest first)")
+    dead.add_argument("--count", type=int, default=50)
+    dead.add_argument("--json", action="store_true")
 
 
 async def _with_redis(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
@@ -398,19 +436,34 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
             text = getattr(args, flag[2:].replace("-", "_"))
             if text is not None:
                 given[flag] = text
-        if not given:
+        secret_arg = args.notify_webhook_secret
+        if secret_arg is not None and secret_arg != "generate" and not re.fullmatch(r"[!-~]{24,256}", secret_arg):
+            raise CliError("--notify-webhook-secret: use 24-256 printable ASCII characters, or 'generate'")
+        if not given and secret_arg is None:
             raise CliError(f"settings set: give at least one of {', '.join(_SETTING_FLAGS)}")
         try:
-            patch = SettingsPatch.parse({_SETTING_FLAGS[f][0]: _setting_value(v) for f, v in given.items()})
+            patch = SettingsPatch.parse(
+                {_SETTING_FLAGS[f][0]: _cli_setting(_SETTING_FLAGS[f][0], v) for f, v in given.items()}
+            )
         except ApiError as exc:
             bad = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)
             raise CliError(f"{bad}: {exc.message}" if bad else exc.message) from None
-        current = await store.patch(args.account, patch)
+        current = await store.patch(args.account, patch) if given else await store.get(args.account)
+        if secret_arg is not None:
+            new_secret: str | None = await store.set_webhook_secret(
+                args.account, None if secret_arg == "generate" else secret_arg
+            )
+        else:
+            new_secret = await store.ensure_webhook_secret(args.account) if current.notify_webhook_url else None
     out = current.to_json()
+    if args.action == "set" and new_secret is not None:
+        out["notify_webhook_secret"] = new_secret  # shown once
     if args.json:
         print(json.dumps(out))
     else:
         for name, value in out.items():
+            if isinstance(value, list):  # the notification thresholds
+                value = ",".join(str(v) for v in value) or None
             text = "none" if value is None else str(value).lower() if isinstance(value, bool) else value
             print(f"{name}: {text}")
     return 0
@@ -447,8 +500,64 @@ async def _usage_cmd(args: argparse.Namespace, redis: Any, config: Config) -> in
             }
             print(json.dumps(row) if args.json else " ".join(f"{k}={v}" for k, v in row.items()))
         return 0
+    if args.action == "push":
+        return await _usage_push(args, redis, config)
     for account in await rebuild_registry(redis) if args.rebuild else await registered_accounts(redis):
         print(account)
+    return 0
+
+
+async def _usage_push(args: argparse.Namespace, redis: Any, config: Config) -> int:
+    from .workers.usage_push import UsagePushWorker
+
+    if args.url:
+        config = config.model_copy(update={"usage_push_url": args.url})
+    if not config.usage_push_url:
+        raise CliError("usage push: give --url or set CRITIQUE_USAGE_PUSH_URL")
+    worker = UsagePushWorker(redis, config)
+    if not args.once:
+        await worker.run_forever()
+        return 0
+    try:
+        while await worker.push_once():
+            pass
+    finally:
+        await worker.client.aclose()
+    print(json.dumps({"pushed": worker.pushed}))
+    return 0
+
+
+async def _notify_worker(args: argparse.Namespace, redis: Any, config: Config) -> int:
+    from .workers.notify import NotifyWorker
+
+    worker = NotifyWorker(redis, config)
+    if not args.once:
+        await worker.run_forever(wake_channel=not config.redis_cluster)
+        return 0
+    try:
+        await worker.poll(pending=True)
+        while await worker.poll() or worker._inflight:
+            await worker.drain()
+    finally:
+        await worker.client.aclose()
+    print(json.dumps({"delivered": worker.delivered, "dead_lettered": worker.dead}))
+    return 0
+
+
+async def _notify_cmd(args: argparse.Namespace, redis: Any) -> int:
+    from .store.notify_outbox import dead_letters
+
+    if args.count < 1:
+        raise CliError("--count must be >= 1")
+    for entry in await dead_letters(redis, args.count):
+        if args.json:
+            print(json.dumps(entry))
+        else:
+            e = entry["event"]
+            print(
+                f"{e['id']} account={entry['account']} kind={e['kind']} attempts={entry['attempts']} "
+                f"error={entry['last_error']!r} dead_at_ms={entry['dead_at_ms']}"
+            )
     return 0
 
 
@@ -553,7 +662,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_with_redis(config, lambda redis: _usage_cmd(args, redis, config)))
         if args.command == "keys":
             return asyncio.run(_with_redis(config, lambda redis: _keys(args, redis, config)))
-        handler = {"credits": _credits_cmd, "settings": _settings_cmd}[args.command]
+        if args.command == "notify-worker":
+            return asyncio.run(_with_redis(config, lambda redis: _notify_worker(args, redis, config)))
+        handler = {"credits": _credits_cmd, "settings": _settings_cmd, "notify": _notify_cmd}[args.command]
         return asyncio.run(_with_redis(config, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)

@@ -160,6 +160,57 @@ class Config(BaseSettings):
         description="When recycling: seconds of NOT_SERVING before the process stops taking new streams (at least Envoy's health-check interval x unhealthy threshold + timeout), and then until a second passes without a new stream.",
     )
 
+    # -- observe (issue 20): tracing, gateway metrics, budget notifications, usage push -------------
+    otel_endpoint: str = Field(
+        "",
+        description="OTLP/HTTP base URL (e.g. http://otel-collector:4318) to export OpenTelemetry traces of chat requests to (spans posted to <url>/v1/traces); empty turns tracing off. Needs the `otel` extra (pip install 'critique-sidecar[otel]').",
+    )
+    otel_service_name: str = Field("critique-sidecar", description="service.name of the exported spans.")
+    gateway_metrics_listen: str = Field(
+        "",
+        description="ASGI gateway only: own listen address for Prometheus GET /metrics (e.g. 127.0.0.1:9003); empty serves no metrics (never on the gateway's public port).",
+    )
+    notify_worker: bool = Field(
+        False,
+        description="Run the budget-notification delivery worker inside `serve` / `gateway` (else run `critique-sidecar notify-worker`).",
+    )
+    notify_max_attempts: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description="Delivery attempts of a budget notification before it goes to the dead-letter list.",
+    )
+    notify_backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay of a failed webhook delivery; doubled per attempt (capped at 300 s)."
+    )
+    notify_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    notify_allow_http: bool = Field(
+        False,
+        description="Deliver budget webhooks to http:// URLs too (otherwise https:// only; for tests and private networks).",
+    )
+    usage_push_url: str = Field(
+        "",
+        description="HTTP endpoint that receives usage records as CloudEvents batches (`critique-sidecar usage push`, or in-process with usage_push_worker); empty: off.",
+    )
+    usage_push_worker: bool = Field(False, description="Run the usage push worker inside `serve` / `gateway`.")
+    usage_push_group: str = Field(
+        "cloudevents", description="Consumer group the usage push worker reads the usage streams with."
+    )
+    usage_push_consumer: str = Field(
+        "push-1",
+        description="Consumer name of this usage push worker (stable across restarts: it resumes its own pending records).",
+    )
+    usage_push_batch: int = Field(
+        100, ge=1, le=10_000, description="Most CloudEvents per POST of the usage push worker."
+    )
+    usage_push_interval_s: float = Field(
+        1.0, gt=0, description="Seconds the usage push worker waits when there is nothing new."
+    )
+    usage_push_source: str = Field(
+        "/critique-sidecar", description="CloudEvents `source` attribute of pushed usage events (a URI reference)."
+    )
+    # -- end observe ----------------------------------------------------------------------------
+
     @field_validator("upstream_override")
     @classmethod
     def _host_port(cls, v: str | None) -> str | None:
@@ -169,6 +220,12 @@ class Config(BaseSettings):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port")
         return v
+
+    @model_validator(mode="after")
+    def _push_needs_url(self) -> Config:  # observe
+        if self.usage_push_worker and not self.usage_push_url:
+            raise ValueError("usage_push_worker needs usage_push_url (CRITIQUE_USAGE_PUSH_URL)")
+        return self
 
     @field_validator("usd_per_credit")
     @classmethod

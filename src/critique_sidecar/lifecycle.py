@@ -5,6 +5,7 @@
                        journal replay (settlements written while Redis was unreachable)
                        the revocation feed (drops revoked keys from this process's cache)
                        usage retention (trims old usage records; Config.usage_trim_interval_s)
+                       webhook delivery and the usage push, when configured (workers/)
     stop(*drains)    the front door's drain steps, in order (stop taking requests, let open ones
                      finish and settle); then the background work stops, the journal is flushed
                      once more (what cannot reach Redis stays for the next start) and the
@@ -46,6 +47,11 @@ class Lifecycle:
         if config.usage_trim_interval_s > 0:
             retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
             self._run("usage-retention", retention.run_forever(config.usage_trim_interval_s))
+        # -- observe (issue 20): budget-notification delivery, usage push (when configured)
+        from .workers import background_workers
+
+        for name, work in background_workers(config, c.redis):
+            self._run(name, work)
 
     async def stop(self, *drains: Drain) -> None:
         """Idempotent: a second call (a second signal, a lifespan after a crash) does nothing."""

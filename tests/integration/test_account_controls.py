@@ -135,6 +135,7 @@ async def test_defaults_for_an_unconfigured_account(env: Env) -> None:
         "enabled": True, "monthly_credit_cap": None, "daily_credit_cap": None, "daily_request_cap": None,
         "reserve_credits_for_review": "0.000000", "block_when_cap_reached": True, "deepseek_training_opt_in": False,
     "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
+    "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     assert await env.redis.exists(ks.settings(env.account)) == 0  # reading writes nothing
 
@@ -421,6 +422,7 @@ def test_cli_settings_set_and_show(
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "12.500000", "daily_request_cap": 40,
         "reserve_credits_for_review": "2.250000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
         "requests_per_minute": 600, "tokens_per_minute": None, "max_concurrent": 8,
+        "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     code, out, _ = _cli(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--daily-credit-cap", "none"
@@ -432,6 +434,7 @@ def test_cli_settings_set_and_show(
         "enabled: false", "monthly_credit_cap: 100.000000", "daily_credit_cap: none", "daily_request_cap: 40",
         "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
         "requests_per_minute: 600", "tokens_per_minute: none", "max_concurrent: 8",
+        "notify_webhook_url: none", "notify_thresholds_percent: none", "notify_low_balance_credits: none",
     ]  # fmt: skip
 
 
@@ -515,3 +518,34 @@ async def test_settings_patch_body_size_is_limited(
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     r = await web.post(SETTINGS_PATH, headers={"authorization": f"Bearer {admin}"}, json={})
     assert r.status_code == 405
+
+
+# -- observe: the notification settings through the CLI ------------------------------------
+
+
+def test_cli_notification_settings_and_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, account: str
+) -> None:
+    code, out, _ = _cli(
+        monkeypatch, capsys, redis_url, "settings", "set", "--account", account,
+        "--notify-webhook-url", "https://hooks.example.com/in", "--notify-thresholds", "80,50,100",
+        "--notify-low-balance", "5", "--json",
+    )  # fmt: skip
+    got = json.loads(out)
+    assert code == 0 and got["notify_thresholds_percent"] == [50, 80, 100]
+    assert got["notify_low_balance_credits"] == "5.000000" and got["notify_webhook_secret"].startswith("whsec_")
+    code, out, _ = _cli(monkeypatch, capsys, redis_url, "settings", "show", "--account", account, "--json")
+    assert code == 0 and "notify_webhook_secret" not in json.loads(out)  # shown once
+    code, out, _ = _cli(
+        monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--notify-webhook-secret",
+        "operator-chosen-secret-0123456789", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["notify_webhook_secret"] == "operator-chosen-secret-0123456789"
+    code, _, err = _cli(
+        monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--notify-thresholds", "50,x"
+    )
+    assert code == 2 and "--notify-thresholds" in err
+    code, _, err = _cli(
+        monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--notify-webhook-secret", "short"
+    )
+    assert code == 2 and "--notify-webhook-secret" in err

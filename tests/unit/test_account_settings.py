@@ -76,6 +76,7 @@ def test_hash_round_trip_and_lua_semantics() -> None:
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "2.500000", "daily_request_cap": 9,
         "reserve_credits_for_review": "1000000000.000000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
         "requests_per_minute": 60, "tokens_per_minute": 90000, "max_concurrent": 3,
+        "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     # As place_hold.lua reads them: only '0' disables/softens, only '1' opts in, junk caps are no caps.
     odd = AccountSettings.from_hash(
@@ -114,3 +115,52 @@ def test_bad_rate_limits_name_the_field(body: bytes) -> None:
 
 
 # <<< limits
+
+
+# -- observe: budget notification settings ------------------------------------------------
+
+
+def test_notification_settings_round_trip() -> None:
+    p = SettingsPatch.parse(
+        {"notify_webhook_url": "https://hooks.example.com/critique?x=1", "notify_thresholds_percent": [100, 50, 80],
+         "notify_low_balance_credits": "2.5"}
+    )  # fmt: skip
+    stored, deleted = p.hash_changes()
+    assert stored == {
+        "notify_url": "https://hooks.example.com/critique?x=1", "notify_thresholds": "50,80,100", "notify_low_balance": "2500000",
+    } and deleted == []  # fmt: skip
+    back = AccountSettings.from_hash(stored).to_json()
+    assert back["notify_thresholds_percent"] == [50, 80, 100]
+    assert back["notify_low_balance_credits"] == "2.500000"
+    assert back["notify_webhook_url"] == "https://hooks.example.com/critique?x=1"
+    cleared = SettingsPatch.parse(
+        {"notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None}
+    )
+    assert cleared.hash_changes() == ({}, ["notify_low_balance", "notify_thresholds", "notify_url"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"notify_webhook_url": "ftp://example.com/x"},
+        {"notify_webhook_url": "https://user:pw@example.com/x"},
+        {"notify_webhook_url": "https://example.com/x#frag"},
+        {"notify_webhook_url": "https://exa mple.com/"},
+        {"notify_webhook_url": "https://example.com/" + "a" * 2100},
+        {"notify_webhook_url": 5},
+        {"notify_webhook_url": "example.com/x"},
+        {"notify_thresholds_percent": [0]},
+        {"notify_thresholds_percent": [101]},
+        {"notify_thresholds_percent": [50, 50]},
+        {"notify_thresholds_percent": "50,80"},
+        {"notify_thresholds_percent": [True]},
+        {"notify_thresholds_percent": [50.0]},
+        {"notify_thresholds_percent": list(range(1, 12))},
+        {"notify_low_balance_credits": "-1"},
+        {"notify_webhook_secret": "x" * 30},  # the secret is never set through the API
+    ],
+)
+def test_notification_settings_are_strict(body: dict[str, object]) -> None:
+    with pytest.raises(ApiError) as err:
+        SettingsPatch.parse(body)
+    assert err.value.code == "invalid_request" and err.value.param == next(iter(body))

@@ -18,8 +18,10 @@ cancels the upstream request."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import httpx
@@ -218,6 +220,7 @@ class Gateway:
         )
         self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
         self.lifecycle = Lifecycle(config, components)
+        self._metrics_server: Any = None  # observe: the gateway's own /metrics listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -227,10 +230,19 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.lifecycle.start()
+        if self.config.gateway_metrics_listen:  # observe: /metrics on its own listener, never the public port
+            from ..observability.metrics import start_metrics_server
+
+            self._metrics_server = start_metrics_server(
+                self.config.gateway_metrics_listen, self.components.metrics.registry
+            )[0]
 
     async def shutdown(self) -> None:
         # settlements of requests the server cut off, then the upstream pool
         await self.lifecycle.stop(self.app.drain, self.client.aclose)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server.server_close()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -83,6 +83,50 @@ H_OPT_IN = "training_opt_in"
 H_RPM = "rpm"  # limits
 H_TPM = "tpm"
 H_CONCURRENT = "max_concurrent"
+# -- observe (issue 20): budget notifications (read by settle.lua's notification block) --------
+H_NOTIFY_URL = "notify_url"
+H_NOTIFY_THRESHOLDS = "notify_thresholds"  # "50,80,100": percent of each cap
+H_NOTIFY_LOW_BALANCE = "notify_low_balance"  # micro-credits
+H_NOTIFY_SECRET = "notify_secret"  # the webhook signing secret: never in the API's settings JSON
+MAX_THRESHOLDS = 10
+MAX_URL_CHARS = 2048
+_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?(/[!-~]*)?$")
+
+
+def _webhook_url(value: Any) -> str:
+    """An absolute http(s) URL: printable ASCII, no credentials, no fragment, bounded length.
+    (Delivery refuses http:// unless the operator allows it: CRITIQUE_NOTIFY_ALLOW_HTTP.)"""
+    if not isinstance(value, str):
+        raise PydanticCustomError("url_type", "must be an http(s) URL string")
+    rule = f"must be an absolute http:// or https:// URL of at most {MAX_URL_CHARS} characters, without credentials or fragment"
+    if len(value) > MAX_URL_CHARS or not _URL.match(value) or "@" in value.split("/", 3)[2] or "#" in value:
+        raise PydanticCustomError("url_value", rule)
+    return value
+
+
+def _thresholds(value: Any) -> tuple[int, ...]:
+    """Percentages of a cap: a JSON list of distinct integers 1..100 (at most 10), kept sorted."""
+    rule = f"must be a list of at most {MAX_THRESHOLDS} distinct integers from 1 to 100 (percent of each cap)"
+    if not isinstance(value, (list, tuple)) or len(value) > MAX_THRESHOLDS:
+        raise PydanticCustomError("thresholds", rule)
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 100 for v in value):
+        raise PydanticCustomError("thresholds", rule)
+    if len(set(value)) != len(value):
+        raise PydanticCustomError("thresholds", rule + "; got duplicates")
+    return tuple(sorted(value))
+
+
+WebhookUrl = Annotated[str, PlainValidator(_webhook_url)]
+Thresholds = Annotated[tuple[int, ...], PlainValidator(_thresholds)]
+
+
+def _thresholds_from_hash(raw: str | None) -> tuple[int, ...]:
+    if not raw:
+        return ()
+    return tuple(int(p) for p in raw.split(",") if p.isdigit())
+
+
+# -- end observe ----------------------------------------------------------------------------
 
 # API field -> hash field
 HASH_FIELDS = {
@@ -96,6 +140,10 @@ HASH_FIELDS = {
     "requests_per_minute": H_RPM,  # limits
     "tokens_per_minute": H_TPM,
     "max_concurrent": H_CONCURRENT,
+    # observe
+    "notify_webhook_url": H_NOTIFY_URL,
+    "notify_thresholds_percent": H_NOTIFY_THRESHOLDS,
+    "notify_low_balance_credits": H_NOTIFY_LOW_BALANCE,
 }
 
 
@@ -134,6 +182,10 @@ class AccountSettings(BaseModel):
     requests_per_minute: RequestsPerMinute | None = None  # limits
     tokens_per_minute: TokensPerMinute | None = None
     max_concurrent: MaxConcurrent | None = None
+    # -- observe: budget notifications
+    notify_webhook_url: WebhookUrl | None = None
+    notify_thresholds_percent: Thresholds = ()
+    notify_low_balance_credits: Credits | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The API representation: credit amounts as exact 6-decimal strings."""
@@ -152,6 +204,9 @@ class AccountSettings(BaseModel):
             "requests_per_minute": self.requests_per_minute,  # limits
             "tokens_per_minute": self.tokens_per_minute,
             "max_concurrent": self.max_concurrent,
+            "notify_webhook_url": self.notify_webhook_url,
+            "notify_thresholds_percent": list(self.notify_thresholds_percent),
+            "notify_low_balance_credits": credits(self.notify_low_balance_credits),
         }
 
     @classmethod
@@ -174,6 +229,9 @@ class AccountSettings(BaseModel):
             requests_per_minute=_rate_or_none(data.get(H_RPM)),  # limits
             tokens_per_minute=_rate_or_none(data.get(H_TPM)),
             max_concurrent=_rate_or_none(data.get(H_CONCURRENT)),
+            notify_webhook_url=data.get(H_NOTIFY_URL) or None,
+            notify_thresholds_percent=_thresholds_from_hash(data.get(H_NOTIFY_THRESHOLDS)),
+            notify_low_balance_credits=credits(data.get(H_NOTIFY_LOW_BALANCE)),
         )
 
 
@@ -192,6 +250,10 @@ class SettingsPatch(BaseModel):
     requests_per_minute: RequestsPerMinute | None = None  # limits
     tokens_per_minute: TokensPerMinute | None = None
     max_concurrent: MaxConcurrent | None = None
+    # -- observe: `null` clears each (an empty threshold list too)
+    notify_webhook_url: WebhookUrl | None = None
+    notify_thresholds_percent: Thresholds | None = None
+    notify_low_balance_credits: Credits | None = None
 
     @field_validator(
         "enabled", "reserve_credits_for_review", "block_when_cap_reached", "deepseek_training_opt_in", mode="before"
@@ -220,8 +282,10 @@ class SettingsPatch(BaseModel):
         for name in self.model_fields_set:
             value = getattr(self, name)
             field = HASH_FIELDS[name]
-            if value is None:
-                to_delete.append(field)  # only caps get here (see _not_null)
+            if value is None or value == ():
+                to_delete.append(field)  # only caps and the notification fields get here (see _not_null)
+            elif isinstance(value, tuple):
+                to_set[field] = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
                 to_set[field] = _flag(value)
             elif isinstance(value, Decimal):
@@ -245,7 +309,7 @@ def _as_api_error(exc: ValidationError) -> ApiError:
 
 
 def _message(err: Any) -> str:
-    if err["type"] in ("credits_type", "credits_value", "not_nullable"):
+    if err["type"] in ("credits_type", "credits_value", "not_nullable", "url_type", "url_value", "thresholds"):
         return str(err["msg"])
     return "must be " + {
         "bool_type": "true or false (a boolean)",
@@ -261,3 +325,8 @@ class SettingsStore(Protocol):
     async def get(self, account: str) -> AccountSettings: ...
 
     async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings: ...
+
+    async def ensure_webhook_secret(self, account: str) -> str | None:
+        """Give the account a webhook signing secret if it has none: the new secret (shown
+        once), or None when one existed already."""
+        ...

@@ -23,7 +23,7 @@ from .errors import ApiError
 from .limits import REQUEST_ID
 from .metering import Meter, MeteredRequest
 from .money import format_credits, format_usd
-from .observe import Denial
+from .observe import Denial, RequestTrace
 from .scopes import CHAT
 from .sse import SseMeter, charge_comment
 from .usage import decode_body, parse_json_response
@@ -65,10 +65,16 @@ class ChatExchange:
     began: float = field(default_factory=time.monotonic)  # for the denial latency reported to the observer
     trace_id: str | None = None  # the front door's x-request-id, for request logs
     sse_closed: bool = False
+    # -- observe (issue 20): the request's trace (None unless tracing is on), stream timing
+    trace: RequestTrace | None = None
+    last_chunk: float = 0.0  # monotonic time of the previous metered SSE chunk (0: none yet)
 
     async def start(self, headers: Mapping[str, str], identity: Identity | None = None) -> list[str]:
         """Authorise; returns the request headers the upstream must not see."""
         self.trace_id = headers.get("x-request-id")
+        tracer = self.meter.tracer
+        if tracer is not None:
+            self.trace = tracer.begin(headers)
         if identity is None:
             found: Identity | None = None
             try:
@@ -93,6 +99,12 @@ class ChatExchange:
         except ApiError as error:
             self._denied(error, self.identity, model)
             raise
+        if self.trace is not None:
+            m = self.metered
+            self.trace.admitted(
+                m.request_id, m.identity.account, m.identity.key_id, model, chat.max_output_tokens, m.hold
+            )
+            m.trace = self.trace
         headers = {MODEL_HEADER: chat.model.id}
         new_body = upstream_body(chat)
         if new_body is not None:
@@ -124,6 +136,8 @@ class ChatExchange:
             remove.append("content-length")  # we may change the stream's length
             stream = True
             self.meter.observer.stream_opened()
+        if self.trace is not None:
+            self.trace.response(status, stream)
         return ResponseStart(add, remove, stream)
 
     async def response_json(self, body: bytes) -> dict[str, str]:
@@ -144,6 +158,12 @@ class ChatExchange:
         metered, sse = self.metered, self.sse
         if metered is None or sse is None:
             return chunk
+        if chunk:
+            now = time.monotonic()
+            first = self.last_chunk == 0.0
+            since = metered.started_mono if first else self.last_chunk
+            self.last_chunk = now
+            self.meter.observer.stream_chunk(metered.chat.model.id, first, now - since)
         out = sse.feed(chunk)
         if sse.done or end:
             if metered.settled is None:
@@ -183,3 +203,5 @@ class ChatExchange:
         account, key_id = (identity.account, identity.key_id) if identity else (None, None)
         latency = time.monotonic() - self.began
         self.meter.observer.denied(Denial(error.code, account, key_id, model, self.trace_id, latency))
+        if self.trace is not None:
+            self.trace.denied(error.code, account, key_id, model)

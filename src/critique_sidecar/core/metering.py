@@ -24,7 +24,7 @@ from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
 from .limits import REQUEST_ID, RateStatus, control_refusal, rate_refusal, retry_headers
 from .money import format_credits, usd_for_tokens, usd_to_micro_credits
-from .observe import NULL_OBSERVER, Observer
+from .observe import NULL_OBSERVER, Observer, RequestTrace, Tracer
 from .settlement import Charge, settlement_charge
 from .usage import Usage
 
@@ -46,6 +46,7 @@ class MeteredRequest:
     settled: SettleResult | None = field(default=None)
     opt_in: bool = False  # opted in (header or account) on a model with an opt-in tier
     rate: RateStatus | None = field(default=None)  # limits: the x-ratelimit-* state at admission
+    trace: RequestTrace | None = field(default=None)  # observe: the request's trace, if tracing is on
 
 
 def new_request_id() -> str:
@@ -109,6 +110,7 @@ class Meter:
         capture_timeout_s: float = 0.25,
         observer: Observer = NULL_OBSERVER,
         max_n: int = 8,
+        tracer: Tracer | None = None,
     ) -> None:
         self.catalog = catalog
         self.observer = observer  # metrics and request logs (core/observe.py); the exchange reports through it too
@@ -119,6 +121,7 @@ class Meter:
         self._capture = capture
         self._capture_timeout = capture_timeout_s
         self._max_n = max_n
+        self.tracer = tracer  # OpenTelemetry spans when on (observability/tracing.py); None costs nothing
 
     def parse(self, raw_body: bytes) -> ChatRequest:
         return parse_chat_request(raw_body, self.catalog, self._max_n)
@@ -212,8 +215,13 @@ class Meter:
             month=month_window(at),
             overage=charge.overage if charge else 0,
         )
+        trace = req.trace
+        if trace is not None:
+            trace.settling()
         req.settled = await self._ledger.settle(record)
         self.observer.settled(record)
+        if trace is not None:
+            trace.settled(record, req.settled.applied)
         return req.settled
 
     async def settle_completed(

@@ -10,7 +10,7 @@ Events carry ids, model ids, codes and numbers, never request or response text."
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -50,6 +50,10 @@ class Observer(Protocol):
 
     def stream_closed(self) -> None: ...
 
+    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+        """A metered SSE chunk passed: first=True, seconds since admission (time to first
+        token); else seconds since the previous chunk (the inter-chunk gap)."""
+
 
 class NullObserver:
     """The default: observes nothing."""
@@ -72,8 +76,39 @@ class NullObserver:
     def stream_closed(self) -> None:
         pass
 
+    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+        pass
+
 
 NULL_OBSERVER = NullObserver()
+
+
+# -- request tracing ------------------------------------------------------------------------
+# Optional (OpenTelemetry, observability/tracing.py): with no tracer the exchange holds None
+# and every hook is one `is None` test. One RequestTrace per chat request, in phase order:
+# admitted or denied, response, settling, settled.
+
+
+class RequestTrace(Protocol):
+    def admitted(self, request_id: str, account: str, key_id: str, model: str, max_tokens: int, hold: int) -> None:
+        """Admission ended with a hold; the upstream exchange begins."""
+
+    def denied(self, code: str, account: str | None, key_id: str | None, model: str | None) -> None:
+        """Admission refused: the request's trace ends here."""
+
+    def response(self, status: int, stream: bool) -> None:
+        """The upstream's response started."""
+
+    def settling(self) -> None:
+        """The upstream exchange ended; settlement begins."""
+
+    def settled(self, record: UsageRecord, applied: bool) -> None:
+        """Settlement ended: the request's trace ends here."""
+
+
+class Tracer(Protocol):
+    def begin(self, headers: Mapping[str, str]) -> RequestTrace:
+        """A chat request arrived (headers: lower-case names; W3C traceparent read from them)."""
 
 
 async def _timed(observer: Observer, op: str, call: Awaitable[T]) -> T:

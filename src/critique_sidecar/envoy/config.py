@@ -39,7 +39,7 @@ APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH)
 PRODUCT_PATHS = (CHAT_PATH, *APP_PATHS, DASHBOARD_PAGE)
 # What the ext_proc stream needs to see of the request (key, trace id) and response (status,
 # type, encoding), besides the x-critique-* prefix.
-FORWARDED_HEADERS = ("authorization", "x-request-id", ":status", "content-type", "content-encoding")
+FORWARDED_HEADERS = ("authorization", "x-request-id", ":status", "content-type", "content-encoding", "traceparent")
 # Largest non-streaming response Envoy buffers for metering, and the largest piece of a
 # stream it hands the sidecar in one message: this bounds the sidecar's memory per stream.
 UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024

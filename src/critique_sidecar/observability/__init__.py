@@ -45,3 +45,7 @@ class Telemetry:
     def stream_closed(self) -> None:
         for o in self.observers:
             o.stream_closed()
+
+    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+        for o in self.observers:
+            o.stream_chunk(model, first, seconds)

@@ -173,3 +173,6 @@ class RequestLog:
 
     def stream_closed(self) -> None:
         pass
+
+    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+        pass  # timings are metrics (histograms), not log lines

@@ -36,6 +36,14 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "journal_depth", "start_metrics_ser
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # A denial is decided in the first phases: key lookup, parse, one hold.
 DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# GenAI semantic conventions' bucket advice (token counts; request duration; time to first token).
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+# Gaps between SSE chunks: a token every few ms when healthy; seconds when a model stalls.
+GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+GENAI_PROVIDER = "critique"  # gen_ai.provider.name (as in the trace spans)
+_OK_STATUSES = ("ok", "estimated")
 
 
 class Metrics:
@@ -124,6 +132,37 @@ class Metrics:
             "Settlements the store refused (script error, wrong key type), set aside in <journal>.rejected for an operator.",
             registry=r,
         )
+        # -- the GenAI semantic conventions' metrics (OpenTelemetry names, Prometheus-style:
+        # dots become underscores; attributes become labels of the same names)
+        genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "GenAI convention gen_ai.client.token.usage: tokens per request, by token type (input, output).",
+            [*genai, "gen_ai_token_type"],
+            registry=r,
+            buckets=TOKEN_BUCKETS,
+        )
+        self.genai_duration = Histogram(
+            "gen_ai_server_request_duration",
+            "GenAI convention gen_ai.server.request.duration (seconds): admission to settlement; error_type is empty on success, else the settlement status.",
+            [*genai, "error_type"],
+            registry=r,
+            buckets=DURATION_BUCKETS,
+        )
+        self.genai_ttft = Histogram(
+            "gen_ai_server_time_to_first_token",
+            "GenAI convention gen_ai.server.time_to_first_token (seconds): admission to the first streamed chunk.",
+            genai,
+            registry=r,
+            buckets=TTFT_BUCKETS,
+        )
+        self.chunk_gap = Histogram(
+            "critique_stream_chunk_gap_seconds",
+            "Seconds between consecutive chunks of a metered SSE response, by model.",
+            ["model"],
+            registry=r,
+            buckets=GAP_BUCKETS,
+        )
         # Labelled children by label values: `labels()` validates and locks on every call, and
         # a settlement touches four of them. The label sets are bounded (models x statuses).
         self._children: dict[tuple[object, ...], Any] = {}
@@ -175,6 +214,12 @@ class Metrics:
         if record.overage:
             self._child(self.over_hold, model).inc()
             self._child(self.overage, model).inc(record.overage)
+        if record.status != "cancelled":  # never reached a model: no GenAI request to measure
+            error = "" if record.status in _OK_STATUSES else record.status
+            self._child(self.genai_duration, "chat", GENAI_PROVIDER, model, error).observe(record.latency_ms / 1000)
+            if record.input_tokens or record.output_tokens:
+                self._child(self.genai_tokens, "chat", GENAI_PROVIDER, model, "input").observe(record.input_tokens)
+                self._child(self.genai_tokens, "chat", GENAI_PROVIDER, model, "output").observe(record.output_tokens)
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None:
         self._child(self.store_seconds, op).observe(seconds)
@@ -186,6 +231,12 @@ class Metrics:
 
     def stream_closed(self) -> None:
         self.open_streams.dec()
+
+    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+        if first:
+            self._child(self.genai_ttft, "chat", GENAI_PROVIDER, model).observe(seconds)
+        else:
+            self._child(self.chunk_gap, model).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (what GET /metrics returns)."""

@@ -97,3 +97,24 @@ def minute_window(account: str, key_id: str | None = None) -> str:
     """Sorted set: the requests admitted in the last minute under a per-minute limit, of the
     account (key_id None) or of one key; member '<request id>:<tokens>', score admission ms."""
     return f"{_tag(account)}:win" if key_id is None else f"{_tag(account)}:win:{key_id}"
+
+
+def notify_outbox(account: str) -> str:
+    """Stream of budget notification events waiting for webhook delivery (settle.lua writes)."""
+    return f"{_tag(account)}:notify"
+
+
+NOTIFY_DEAD = "crt:notify:dead"
+"""List of budget notifications that could not be delivered (newest first), for the operator."""
+
+NOTIFY_WAKE = "crt:notify:wake"
+"""Pub/sub channel settle.lua announces a queued notification on (the outbox key as message)."""
+
+
+def account_of_notify_outbox(key: str) -> str | None:
+    prefix, suffix = "crt:{a:", "}:notify"
+    if key.startswith(prefix) and key.endswith(suffix):
+        account = key[len(prefix) : -len(suffix)]
+        if ACCOUNT_RE.match(account):
+            return account
+    return None

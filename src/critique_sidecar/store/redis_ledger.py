@@ -94,10 +94,13 @@ class RedisLedger:
             ks.minute_window(a),
             ks.minute_window(a, record.key_id),
             # <<< limits
+            ks.settings(a),  # observe: notification thresholds
+            ks.notify_outbox(a),
         ]
         fields = orjson.dumps([str(v) for v in record_fields(record)])
         args = [record.request_id, record.credits, WINDOW_TTL_S, self._settled_ttl, fields]
         args += [record.model, record.key_id, record.input_tokens, record.output_tokens]
+        args += [record.day, record.month, record.ts_ms]  # observe: notification windows
         try:
             applied, charged = await self._settle(keys=keys, args=args)
         except ResponseError as exc:

@@ -5,9 +5,10 @@ delete fields, read back the result), so it is atomic and a rejected PATCH chang
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
-from ..core.account_settings import AccountSettings, SettingsPatch
+from ..core.account_settings import H_NOTIFY_SECRET, AccountSettings, SettingsPatch
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
@@ -37,3 +38,21 @@ class RedisSettingsStore:
         args += to_delete
         flat = await self._patch(keys=[ks.settings(ks.check_account(account))], args=args)
         return AccountSettings.from_hash({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
+
+    # -- observe: the webhook signing secret (a settings hash field the API never returns) -----
+    @store_call
+    async def ensure_webhook_secret(self, account: str) -> str | None:
+        secret = new_webhook_secret()
+        created = await self._redis.hsetnx(ks.settings(ks.check_account(account)), H_NOTIFY_SECRET, secret)
+        return secret if created else None
+
+    @store_call
+    async def set_webhook_secret(self, account: str, secret: str | None = None) -> str:
+        """Set (operator-chosen) or rotate (generated) the secret; returns it."""
+        secret = secret or new_webhook_secret()
+        await self._redis.hset(ks.settings(ks.check_account(account)), H_NOTIFY_SECRET, secret)
+        return secret
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)

@@ -53,7 +53,12 @@ def settings_routes(store: SettingsStore, identify: Identify) -> list[Route]:
     async def patch_settings(request: Request) -> Response:
         identity = await identify(request, SETTINGS_WRITE)
         patch = SettingsPatch.parse(decode_body(await request.body()))
-        return _json((await store.patch(identity.account, patch)).to_json())
+        updated = (await store.patch(identity.account, patch)).to_json()
+        if updated.get("notify_webhook_url"):  # observe: the signing secret, shown once when created
+            secret = await store.ensure_webhook_secret(identity.account)
+            if secret is not None:
+                updated["notify_webhook_secret"] = secret
+        return _json(updated)
 
     return [
         Route(SETTINGS_PATH, get_settings, methods=["GET"]),

@@ -95,5 +95,46 @@ end
 -- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
 -- Retention trims instead (store/usage_retention.py).
 redis.call('XADD', KEYS[7], '*', unpack(cjson.decode(ARGV[5])))
+
+-- observe (issue 20): budget notifications. KEYS: 12 settings  13 notification outbox stream
+-- ARGV: 10 day  11 month  12 now ms. Once per threshold, window and account: the marker is a
+-- field of the window's own rollup hash (HSETNX, in this same atomic script), so several
+-- sidecars settling at once queue one event, and the marker expires with its window.
+local ns = redis.call('HMGET', KEYS[12], 'notify_url', 'notify_thresholds', 'notify_low_balance',
+  'daily_credit_cap', 'monthly_credit_cap', 'daily_request_cap')
+if ns[1] then
+  local bal = tonumber(redis.call('HGET', KEYS[1], 'balance')) or 0
+  local function notify(kind, window, pct, used, limit, marker_key, marker)
+    if redis.call('HSETNX', marker_key, marker, 1) == 1 then
+      redis.call('XADD', KEYS[13], 'MAXLEN', '~', 10000, '*', 'kind', kind, 'window', window,
+        'threshold_percent', pct, 'used', used, 'limit', limit, 'balance', bal,
+        'request_id', rid, 'ts_ms', ARGV[12])
+      redis.call('PUBLISH', 'crt:notify:wake', KEYS[13])  -- wakes the delivery workers at once
+    end
+  end
+  if ns[2] then
+    local caps = {
+      {'daily_credit_cap', tonumber(ns[4]), KEYS[4], 'credits', ARGV[10]},
+      {'monthly_credit_cap', tonumber(ns[5]), KEYS[5], 'credits', ARGV[11]},
+      {'daily_request_cap', tonumber(ns[6]), KEYS[4], 'requests', ARGV[10]},
+    }
+    for _, c in ipairs(caps) do
+      if c[2] and c[2] > 0 then
+        local used = tonumber(redis.call('HGET', c[3], c[4])) or 0
+        for p in string.gmatch(ns[2], '%d+') do
+          if used * 100 >= c[2] * tonumber(p) then
+            notify(c[1], c[5], p, used, c[2], c[3], 'notified:' .. c[1] .. ':' .. p)
+          end
+        end
+      end
+    end
+  end
+  local low = tonumber(ns[3])
+  if low then  -- once per fall to the level; re-armed when a settlement finds the balance above it
+    if bal <= low then notify('low_balance', '', '', bal, low, KEYS[1], 'notified:low_balance')
+    else redis.call('HDEL', KEYS[1], 'notified:low_balance') end
+  end
+end
+-- end observe
 redis.call('SET', KEYS[6], charge, 'EX', tonumber(ARGV[4]))
 return {1, charge}
