@@ -249,3 +249,11 @@ def subscribed(r: aioredis.Redis) -> Any:
         return dict(await r.pubsub_numsub(ks.NOTIFY_WAKE)).get(ks.NOTIFY_WAKE.encode(), 0) > 0
 
     return check
+
+
+async def test_a_wrong_type_outbox_skips_notifications_not_the_charge(r: aioredis.Redis, account: str) -> None:
+    await configure(r, account, daily_credit_cap=2, notify_thresholds_percent=[50])
+    await r.set(ks.notify_outbox(account), "not a stream")
+    result = await RedisLedger(r).settle(record(account, 1))
+    assert result.applied and int(await r.hget(ks.account(account), "balance")) == 49 * CREDIT
+    assert await r.get(ks.notify_outbox(account)) == b"not a stream"

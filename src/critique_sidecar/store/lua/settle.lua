@@ -1,5 +1,6 @@
 -- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
 -- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
+--       12 settings  13 notification outbox (observe)
 --       8 limiter state  9 hold info  10 the account's minute window  11 the key's (limits)
 -- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s
 --       5 the usage record: a JSON array of field/value strings (one argument, not 28: each
@@ -100,8 +101,14 @@ redis.call('XADD', KEYS[7], '*', unpack(cjson.decode(ARGV[5])))
 -- ARGV: 10 day  11 month  12 now ms. Once per threshold, window and account: the marker is a
 -- field of the window's own rollup hash (HSETNX, in this same atomic script), so several
 -- sidecars settling at once queue one event, and the marker expires with its window.
-local ns = redis.call('HMGET', KEYS[12], 'notify_url', 'notify_thresholds', 'notify_low_balance',
-  'daily_credit_cap', 'monthly_credit_cap', 'daily_request_cap')
+-- The charge is already written above: a key of the wrong type here must not fail the script
+-- half way, so notifications are skipped instead (nothing is queued; the charge stands).
+local function is(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind end
+local ns = {}
+if is(KEYS[12], 'hash') and is(KEYS[13], 'stream') then
+  ns = redis.call('HMGET', KEYS[12], 'notify_url', 'notify_thresholds', 'notify_low_balance',
+    'daily_credit_cap', 'monthly_credit_cap', 'daily_request_cap')
+end
 if ns[1] then
   local bal = tonumber(redis.call('HGET', KEYS[1], 'balance')) or 0
   local function notify(kind, window, pct, used, limit, marker_key, marker)
