@@ -1,11 +1,12 @@
 -- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
 -- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
---       12 settings  13 notification outbox (observe)
 --       8 limiter state  9 hold info  10 the account's minute window  11 the key's (limits)
+--       12 settings  13 notification outbox (observe)
 -- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s
 --       5 the usage record: a JSON array of field/value strings (one argument, not 28: each
 --         argument costs the client packing time on every request)
 --       6 model  7 key id  8 input tokens  9 output tokens
+--       10 day  11 month  12 now ms (observe: notification windows)
 -- Returns {applied (1|0), charged micro-credits}
 
 -- Validation (issue 14): everything is checked before anything changes, so a settlement Redis
