@@ -202,7 +202,12 @@ def test_genai_metrics_on_both_front_doors(ostack: Stack, account: str) -> None:
         c = client(ostack, key).with_options(base_url=ostack.url(door) + "/api/v1")
         # Envoy spreads requests over two sidecars: send enough that sidecar 0 sees a stream.
         for _ in range(4):
-            list(c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Stream."}], stream=True))
+            # [[slow:20]]: the fake upstream spaces its chunks, so they reach the sidecar apart
+            list(
+                c.chat.completions.create(
+                    model=MODEL, messages=[{"role": "user", "content": "Stream. [[slow:20]]"}], stream=True
+                )
+            )
 
         def counted(url: str = url, seen: float = before.get(TTFT, {}).get(genai(MODEL), 0)) -> bool:
             return scrape(url).get(TTFT, {}).get(genai(MODEL), 0) > seen
