@@ -212,12 +212,12 @@ def test_no_warning_header_under_the_caps(stack: Stack, front_door: FrontDoor, a
 @pytest.mark.parametrize(
     ("fields", "code", "retry_after"),
     [
-        ({"daily_request_cap": 1}, "daily_request_cap_reached", True),
-        ({"daily_credit_cap": "0.001"}, "daily_credit_cap_reached", True),
-        ({"monthly_credit_cap": "0.001"}, "monthly_credit_cap_reached", False),
+        ({"daily_request_cap": 1}, "daily_request_cap_reached", "day"),
+        ({"daily_credit_cap": "0.001"}, "daily_credit_cap_reached", "day"),
+        ({"monthly_credit_cap": "0.001"}, "monthly_credit_cap_reached", "month"),
     ],
 )
-def test_hard_mode_caps_are_429_with_retry_after_for_daily_caps(
+def test_hard_mode_caps_are_429_with_retry_after_to_the_window_end(
     stack: Stack,
     front_door: FrontDoor,
     account: str,
@@ -225,7 +225,7 @@ def test_hard_mode_caps_are_429_with_retry_after_for_daily_caps(
     agent_key: str,
     fields: dict[str, Any],
     code: str,
-    retry_after: bool,
+    retry_after: str,
 ) -> None:
     admin.set(**fields)
     if code == "daily_request_cap_reached":
@@ -237,10 +237,12 @@ def test_hard_mode_caps_are_429_with_retry_after_for_daily_caps(
     earliest = seconds_to_next_utc_midnight(utc_now())
     assert err.value.status_code == 429 and err.value.code == code
     assert err.value.body["type"] == "rate_limit_error"  # type: ignore[index]
-    if retry_after:
-        assert earliest <= int(err.value.response.headers["retry-after"]) <= latest
-    else:
-        assert "retry-after" not in err.value.response.headers
+    headers = err.value.response.headers
+    if retry_after == "day":
+        assert earliest <= int(headers["retry-after"]) <= latest
+    else:  # the 1st of next month, 00:00 UTC: never before the next midnight, at most 31 days away
+        assert earliest <= int(headers["retry-after"]) <= 31 * 86400
+    assert headers["x-should-retry"] == "false"  # the SDKs must not retry a cap that lifts at the window's end
     assert Decimal(10) - balance(stack, account) == spent  # the refusal charged nothing
 
 
