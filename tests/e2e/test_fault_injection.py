@@ -220,7 +220,8 @@ def test_seeded_fault_injection_run_keeps_the_ledger_invariants(tmp_path: Path) 
     tag = f"[CRITIQUE_FAULT_SEED={SEED}]"
     rng = random.Random(SEED)
     faults = schedule(rng)
-    env = {"CRITIQUE_HOLD_TTL_S": str(HOLD_TTL_S)}
+    # A hold must outlive the longest request (config refuses otherwise): a short deadline to match.
+    env = {"CRITIQUE_HOLD_TTL_S": str(HOLD_TTL_S), "CRITIQUE_REQUEST_DEADLINE_S": str(HOLD_TTL_S - 1)}
     with fault_stack(tmp_path, sidecar_count=2, sidecar_env=env, route_timeout_s=ROUTE_TIMEOUT_S) as stack:
         wait_until(lambda: health(stack, 1) == SERVING, "second sidecar", timeout=30)
         for a in ACCOUNTS:

@@ -86,7 +86,7 @@ def test_redis_killed_at_admission_503_fast_nothing_upstream_health_flips(tmp_pa
 
 def test_redis_frozen_at_admission_503_within_bound_and_recovers(tmp_path: Path, account: str) -> None:
     """SIGSTOP: connections hang instead of failing. The sidecar's Redis timeout answers first."""
-    with fault_stack(tmp_path, sidecar_env={"CRITIQUE_HOLD_TTL_S": "3"}) as stack:
+    with fault_stack(tmp_path, sidecar_env={"CRITIQUE_HOLD_TTL_S": "3", "CRITIQUE_REQUEST_DEADLINE_S": "2"}) as stack:
         key = funded(stack, account)
         assert post(stack, key, body("warm up"))[0].status_code == 200
         seen_before = len(upstream_requests(stack))

@@ -44,7 +44,10 @@ HOLD_TTL_S = 3
 
 
 def test_sigkill_mid_stream_hold_expires_and_nothing_is_charged_twice(tmp_path: Path, account: str) -> None:
-    with fault_stack(tmp_path, sidecar_env={"CRITIQUE_HOLD_TTL_S": str(HOLD_TTL_S)}) as stack:
+    with fault_stack(
+        tmp_path,
+        sidecar_env={"CRITIQUE_HOLD_TTL_S": str(HOLD_TTL_S), "CRITIQUE_REQUEST_DEADLINE_S": str(HOLD_TTL_S - 1)},
+    ) as stack:
         key = funded(stack, account)
         first_bytes = threading.Event()
         seen: dict[str, object] = {}
