@@ -50,7 +50,7 @@ def merge(
     hcm["http_filters"] = _with_filters(hcm.get("http_filters") or [], fragment["http_filters"])
     routes = [r for r in vhost.get("routes") or [] if not str(r.get("name", "")).startswith(ROUTE_PREFIX)]
     # The paths clients reach the product at (under --path-prefix, if any).
-    paths = sorted({r["match"]["path"] for r in fragment["routes"]})
+    paths = list(dict.fromkeys(r["match"]["path"] for r in fragment["routes"]))
     _refuse_conflicts(routes, paths, vhost.get("name", "?"))
     vhost["routes"] = [*copy.deepcopy(fragment["routes"]), *routes]
     reply = hcm.setdefault("local_reply_config", {})
@@ -172,5 +172,6 @@ def _refuse_conflicts(routes: list[dict[str, Any]], paths: list[str], vhost: str
             label = route.get("name") or match
             raise MergeError(
                 f"virtual host {vhost!r}: route {label} already matches the product's path {taken[0]} "
-                "(move that route, or merge into another virtual host with --virtual-host)"
+                "(move that route, merge into another virtual host with --virtual-host, "
+                "or serve the product under --path-prefix)"
             )
