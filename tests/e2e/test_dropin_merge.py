@@ -269,6 +269,11 @@ def test_merged_under_a_path_prefix_serves_the_product_there_and_nowhere_else(
         assert answer(ports.http, "GET", "/llm/api/v1/models", {"authorization": f"Bearer {writer}"})["status"] == 403
         settings = answer(ports.http, "GET", "/llm/api/settings/inference-api", {"authorization": f"Bearer {key}"})
         assert settings["status"] == 200 and settings["headers"]["content-type"] == "application/json"
+        # The query string survives the prefix rewrite: a bad one is the sidecar's 400.
+        auth = {"authorization": f"Bearer {key}"}
+        assert answer(ports.http, "GET", "/llm/api/dashboard/inference-api?days=7", auth)["status"] == 200
+        bad_days = answer(ports.http, "GET", "/llm/api/dashboard/inference-api?days=5", auth)
+        assert bad_days["status"] == 400 and b"'days' must be 7, 30 or 90" in bad_days["body"]
         page = answer(ports.http, "GET", "/llm/inference-dashboard", {})
         assert page["status"] == 200 and b'"api/dashboard/inference-api"' in page["body"]
         # The unprefixed chat path is theirs now (their backend has no POST): nothing metered.
