@@ -206,6 +206,7 @@ def _envoy_config_command(sub: Commands) -> None:
     envoy.add_argument("--admin", default="127.0.0.1:9901", help="Envoy admin address (IP:PORT)")
     envoy.add_argument("--stat-prefix", default="ingress", help="the listener's HTTP stat prefix (alerts use it)")
     envoy.add_argument("--virtual-host", default="critique", help="name of the product's virtual host")
+    _envoy_path_prefix_option(envoy)
     envoy.add_argument(
         "--fragment",
         action="store_true",
@@ -218,7 +219,16 @@ def _envoy_config_command(sub: Commands) -> None:
     merge.add_argument("bootstrap", help="your Envoy bootstrap (YAML or JSON)")
     merge.add_argument("--listener", help="the listener to add the product to (needed when there are several)")
     merge.add_argument("--virtual-host", help="the virtual host to add the routes to (needed when there are several)")
+    _envoy_path_prefix_option(merge)
     _envoy_product_options(merge)
+
+
+def _envoy_path_prefix_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--path-prefix",
+        default="",
+        help="serve every product path under this prefix (e.g. /llm: /llm/api/v1/chat/completions)",
+    )
 
 
 def _keys_commands(sub: Commands) -> None:
@@ -582,6 +592,7 @@ def _envoy_options(args: argparse.Namespace) -> Any:
         sidecar_http=args.sidecar_http,
         chat_auth=args.chat_auth,
         sidecar_tls=tls,
+        path_prefix=args.path_prefix,
         **extra,
     )
 
@@ -601,11 +612,12 @@ def _envoy_merge(args: argparse.Namespace, config: Config) -> int:
     from .envoy.config import build_fragment, read_bootstrap, to_yaml
     from .envoy.merge import merge
 
+    opts = _envoy_options(args)  # bad options first: they need no file
     try:
         existing = read_bootstrap(args.bootstrap)
     except OSError as exc:
         raise CliError(f"cannot read {args.bootstrap}: {exc.strerror}") from None
-    fragment = build_fragment(load_catalog(config.catalog_path), _envoy_options(args))
+    fragment = build_fragment(load_catalog(config.catalog_path), opts)
     sys.stdout.write(to_yaml(merge(existing, fragment, args.listener, args.virtual_host)))
     return 0
 

@@ -21,7 +21,7 @@ import yaml
 
 from critique_sidecar.devtools.stack import REPO, Stack, envoy_binary, free_port, wait_until
 
-from .existing_envoy import Ports, answers, edge_bootstrap, legacy_backend
+from .existing_envoy import Ports, answer, answers, edge_bootstrap, legacy_backend
 from .helpers import balance, funded_key
 
 pytestmark = pytest.mark.e2e
@@ -201,3 +201,98 @@ def test_merge_refuses_a_route_already_at_the_products_paths(edge: dict[str, Any
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0  # one line, no traceback
     assert "route their_api already matches the product's path /api/v1/chat/completions" in out.stderr
+
+
+def test_merged_under_a_path_prefix_serves_the_product_there_and_nowhere_else(
+    edge: dict[str, Any], account: str
+) -> None:
+    """--path-prefix /llm: the product answers under /llm only; a route of theirs at /api/
+    (a conflict without the prefix) keeps serving /api/v1/..., and every other route is as before."""
+    stack: Stack = edge["stack"]
+    ports: Ports = edge["ports"]
+    work: Path = edge["work"]
+    doc = yaml.safe_load(edge["original"].read_text())
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    api = hcm["route_config"]["virtual_hosts"][1]
+    api["routes"].insert(0, {"name": "their_api", "match": {"prefix": "/api/"}, "route": {"cluster": "legacy"}})
+    original = work / "edge-with-api.yaml"
+    original.write_text(yaml.safe_dump(doc, sort_keys=False))
+    theirs = [("their api", "GET", "/api/v1/models"), ("their page path", "GET", "/inference-dashboard")]
+
+    def probe() -> dict[str, dict[str, Any]]:
+        out = answers(ports, edge["tls"])
+        for name, method, path in theirs:
+            out[name] = answer(ports.http, method, path, {"authorization": f"Bearer {key}"})
+        return out
+
+    key = funded_key(stack, account, "10")
+    envoy = run_envoy(original, ports.admin, work)
+    try:
+        before = probe()
+    finally:
+        envoy.stop()
+    assert before["their api"]["headers"]["x-backend"] == "legacy"
+    assert before["their page path"]["body"].startswith(b"edge home")
+
+    args = ["--listener", "edge_http", "--virtual-host", "api", "--path-prefix", "/llm"]
+    args += ["--sidecar-grpc", stack.sidecar_environ()["CRITIQUE_GRPC_LISTEN"]]
+    args += ["--sidecar-http", stack.sidecar_environ()["CRITIQUE_HTTP_LISTEN"]]
+    catalog = work / "catalog.toml"
+    catalog.write_text(DEFAULT_CATALOG.read_text().replace("port = 8100", f"port = {stack.ports['upstream']}"))
+    env = {**os.environ, "CRITIQUE_CATALOG_PATH": str(catalog)}
+    assert "already matches the product's path /api/" in merge_cli(str(original), *args[:4], env=env).stderr
+    out = merge_cli(str(original), *args, env=env)
+    assert out.returncode == 0, out.stderr
+    merged = work / "merged-llm.yaml"
+    merged.write_text(out.stdout)
+    validate(merged)
+    assert merge_cli(str(merged), *args, env=env).stdout == out.stdout
+
+    envoy = run_envoy(merged, ports.admin, work, sidecar=True)
+    try:
+        with_sidecar = probe()
+        start = balance(stack, account)
+        base = f"http://127.0.0.1:{ports.http}/llm/api/v1"
+        sdk = openai.OpenAI(api_key=key, base_url=base, max_retries=0, timeout=30)
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="deepseek/deepseek-v4-flash", messages=[{"role": "user", "content": "hello"}], max_tokens=20
+        )
+        completion = raw.parse()
+        assert completion.usage is not None and completion.usage.completion_tokens > 0
+        charged = Decimal(raw.headers["x-critique-credits-charged"])
+        assert charged > 0 and balance(stack, account) == start - charged
+        assert "deepseek/deepseek-v4-flash" in {m.id for m in sdk.models.list()}
+        # ext_authz guards the prefixed paths: no key, no models; a key without the scope, 403.
+        anonymous = answer(ports.http, "GET", "/llm/api/v1/models", {})
+        assert anonymous["status"] == 401 and b"invalid_api_key" in anonymous["body"]
+        writer = funded_key(stack, account, "0", scopes="write:inference")
+        assert answer(ports.http, "GET", "/llm/api/v1/models", {"authorization": f"Bearer {writer}"})["status"] == 403
+        settings = answer(ports.http, "GET", "/llm/api/settings/inference-api", {"authorization": f"Bearer {key}"})
+        assert settings["status"] == 200 and settings["headers"]["content-type"] == "application/json"
+        # The query string survives the prefix rewrite: a bad one is the sidecar's 400.
+        auth = {"authorization": f"Bearer {key}"}
+        assert answer(ports.http, "GET", "/llm/api/dashboard/inference-api?days=7", auth)["status"] == 200
+        bad_days = answer(ports.http, "GET", "/llm/api/dashboard/inference-api?days=5", auth)
+        assert bad_days["status"] == 400 and b"'days' must be 7, 30 or 90" in bad_days["body"]
+        page = answer(ports.http, "GET", "/llm/inference-dashboard", {})
+        assert page["status"] == 200 and b'"api/dashboard/inference-api"' in page["body"]
+        # The unprefixed chat path is theirs now (their backend has no POST): nothing metered.
+        unprefixed = answer(ports.http, "POST", "/api/v1/chat/completions", {"authorization": f"Bearer {key}"})
+        assert unprefixed["status"] == 501 and b"critique" not in unprefixed["body"]
+        assert balance(stack, account) == start - charged
+
+        stack.stop("sidecar")
+        wait_until(lambda: not sidecar_healthy(ports.admin), "sidecar_grpc unhealthy in envoy")
+        without_sidecar = probe()
+        with pytest.raises(openai.APIStatusError) as down:
+            sdk.chat.completions.create(model="deepseek/deepseek-v4-flash", messages=[{"role": "user", "content": "x"}])
+        # The scoped local replies follow the prefix.
+        assert down.value.status_code == 503 and "service_unavailable" in down.value.response.text
+    finally:
+        envoy.stop()
+        if "sidecar" not in stack.procs:
+            stack.start_sidecar()
+
+    for name in before:
+        assert with_sidecar[name] == before[name], f"{name}, sidecar up"
+        assert without_sidecar[name] == before[name], f"{name}, sidecar down"

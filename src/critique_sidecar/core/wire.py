@@ -32,6 +32,11 @@ RETRY_AFTER_HEADER = "retry-after"
 SHOULD_RETRY_HEADER = "x-should-retry"  # read by the OpenAI and Anthropic SDKs before their own rules
 # <<< limits
 
+# >>> prefix: the ext_authz context extension that names the product path a route serves, when
+# Envoy serves it under a path prefix (ext_authz sees the client's prefixed path).
+ROUTE_PATH_CONTEXT = "critique_path"
+# <<< prefix
+
 # Never forwarded upstream, besides every x-critique-* header: the client's key, and
 # accept-encoding, so upstreams answer uncompressed and the body can be metered as it passes.
 NEVER_UPSTREAM = ("authorization", "accept-encoding")

@@ -12,7 +12,7 @@ from google.rpc import code_pb2, status_pb2
 from ..core.auth import Authenticator, authorize
 from ..core.errors import ApiError
 from ..core.scopes import CHAT_PATH, required_scopes
-from ..core.wire import ours, spoofed
+from ..core.wire import ROUTE_PATH_CONTEXT, ours, spoofed
 from .identity import identity_metadata
 from .messages import JSON
 
@@ -39,7 +39,9 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
 
     async def Check(self, request: pb.CheckRequest, context: grpc.aio.ServicerContext) -> pb.CheckResponse:
         http = request.attributes.request.http
-        needed = required_scopes(http.method, http.path)
+        # Under a path prefix the route says which product path it is; a client cannot set it.
+        path = request.attributes.context_extensions.get(ROUTE_PATH_CONTEXT) or http.path
+        needed = required_scopes(http.method, path)
         if needed is None:  # not an API route (e.g. the dashboard page): identity not needed
             return pb.CheckResponse(status=_OK, ok_response=pb.OkHttpResponse(headers_to_remove=ours(http.headers)))
         try:
@@ -49,7 +51,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
             return denied(error)
         # The model upstream never sees the key; the sidecar's own routes re-check it.
         # The opt-in header is a request option ext_proc still has to read, not identity.
-        remove = ["authorization"] if http.path.split("?", 1)[0] == CHAT_PATH else []
+        remove = ["authorization"] if path.split("?", 1)[0] == CHAT_PATH else []
         remove += spoofed(http.headers)
         return pb.CheckResponse(
             status=_OK,

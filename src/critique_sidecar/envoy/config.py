@@ -21,7 +21,7 @@ import yaml
 from ..core.catalog import Catalog
 from ..core.errors import error_body
 from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
-from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER
+from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER, ROUTE_PATH_CONTEXT
 
 # Filter names are our own, so they never clash with an ext_authz or buffer filter already in
 # an existing chain; per-route configs address a filter by this name.
@@ -82,6 +82,22 @@ def _split_hostport(text: str, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# One or more /segments of unreserved URL characters; no '.' or '..' segment (Envoy normalises
+# those away, so a route written with one would never match).
+_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~.-]+)+")
+
+
+def check_path_prefix(prefix: str) -> None:
+    """'' (none) or a path like /llm or /ai/v2 the product's paths go under."""
+    if not prefix:
+        return
+    if not _PATH_PREFIX.fullmatch(prefix) or any(seg in (".", "..") for seg in prefix.split("/")):
+        raise EnvoyOptionError(
+            f"--path-prefix {prefix!r}: expected a path such as /llm (starts with '/', no trailing '/', "
+            "segments of letters, digits, '-', '_', '.' and '~', no '.' or '..' segment)"
+        )
+
+
 @dataclass(frozen=True)
 class SidecarTls:
     """Envoy -> sidecar gRPC over TLS: the CA that signed the sidecar's certificate, and for
@@ -114,6 +130,9 @@ class EnvoyOptions:
     virtual_host: str = "critique"
     domains: tuple[str, ...] = ("*",)
     sidecar_tls: SidecarTls | None = None
+    # Every product path goes under it (/llm -> /llm/api/v1/chat/completions); Envoy strips
+    # it before the sidecar or a model server sees the path.
+    path_prefix: str = ""
 
     def __post_init__(self) -> None:
         if self.chat_auth not in ("ext_proc", "ext_authz"):
@@ -127,6 +146,18 @@ class EnvoyOptions:
         endpoint_address(self.sidecar_http, "--sidecar-http")
         if not self.stat_prefix or not all(c.isalnum() or c in "_-." for c in self.stat_prefix):
             raise EnvoyOptionError(f"--stat-prefix {self.stat_prefix!r}: letters, digits, '_', '-' and '.' only")
+        check_path_prefix(self.path_prefix)
+
+    def public(self, path: str) -> str:
+        """Where clients reach one of the product's paths."""
+        return self.path_prefix + path
+
+
+def _unprefixed(opts: EnvoyOptions, path: str) -> dict[str, Any]:
+    """Route settings that hand the sidecar or model server the product's own path: the
+    router swaps the matched path back, and ext_authz (which runs before the router and sees
+    the client's path) is told it in a context extension (envoy/authz.py)."""
+    return {"prefix_rewrite": path} if opts.path_prefix else {}
 
 
 # --- building blocks ------------------------------------------------------------------------
@@ -197,10 +228,13 @@ def _enabled(per_route_type: str, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _per_filter(opts: EnvoyOptions, *, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
+def _per_filter(opts: EnvoyOptions, path: str, *, authz: bool, proc: bool, buffer: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if authz:
-        out[EXT_AUTHZ] = _enabled("filters.http.ext_authz.v3.ExtAuthzPerRoute", {"check_settings": {}})
+        check: dict[str, Any] = {}
+        if opts.path_prefix:
+            check["context_extensions"] = {ROUTE_PATH_CONTEXT: path}
+        out[EXT_AUTHZ] = _enabled("filters.http.ext_authz.v3.ExtAuthzPerRoute", {"check_settings": check})
     if buffer:
         out[BUFFER] = _enabled(
             "filters.http.buffer.v3.BufferPerRoute", {"buffer": {"max_request_bytes": opts.max_request_bytes}}
@@ -232,7 +266,8 @@ def _too_large(opts: EnvoyOptions) -> str:
 
 def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
     """The product's routes, exact paths only, each named critique_*."""
-    chat_filters = _per_filter(opts, authz=opts.chat_auth == "ext_authz", proc=True, buffer=True)
+    chat_filters = _per_filter(opts, CHAT_PATH, authz=opts.chat_auth == "ext_authz", proc=True, buffer=True)
+    chat_path = opts.public(CHAT_PATH)
     # A body announced larger than the limit is refused from its headers alone, at once: the
     # buffer filter would otherwise wait for the bytes (a slow client holds the request open
     # until the idle timeout). Bodies without a Content-Length meet the buffer filter's 413.
@@ -240,7 +275,7 @@ def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]
         {
             "name": ROUTE_PREFIX + "chat_body_too_large",
             "match": {
-                "path": CHAT_PATH,
+                "path": chat_path,
                 "headers": [
                     {"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}
                 ],
@@ -252,11 +287,12 @@ def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]
         routes.append(
             {
                 "name": f"{ROUTE_PREFIX}chat_{model.upstream.cluster}",
-                "match": {"path": CHAT_PATH, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model.id}}]},
+                "match": {"path": chat_path, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model.id}}]},
                 "route": {
                     "cluster": model.upstream.cluster,
                     "timeout": f"{opts.upstream_timeout_s}s",
                     "idle_timeout": "120s",
+                    **_unprefixed(opts, CHAT_PATH),
                 },
                 "request_headers_to_remove": [MODEL_HEADER],
                 "typed_per_filter_config": chat_filters,
@@ -267,7 +303,7 @@ def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]
     routes.append(
         {
             "name": ROUTE_PREFIX + "chat_unrouted",
-            "match": {"path": CHAT_PATH},
+            "match": {"path": chat_path},
             **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
             "typed_per_filter_config": chat_filters,
         }
@@ -276,16 +312,16 @@ def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]
         routes.append(
             {
                 "name": ROUTE_PREFIX + path.strip("/").replace("/", "_").replace("-", "_"),
-                "match": {"path": path},
-                "route": {"cluster": "sidecar_http", "timeout": "10s"},
-                "typed_per_filter_config": _per_filter(opts, authz=True, proc=False, buffer=False),
+                "match": {"path": opts.public(path)},
+                "route": {"cluster": "sidecar_http", "timeout": "10s", **_unprefixed(opts, path)},
+                "typed_per_filter_config": _per_filter(opts, path, authz=True, proc=False, buffer=False),
             }
         )
     routes.append(
         {
             "name": ROUTE_PREFIX + "dashboard_page",
-            "match": {"path": DASHBOARD_PAGE},
-            "route": {"cluster": "sidecar_http", "timeout": "10s"},
+            "match": {"path": opts.public(DASHBOARD_PAGE)},
+            "route": {"cluster": "sidecar_http", "timeout": "10s", **_unprefixed(opts, DASHBOARD_PAGE)},
         }
     )
     return routes
@@ -365,27 +401,33 @@ def _router() -> dict[str, Any]:
     return {"name": ROUTER, "typed_config": {"@type": _T + "filters.http.router.v3.Router"}}
 
 
-# A request whose :path (query string aside) is one of the product's: local-reply mappers
-# carry it so that, in a shared listener, they rewrite the product's replies only.
-PRODUCT_PATH_FILTER = {
-    "or_filter": {
-        "filters": [
-            {
-                "header_filter": {
-                    "header": {
-                        "name": ":path",
-                        # One small regex per path: RE2 refuses programs past size 100 by default.
-                        "string_match": {"safe_regex": {"regex": re.escape(p) + r"(\?.*)?"}},
+# Local-reply mappers carry this in their status filter's runtime key (merge.py finds them by it).
+LOCAL_REPLY_RUNTIME_KEY = "critique.local_reply."
+
+
+def product_path_filter(opts: EnvoyOptions) -> dict[str, Any]:
+    """A request whose :path (query string aside) is one of the product's: local-reply mappers
+    carry it so that, in a shared listener, they rewrite the product's replies only."""
+    return {
+        "or_filter": {
+            "filters": [
+                {
+                    "header_filter": {
+                        "header": {
+                            "name": ":path",
+                            # One small regex per path: RE2 refuses programs past size 100 by default.
+                            "string_match": {"safe_regex": {"regex": re.escape(opts.public(p)) + r"(\?.*)?"}},
+                        }
                     }
                 }
-            }
-            for p in PRODUCT_PATHS
-        ]
+                for p in PRODUCT_PATHS
+            ]
+        }
     }
-}
 
 
 def _local_reply_mapper(
+    opts: EnvoyOptions,
     status: int,
     code: str,
     message: str,
@@ -398,7 +440,7 @@ def _local_reply_mapper(
             "status_code_filter": {
                 "comparison": {
                     "op": "EQ",
-                    "value": {"default_value": status, "runtime_key": f"critique.local_reply.{status}"},
+                    "value": {"default_value": status, "runtime_key": f"{LOCAL_REPLY_RUNTIME_KEY}{status}"},
                 }
             }
         }
@@ -406,7 +448,7 @@ def _local_reply_mapper(
     if flags:
         filters.append({"response_flag_filter": {"flags": list(flags)}})
     if scoped:
-        filters.append(PRODUCT_PATH_FILTER)
+        filters.append(product_path_filter(opts))
     mapper: dict[str, Any] = {
         "filter": filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}},
         "body": {"inline_string": error_body(code, message).decode()},
@@ -424,14 +466,15 @@ def local_reply_mappers(opts: EnvoyOptions, *, scoped: bool) -> list[dict[str, A
     """Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts) in
     the product's JSON error shape. `scoped`: only for requests to the product's paths."""
     return [
-        _local_reply_mapper(413, "request_too_large", _too_large(opts), scoped=scoped),
+        _local_reply_mapper(opts, 413, "request_too_large", _too_large(opts), scoped=scoped),
         # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also replace
         # the sidecar's specific invalid_request messages.
-        _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many", scoped=scoped),
+        _local_reply_mapper(opts, 431, "invalid_request", "Request headers are too large or too many", scoped=scoped),
         _local_reply_mapper(
-            500, "service_unavailable", "The metering service is unavailable; retry shortly", 503, scoped=scoped
+            opts, 500, "service_unavailable", "The metering service is unavailable; retry shortly", 503, scoped=scoped
         ),
         _local_reply_mapper(
+            opts,
             503,
             "upstream_error",
             "The model server failed to answer",
@@ -439,9 +482,11 @@ def local_reply_mappers(opts: EnvoyOptions, *, scoped: bool) -> list[dict[str, A
             flags=UPSTREAM_FAILURE_FLAGS,
             scoped=scoped,
         ),
-        _local_reply_mapper(503, "service_unavailable", "The service is unavailable; retry shortly", scoped=scoped),
-        _local_reply_mapper(502, "upstream_error", "The model server failed to answer", scoped=scoped),
-        _local_reply_mapper(504, "upstream_timeout", "The model server timed out", scoped=scoped),
+        _local_reply_mapper(
+            opts, 503, "service_unavailable", "The service is unavailable; retry shortly", scoped=scoped
+        ),
+        _local_reply_mapper(opts, 502, "upstream_error", "The model server failed to answer", scoped=scoped),
+        _local_reply_mapper(opts, 504, "upstream_timeout", "The model server timed out", scoped=scoped),
     ]
 
 

@@ -16,8 +16,7 @@ from .config import (
     BUFFER,
     EXT_AUTHZ,
     EXT_PROC,
-    PRODUCT_PATH_FILTER,
-    PRODUCT_PATHS,
+    LOCAL_REPLY_RUNTIME_KEY,
     ROUTE_PREFIX,
     ROUTER,
 )
@@ -50,7 +49,9 @@ def merge(
 
     hcm["http_filters"] = _with_filters(hcm.get("http_filters") or [], fragment["http_filters"])
     routes = [r for r in vhost.get("routes") or [] if not str(r.get("name", "")).startswith(ROUTE_PREFIX)]
-    _refuse_conflicts(routes, vhost.get("name", "?"))
+    # The paths clients reach the product at (under --path-prefix, if any).
+    paths = list(dict.fromkeys(r["match"]["path"] for r in fragment["routes"]))
+    _refuse_conflicts(routes, paths, vhost.get("name", "?"))
     vhost["routes"] = [*copy.deepcopy(fragment["routes"]), *routes]
     reply = hcm.setdefault("local_reply_config", {})
     theirs = [m for m in reply.get("mappers") or [] if not _is_ours(m)]
@@ -139,7 +140,12 @@ def _with_filters(filters: list[dict[str, Any]], ours: list[dict[str, Any]]) -> 
 
 
 def _is_ours(mapper: dict[str, Any]) -> bool:
-    return PRODUCT_PATH_FILTER in mapper.get("filter", {}).get("and_filter", {}).get("filters", [])
+    # By the runtime key, not the path filter: that changes with --path-prefix.
+    for f in mapper.get("filter", {}).get("and_filter", {}).get("filters", []):
+        key = f.get("status_code_filter", {}).get("comparison", {}).get("value", {}).get("runtime_key", "")
+        if str(key).startswith(LOCAL_REPLY_RUNTIME_KEY):
+            return True
+    return False
 
 
 def _captures(match: dict[str, Any], path: str) -> bool:
@@ -158,13 +164,14 @@ def _captures(match: dict[str, Any], path: str) -> bool:
     return False
 
 
-def _refuse_conflicts(routes: list[dict[str, Any]], vhost: str) -> None:
+def _refuse_conflicts(routes: list[dict[str, Any]], paths: list[str], vhost: str) -> None:
     for route in routes:
         match = route.get("match") or {}
-        taken = [p for p in PRODUCT_PATHS if _captures(match, p)]
+        taken = [p for p in paths if _captures(match, p)]
         if taken and not _captures(match, _PROBE):
             label = route.get("name") or match
             raise MergeError(
                 f"virtual host {vhost!r}: route {label} already matches the product's path {taken[0]} "
-                "(move that route, or merge into another virtual host with --virtual-host)"
+                "(move that route, merge into another virtual host with --virtual-host, "
+                "or serve the product under --path-prefix)"
             )
