@@ -23,7 +23,7 @@ from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.metering import Meter, MeteredRequest
 from critique_sidecar.core.money import MICRO, format_credits
 from critique_sidecar.core.scopes import SETTINGS_PATH
-from critique_sidecar.core.usage import Usage
+from critique_sidecar.core.tokens import TokenCounts
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.key_store import RedisKeyStore
@@ -71,7 +71,7 @@ class Env:
         """The hold every BODY request places: its maximum cost at list price."""
         chat = self.meter.parse(BODY)
         price = price_for(CATALOG, chat.model, self.clock(), False)
-        return self.meter.credits_for(Usage(chat.input_token_bound, chat.max_output_tokens), price)
+        return self.meter.credits_for(TokenCounts(chat.input_token_bound, chat.max_output_tokens), price)
 
     async def configure(self, **fields: Any) -> AccountSettings:
         return await self.settings.patch(self.account, SettingsPatch.parse(fields))
@@ -84,7 +84,7 @@ class Env:
             await self.admit()
         return err.value
 
-    async def settle(self, req: MeteredRequest, usage: Usage = Usage(10, MAX_TOKENS)) -> int:
+    async def settle(self, req: MeteredRequest, usage: TokenCounts = TokenCounts(10, MAX_TOKENS)) -> int:
         charge = self.meter.charge(req, usage)
         result = await self.meter.settle(req, charge, "ok")
         assert result.applied
@@ -121,9 +121,9 @@ def test_hold_is_positive_and_a_settled_charge_is_below_it() -> None:
     meter = Meter(CATALOG, None, USD_PER_CREDIT)  # type: ignore[arg-type]
     chat = meter.parse(BODY)
     price = price_for(CATALOG, chat.model, NOON, False)
-    hold = meter.credits_for(Usage(chat.input_token_bound, MAX_TOKENS), price)
+    hold = meter.credits_for(TokenCounts(chat.input_token_bound, MAX_TOKENS), price)
     assert chat.input_token_bound == len(BODY) + 16 and chat.max_output_tokens == MAX_TOKENS
-    assert 0 < meter.credits_for(Usage(10, MAX_TOKENS), price) < hold
+    assert 0 < meter.credits_for(TokenCounts(10, MAX_TOKENS), price) < hold
 
 
 # -- the settings store --------------------------------------------------------------------
@@ -298,7 +298,7 @@ async def test_floor_refusal_names_the_floor_and_balance_never_goes_below_it(env
     assert f"the reserve floor of {format_credits(floor)} credits is kept for review" in err.message
     assert "0.000000 are available" in err.message
     await env.settle(first)
-    await env.settle(second, Usage(len(BODY) + 16, MAX_TOKENS))  # the full hold
+    await env.settle(second, TokenCounts(len(BODY) + 16, MAX_TOKENS))  # the full hold
     state = await env.ledger()
     assert state["held"] == 0 and state["balance"] >= floor
 
@@ -322,7 +322,7 @@ async def test_account_training_opt_in_prices_at_the_opt_in_tier(env: Env) -> No
     assert (list_req.opt_in, opt_req.opt_in) == (False, True)  # the account setting is read at admission
     # Held at the normal price: the discount is given only once the capture is written (settle_completed).
     assert opt_req.price == list_req.price and opt_req.hold == list_req.hold
-    usage = Usage(10, MAX_TOKENS)
+    usage = TokenCounts(10, MAX_TOKENS)
     opt_price = price_for(env.meter.catalog, opt_req.chat.model, opt_req.started_at, opt_in=True)
     assert opt_price.version.endswith("/training-opt-in")
     # (10 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.000007875 USD = 787.5 -> 788 micro-credits

@@ -31,7 +31,7 @@ from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.ledger import HoldRequest, UsageRecord
 from critique_sidecar.core.metering import Meter, MeteredRequest
 from critique_sidecar.core.money import MICRO
-from critique_sidecar.core.usage import Usage
+from critique_sidecar.core.tokens import TokenCounts
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.journal import JournalingLedger, SettlementJournal
@@ -137,7 +137,7 @@ async def test_admission_and_settlement_on_every_master(redis_client: RedisClust
         req = await m.admit(identity(a), m.parse(BODY), False)
         s = await state(redis_client, a)
         assert s["held"] == req.hold > 0 and s["holds"] == 1
-        charge = m.charge(req, Usage(12, 34))
+        charge = m.charge(req, TokenCounts(12, 34))
         result = await m.settle(req, charge, "ok")
         assert result.applied and result.credits == charge.credits
         s = await state(redis_client, a)
@@ -151,10 +151,10 @@ async def test_settlement_is_idempotent_on_the_cluster(redis_client: RedisCluste
     m = meter(redis_client, clock)
     await RedisAccounts(redis_client).grant(account, 10 * MICRO)
     req = await m.admit(identity(account), m.parse(BODY), False)
-    charge = m.charge(req, Usage(20, 50))
+    charge = m.charge(req, TokenCounts(20, 50))
     first = await m.settle(req, charge, "ok")
     req.settled = None  # as a retried or replayed settlement would arrive
-    again = await m.settle(req, m.charge(req, Usage(999, 999)), "ok")
+    again = await m.settle(req, m.charge(req, TokenCounts(999, 999)), "ok")
     assert first.applied and not again.applied and again.credits == first.credits
     s = await state(redis_client, account)
     assert len(s["records"]) == 1 and 10 * MICRO - s["balance"] == charge.credits
@@ -170,7 +170,7 @@ async def test_scripts_are_reloaded_after_script_flush(redis_client: RedisCluste
         await redis_client.script_flush()
         req = await m.admit(identity(a), m.parse(BODY), False)
         await redis_client.script_flush()
-        assert (await m.settle(req, m.charge(req, Usage(1, 1)), "ok")).applied
+        assert (await m.settle(req, m.charge(req, TokenCounts(1, 1)), "ok")).applied
 
 
 async def test_expired_holds_are_swept_by_the_next_admission(redis_client: RedisCluster, account: str) -> None:
@@ -250,8 +250,8 @@ async def test_waiting_for_a_turn_is_bounded(cluster_url: str, account: str) -> 
 def hold_and_charge(m: Meter) -> tuple[int, int]:
     chat = m.parse(BODY)
     price = price_for(CATALOG, chat.model, NOON, False)
-    return m.credits_for(Usage(chat.input_token_bound, chat.max_output_tokens), price), m.credits_for(
-        Usage(10, 100), price
+    return m.credits_for(TokenCounts(chat.input_token_bound, chat.max_output_tokens), price), m.credits_for(
+        TokenCounts(10, 100), price
     )
 
 
@@ -308,7 +308,7 @@ async def test_concurrent_admissions_admit_exactly_the_limit_on_every_master(
     settles = []
     for admitted, _ in outcomes:
         for req in admitted:
-            c = m.charge(req, Usage(10, 100))
+            c = m.charge(req, TokenCounts(10, 100))
             settles += [m.settle(req, c, "ok"), m.settle(copy.copy(req), c, "ok")]
     await asyncio.gather(*settles)
     for a in accounts:

@@ -25,7 +25,7 @@ from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.key_controls import KeyControls
 from critique_sidecar.core.metering import Meter, MeteredRequest
 from critique_sidecar.core.money import MICRO
-from critique_sidecar.core.usage import Usage
+from critique_sidecar.core.tokens import TokenCounts
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.key_store import RedisKeyStore
@@ -84,7 +84,7 @@ class Limits:
         results = await asyncio.gather(*(one() for _ in range(n)))
         return [r for r in results if isinstance(r, MeteredRequest)], Counter(r for r in results if isinstance(r, str))
 
-    async def settle(self, req: MeteredRequest, usage: Usage = Usage(10, 20)) -> None:
+    async def settle(self, req: MeteredRequest, usage: TokenCounts = TokenCounts(10, 20)) -> None:
         await self.meter.settle(req, self.meter.charge(req, usage), "ok")
 
     async def control(self, **fields: Any) -> None:
@@ -229,7 +229,7 @@ async def test_tokens_per_minute_admit_exactly_what_fits_and_settlement_corrects
     assert "tokens per minute" in err.message and err.headers["retry-after"] == "60"
     # Settled with 30 tokens each: the bounds become actual usage, and more requests fit.
     for req in admitted:
-        await lim.settle(req, Usage(10, 20))
+        await lim.settle(req, TokenCounts(10, 20))
     used = await lim.redis.hget(ks.limiter(lim.account), f"tw:{lim.identity.key_id}")
     assert int(used) == 5 * 30
     more, _ = await lim.burst(max_tokens=100)

@@ -11,7 +11,7 @@ import pytest
 from critique_sidecar.core.catalog import Catalog, load_catalog
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.sse import SseMeter
-from critique_sidecar.core.usage import Usage, completion_text_bytes
+from critique_sidecar.core.tokens import TokenCounts, completion_text_bytes
 
 from ..fakes import FixedClock, ListSink, MemoryLedger
 from .test_metering import CENT, DEEPSEEK, IDENT, NOW, chat_body
@@ -44,7 +44,7 @@ def test_usage_comes_from_the_largest_chunk_and_text_with_usage_is_delivered() -
     both = event({"choices": [{"delta": {"content": "hi"}}], "usage": {"prompt_tokens": 10, "completion_tokens": 20}})
     assert meter.feed(both) == both  # text and usage in one chunk: the text still goes out
     meter.feed(event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}))
-    assert meter.usage == Usage(10, 50) and meter.delivered_bytes == 2
+    assert meter.usage == TokenCounts(10, 50) and meter.delivered_bytes == 2
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ async def test_usage_beyond_the_hold_is_charged_up_to_it_and_recorded_as_overage
     bound = len(raw) + 16
     # hold: (bound x 0.15 + 100 x 0.30) / 1e6 USD / 0.01 = bound x 15 + 3000 micro-credits
     assert req.hold == bound * 15 + 100 * 30
-    result, charge = await meter.settle_completed(req, Usage(10**9, 10**6), 0, lambda: None)
+    result, charge = await meter.settle_completed(req, TokenCounts(10**9, 10**6), 0, lambda: None)
     [record] = ledger.records
     assert record.credits == result.credits == req.hold == charge.credits
     assert (record.input_tokens, record.output_tokens) == (bound, 100)
@@ -95,7 +95,7 @@ async def test_the_opt_in_hold_is_at_the_normal_price_and_the_capture_earns_the_
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink)
     req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
-    _, charge = await meter.settle_completed(req, Usage(20, 100), 0, lambda: "done")
+    _, charge = await meter.settle_completed(req, TokenCounts(20, 100), 0, lambda: "done")
     # (20 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.00000825 USD = 825 micro-credits
     assert charge.credits == 825 and ledger.records[0].opt_in and len(sink.records) == 1
     assert req.hold > charge.credits * 4  # held at the normal price: four times the discounted cost

@@ -10,7 +10,7 @@ from critique_sidecar.core.capture import completion_text
 from critique_sidecar.core.catalog import Catalog, load_catalog
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.sse import SseMeter
-from critique_sidecar.core.usage import Usage
+from critique_sidecar.core.tokens import TokenCounts
 
 from ..fakes import FixedClock, ListSink, MemoryLedger
 from .test_metering import CENT, DEEPSEEK, IDENT, NOW, TENCENT, chat_body
@@ -27,7 +27,7 @@ async def _settle(
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink, capture_timeout_s=0.05)
     req = await meter.admit(IDENT, meter.parse(chat_body(model)), opt_in_header=opt_in)
-    _result, charge = await meter.settle_completed(req, Usage(100, 2000), 0, lambda: text)
+    _result, charge = await meter.settle_completed(req, TokenCounts(100, 2000), 0, lambda: text)
     return ledger.records[-1], charge
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from critique_sidecar.core.observe import NULL_OBSERVER
 from critique_sidecar.core.sse import _generated_bytes
-from critique_sidecar.core.usage import completion_text_bytes
+from critique_sidecar.core.tokens import completion_text_bytes
 from critique_sidecar.envoy import messages as m
 from critique_sidecar.envoy.ext_proc import on_response_body
 

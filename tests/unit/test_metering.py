@@ -15,7 +15,7 @@ from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.ledger import HoldResult, SettleResult
 from critique_sidecar.core.metering import Charge, Meter, hold_refusal
 from critique_sidecar.core.money import usd_for_tokens, usd_to_micro_credits
-from critique_sidecar.core.usage import Usage
+from critique_sidecar.core.tokens import TokenCounts
 
 from ..fakes import FixedClock, MemoryLedger
 
@@ -132,9 +132,9 @@ async def admitted(catalog: Catalog, raw: bytes | None = None, opt_in: bool = Fa
 async def test_charge_with_usage_is_exact(catalog: Catalog) -> None:
     long_body = chat_body(DEEPSEEK, messages=[{"role": "user", "content": "x" * 2000}])  # input bound > 1000
     meter, _, req = await admitted(catalog, long_body)
-    charge = meter.charge(req, Usage(1000, 500))
+    charge = meter.charge(req, TokenCounts(1000, 500))
     assert charge == Charge(
-        usage=Usage(1000, 500),
+        usage=TokenCounts(1000, 500),
         usd=Decimal("0.0003"),  # 1000 x 0.15/M + 500 x 0.30/M
         credits=30_000,  # 0.0003 USD / 0.01 = 0.03 credits
         estimated=False,
@@ -145,7 +145,7 @@ async def test_charge_with_usage_is_exact(catalog: Catalog) -> None:
 async def test_charge_rounds_up_per_request(catalog: Catalog) -> None:
     meter, _, req = await admitted(catalog, opt_in=True)
     opt_in_price = price_for(catalog, req.chat.model, NOW, opt_in=True)
-    charge = meter.charge(req, Usage(1, 0), price=opt_in_price)
+    charge = meter.charge(req, TokenCounts(1, 0), price=opt_in_price)
     assert charge.usd == Decimal("0.0000000375")
     assert charge.credits == 4
 
@@ -155,7 +155,7 @@ async def test_charge_without_usage_is_estimated(catalog: Catalog) -> None:
     delivered = 1001
     charge = meter.charge(req, None, delivered_text_bytes=delivered)
     assert charge.estimated is True
-    assert charge.usage == Usage(req.chat.input_token_estimate, estimate_tokens(delivered))
+    assert charge.usage == TokenCounts(req.chat.input_token_estimate, estimate_tokens(delivered))
     assert charge.usage.output_tokens == 251
     expected_usd = usd_for_tokens(req.chat.input_token_estimate, 251, Decimal("0.15"), Decimal("0.30"))
     assert charge.usd == expected_usd
@@ -173,7 +173,7 @@ async def test_charge_without_usage_or_text_still_charges_input(catalog: Catalog
 
 async def test_reported_zero_usage_is_not_estimated(catalog: Catalog) -> None:
     meter, _, req = await admitted(catalog)
-    charge = meter.charge(req, Usage(0, 0), delivered_text_bytes=5000)
+    charge = meter.charge(req, TokenCounts(0, 0), delivered_text_bytes=5000)
     assert charge.estimated is False
     assert (charge.usd, charge.credits) == (Decimal(0), 0)
 
@@ -206,7 +206,7 @@ async def test_admit_hold_covers_any_real_charge(catalog: Catalog) -> None:
     raw = chat_body(DEEPSEEK, max_tokens=200)
     meter, _, req = await admitted(catalog, raw)
     # the worst case the upstream can report (one token per body byte, every output token)
-    worst = meter.charge(req, Usage(len(raw), 200))
+    worst = meter.charge(req, TokenCounts(len(raw), 200))
     assert worst.credits <= req.hold
 
 
@@ -267,7 +267,7 @@ async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog
     meter = Meter(catalog, ledger, usd_per_credit=CENT, clock=clock)
     req = await meter.admit(IDENT, meter.parse(chat_body(NEMOTRON)), False)
     clock.now = datetime(2026, 6, 20, 0, 0, 5, tzinfo=UTC)
-    charge = meter.charge(req, Usage(100, 0))
+    charge = meter.charge(req, TokenCounts(100, 0))
     assert charge.usd == Decimal("0.00003")  # 100 x 0.30/M: the promotion's input price
     await meter.settle(req, charge, "ok")
     record = ledger.records[0]
@@ -307,7 +307,7 @@ async def test_admit_passes_warnings_through(catalog: Catalog) -> None:
 
 async def test_settle_writes_one_record(catalog: Catalog) -> None:
     meter, ledger, req = await admitted(catalog)
-    charge = meter.charge(req, Usage(100, 50))
+    charge = meter.charge(req, TokenCounts(100, 50))
     result = await meter.settle(req, charge, "ok")
     assert result == SettleResult(charge.credits, applied=True)
     (record,) = ledger.records
@@ -325,9 +325,9 @@ async def test_settle_writes_one_record(catalog: Catalog) -> None:
 
 async def test_settle_is_a_no_op_the_second_time(catalog: Catalog) -> None:
     meter, ledger, req = await admitted(catalog)
-    first_charge = meter.charge(req, Usage(100, 50))
+    first_charge = meter.charge(req, TokenCounts(100, 50))
     first = await meter.settle(req, first_charge, "ok")
-    again = await meter.settle(req, meter.charge(req, Usage(9999, 9999)), "ok")
+    again = await meter.settle(req, meter.charge(req, TokenCounts(9999, 9999)), "ok")
     released = await meter.settle(req, None, "client_cancelled")
     assert again is first and released is first
     assert len(ledger.records) == 1

@@ -15,7 +15,7 @@ from critique_sidecar.core.chat_request import parse_chat_request, upstream_body
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.keys import KEY_LEN, bearer_token, is_well_formed
 from critique_sidecar.core.money import format_credits, format_usd, parse_credits, usd_to_micro_credits
-from critique_sidecar.core.usage import Usage, completion_text_bytes, parse_json_response, usage_from_obj
+from critique_sidecar.core.tokens import TokenCounts, completion_text_bytes, parse_json_response, usage_from_obj
 
 from .test_keys import BASE62, oracle_checksum  # one independent checksum oracle
 
@@ -131,7 +131,7 @@ def test_usage_from_completion_like_objects(value: dict[str, Any]) -> None:
     )
     assert (usage is not None) == reported
     if usage is not None:
-        assert usage == Usage(u["prompt_tokens"], u["completion_tokens"])
+        assert usage == TokenCounts(u["prompt_tokens"], u["completion_tokens"])
     raw = json.dumps(value).encode()
     parsed, text_bytes = parse_json_response(raw)
     assert parsed == usage
@@ -145,7 +145,7 @@ def test_usage_from_completion_like_objects(value: dict[str, Any]) -> None:
 def test_parse_json_response_on_arbitrary_json(value: Any) -> None:
     raw = json.dumps(value).encode()
     usage, text_bytes = parse_json_response(raw)
-    assert usage is None or isinstance(usage, Usage)
+    assert usage is None or isinstance(usage, TokenCounts)
     assert 0 <= text_bytes <= len(raw) * 3
 
 
@@ -153,7 +153,7 @@ def test_parse_json_response_on_arbitrary_json(value: Any) -> None:
 @given(st.binary(max_size=300))
 def test_parse_json_response_on_arbitrary_bytes(raw: bytes) -> None:
     usage, text_bytes = parse_json_response(raw)
-    assert usage is None or isinstance(usage, Usage)
+    assert usage is None or isinstance(usage, TokenCounts)
     assert text_bytes >= 0
 
 

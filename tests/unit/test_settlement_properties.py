@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from critique_sidecar.core.catalog import Price
 from critique_sidecar.core.settlement import MAX_OVERAGE, settlement_charge
-from critique_sidecar.core.usage import Usage, usage_from_obj
+from critique_sidecar.core.tokens import TokenCounts, usage_from_obj
 
 CENT = Decimal("0.01")
 LIST = Price(Decimal("0.15"), Decimal("0.30"), "v/list", False)
@@ -51,7 +51,7 @@ def test_a_settlement_never_charges_more_than_its_hold(
     reported = usage_from_obj({"usage": usage})
     price = OPT_IN if opt_in else LIST
     charge = settlement_charge(
-        reported, Usage(estimate_in, estimate_out), Usage(input_bound, output_bound), price, CENT, hold
+        reported, TokenCounts(estimate_in, estimate_out), TokenCounts(input_bound, output_bound), price, CENT, hold
     )
 
     assert isinstance(charge.credits, int) and 0 <= charge.credits <= hold
@@ -77,9 +77,9 @@ def test_a_settlement_never_charges_more_than_its_hold(
 def test_the_issue_numbers_by_hand() -> None:
     # deepseek v4 flash, a 3-token prompt bound, max_tokens 32768 forwarded: a server reporting a
     # whole context window of output is charged the hold, and the rest is overage.
-    bounds = Usage(3, 32_768)
+    bounds = TokenCounts(3, 32_768)
     hold = by_hand(3, 32_768, LIST.input, LIST.output)
     assert hold == 983_085  # (3 x 0.15 + 32768 x 0.30) / 1e6 USD = 0.00983085 USD = 0.983085 credits
-    charge = settlement_charge(Usage(3, 999_997), Usage(0, 0), bounds, LIST, CENT, hold)
+    charge = settlement_charge(TokenCounts(3, 999_997), TokenCounts(0, 0), bounds, LIST, CENT, hold)
     # reported: (3 x 0.15 + 999997 x 0.30) / 1e6 USD = 0.29999955 USD = 29.999955 credits (what main charged)
     assert (charge.credits, charge.overage) == (983_085, 29_999_955 - 983_085)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from critique_sidecar.core.sse import SseMeter
-from critique_sidecar.core.usage import Usage
+from critique_sidecar.core.tokens import TokenCounts
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -34,7 +34,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return out
 
 
-def run(chunks: list[bytes], hide_usage: bool) -> tuple[bytes, Usage | None, int, bool]:
+def run(chunks: list[bytes], hide_usage: bool) -> tuple[bytes, TokenCounts | None, int, bool]:
     meter = SseMeter(hide_usage=hide_usage)
     out = b"".join(meter.feed(c) for c in chunks) + meter.finish()
     return out, meter.usage, meter.delivered_bytes, meter.done
@@ -91,7 +91,7 @@ def test_a_well_formed_stream_is_metered_exactly(
     out, got_usage, delivered, done = run(split(data, cuts), hide_usage)
     assert done
     assert delivered == sum(len(t.encode()) for t, _ in pieces)
-    assert got_usage == (Usage(*usage) if usage is not None else None)
+    assert got_usage == (TokenCounts(*usage) if usage is not None else None)
     expected = b"".join(chunks) + (b"" if hide_usage else usage_event) + b"data: [DONE]\n\n"
     assert out == expected
 
@@ -114,7 +114,7 @@ def test_usage_riding_on_a_text_chunk_is_metered_and_the_text_still_reaches_the_
     data = b"".join(chunks) + b"data: [DONE]\n\n"
 
     out, got_usage, delivered, done = run(split(data, cuts), hide_usage)
-    assert done and got_usage == Usage(*usage)
+    assert done and got_usage == TokenCounts(*usage)
     assert delivered == sum(len(t.encode()) for t in texts)
     assert out == data
 
@@ -122,4 +122,4 @@ def test_usage_riding_on_a_text_chunk_is_metered_and_the_text_still_reaches_the_
 def test_a_usage_chunk_with_text_is_kept_even_when_usage_is_hidden() -> None:
     chunk = event({"choices": [{"index": 0, "delta": {"content": "last words"}}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}, "\n\n")  # fmt: skip
     out, usage, delivered, _ = run([chunk + b"data: [DONE]\n\n"], hide_usage=True)
-    assert out == chunk + b"data: [DONE]\n\n" and usage == Usage(3, 2) and delivered == len(b"last words")
+    assert out == chunk + b"data: [DONE]\n\n" and usage == TokenCounts(3, 2) and delivered == len(b"last words")

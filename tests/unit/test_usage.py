@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from critique_sidecar.core.usage import Usage, completion_text_bytes, parse_json_response, usage_from_obj
+from critique_sidecar.core.tokens import TokenCounts, completion_text_bytes, parse_json_response, usage_from_obj
 
 
 def completion(content: str = "Hello!", usage: Any = None, **extra: Any) -> dict[str, Any]:
@@ -24,13 +24,13 @@ def completion(content: str = "Hello!", usage: Any = None, **extra: Any) -> dict
 
 def test_usage_reported() -> None:
     obj = completion(usage={"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46})
-    assert usage_from_obj(obj) == Usage(12, 34)
+    assert usage_from_obj(obj) == TokenCounts(12, 34)
 
 
 def test_zero_usage_is_reported_not_missing() -> None:
     u = usage_from_obj(completion(usage={"prompt_tokens": 0, "completion_tokens": 0}))
     assert u is not None
-    assert u == Usage(0, 0)
+    assert u == TokenCounts(0, 0)
 
 
 @pytest.mark.parametrize(
@@ -62,23 +62,23 @@ def test_bad_token_counts_are_not_reported(bad: Any, field: str) -> None:
 
 
 def test_large_counts_are_kept() -> None:
-    assert usage_from_obj({"usage": {"prompt_tokens": 2**40, "completion_tokens": 1}}) == Usage(2**40, 1)
+    assert usage_from_obj({"usage": {"prompt_tokens": 2**40, "completion_tokens": 1}}) == TokenCounts(2**40, 1)
 
 
 def test_stream_chunk_with_usage() -> None:
     chunk = {"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}
-    assert usage_from_obj(chunk) == Usage(3, 4)
+    assert usage_from_obj(chunk) == TokenCounts(3, 4)
 
 
 def test_parse_json_response_with_usage() -> None:
     raw = orjson.dumps(completion("héllo", usage={"prompt_tokens": 7, "completion_tokens": 2}))
-    assert parse_json_response(raw) == (Usage(7, 2), 0)
+    assert parse_json_response(raw) == (TokenCounts(7, 2), 0)
 
 
 def test_parse_json_response_with_zero_usage() -> None:
     raw = orjson.dumps(completion("", usage={"prompt_tokens": 0, "completion_tokens": 0}))
     usage, _ = parse_json_response(raw)
-    assert usage == Usage(0, 0)
+    assert usage == TokenCounts(0, 0)
 
 
 def test_parse_json_response_without_usage_counts_text_bytes() -> None:

@@ -26,7 +26,7 @@ from .money import format_credits, format_usd
 from .observe import Denial, RequestTrace
 from .scopes import CHAT
 from .sse import SseMeter, charge_comment
-from .usage import decode_body, parse_json_response
+from .tokens import decode_body, parse_json_response
 from .wire import (
     CREDITS_CHARGED_HEADER,
     ESTIMATED_USD_HEADER,

@@ -26,7 +26,7 @@ from .limits import REQUEST_ID, RateStatus, control_refusal, rate_refusal, retry
 from .money import format_credits, usd_for_tokens, usd_to_micro_credits
 from .observe import NULL_OBSERVER, Observer, RequestTrace, Tracer
 from .settlement import Charge, settlement_charge
-from .usage import Usage
+from .tokens import TokenCounts
 
 log = logging.getLogger(__name__)
 
@@ -162,20 +162,20 @@ class Meter:
         return metered
 
     @staticmethod
-    def bounds(chat: ChatRequest) -> Usage:
+    def bounds(chat: ChatRequest) -> TokenCounts:
         """The most a request can use: what its hold reserves and its settlement charges at most."""
-        return Usage(chat.input_token_bound, chat.max_output_tokens)
+        return TokenCounts(chat.input_token_bound, chat.max_output_tokens)
 
-    def credits_for(self, usage: Usage, price: Price) -> int:
+    def credits_for(self, usage: TokenCounts, price: Price) -> int:
         usd = usd_for_tokens(usage.input_tokens, usage.output_tokens, price.input, price.output)
         return usd_to_micro_credits(usd, self._usd_per_credit)
 
     def charge(
-        self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int = 0, price: Price | None = None
+        self, req: MeteredRequest, usage: TokenCounts | None, delivered_text_bytes: int = 0, price: Price | None = None
     ) -> Charge:
         """The settlement rule (core/settlement.py): reported usage, or the estimate (input from
         the body, output from what was delivered), bounded by the hold."""
-        estimate = Usage(req.chat.input_token_estimate, estimate_tokens(delivered_text_bytes))
+        estimate = TokenCounts(req.chat.input_token_estimate, estimate_tokens(delivered_text_bytes))
         return settlement_charge(
             usage, estimate, self.bounds(req.chat), price or req.price, self._usd_per_credit, req.hold
         )
@@ -186,7 +186,7 @@ class Meter:
         if req.settled is not None:
             return req.settled
         at = req.started_at
-        usage = charge.usage if charge else Usage(0, 0)
+        usage = charge.usage if charge else TokenCounts(0, 0)
         price = charge.price if charge else req.price
         if charge and charge.overage:
             log.warning(
@@ -225,7 +225,11 @@ class Meter:
         return req.settled
 
     async def settle_completed(
-        self, req: MeteredRequest, usage: Usage | None, delivered_text_bytes: int, completion: Callable[[], str | None]
+        self,
+        req: MeteredRequest,
+        usage: TokenCounts | None,
+        delivered_text_bytes: int,
+        completion: Callable[[], str | None],
     ) -> tuple[SettleResult, Charge]:
         """Settle a response that completed. An opted-in request gets the opt-in price only if
         it reported usage and its capture is written (core/capture.py); otherwise, and for cut

@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from .catalog import Price
 from .money import MICRO, usd_for_tokens, usd_to_micro_credits
-from .usage import Usage
+from .tokens import TokenCounts
 
 # Overage is reported, never charged: bounded so a record field (int64) and a Lua number hold it.
 MAX_OVERAGE = 2**53 - 1
@@ -32,7 +32,7 @@ _MAX_COUNTED = 10**15  # tokens beyond this are counted as this for the overage 
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    usage: Usage  # the tokens charged for (bounded)
+    usage: TokenCounts  # the tokens charged for (bounded)
     usd: Decimal
     credits: int  # micro-credits, at most the hold
     estimated: bool
@@ -41,9 +41,9 @@ class Charge:
 
 
 def settlement_charge(
-    reported: Usage | None,
-    estimate: Usage,
-    bounds: Usage,
+    reported: TokenCounts | None,
+    estimate: TokenCounts,
+    bounds: TokenCounts,
     price: Price,
     usd_per_credit: Decimal,
     hold: int,
@@ -51,7 +51,7 @@ def settlement_charge(
     """The charge for a finished request (see the module docstring for the rule)."""
     estimated = reported is None
     usage = estimate if reported is None else reported
-    charged = Usage(min(usage.input_tokens, bounds.input_tokens), min(usage.output_tokens, bounds.output_tokens))
+    charged = TokenCounts(min(usage.input_tokens, bounds.input_tokens), min(usage.output_tokens, bounds.output_tokens))
     usd = usd_for_tokens(charged.input_tokens, charged.output_tokens, price.input, price.output)
     credits = usd_to_micro_credits(usd, usd_per_credit)
     overage = 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from .usage import Usage, completion_text_bytes, usage_from_obj
+from .tokens import TokenCounts, completion_text_bytes, usage_from_obj
 
 MAX_EVENT_BYTES = 1 << 20
 MAX_KEPT_TEXT_BYTES = 4 << 20  # an opted-in stream longer than this is not captured
@@ -86,7 +86,7 @@ def _delta_texts(obj: dict[str, Any]) -> list[str]:
     ]
 
 
-def _total(usage: Usage) -> int:
+def _total(usage: TokenCounts) -> int:
     return usage.input_tokens + usage.output_tokens
 
 
@@ -98,7 +98,7 @@ class SseMeter:
         self._text: list[str] | None = [] if keep_text else None
         self._buf = bytearray()
         self._held = bytearray()  # [DONE] and whatever follows it
-        self.usage: Usage | None = None
+        self.usage: TokenCounts | None = None
         self.delivered_bytes = 0  # completion text bytes passed to the client (for estimates)
         self.done = False
 

@@ -1,4 +1,8 @@
-"""Token usage from upstream responses. "Not reported" (None) is kept apart from zero."""
+"""Token counts from upstream responses (OpenAI's `usage` object). "Not reported" (None) is kept
+apart from zero.
+
+Naming: `TokenCounts` are tokens a model server reported or we estimated; a "usage record" is the
+billing record of one settlement (core/ledger.UsageRecord, the per-account usage streams)."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import orjson
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class TokenCounts:
     input_tokens: int
     output_tokens: int
 
@@ -21,7 +25,7 @@ def _count(value: Any) -> int | None:
     return value
 
 
-def usage_from_obj(obj: Any) -> Usage | None:
+def usage_from_obj(obj: Any) -> TokenCounts | None:
     """`usage` of a chat completion object or stream chunk, if well-formed."""
     if not isinstance(obj, dict):
         return None
@@ -32,10 +36,10 @@ def usage_from_obj(obj: Any) -> Usage | None:
     completion = _count(usage.get("completion_tokens"))
     if prompt is None or completion is None:
         return None
-    return Usage(prompt, completion)
+    return TokenCounts(prompt, completion)
 
 
-def parse_json_response(raw: bytes) -> tuple[Usage | None, int]:
+def parse_json_response(raw: bytes) -> tuple[TokenCounts | None, int]:
     """(usage, bytes of completion text) of a non-streaming response body.
 
     The text size feeds the estimate when usage is missing; a body that is not JSON at all
