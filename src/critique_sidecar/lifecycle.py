@@ -5,6 +5,7 @@
                        journal replay (settlements written while Redis was unreachable)
                        the revocation feed (drops revoked keys from this process's cache)
                        usage retention (trims old usage records; Config.usage_trim_interval_s)
+                       the provisioning API on its own listener, when Config.admin_listen is set
     stop(*drains)    the front door's drain steps, in order (stop taking requests, let open ones
                      finish and settle); then the background work stops, the journal is flushed
                      once more (what cannot reach Redis stays for the next start) and the
@@ -19,6 +20,7 @@ from typing import Any
 
 from .app import Components
 from .config import Config
+from .provisioning.server import admin_server
 from .store.key_store import watch_revocations
 from .store.usage_retention import UsageRetention
 
@@ -33,6 +35,7 @@ class Lifecycle:
         self.components = components
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._stopped = False
+        self._admin: Any = None  # provisioning.server's uvicorn server, when it runs
 
     def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self.tasks[name] = asyncio.create_task(work, name=name)
@@ -46,6 +49,9 @@ class Lifecycle:
         if config.usage_trim_interval_s > 0:
             retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
             self._run("usage-retention", retention.run_forever(config.usage_trim_interval_s))
+        self._admin = admin_server(config, c.redis)
+        if self._admin is not None:
+            self._run("admin-listener", self._admin.serve())
 
     async def stop(self, *drains: Drain) -> None:
         """Idempotent: a second call (a second signal, a lifespan after a crash) does nothing."""
@@ -57,6 +63,9 @@ class Lifecycle:
                 await drain()
             except Exception:
                 log.exception("a drain step failed; shutting down anyway")
+        if self._admin is not None:  # the provisioning API closes after the front door's drains
+            self._admin.should_exit = True
+            await asyncio.gather(self.tasks["admin-listener"], return_exceptions=True)
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
+from .audit import Change
 from .errors import ApiError
 from .money import MICRO, format_credits
 
@@ -260,4 +261,6 @@ class SettingsStore(Protocol):
 
     async def get(self, account: str) -> AccountSettings: ...
 
-    async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings: ...
+    async def patch(self, account: str, patch: SettingsPatch, change: Change | None = None) -> AccountSettings:
+        """Apply a validated patch; with `change`, atomically with its audit entry."""
+        ...
