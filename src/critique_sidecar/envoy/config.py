@@ -14,7 +14,7 @@ import yaml
 
 from ..core.catalog import Catalog
 from ..core.errors import error_body
-from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
@@ -207,7 +207,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[
             "typed_per_filter_config": chat_filters,
         }
     )
-    for prefix in (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH):
+    for prefix in (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH, KEYS_PATH):
         routes.append(
             {
                 "match": {"path": prefix},
