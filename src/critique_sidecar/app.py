@@ -24,6 +24,7 @@ from .core.clock import Clock, utc_now
 from .core.metering import Meter
 from .core.observe import ObservedKeys, ObservedLedger
 from .observability import Metrics, RequestLog, Telemetry
+from .provisioning.service import Provisioning
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
 from .store.journal import JournalingLedger, SettlementJournal
@@ -141,5 +142,10 @@ def build_components(config: Config, redis: Any | None = None, clock: Clock = ut
 def web_context(c: Components, metrics: Any = None) -> WebContext:
     """The sidecar's HTTP routes (models, settings, dashboard), for either front door."""
     return WebContext(
-        c.auth, c.catalog, settings=RedisSettingsStore(c.redis), dashboard=UsageQuery(c.redis), metrics=metrics
+        c.auth,
+        c.catalog,
+        settings=RedisSettingsStore(c.redis),
+        dashboard=UsageQuery(c.redis),
+        metrics=metrics,
+        provisioning=Provisioning(c.redis, known_models=frozenset(m.id for m in c.catalog.models)),
     )

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeAlias
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import Config
 from .core.catalog import CatalogError
-from .core.errors import StoreUnavailable
+from .core.errors import ApiError, StoreUnavailable
 from .core.money import format_credits, parse_credits
 from .core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
 from .observability.logs import configure_logging
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="critique-sidecar", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_serving_commands, _envoy_config_command, _keys_commands, _credits_commands, _settings_commands,
-                _usage_commands, _notify_commands):  # fmt: skip
+                _usage_commands, _notify_commands, _operator_token_parser):  # fmt: skip
         add(sub)
     return p
 
@@ -244,6 +245,14 @@ def _keys_commands(sub: Commands) -> None:
     lst.add_argument("--json", action="store_true")
     revoke = keys.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("key_id")
+    rotate = keys.add_parser("rotate", help="new secret, same key id and settings (printed once)")
+    rotate.add_argument("key_id")
+    rotate.add_argument(
+        "--grace-seconds",
+        type=int,
+        help="how long the old secret keeps working (default CRITIQUE_KEY_ROTATION_GRACE_S)",
+    )
+    rotate.add_argument("--json", action="store_true")
     set_limits = keys.add_parser("set-limits", help="change a key's controls (the others stay as they are)")
     set_limits.add_argument("key_id")
     set_limits.add_argument("--json", action="store_true")
@@ -258,6 +267,9 @@ def _credits_commands(sub: Commands) -> None:
     grant = credits.add_parser("grant", help="add credits (negative to debit)")
     grant.add_argument("--account", required=True)
     grant.add_argument("--credits", required=True, type=_credits)
+    grant.add_argument(
+        "--idempotency-key", help="apply at most once under this key (a retry prints the first result); default: new"
+    )
     show = credits.add_parser("show", help="balance and open holds")
     show.add_argument("--account", required=True)
     show.add_argument("--json", action="store_true")
@@ -323,6 +335,75 @@ def _notify_commands(sub: Commands) -> None:  # observe: budget notifications
     dead.add_argument("--json", action="store_true")
 
 
+def _operator_token_parser(sub: Any) -> None:
+    from .core.operator_tokens import OPERATOR_SCOPES
+
+    def scopes(text: str) -> tuple[str, ...]:
+        from .core.operator_tokens import parse_operator_scopes
+
+        try:
+            return parse_operator_scopes(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    tokens = sub.add_parser("operator-tokens", help="credentials of the provisioning API (CRITIQUE_ADMIN_LISTEN)")
+    cmds = tokens.add_subparsers(dest="action", required=True)
+    create = cmds.add_parser("create", help="create a token (printed once)")
+    create.add_argument("--name", required=True, help="who or what uses it (shown in the audit trail)")
+    create.add_argument(
+        "--scopes", required=True, type=scopes, help=f"comma-separated: {','.join(OPERATOR_SCOPES)} or all"
+    )
+    create.add_argument("--json", action="store_true")
+    lst = cmds.add_parser("list", help="every token (never the tokens themselves)")
+    lst.add_argument("--json", action="store_true")
+    revoke = cmds.add_parser("revoke", help="revoke a token by id (effective on its next request)")
+    revoke.add_argument("token_id")
+
+
+def _cli_change() -> Any:
+    """Who the audit trail names for a CLI change: the local operator."""
+    import getpass
+    import time
+
+    from .store.audit import Actor, Change
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Change(Actor("cli", user, "critique-sidecar CLI"), "cli_" + uuid.uuid4().hex[:16], int(time.time() * 1000))
+
+
+async def _operator_tokens_cmd(args: argparse.Namespace, redis: Any) -> int:
+    from .store.operator_tokens import RedisOperatorTokens, token_json
+
+    store = RedisOperatorTokens(redis)
+    if args.action == "create":
+        token, record = await store.create(args.name, args.scopes, _cli_change())
+        out = {**token_json(record), "token": token}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"token_id: {record.token_id}\nname:     {record.name}\nscopes:   {','.join(sorted(record.scopes))}")
+            print(f"token:    {token}\n(store it now: it is shown only once)")
+        return 0
+    if args.action == "list":
+        rows = [token_json(t) for t in await store.list()]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                print(
+                    f"{r['token_id']}  {'revoked' if r['revoked'] else 'active':8} {','.join(r['scopes'])}  {r['name']}"
+                )
+        return 0
+    revoked = await store.revoke(args.token_id, _cli_change())
+    if revoked is None:
+        raise CliError(f"no operator token with id {args.token_id}")
+    print(f"revoked {revoked.token_id} ({revoked.name})")
+    return 0
+
+
 async def _with_redis(config: Config, fn: Callable[[Any], Awaitable[int]]) -> int:
     from .app import connect_redis
 
@@ -351,19 +432,19 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
     if args.action == "create":
         given = _key_controls_given(args)
         controls = _key_controls(KeyControls(), given, config.catalog_path) if given else None
-        key, record = await store.create(args.account, args.scopes, args.name)
-        if controls is not None:
-            await store.set_controls(record.account, record.key_id, controls)
-        out = {"key": key, "key_id": record.key_id, "account": record.account, "scopes": sorted(record.scopes)}
+        new = await _provisioning(redis).create_key(
+            _cli_change(), args.account, name=args.name, scopes=tuple(args.scopes), controls=controls
+        )
+        out = {"key": new.key, "key_id": new.key_id, "account": new.account, "scopes": new.scopes}
         if controls is not None:
             out["controls"] = controls.to_json()
         if args.json:
             print(json.dumps(out))
         else:
-            print(f"key_id:  {record.key_id}\naccount: {record.account}\nscopes:  {','.join(sorted(record.scopes))}")
+            print(f"key_id:  {new.key_id}\naccount: {new.account}\nscopes:  {','.join(new.scopes)}")
             if controls is not None:
                 _print_controls(controls, False)
-            print(f"key:     {key}\n(store it now: it is shown only once)")
+            print(f"key:     {new.key}\n(store it now: it is shown only once)")
         return 0
     if args.action in ("set-limits", "show-limits"):
         given = _key_controls_given(args) if args.action == "set-limits" else {}
@@ -377,8 +458,8 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
         try:
             controls = await store.get_controls(found.account, found.key_id)
             if args.action == "set-limits":
-                controls = await store.set_controls(
-                    found.account, found.key_id, _key_controls(controls, given, config.catalog_path)
+                controls = await _provisioning(redis).set_key_controls(
+                    _cli_change(), found.account, found.key_id, _key_controls(controls, given, config.catalog_path)
                 )
         except UnknownKey as exc:
             raise CliError(str(exc)) from None
@@ -405,11 +486,31 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
                 limits = " ".join(f"{k}={v}" for k, v in r["controls"].items() if v is not None)
                 print(f"{r['key_id']}  {state:8} {','.join(r['scopes'])}  {r['name']}  {limits}".rstrip())
         return 0
-    revoked = await store.revoke(args.key_id)
-    if revoked is None:
+    found = await store.by_id(args.key_id)
+    if found is None:
         raise CliError(f"no key with id {args.key_id}")
-    print(f"revoked {revoked.key_id} (account {revoked.account})")
+    service = _provisioning(redis)
+    if args.action == "rotate":
+        from .provisioning.schemas import KeyRotate
+
+        rotated = await service.rotate_key(
+            _cli_change(), found.account, args.key_id, KeyRotate(grace_seconds=args.grace_seconds)
+        )
+        if args.json:
+            print(rotated.model_dump_json())
+        else:
+            print(f"key_id:  {rotated.key_id}\nkey:     {rotated.key}\n(store it now: it is shown only once)")
+            print(f"the old secret works until {rotated.previous_secret_retires_at}")
+        return 0
+    view = await service.revoke_key(_cli_change(), found.account, args.key_id)
+    print(f"revoked {view.key_id} (account {view.account})")
     return 0
+
+
+def _provisioning(redis: Any) -> Any:
+    from .provisioning.server import provisioning
+
+    return provisioning(Config(), redis)
 
 
 async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
@@ -417,8 +518,18 @@ async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
 
     accounts = RedisAccounts(redis)
     if args.action == "grant":
-        balance = await accounts.grant(args.account, args.credits)
-        print(f"account {args.account}: balance {format_credits(balance)} credits")
+        from decimal import Decimal
+
+        from .provisioning.schemas import CreditChange
+
+        action = "credits.grant" if args.credits >= 0 else "credits.debit"
+        if args.credits == 0:
+            raise CliError("--credits must not be 0")
+        body = CreditChange(credits=Decimal(abs(args.credits)) / 1_000_000)
+        idem = args.idempotency_key or "cli_" + uuid.uuid4().hex
+        result, replayed = await _provisioning(redis).change_credits(_cli_change(), args.account, action, body, idem)
+        note = " (already applied under this idempotency key: nothing changed)" if replayed else ""
+        print(f"account {args.account}: balance {result.balance_after} credits{note}")
         return 0
     b = await accounts.balance(args.account)
     out = {
@@ -676,7 +787,12 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_with_redis(config, lambda redis: _keys(args, redis, config)))
         if args.command == "notify-worker":
             return asyncio.run(_with_redis(config, lambda redis: _notify_worker(args, redis, config)))
-        handler = {"credits": _credits_cmd, "settings": _settings_cmd, "notify": _notify_cmd}[args.command]
+        handler = {
+            "credits": _credits_cmd,
+            "settings": _settings_cmd,
+            "notify": _notify_cmd,
+            "operator-tokens": _operator_tokens_cmd,
+        }[args.command]
         return asyncio.run(_with_redis(config, lambda redis: handler(args, redis)))
     except (CliError, CatalogError, ValueError) as exc:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)
@@ -690,6 +806,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as exc:
         print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)
         return 1
+    except ApiError as exc:  # the provisioning service's refusals (same text as the API's)
+        print(f"critique-sidecar: error: {exc.message}", file=sys.stderr)
+        return 2
     except (RedisError, RedisClusterException) as exc:  # from commands that go to Redis directly
         print(f"critique-sidecar: error: Redis at {_redis_where(config)}: {_one_line(exc)}", file=sys.stderr)
         return 1

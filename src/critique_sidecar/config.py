@@ -100,6 +100,23 @@ class Config(BaseSettings):
         description="Own listen address for Prometheus GET /metrics (e.g. 0.0.0.0:9003 in a pod); empty serves /metrics on the HTTP listener. Envoy never routes /metrics.",
     )
 
+    # -- provisioning API (admin listener) --------------------------------------------------
+    admin_listen: str = Field(
+        "",
+        description="Listen address of the provisioning API (operator tokens; keys, credits, settings, usage, audit), e.g. 127.0.0.1:9004; empty turns it off. Never routed by the public Envoy listener.",
+    )
+    idempotency_ttl_s: int = Field(
+        30 * 86400,
+        gt=0,
+        description="Seconds a credit grant/debit Idempotency-Key is remembered: a retry within it returns the first result and never applies twice.",
+    )
+    key_rotation_grace_s: int = Field(
+        86400,
+        ge=0,
+        le=30 * 86400,
+        description="Default seconds a rotated key's old secret keeps working (a rotate request may ask for 0 up to 30 days).",
+    )
+
     # -- billing integrity (issue 14) --------------------------------------------------------
     max_n: int = Field(
         8,

@@ -6,6 +6,7 @@
                        the revocation feed (drops revoked keys from this process's cache)
                        usage retention (trims old usage records; Config.usage_trim_interval_s)
                        webhook delivery and the usage push, when configured (workers/)
+                       the provisioning API on its own listener, when Config.admin_listen is set
     stop(*drains)    the front door's drain steps, in order (stop taking requests, let open ones
                      finish and settle); then the background work stops, the journal is flushed
                      once more (what cannot reach Redis stays for the next start) and the
@@ -20,6 +21,7 @@ from typing import Any
 
 from .app import Components
 from .config import Config
+from .provisioning.server import admin_server
 from .store.key_store import watch_revocations
 from .store.usage_retention import UsageRetention
 
@@ -34,6 +36,7 @@ class Lifecycle:
         self.components = components
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._stopped = False
+        self._admin: Any = None  # provisioning.server's uvicorn server, when it runs
 
     def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self.tasks[name] = asyncio.create_task(work, name=name)
@@ -52,6 +55,9 @@ class Lifecycle:
 
         for name, work in background_workers(config, c.redis):
             self._run(name, work)
+        self._admin = admin_server(config, c.redis)
+        if self._admin is not None:
+            self._run("admin-listener", self._admin.serve())
 
     async def stop(self, *drains: Drain) -> None:
         """Idempotent: a second call (a second signal, a lifespan after a crash) does nothing."""
@@ -63,6 +69,9 @@ class Lifecycle:
                 await drain()
             except Exception:
                 log.exception("a drain step failed; shutting down anyway")
+        if self._admin is not None:  # the provisioning API closes after the front door's drains
+            self._admin.should_exit = True
+            await asyncio.gather(self.tasks["admin-listener"], return_exceptions=True)
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)

@@ -60,6 +60,7 @@ SIDECAR_HTTP_PATHS = {
     "/api/v1/models",
     "/api/settings/inference-api",
     "/api/dashboard/inference-api",
+    "/api/settings/inference-api/keys",
     "/inference-dashboard",
 }
 

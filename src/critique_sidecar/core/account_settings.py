@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
+from .audit import Change
 from .errors import ApiError
 from .money import MICRO, format_credits
 
@@ -324,7 +325,8 @@ class SettingsStore(Protocol):
 
     async def get(self, account: str) -> AccountSettings: ...
 
-    async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings: ...
+    async def patch(self, account: str, patch: SettingsPatch, change: Change | None = None) -> AccountSettings:
+        """Apply a validated patch; with `change`, atomically with its audit entry."""
 
     async def ensure_webhook_secret(self, account: str) -> str | None:
         """Give the account a webhook signing secret if it has none: the new secret (shown

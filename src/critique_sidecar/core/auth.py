@@ -18,6 +18,7 @@ class Identity:
 
 
 _INVALID = "Invalid API key. Send 'Authorization: Bearer crt_...' with an active Critique key."
+_ROTATED = "This API key was rotated and its old secret's grace period has ended; use the new secret."
 
 
 class Authenticator:
@@ -45,6 +46,8 @@ class Authenticator:
             record = await self._lookup(key_hash)
         if record is None or record.revoked or not hashes_match(record.key_hash, key_hash):
             raise ApiError("invalid_api_key", _INVALID)
+        if record.retires_at_ms and time.time() * 1000 >= record.retires_at_ms:
+            raise ApiError("invalid_api_key", _ROTATED)
         if record.expires_at_ms is not None and time.time() * 1000 >= record.expires_at_ms:
             raise key_expired(record.expires_at_ms)
         return Identity(record.account, record.key_id, record.scopes)

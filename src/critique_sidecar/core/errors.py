@@ -30,6 +30,9 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "key_daily_credit_cap_reached": (429, "rate_limit_error"),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     # <<< limits
+    # provisioning API (operator tokens, idempotent credit changes)
+    "invalid_operator_token": (401, "authentication_error"),
+    "idempotency_conflict": (409, "invalid_request_error"),
 }
 
 

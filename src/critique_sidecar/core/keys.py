@@ -84,6 +84,8 @@ class KeyRecord:
     name: str = ""
     created_at: int = 0
     revoked: bool = False
+    # After a rotation, the old secret's record says when it stops working (unix ms; 0: never).
+    retires_at_ms: int = 0
     # A copy of KeyControls.expires_at_ms, so routes without the admission script (models,
     # settings, dashboard) refuse an expired key too; the chat route checks the controls.
     expires_at_ms: int | None = None

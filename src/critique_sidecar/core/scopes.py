@@ -24,6 +24,10 @@ CHAT_PATH = "/api/v1/chat/completions"
 MODELS_PATH = "/api/v1/models"
 SETTINGS_PATH = "/api/settings/inference-api"
 DASHBOARD_PATH = "/api/dashboard/inference-api"
+# The signed-in customer's keys (Settings -> Connections): list (read), create and revoke with
+# `?key_id=` (admin; Envoy routes the sidecar's pages by exact path, so no /keys/{id}).
+KEYS_PATH = "/api/settings/inference-api/keys"
+KEYS_MANAGE = frozenset({ADMIN_INFERENCE})
 
 _ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", CHAT_PATH): CHAT,
@@ -31,6 +35,9 @@ _ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", SETTINGS_PATH): SETTINGS_READ,
     ("PATCH", SETTINGS_PATH): SETTINGS_WRITE,
     ("GET", DASHBOARD_PATH): DASHBOARD,
+    ("GET", KEYS_PATH): SETTINGS_READ,  # the list never holds a secret
+    ("POST", KEYS_PATH): KEYS_MANAGE,
+    ("DELETE", KEYS_PATH): KEYS_MANAGE,
 }
 
 

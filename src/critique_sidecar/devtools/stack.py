@@ -35,6 +35,7 @@ DEFAULT_PORTS = {
     "upstream": 8100,
     "redis": 6380,
     "gateway": 8090,
+    "provision": 9004,  # the provisioning API (CRITIQUE_ADMIN_LISTEN), never behind Envoy
 }
 FRONT_DOORS = ("envoy", "asgi")
 
@@ -152,6 +153,7 @@ class Stack:
             "CRITIQUE_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
             "CRITIQUE_HTTP_LISTEN": f"127.0.0.1:{self.ports['http'] if index == 0 else free_port()}",
             "CRITIQUE_JOURNAL_PATH": str(self.workdir / f"journal-{index}.log"),
+            "CRITIQUE_ADMIN_LISTEN": f"127.0.0.1:{self.ports['provision']}" if index == 0 else "",
             **self.sidecar_env,
         }
 
@@ -195,6 +197,7 @@ class Stack:
         http = self.sidecar_environ(index)["CRITIQUE_HTTP_LISTEN"]
         if index == 0:
             wait_until(lambda: _http_get(f"http://{http}/api/v1/models")[0] == 401, "sidecar", proc=proc)
+            wait_until(lambda: _http_get(f"{self.provision_url}/openapi.json")[0] == 200, "admin listener", proc=proc)
         return proc
 
     def gateway_environ(self) -> dict[str, str]:
@@ -205,6 +208,7 @@ class Stack:
             "CRITIQUE_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",
             "CRITIQUE_UPSTREAM_OVERRIDE": f"127.0.0.1:{self.ports['upstream']}",
             "CRITIQUE_JOURNAL_PATH": str(self.workdir / "journal-gateway.log"),
+            "CRITIQUE_ADMIN_LISTEN": "",  # the sidecar serves the provisioning API (same Redis)
         }
 
     def start_gateway(self) -> subprocess.Popen[bytes]:
@@ -313,6 +317,16 @@ class Stack:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['gateway']}"
 
+    @property
+    def provision_url(self) -> str:
+        """The provisioning API (sidecar 0's admin listener)."""
+        return f"http://127.0.0.1:{self.ports['provision']}"
+
+    def operator_token(self, scopes: str = "all", name: str = "stack") -> str:
+        """A new operator token for the provisioning API, made by the CLI."""
+        out = self.cli("operator-tokens", "create", "--name", name, "--scopes", scopes, "--json")
+        return str(json.loads(out)["token"])
+
     def url(self, front_door: str) -> str:
         """Base URL of one front door ("envoy" or "asgi")."""
         return {"envoy": self.base_url, "asgi": self.gateway_url}[front_door]
@@ -374,13 +388,13 @@ def _signals_deferred() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def banner(stack: Stack, key: dict[str, Any]) -> str:
+def banner(stack: Stack, key: dict[str, Any], operator: str) -> str:
     ports = stack.ports
     return f"""
 critique-sidecar local stack is up (logs in {stack.workdir}/):
   Envoy      {stack.base_url}   (admin http://127.0.0.1:{ports["admin"]})
   ASGI       {stack.gateway_url}   (the same product without Envoy: critique-sidecar gateway)
-  sidecar    grpc 127.0.0.1:{ports["grpc"]}, http 127.0.0.1:{ports["http"]}
+  sidecar    grpc 127.0.0.1:{ports["grpc"]}, http 127.0.0.1:{ports["http"]}, provisioning {stack.provision_url}
   upstream   fake OpenAI-compatible server on 127.0.0.1:{ports["upstream"]}
   Redis      {stack.redis_url}
 
@@ -390,6 +404,11 @@ demo account 'demo' has 100 credits; demo key ({key["key_id"]}):
 curl {stack.base_url}/api/v1/chat/completions \\
   -H "Authorization: Bearer {key["key"]}" -H "Content-Type: application/json" \\
   -d '{{"model": "deepseek/deepseek-v4-flash", "messages": [{{"role": "user", "content": "Summarize this retry policy in three bullets."}}]}}' -i
+
+dashboard and Settings -> Connections: {stack.base_url}/inference-dashboard (paste the demo key)
+
+provisioning API {stack.provision_url} (operator token, all scopes):
+  curl {stack.provision_url}/v1/accounts/demo/credits -H "Authorization: Bearer {operator}"
 
 Operator CLI: run from this directory, `.venv/bin/critique-sidecar credits show --account demo`
 finds this stack's Redis by itself ({stack.workdir}/stack.json); from elsewhere, set
@@ -412,10 +431,11 @@ def main() -> int:
     try:
         check_ports_free({k: v for k, v in ports.items() if not (k == "redis" and redis_url)})
         stack.start()
-        key = stack.create_key("demo")
+        key = stack.create_key("demo", "read:inference,write:inference,admin:inference")
         stack.cli("credits", "grant", "--account", "demo", "--credits", "100")
+        operator = stack.operator_token("all", name="make-run")
         stack_file.write(workdir, str(stack.redis_url), ports)
-        print(banner(stack, key), flush=True)
+        print(banner(stack, key, operator), flush=True)
         while True:
             signal.pause()
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -36,6 +37,7 @@ def _record(data: dict[bytes, bytes]) -> KeyRecord:
         name=d.get("name", ""),
         created_at=int(d.get("created_at", "0")),
         revoked=d.get("revoked") == "1",
+        retires_at_ms=int(d.get("retires_at_ms", "0") or 0),
         expires_at_ms=int(d["expires_at_ms"]) if d.get("expires_at_ms", "").isdigit() else None,
     )
 
@@ -83,8 +85,15 @@ class RedisKeyStore:
         record = await self.by_id(key_id)
         if record is None:
             return None
-        await self._redis.hset(ks.key_by_hash(record.key_hash), "revoked", "1")
-        await self._redis.publish(REVOCATIONS_CHANNEL, record.key_hash)
+        # The current secret and any rotated-out one still in its grace period.
+        key_hash: str | None = record.key_hash
+        while key_hash:
+            if not await self._redis.exists(ks.key_by_hash(key_hash)):
+                break
+            await self._redis.hset(ks.key_by_hash(key_hash), "revoked", "1")
+            await self._redis.publish(REVOCATIONS_CHANNEL, key_hash)
+            previous = await self._redis.hget(ks.key_by_hash(key_hash), "previous")
+            key_hash = previous.decode() if previous else None
         return await self.by_id(key_id)
 
     # --- per-key controls (issue 17/18) ---------------------------------------------------------
@@ -120,6 +129,34 @@ class RedisKeyStore:
         """The stored controls without checking the key exists (the dashboard's by-key table)."""
         data = await self._redis.hgetall(ks.key_controls(ks.check_account(account), key_id))
         return KeyControls.from_hash({_text(k): _text(v) for k, v in data.items()})
+
+    # -- rotation (provisioning API) -------------------------------------------------------
+
+    @store_call
+    async def rotate(self, key_id: str, grace_s: int, now_ms: int) -> tuple[str, KeyRecord, KeyRecord] | None:
+        """A new secret for the same key id, account, scopes and name (per-key controls are kept
+        by key id). The old secret works `grace_s` more seconds, then stops: its record carries
+        `retires_at_ms` (checked on every use, cached or not) and expires from Redis then.
+        Returns (new key, new record, old record) or None for an unknown or revoked key.
+
+        Order: the new record first, then the id points at it, then the old one is retired; a
+        crash in between leaves at worst a new secret nobody was shown."""
+        old = await self.by_id(key_id)
+        if old is None or old.revoked:
+            return None
+        data = {k.decode(): v.decode() for k, v in (await self._redis.hgetall(ks.key_by_hash(old.key_hash))).items()}
+        key = generate_key()
+        new_hash = hash_key(key)
+        data.pop("retires_at_ms", None)
+        await self._redis.hset(ks.key_by_hash(new_hash), mapping={**data, "hash": new_hash, "previous": old.key_hash})
+        await self._redis.set(ks.key_by_id(key_id), new_hash)
+        retires = now_ms + grace_s * 1000
+        await self._redis.hset(ks.key_by_hash(old.key_hash), "retires_at_ms", str(retires))
+        await self._redis.pexpireat(ks.key_by_hash(old.key_hash), retires)
+        await self._redis.publish(REVOCATIONS_CHANNEL, old.key_hash)  # caches reload it with its end
+        new = await self.find_by_hash(new_hash)
+        assert new is not None
+        return key, new, replace(old, retires_at_ms=retires)
 
 
 class _ForgetAll:

@@ -118,3 +118,30 @@ def account_of_notify_outbox(key: str) -> str | None:
         if ACCOUNT_RE.match(account):
             return account
     return None
+
+
+# -- provisioning: idempotency records, audit streams, operator tokens ---------------------
+
+
+def idempotency(account: str, digest: str) -> str:
+    """Hash: the first result of a credit change made under one Idempotency-Key (its SHA-256)."""
+    return f"{_tag(account)}:idem:{digest}"
+
+
+def audit(account: str) -> str:
+    """Stream of the provisioning changes to one account (keys, credits, settings)."""
+    return f"{_tag(account)}:audit"
+
+
+# Changes that belong to no account (operator tokens) go to one stream of their own.
+OPERATOR_AUDIT = "crt:audit:operators"
+OPERATOR_TOKENS = "crt:optokens"  # set of operator token ids
+
+
+def operator_token(token_hash: str) -> str:
+    return f"crt:optoken:{token_hash}"
+
+
+def operator_token_id(token_id: str) -> str:
+    """String: the token's hash."""
+    return f"crt:optokenid:{token_id}"

@@ -8,7 +8,10 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import orjson
+
 from ..core.account_settings import H_NOTIFY_SECRET, AccountSettings, SettingsPatch
+from . import audit
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
@@ -22,6 +25,7 @@ class RedisSettingsStore:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
         self._patch = register(redis, "patch_settings")
+        self._patch_audited = register(redis, "patch_settings_audited")
 
     @store_call
     async def get(self, account: str) -> AccountSettings:
@@ -29,14 +33,20 @@ class RedisSettingsStore:
         return AccountSettings.from_hash({_text(k): _text(v) for k, v in data.items()})
 
     @store_call
-    async def patch(self, account: str, patch: SettingsPatch) -> AccountSettings:
-        """Apply a validated partial update; returns the full settings after it."""
+    async def patch(self, account: str, patch: SettingsPatch, change: audit.Change | None = None) -> AccountSettings:
+        """Apply a validated partial update; returns the full settings after it. With `change`
+        (who made it), the audit entry (before and after) is written by the same script."""
         to_set, to_delete = patch.hash_changes()
         args: list[str] = [str(len(to_set))]
         for field, value in sorted(to_set.items()):
             args += [field, value]
         args += to_delete
-        flat = await self._patch(keys=[ks.settings(ks.check_account(account))], args=args)
+        ks.check_account(account)
+        if change is None:
+            flat = await self._patch(keys=[ks.settings(account)], args=args)
+        else:
+            entry = orjson.dumps(audit.static_fields(change, audit.SETTINGS_PATCH, account, None)).decode()
+            flat = await self._patch_audited(keys=[ks.settings(account), ks.audit(account)], args=[entry, *args])
         return AccountSettings.from_hash({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     # -- observe: the webhook signing secret (a settings hash field the API never returns) -----

@@ -34,8 +34,10 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 
 from .._generated.usage_record_pb2 import UsageRecord as UsageRecordPb
+from ..core.dashboard_source import parse_record_id
 from ..core.money import format_credits
 from . import keyspace as ks
+from .errors import store_call
 
 USAGE_ACCOUNTS = "crt:usage:accounts"
 """Set of account ids that have (or had) a usage stream."""
@@ -119,3 +121,18 @@ async def rebuild_registry(redis: Any) -> list[str]:
     if found:
         await redis.sadd(USAGE_ACCOUNTS, *sorted(found))
     return sorted(found)
+
+
+# -- the export over HTTP (provisioning API): a stateless cursor over the stream ----------
+
+
+@store_call
+async def records_after(redis: Any, account: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """Up to `limit` records after stream id `after` (exclusive; None: from the oldest kept),
+    oldest first, and whether more follow. The caller keeps the last id as its cursor."""
+    if after is not None:
+        parse_record_id(after)
+    rows = await redis.xrange(
+        ks.usage_stream(ks.check_account(account)), min=f"({after}" if after else "-", count=limit + 1
+    )
+    return [record_json(sid, fields) for sid, fields in rows[:limit]], len(rows) > limit

@@ -19,7 +19,9 @@ from ..core.clock import Clock, utc_now
 from ..core.dashboard_source import DashboardSource
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
+from ..provisioning.service import Provisioning
 from .dashboard import dashboard_routes
+from .keys import key_routes
 from .models import model_list
 from .settings import settings_routes
 
@@ -34,6 +36,8 @@ class WebContext:
     # Prometheus exposition (observability.metrics): GET /metrics. Only the sidecar's own HTTP
     # listener sets it; Envoy never routes /metrics, and the ASGI gateway leaves it unset.
     metrics: Callable[[], bytes] | None = None
+    # The customer's key routes (Settings -> Connections); None: not served.
+    provisioning: Provisioning | None = None
 
 
 def json_response(data: object, status: int = 200) -> Response:
@@ -71,6 +75,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
         routes += settings_routes(ctx.settings, lambda request, any_of: identify(ctx, request, any_of))
     if ctx.dashboard is not None:
         routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
+    if ctx.provisioning is not None:
+        routes += key_routes(ctx.provisioning, lambda request, any_of: identify(ctx, request, any_of))
     if ctx.metrics is not None:
         exposition = ctx.metrics
 

@@ -3,11 +3,13 @@
 GET needs read:inference (or admin:inference); PATCH needs admin:inference, which agent keys
 do not have, so an inference key can never raise its own caps. The body is parsed with
 exact decimals (a JSON number like 0.1 is never a float) and validated by the core's
-SettingsPatch; the response is always the full settings after the change."""
+SettingsPatch; the response is always the full settings after the change. A change is written
+to the account's audit trail (actor: the calling key) by the same script that applies it."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
@@ -18,11 +20,18 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..core.account_settings import SettingsPatch, SettingsStore
+from ..core.audit import Actor, Change
 from ..core.auth import Identity
 from ..core.errors import ApiError
 from ..core.scopes import SETTINGS_PATH, SETTINGS_READ, SETTINGS_WRITE
+from ..provisioning.api import request_id_of
 
 MAX_BODY_BYTES = 16 * 1024
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
 
 Identify = Callable[[Request, frozenset[str]], Awaitable[Identity]]
 
@@ -53,7 +62,8 @@ def settings_routes(store: SettingsStore, identify: Identify) -> list[Route]:
     async def patch_settings(request: Request) -> Response:
         identity = await identify(request, SETTINGS_WRITE)
         patch = SettingsPatch.parse(decode_body(await request.body()))
-        updated = (await store.patch(identity.account, patch)).to_json()
+        change = Change(Actor("key", identity.key_id), request_id_of(request), now_ms())
+        updated = (await store.patch(identity.account, patch, change)).to_json()
         if updated.get("notify_webhook_url"):  # observe: the signing secret, shown once when created
             secret = await store.ensure_webhook_secret(identity.account)
             if secret is not None:

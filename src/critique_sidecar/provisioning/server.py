@@ -1,0 +1,47 @@
+"""The admin listener: the provisioning API served by its own uvicorn server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from ..config import Config
+from ..core.catalog import load_catalog
+from ..store.operator_tokens import RedisOperatorTokens
+from .api import build_admin_app
+from .service import Provisioning
+
+
+def provisioning(config: Config, redis: Any) -> Provisioning:
+    return Provisioning(
+        redis,
+        idempotency_ttl_s=config.idempotency_ttl_s,
+        rotation_grace_s=config.key_rotation_grace_s,
+        known_models=frozenset(m.id for m in load_catalog(config.catalog_path).models),
+    )
+
+
+def admin_server(config: Config, redis: Any) -> uvicorn.Server | None:
+    """The server for CRITIQUE_ADMIN_LISTEN, or None when it is not set. The caller runs
+    `serve()` and sets `should_exit` to stop it."""
+    if not config.admin_listen:
+        return None
+    host, _, port = config.admin_listen.rpartition(":")
+    app = build_admin_app(provisioning(config, redis), RedisOperatorTokens(redis))
+    return _QuietServer(
+        uvicorn.Config(
+            app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off", log_config=None
+        )
+    )
+
+
+class _QuietServer(uvicorn.Server):
+    """Leaves signals to the process: uvicorn would otherwise install its own handlers while it
+    serves (and re-raise the signal when it stops)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield

@@ -1,0 +1,260 @@
+"""The operator actions, once: keys, credits, account settings, usage export and the audit trail.
+
+The provisioning API, the customer's key routes and the CLI all call these functions; every
+change is audited with who made it (`audit.Change`). Validation of request bodies happens in
+`schemas`; account ids are checked here (`invalid_request`, param `account`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..core.account_settings import SettingsPatch
+from ..core.errors import ApiError
+from ..core.key_controls import KeyControls
+from ..core.keys import KeyRecord
+from ..core.money import MICRO, format_credits
+from ..store import audit
+from ..store import keyspace as ks
+from ..store.accounts import RedisAccounts, open_holds
+from ..store.credit_changes import RedisCreditChanges, fingerprint
+from ..store.key_store import RedisKeyStore
+from ..store.settings_store import RedisSettingsStore
+from ..store.usage_records import records_after
+from . import schemas as s
+
+MAX_IDEMPOTENCY_KEY_LEN = 255
+MAX_PAGE = 500
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_account(account: str) -> str:
+    try:
+        return ks.check_account(account)
+    except ValueError as exc:
+        raise ApiError("invalid_request", str(exc), param="account") from None
+
+
+def check_idempotency_key(value: str | None) -> str:
+    if value is None or not value.strip():
+        raise ApiError(
+            "invalid_request", "an Idempotency-Key header is required for credit changes", param="Idempotency-Key"
+        )
+    if len(value) > MAX_IDEMPOTENCY_KEY_LEN or not value.isascii() or not value.isprintable():
+        raise ApiError(
+            "invalid_request",
+            f"the Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters",
+            param="Idempotency-Key",
+        )
+    return value
+
+
+def key_view(record: KeyRecord, controls: KeyControls) -> s.KeyView:
+    return s.KeyView(
+        key_id=record.key_id,
+        account=record.account,
+        name=record.name,
+        scopes=sorted(record.scopes),
+        created_at=iso(record.created_at * 1000),
+        revoked=record.revoked,
+        **controls.to_json(),
+    )
+
+
+@dataclass
+class Provisioning:
+    redis: Any
+    idempotency_ttl_s: int = 30 * 86400
+    rotation_grace_s: int = 86400
+    known_models: frozenset[str] | None = None  # the catalog's ids, for model allowlists
+
+    def __post_init__(self) -> None:
+        self.keys = RedisKeyStore(self.redis)
+        self.settings = RedisSettingsStore(self.redis)
+        self.accounts = RedisAccounts(self.redis)
+        self.credit_changes = RedisCreditChanges(self.redis, self.idempotency_ttl_s)
+
+    # -- keys --------------------------------------------------------------------------------
+
+    async def create_key_from(self, change: audit.Change, account: str, spec: s.KeyCreate) -> s.NewKey:
+        """A key from an API body: name, scopes and any per-key controls."""
+        given = spec.controls_given()
+        controls = KeyControls.parse(given, self.known_models) if given else None
+        return await self.create_key(change, account, name=spec.name, scopes=tuple(spec.scopes), controls=controls)
+
+    async def create_key(
+        self, change: audit.Change, account: str, *, name: str, scopes: tuple[str, ...], controls: KeyControls | None
+    ) -> s.NewKey:
+        check_account(account)
+        secret, record = await self.keys.create(account, scopes, name)
+        if controls is not None and not controls.empty:
+            await self.keys.set_controls(account, record.key_id, controls)
+            record = await self._own_key(account, record.key_id)
+        view = key_view(record, controls or KeyControls())
+        await audit.append(
+            self.redis, ks.audit(account), change, "key.create",
+            account=account, target=record.key_id, before=None, after=view.model_dump(mode="json"),
+        )  # fmt: skip
+        return s.NewKey(**view.model_dump(), key=secret)
+
+    async def list_keys(self, account: str) -> s.KeyList:
+        check_account(account)
+        return s.KeyList(data=[await self._view(r) for r in await self.keys.list(account)])
+
+    async def _view(self, record: KeyRecord) -> s.KeyView:
+        return key_view(record, await self.keys.controls_of(record.account, record.key_id))
+
+    async def set_key_controls(
+        self, change: audit.Change, account: str, key_id: str, controls: KeyControls
+    ) -> KeyControls:
+        check_account(account)
+        record = await self._own_key(account, key_id)
+        before = await self._view(record)
+        await self.keys.set_controls(account, key_id, controls)
+        after = await self._view(await self._own_key(account, key_id))
+        await audit.append(
+            self.redis, ks.audit(account), change, "key.controls", account=account, target=key_id,
+            before=before.model_dump(mode="json"), after=after.model_dump(mode="json"),
+        )  # fmt: skip
+        return controls
+
+    async def patch_key(self, change: audit.Change, account: str, key_id: str, spec: s.KeyControlsPatch) -> s.KeyView:
+        """Change some of a key's controls (null removes one)."""
+        check_account(account)
+        await self._own_key(account, key_id)
+        current = await self.keys.controls_of(account, key_id)
+        await self.set_key_controls(change, account, key_id, current.patched(spec.controls_given(), self.known_models))
+        return await self._view(await self._own_key(account, key_id))
+
+    async def _own_key(self, account: str, key_id: str) -> KeyRecord:
+        record = await self.keys.by_id(key_id) if key_id.isascii() and len(key_id) <= 64 else None
+        if record is None or record.account != account:
+            raise ApiError("not_found", f"no key {key_id[:64]!r} in account {account!r}", param="key_id")
+        return record
+
+    async def revoke_key(self, change: audit.Change, account: str, key_id: str) -> s.KeyView:
+        check_account(account)
+        before = await self._view(await self._own_key(account, key_id))
+        after = await self.keys.revoke(key_id)
+        assert after is not None
+        view = await self._view(after)
+        await audit.append(
+            self.redis, ks.audit(account), change, "key.revoke", account=account, target=key_id,
+            before=before.model_dump(mode="json"), after=view.model_dump(mode="json"),
+        )  # fmt: skip
+        return view
+
+    async def rotate_key(self, change: audit.Change, account: str, key_id: str, spec: s.KeyRotate) -> s.RotatedKey:
+        check_account(account)
+        record = await self._own_key(account, key_id)
+        if record.revoked:
+            raise ApiError("invalid_request", f"key {key_id} is revoked; create a new one", param="key_id")
+        grace = self.rotation_grace_s if spec.grace_seconds is None else spec.grace_seconds
+        rotated = await self.keys.rotate(key_id, grace, change.ts_ms)
+        if rotated is None:  # revoked meanwhile
+            raise ApiError("not_found", f"no active key {key_id!r} in account {account!r}", param="key_id")
+        secret, new, old = rotated
+        view = await self._view(new)
+        retires = iso(old.retires_at_ms)
+        await audit.append(
+            self.redis, ks.audit(account), change, "key.rotate", account=account, target=key_id,
+            before=(await self._view(record)).model_dump(mode="json"),
+            after={**view.model_dump(mode="json"), "previous_secret_retires_at": retires},
+        )  # fmt: skip
+        return s.RotatedKey(**view.model_dump(), key=secret, previous_secret_retires_at=retires)
+
+    # -- credits -----------------------------------------------------------------------------
+
+    async def change_credits(
+        self, change: audit.Change, account: str, action: str, body: s.CreditChange, idempotency_key: str | None
+    ) -> tuple[s.CreditResult, bool]:
+        """A grant or debit (action "credits.grant" | "credits.debit"), applied once per
+        Idempotency-Key. Returns (result, replayed): a replay returns the first result."""
+        check_account(account)
+        idem = check_idempotency_key(idempotency_key)
+        micro = int(body.credits * MICRO)
+        delta = micro if action == "credits.grant" else -micro
+        fp = fingerprint(action, account, micro, body.note or "")
+        r = await self.credit_changes.apply(account, delta, idem, fp, change, action)
+        if r.status == "conflict":
+            raise ApiError(
+                "idempotency_conflict",
+                "this Idempotency-Key was already used for a different request; use a new key",
+                param="Idempotency-Key",
+            )
+        if r.status == "insufficient":
+            raise ApiError(
+                "insufficient_credits",
+                f"debit of {format_credits(micro)} credits refused: the balance is {format_credits(r.balance_before)} "
+                f"and open holds need {format_credits(r.balance_after)}",
+                param="credits",
+            )
+        result = s.CreditResult(
+            account=account,
+            action=action,
+            credits=format_credits(abs(r.balance_after - r.balance_before)),
+            balance_before=format_credits(r.balance_before),
+            balance_after=format_credits(r.balance_after),
+            idempotency_key=idem,
+            applied_at=iso(r.ts_ms),
+            audit_id=r.audit_id,
+        )
+        return result, r.status == "replay"
+
+    async def balance(self, account: str) -> s.Balance:
+        check_account(account)
+        b = await self.accounts.balance(account)
+        holds = await open_holds(self.redis, account)
+        return s.Balance(
+            account=account,
+            balance=format_credits(b.balance),
+            held=format_credits(b.held),
+            available=format_credits(b.balance - b.held),
+            open_holds=b.open_holds,
+            holds=[
+                s.Hold(request_id=h.request_id, credits=format_credits(h.amount), expires_at=iso(h.expires_ms))
+                for h in holds
+            ],
+        )
+
+    # -- settings ----------------------------------------------------------------------------
+
+    async def get_settings(self, account: str) -> s._Strict:
+        check_account(account)
+        return s.Settings(**(await self.settings.get(account)).to_json())
+
+    async def patch_settings(self, change: audit.Change, account: str, patch: SettingsPatch) -> s._Strict:
+        check_account(account)
+        return s.Settings(**(await self.settings.patch(account, patch, change)).to_json())
+
+    # -- usage and audit ---------------------------------------------------------------------
+
+    async def usage(self, account: str, after: str | None, limit: int) -> s.UsagePage:
+        check_account(account)
+        try:
+            rows, more = await records_after(self.redis, account, after, limit)
+        except ValueError:
+            raise ApiError("invalid_request", "'after' must be a cursor this API returned", param="after") from None
+        return s.UsagePage(
+            data=[s.UsageRecord(**r) for r in rows], next_cursor=rows[-1]["id"] if rows else after, has_more=more
+        )
+
+    async def audit_page(self, account: str | None, before: str | None, limit: int) -> s.AuditPage:
+        stream = ks.audit(check_account(account)) if account is not None else ks.OPERATOR_AUDIT
+        try:
+            page = await audit.read_page(self.redis, stream, before, limit)
+        except ValueError:
+            raise ApiError("invalid_request", "'before' must be a cursor this API returned", param="before") from None
+        return s.AuditPage(data=[s.AuditEntry(**e) for e in page.entries], next_cursor=page.next_cursor)
+
+
+def page_limit(raw: str | None, default: int = 100) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise ApiError("invalid_request", f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
+    return int(raw)

@@ -1,0 +1,58 @@
+"""Idempotent credit grants and debits: one Lua script (credit_change.lua) per change, in the
+account's slot, applies the change, remembers its result under the Idempotency-Key and writes
+the audit entry, all at once. So a change is never applied twice (concurrent retries included:
+the script runs alone) and never applied without its audit entry."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from . import audit
+from . import keyspace as ks
+from .errors import store_call
+from .scripts import register
+from .usage_records import as_text
+
+
+@dataclass(frozen=True, slots=True)
+class CreditChangeResult:
+    status: str  # applied | replay | conflict | insufficient
+    balance_before: int  # micro-credits (for insufficient: the balance)
+    balance_after: int  # micro-credits (for insufficient: what open holds need)
+    audit_id: str
+    ts_ms: int  # when the change was first applied
+
+
+def fingerprint(*parts: object) -> str:
+    """What makes two requests 'the same' under one Idempotency-Key."""
+    return hashlib.sha256(orjson.dumps([str(p) for p in parts])).hexdigest()
+
+
+class RedisCreditChanges:
+    def __init__(self, redis: Any, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._script = register(redis, "credit_change")
+
+    @store_call
+    async def apply(
+        self,
+        account: str,
+        delta: int,
+        idempotency_key: str,
+        request_fingerprint: str,
+        change: audit.Change,
+        action: str,
+    ) -> CreditChangeResult:
+        ks.check_account(account)
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        fields = audit.static_fields(change, action, account, None, idempotency_key)
+        status, before, after, audit_id, ts_ms = await self._script(
+            keys=[ks.account(account), ks.idempotency(account, digest), ks.audit(account)],
+            args=[delta, request_fingerprint, self._ttl_s, orjson.dumps(fields), "1" if delta < 0 else "0"],
+        )
+        return CreditChangeResult(as_text(status), int(before), int(after), as_text(audit_id), int(ts_ms))
