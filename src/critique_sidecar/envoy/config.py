@@ -20,7 +20,7 @@ import yaml
 
 from ..core.catalog import Catalog
 from ..core.errors import error_body
-from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER, ROUTE_PATH_CONTEXT
 
 # Filter names are our own, so they never clash with an ext_authz or buffer filter already in
@@ -35,7 +35,7 @@ ROUTER = "envoy.filters.http.router"
 ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.py finds them by it)
 SIDECAR_CLUSTERS = ("sidecar_grpc", "sidecar_http")
 DASHBOARD_PAGE = "/inference-dashboard"
-APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH)
+APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH, KEYS_PATH)
 PRODUCT_PATHS = (CHAT_PATH, *APP_PATHS, DASHBOARD_PAGE)
 # What the ext_proc stream needs to see of the request (key, trace id) and response (status,
 # type, encoding), besides the x-critique-* prefix.
