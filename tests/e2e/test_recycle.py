@@ -92,6 +92,9 @@ def test_a_recycle_under_traffic_loses_no_request_and_charges_each_once(stack: S
 
     failed = [r for r in results if r[0] != 200]
     assert failed == [], failed
+    # The drain may outlast the traffic: wait for the supervisor to see the exit (returncode is
+    # only set once it has waited for the process).
+    assert restarted.wait(timeout=90)
     assert first.returncode == 0  # it drained and exited by itself, not killed
     assert "recycling" in (stack.workdir / "sidecar.log").read_text()
 
@@ -104,5 +107,4 @@ def test_a_recycle_under_traffic_loses_no_request_and_charges_each_once(stack: S
     assert '"held": "0.000000"' in stack.cli("credits", "show", "--account", account, "--json")
 
     # The supervisor's fresh process serves again.
-    assert restarted.wait(timeout=60)
     wait_until(lambda: health(stack, 0) == SERVING and _both_healthy(stack), "restarted sidecar healthy", timeout=30)
