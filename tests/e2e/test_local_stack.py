@@ -91,8 +91,9 @@ def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path: Path, after:
 
 def test_the_banner_says_how_to_point_the_cli_at_the_stack(tmp_path: Path) -> None:
     stack = Stack(tmp_path, ports={"redis": 6399})
-    text = banner(stack, {"key_id": "key_x", "key": "crt_x"})
+    text = banner(stack, {"key_id": "key_x", "key": "crt_x"}, "crtop_x")
     assert "CRITIQUE_REDIS_URL=redis://127.0.0.1:6399/0" in text and "stack.json" in text
+    assert "Bearer crtop_x" in text  # the provisioning API's curl line carries the operator token
 
 
 def test_the_cli_beside_the_stack_uses_its_redis_and_sigterm_stops_it_all(tmp_path: Path) -> None:
