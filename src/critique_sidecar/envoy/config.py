@@ -3,7 +3,7 @@
 `critique-sidecar envoy-config > envoy.yaml` is how the committed envoy.yaml is made; a test
 fails when they differ, so the catalog stays the one source of truth for routes.
 `--fragment` prints only what the product adds (`build_fragment`); `envoy-merge` inserts that
-into an existing bootstrap (envoy/merge.py).
+into an existing bootstrap (envoy/merge.py). The options and their checks: envoy/options.py.
 
 Every product filter is off by default (filter-level `disabled: true`) and turned on by the
 product's own routes only, so other routes sharing the listener never call the sidecar."""
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +20,8 @@ import yaml
 from ..core.catalog import Catalog
 from ..core.errors import error_body
 from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
-from ..core.wire import HEADER_PREFIX, MAX_REQUEST_BODY_BYTES, MODEL_HEADER, ROUTE_PATH_CONTEXT
+from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
+from .options import EnvoyOptionError, EnvoyOptions, SidecarTls, check_path_prefix, endpoint_address, listen_address
 
 # Filter names are our own, so they never clash with an ext_authz or buffer filter already in
 # an existing chain; per-route configs address a filter by this name.
@@ -48,109 +48,7 @@ UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024
 # so "the model server failed" is never mistaken for "our store is down".
 UPSTREAM_FAILURE_FLAGS = ("UF", "UC", "UR", "URX")
 _T = "type.googleapis.com/envoy.extensions."
-
-
-class EnvoyOptionError(ValueError):
-    """An option Envoy would reject; the message says which and why."""
-
-
-def listen_address(text: str, what: str = "--listen") -> tuple[str, int]:
-    """IP:port (IPv6 in brackets) -> (ip, port). Envoy binds listeners to IP literals only."""
-    host, port = _split_hostport(text, what)
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise EnvoyOptionError(
-            f"{what} {text!r}: Envoy listens on an IP address, not a host name (e.g. 127.0.0.1:{port} or [::]:{port})"
-        ) from None
-    return host, port
-
-
-def endpoint_address(text: str, what: str) -> tuple[str, int]:
-    """host:port for a cluster endpoint: an IP or a DNS name (then the cluster resolves it)."""
-    return _split_hostport(text, what)
-
-
-def _split_hostport(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.strip().rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise EnvoyOptionError(f"{what} {text!r}: write an IPv6 address in brackets, e.g. [::1]:{port}")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise EnvoyOptionError(f"{what} {text!r}: expected HOST:PORT with a port from 1 to 65535")
-    return host, int(port)
-
-
-# One or more /segments of unreserved URL characters; no '.' or '..' segment (Envoy normalises
-# those away, so a route written with one would never match).
-_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9_~.-]+)+")
-
-
-def check_path_prefix(prefix: str) -> None:
-    """'' (none) or a path like /llm or /ai/v2 the product's paths go under."""
-    if not prefix:
-        return
-    if not _PATH_PREFIX.fullmatch(prefix) or any(seg in (".", "..") for seg in prefix.split("/")):
-        raise EnvoyOptionError(
-            f"--path-prefix {prefix!r}: expected a path such as /llm (starts with '/', no trailing '/', "
-            "segments of letters, digits, '-', '_', '.' and '~', no '.' or '..' segment)"
-        )
-
-
-@dataclass(frozen=True)
-class SidecarTls:
-    """Envoy -> sidecar gRPC over TLS: the CA that signed the sidecar's certificate, and for
-    mTLS the client certificate and key Envoy presents (files on Envoy's host)."""
-
-    ca: str
-    cert: str | None = None
-    key: str | None = None
-    sni: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.cert is None) != (self.key is None):
-            raise EnvoyOptionError("--sidecar-tls-cert and --sidecar-tls-key go together (mTLS)")
-
-
-@dataclass(frozen=True)
-class EnvoyOptions:
-    listen: str = "127.0.0.1:8080"
-    admin: str = "127.0.0.1:9901"
-    sidecar_grpc: tuple[str, ...] = ("127.0.0.1:9001",)
-    sidecar_http: str = "127.0.0.1:9002"
-    # "ext_proc": authorise inside the one ext_proc stream on the chat route (one gRPC stream
-    # per request); "ext_authz": ext_authz and ext_proc both run (two streams).
-    chat_auth: str = "ext_proc"
-    max_request_bytes: int = MAX_REQUEST_BODY_BYTES
-    # Past this Envoy answers 503 itself; the sidecar's own Redis timeout (0.5 s) fails first.
-    sidecar_timeout_ms: int = 2000
-    upstream_timeout_s: int = 600
-    stat_prefix: str = "ingress"
-    virtual_host: str = "critique"
-    domains: tuple[str, ...] = ("*",)
-    sidecar_tls: SidecarTls | None = None
-    # Every product path goes under it (/llm -> /llm/api/v1/chat/completions); Envoy strips
-    # it before the sidecar or a model server sees the path.
-    path_prefix: str = ""
-
-    def __post_init__(self) -> None:
-        if self.chat_auth not in ("ext_proc", "ext_authz"):
-            raise EnvoyOptionError("chat_auth must be 'ext_proc' or 'ext_authz'")
-        listen_address(self.listen, "--listen")
-        listen_address(self.admin, "--admin")
-        if not self.sidecar_grpc:
-            raise EnvoyOptionError("--sidecar-grpc: at least one address")
-        for a in self.sidecar_grpc:
-            endpoint_address(a, "--sidecar-grpc")
-        endpoint_address(self.sidecar_http, "--sidecar-http")
-        if not self.stat_prefix or not all(c.isalnum() or c in "_-." for c in self.stat_prefix):
-            raise EnvoyOptionError(f"--stat-prefix {self.stat_prefix!r}: letters, digits, '_', '-' and '.' only")
-        check_path_prefix(self.path_prefix)
-
-    def public(self, path: str) -> str:
-        """Where clients reach one of the product's paths."""
-        return self.path_prefix + path
+DEFAULT_OPTIONS = EnvoyOptions()  # frozen: safe as a shared default
 
 
 def _unprefixed(opts: EnvoyOptions, path: str) -> dict[str, Any]:
@@ -515,7 +413,7 @@ def clusters(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
     return out
 
 
-def build_fragment(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[str, Any]:
+def build_fragment(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
     """Only what the product adds to an existing Envoy (merge.py inserts it)."""
     return {
         "http_filters": http_filters(opts),
@@ -525,7 +423,7 @@ def build_fragment(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dic
     }
 
 
-def build_config(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> dict[str, Any]:
+def build_config(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
     """A whole bootstrap: one listener that serves the product and answers 404 to the rest."""
     hcm = {
         "@type": _T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -581,21 +479,19 @@ def to_yaml(data: Any) -> str:
     return text
 
 
-def read_bootstrap(path: str) -> dict[str, Any]:
-    """An existing Envoy bootstrap (YAML or JSON); EnvoyOptionError when it is not one."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            doc = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise EnvoyOptionError(f"{path} is not YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(doc, dict):
-        raise EnvoyOptionError(f"{path} is not an Envoy bootstrap (a mapping)")
-    return doc
-
-
-def render(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> str:
+def render(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> str:
     return HEADER + to_yaml(build_config(catalog, opts))
 
 
-def render_fragment(catalog: Catalog, opts: EnvoyOptions = EnvoyOptions()) -> str:
+def render_fragment(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> str:
     return FRAGMENT_HEADER + to_yaml(build_fragment(catalog, opts))
+
+
+__all__ = [  # the options (options.py) stay importable from here, where callers and tests import them
+    "EnvoyOptionError",
+    "EnvoyOptions",
+    "SidecarTls",
+    "check_path_prefix",
+    "endpoint_address",
+    "listen_address",
+]

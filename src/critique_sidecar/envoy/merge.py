@@ -12,6 +12,8 @@ import copy
 import re
 from typing import Any
 
+import yaml
+
 from .config import (
     BUFFER,
     EXT_AUTHZ,
@@ -20,6 +22,7 @@ from .config import (
     ROUTE_PREFIX,
     ROUTER,
 )
+from .options import EnvoyOptionError
 
 HCM = "envoy.filters.network.http_connection_manager"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -31,6 +34,18 @@ MARKER = {"filter_metadata": {"critique": {"added_by": "critique-sidecar envoy-m
 # A path no real route is written for: a route that captures it too is a catch-all (`/`,
 # `.*`), which the product's exact-path routes, placed first, take precedence over.
 _PROBE = "/critique-merge-probe/x"
+
+
+def read_bootstrap(path: str) -> dict[str, Any]:
+    """An existing Envoy bootstrap (YAML or JSON); EnvoyOptionError when it is not one."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise EnvoyOptionError(f"{path} is not YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise EnvoyOptionError(f"{path} is not an Envoy bootstrap (a mapping)")
+    return doc
 
 
 class MergeError(ValueError):

@@ -1,0 +1,118 @@
+"""`main`: run the chosen command, and turn its failures into one line and an exit status
+(2: the operator's input or configuration, 1: Redis unreachable or failing)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..config import Config
+from ..core.catalog import CatalogError
+from ..core.errors import ApiError, StoreUnavailable
+from ..observability.logs import configure_logging
+from .accounts import _credits_cmd, _settings_cmd
+from .common import CliError, _with_redis
+from .envoy import _envoy_config, _envoy_merge
+from .keys import _keys
+from .notify import _notify_cmd, _notify_worker
+from .operators import _operator_tokens_cmd
+from .parser import build_parser
+from .usage import _usage_cmd
+
+# Commands that talk to Redis: beside a running `make run` stack they use its Redis.
+_REDIS_COMMANDS = ("keys", "credits", "settings", "usage")
+
+
+def _operator_config(command: str) -> Config:
+    """Config from the environment; with CRITIQUE_REDIS_URL unset, an operator command run
+    beside a `make run` stack (its `.run/stack.json`) uses that stack's Redis, and says so."""
+    if command in _REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
+        from ..devtools.stack_file import running_stack
+
+        stack = running_stack()
+        if stack is not None:
+            print(
+                f"critique-sidecar: using the local stack's Redis {stack['redis_url']} (.run/stack.json)",
+                file=sys.stderr,
+            )
+            return Config(redis_url=stack["redis_url"])
+    return Config()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _operator_config(args.command)
+        configure_logging(config.log_level, config.log_format)
+        if args.command == "serve":
+            import uvloop
+
+            from ..envoy.server import serve
+
+            uvloop.run(serve(config))
+            return 0
+        if args.command == "gateway":
+            import uvloop
+
+            from ..asgi.gateway import serve as serve_gateway
+
+            uvloop.run(serve_gateway(config, args.listen or config.gateway_listen))
+            return 0
+        if args.command == "config-table":
+            from ..config_doc import config_table
+
+            print(config_table())
+            return 0
+        if args.command == "envoy-config":
+            return _envoy_config(args, config)
+        if args.command == "envoy-merge":
+            return _envoy_merge(args, config)
+        if args.command == "usage":
+            return asyncio.run(_with_redis(config, lambda redis: _usage_cmd(args, redis, config)))
+        if args.command == "keys":
+            return asyncio.run(_with_redis(config, lambda redis: _keys(args, redis, config)))
+        if args.command == "notify-worker":
+            return asyncio.run(_with_redis(config, lambda redis: _notify_worker(args, redis, config)))
+        handler = {
+            "credits": _credits_cmd,
+            "settings": _settings_cmd,
+            "notify": _notify_cmd,
+            "operator-tokens": _operator_tokens_cmd,
+        }[args.command]
+        return asyncio.run(_with_redis(config, lambda redis: handler(args, redis)))
+    except (CliError, CatalogError, ValueError) as exc:
+        print(f"critique-sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(
+            f"critique-sidecar: error: bad configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+            file=sys.stderr,
+        )
+        return 2
+    except StoreUnavailable as exc:
+        print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)
+        return 1
+    except ApiError as exc:  # the provisioning service's refusals (same text as the API's)
+        print(f"critique-sidecar: error: {exc.message}", file=sys.stderr)
+        return 2
+    except (RedisError, RedisClusterException) as exc:  # from commands that go to Redis directly
+        print(f"critique-sidecar: error: Redis at {_redis_where(config)}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _redis_where(config: Config) -> str:
+    """host:port of the configured Redis, never its password."""
+    url = urlsplit(config.redis_url)
+    return f"{url.hostname}:{url.port or 6379}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (RedisConnectionError, RedisTimeoutError)) else f"{type(exc).__name__}: {text}"
