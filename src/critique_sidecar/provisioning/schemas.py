@@ -7,7 +7,8 @@ document cannot drift from what the code sends."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Optional, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Optional, Union, get_args, get_origin
 
 from google.protobuf.descriptor import FieldDescriptor
 from pydantic import (
@@ -179,10 +180,13 @@ def _settings_fields() -> dict[str, tuple[Any, bool]]:
     core model, so a new setting needs no change here."""
     out: dict[str, tuple[Any, bool]] = {}
     for name, info in AccountSettings.model_fields.items():
-        args = get_args(info.annotation) or (info.annotation,)
-        base = next(a for a in args if a is not type(None))
+        base: Any = info.annotation
+        if get_origin(base) in (Union, UnionType):  # `X | None`: the JSON type is X's (not a tuple's items)
+            base = next(a for a in get_args(base) if a is not type(None))
         if get_origin(base) is Annotated:
             base = get_args(base)[0]
+        if get_origin(base) is tuple:  # e.g. notify_thresholds_percent: a JSON array
+            base = list[get_args(base)[0]]  # type: ignore[misc]
         out[name] = (base, info.default is None)
     return out
 

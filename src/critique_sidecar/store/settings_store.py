@@ -25,7 +25,6 @@ class RedisSettingsStore:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
         self._patch = register(redis, "patch_settings")
-        self._patch_audited = register(redis, "patch_settings_audited")
 
     @store_call
     async def get(self, account: str) -> AccountSettings:
@@ -42,11 +41,8 @@ class RedisSettingsStore:
             args += [field, value]
         args += to_delete
         ks.check_account(account)
-        if change is None:
-            flat = await self._patch(keys=[ks.settings(account)], args=args)
-        else:
-            entry = orjson.dumps(audit.static_fields(change, audit.SETTINGS_PATCH, account, None)).decode()
-            flat = await self._patch_audited(keys=[ks.settings(account), ks.audit(account)], args=[entry, *args])
+        entry = "" if change is None else orjson.dumps(audit.static_fields(change, audit.SETTINGS_PATCH, account, None))
+        flat = await self._patch(keys=[ks.settings(account), ks.audit(account)], args=[entry, *args])
         return AccountSettings.from_hash({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
     # -- observe: the webhook signing secret (a settings hash field the API never returns) -----
