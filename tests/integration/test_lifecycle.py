@@ -30,27 +30,31 @@ async def test_usage_retention_runs_and_stop_drains_in_order(
     components = build_components(config)
     lifecycle = Lifecycle(config, components)
     await lifecycle.start()
-    assert set(lifecycle.tasks) == {"journal-replay", "revocation-feed", "usage-retention"}
-    for _ in range(200):  # retention trims the old record on its own schedule
-        if await redis_client.xlen(stream) == 1:
-            break
-        await asyncio.sleep(0.05)
-    [(_, fields)] = await redis_client.xrange(stream)
-    assert fields[b"request_id"] == b"req_new"
+    try:
+        assert set(lifecycle.tasks) == {"journal-replay", "revocation-feed", "usage-retention"}
+        deadline = time.monotonic() + 60  # retention trims the old record on its own schedule
+        while time.monotonic() < deadline:
+            if await redis_client.xlen(stream) == 1:
+                break
+            await asyncio.sleep(0.05)
+        [(_, fields)] = await redis_client.xrange(stream)
+        assert fields[b"request_id"] == b"req_new"
 
-    order: list[str] = []
+        order: list[str] = []
 
-    async def step(name: str, fail: bool = False) -> None:
-        assert all(not t.done() for t in lifecycle.tasks.values())  # background work runs until the drain ends
-        order.append(name)
-        if fail:
-            raise RuntimeError("a drain step failed")
+        async def step(name: str, fail: bool = False) -> None:
+            assert all(not t.done() for t in lifecycle.tasks.values())  # background work runs until the drain ends
+            order.append(name)
+            if fail:
+                raise RuntimeError("a drain step failed")
 
-    await lifecycle.stop(lambda: step("health"), lambda: step("grpc", fail=True), lambda: step("http"))
-    assert order == ["health", "grpc", "http"]  # a failing step does not skip the rest
-    assert all(t.done() for t in lifecycle.tasks.values())
-    await lifecycle.stop(lambda: step("again"))  # idempotent: a second signal does nothing
-    assert order == ["health", "grpc", "http"]
+        await lifecycle.stop(lambda: step("health"), lambda: step("grpc", fail=True), lambda: step("http"))
+        assert order == ["health", "grpc", "http"]  # a failing step does not skip the rest
+        assert all(t.done() for t in lifecycle.tasks.values())
+        await lifecycle.stop(lambda: step("again"))  # idempotent: a second signal does nothing
+        assert order == ["health", "grpc", "http"]
+    finally:
+        await lifecycle.stop()  # idempotent; never leaves retention running past the test
 
 
 async def test_retention_off_when_its_interval_is_zero(redis_url: str, tmp_path: Path) -> None:
