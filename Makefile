@@ -23,9 +23,12 @@ $(VENV)/.installed-run: pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $@
 
-# The dev extras: test tools, linters, protobuf compiler.
+# The dev extras: test tools, linters, protobuf compiler. xds-protos ships an older copy of
+# OpenTelemetry's generated modules (opentelemetry/proto/...), and whichever wheel pip installs
+# last owns those files: opentelemetry-proto is reinstalled last so the otel extra gets its own.
 $(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 $(ENVOY):
