@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from playwright.async_api import expect
 
 from critique_sidecar.core.scopes import SETTINGS_PATH
 from critique_sidecar.devtools.stack import Stack, wait_until
@@ -140,7 +141,9 @@ async def test_each_control_takes_effect_and_keys_are_created_and_revoked_in_the
     assert again == settings
     await page.fill("#conn-daily_credit_cap", "")  # back to what is saved: nothing to send
     await page.click("#conn-save")
-    await page.wait_for_function("document.getElementById('conn-save-msg').textContent === 'Nothing changed.'")
+    # expect() polls over the driver protocol: wait_for_function with a string would be evaluated
+    # in the page, which its strict CSP (no 'unsafe-eval') refuses once it has to poll.
+    await expect(page.locator("#conn-save-msg")).to_have_text("Nothing changed.", timeout=30_000)
 
     # A key made in the page: its secret shown once, usable with the openai SDK, then revoked.
     await page.fill("#newkey-name", "made-in-the-page")
@@ -185,5 +188,5 @@ async def test_a_key_without_admin_can_read_but_not_change(stack: Stack, account
     await save(page, daily_request_cap="5")
     assert "admin:inference" in (await page.text_content("#conn-save-msg") or "")
     await page.click("#newkey-create")
-    await page.wait_for_function("document.getElementById('newkey-msg').textContent.includes('insufficient_scope')")
+    await expect(page.locator("#newkey-msg")).to_contain_text("insufficient_scope", timeout=30_000)
     assert await page.is_hidden("#newkey-secret")
