@@ -507,6 +507,22 @@ async def test_account_registry_and_cli_trim(redis_client: aioredis.Redis, redis
     assert account in listed and hidden in listed
 
 
+async def test_one_refused_account_never_keeps_retention_from_the_others(
+    redis_client: aioredis.Redis, account: str
+) -> None:
+    broken = account + "-broken"
+    await redis_client.set(ks.usage_stream(broken), "not a stream")  # Redis refuses XTRIM on it
+    await redis_client.sadd(USAGE_ACCOUNTS, broken)
+    await add_old(redis_client, account, 40, 4)
+    await redis_client.sadd(USAGE_ACCOUNTS, account)
+    try:
+        results = await UsageRetention(redis_client, retention_days=30).trim_all()
+        trimmed = {r.account: r.deleted for r in results}
+        assert trimmed[account] == 4 and broken not in trimmed
+    finally:
+        await redis_client.srem(USAGE_ACCOUNTS, broken)
+
+
 async def test_sidecar_periodic_trim(redis_client: aioredis.Redis, account: str) -> None:
     await add_old(redis_client, account, 40, 4)
     await RedisLedger(redis_client).settle(record(account))  # registers the account

@@ -69,8 +69,18 @@ class UsageRetention:
         return result
 
     async def trim_all(self) -> list[TrimResult]:
-        """Trim every registered account's stream (see usage_records.register_account)."""
-        return [await self.trim(account) for account in await registered_accounts(self._redis)]
+        """Trim every registered account's stream (see usage_records.register_account). An
+        account whose trim Redis refuses (its key holds another type) is logged and skipped, so
+        it never keeps retention from the other accounts; a store outage ends the round."""
+        results = []
+        for account in await registered_accounts(self._redis):
+            try:
+                results.append(await self.trim(account))
+            except StoreUnavailable as exc:
+                if exc.detail != "ResponseError":
+                    raise
+                log.warning("usage retention: account %s skipped: Redis refused its trim", account)
+        return results
 
     async def run_forever(self, interval_s: float) -> None:
         """The sidecar's periodic trim. Every replica may run it: trimming is idempotent."""
