@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
@@ -20,7 +21,7 @@ from redis.backoff import NoBackoff
 
 from critique_sidecar.core.errors import StoreUnavailable
 from critique_sidecar.core.ledger import HoldRequest, SettleResult, UsageRecord
-from critique_sidecar.devtools.stack import free_port
+from critique_sidecar.devtools.stack import free_port, redis_binary, wait_until
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.journal import JournalingLedger, SettlementJournal
 from critique_sidecar.store.redis_ledger import RedisLedger
@@ -274,3 +275,48 @@ async def test_settle_lua_validates_before_it_changes_anything(env: Env, field: 
     assert await env.redis.hgetall(ks.account(env.account)) == before
     assert await env.redis.hget(ks.holds(env.account), "req_v") == str(HOLD).encode()
     assert await env.redis.exists(ks.settled(env.account, "req_v"), ks.usage_stream(env.account)) == 0
+
+
+@pytest.fixture
+def replica_url(redis_url: str, tmp_path: Path) -> Iterator[str]:
+    """A read-only replica of the test Redis: what a client still pointed at a demoted master sees."""
+    import redis as sync_redis
+
+    master_port = redis_url.rsplit(":", 1)[1].split("/")[0]
+    port = free_port()
+    argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(tmp_path), "--replicaof", "127.0.0.1", master_port]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    try:
+        # Writes are refused from the start, synced or not (replica-read-only).
+        wait_until(lambda: sync_redis.Redis(port=port).ping(), "replica", proc=proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+@pytest.mark.parametrize("autopipeline", [True, False])
+async def test_a_read_only_replica_is_an_outage_to_journal_not_a_rejection(
+    env: Env, replica_url: str, autopipeline: bool
+) -> None:
+    """READONLY (a failover moved the master) is "not now": the settlement is journaled and
+    replayed, never set aside. redis-py strips the code from that reply's message, so this
+    guards the classification by the reply's code rather than its text."""
+    await env.hold("req_ro")
+    replica = aioredis.Redis.from_url(replica_url)
+    ledger = RedisLedger(replica, autopipeline=autopipeline)
+    ledger._registered.add(env.account)  # its once-per-process registry write was done before the failover
+    try:
+        with pytest.raises(StoreUnavailable):
+            await ledger.settle(usage(env.account, "req_ro"))
+        result = await JournalingLedger(ledger, env.journal).settle(usage(env.account, "req_ro"))
+    finally:
+        await ledger.aclose()
+        await replica.aclose()
+    assert result.credits == 1234  # journaled: it will be charged
+    assert not env.journal.aside("rejected").exists()
+    [line] = env.journal.path.read_bytes().splitlines()
+    assert json.loads(line)["request_id"] == "req_ro"
+    assert await env.up.replay() == 1  # the master takes it: charged once
+    assert (await env.state())[0] == GRANT - 1234

@@ -6,6 +6,7 @@
                               release on upstream errors; decide JSON vs SSE metering
     response_json(body)       settle from usage; returns the X-Critique-* headers
     stream_chunk(chunk, end)  meter SSE as it passes; returns the bytes to forward
+                              (= stream_feed, then stream_end once stream_ending)
     close()                   the exchange ended: settle whatever is still open
 
 The front doors translate their protocol to these calls and nothing else."""
@@ -155,6 +156,15 @@ class ChatExchange:
 
     async def stream_chunk(self, chunk: bytes, end: bool) -> bytes:
         """Bytes to forward for one piece of an SSE stream (`chunk` itself when unchanged)."""
+        out = self.stream_feed(chunk)
+        if self.stream_ending(end):
+            out = await self.stream_end(out)
+        return chunk if out == chunk else out
+
+    def stream_feed(self, chunk: bytes) -> bytes:
+        """stream_chunk's part that needs no store call, for front doors that answer most
+        chunks without a coroutine: meter `chunk` as it passes; the bytes to forward now
+        (`chunk` itself when unchanged). Then, if stream_ending(), await stream_end()."""
         metered, sse = self.metered, self.sse
         if metered is None or sse is None:
             return chunk
@@ -164,15 +174,24 @@ class ChatExchange:
             since = metered.started_mono if first else self.last_chunk
             self.last_chunk = now
             self.meter.observer.stream_chunk(metered.chat.model.id, first, now - since)
-        out = sse.feed(chunk)
-        if sse.done or end:
-            if metered.settled is None:
-                result, charge = await self.meter.settle_completed(metered, sse.usage, sse.delivered_bytes, sse.text)
-                out += charge_comment(
-                    metered.request_id, format_credits(result.credits), format_usd(charge.usd), charge.estimated
-                )
-            out += sse.finish()
-        return chunk if out == chunk else out
+        return sse.feed(chunk)
+
+    def stream_ending(self, end: bool) -> bool:
+        """Whether the stream is over ([DONE] seen, or the response's last piece)."""
+        sse = self.sse
+        return self.metered is not None and sse is not None and (sse.done or end)
+
+    async def stream_end(self, out: bytes) -> bytes:
+        """Settle the stream (once) and put the charge line and what was held back after `out`."""
+        metered, sse = self.metered, self.sse
+        if metered is None or sse is None:
+            return out
+        if metered.settled is None:
+            result, charge = await self.meter.settle_completed(metered, sse.usage, sse.delivered_bytes, sse.text)
+            out += charge_comment(
+                metered.request_id, format_credits(result.credits), format_usd(charge.usd), charge.estimated
+            )
+        return out + sse.finish()
 
     def needs_close(self) -> bool:
         """Whether close() has anything to do: an open stream to count as closed, or a hold

@@ -74,18 +74,24 @@ async def on_response_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.Pro
     # Read once: each read of a bytes field makes a new object, so `out is body.body` was never
     # true and every unchanged chunk went back to Envoy as a full body replacement.
     chunk = body.body
-    if x.sse is not None:
-        out = await x.stream_chunk(chunk, body.end_of_stream)
-        if out is chunk:  # most chunks: the shared "unchanged" reply, nothing built or copied
-            return m.CONTINUE_RESPONSE_BODY
-        reply = pb.ProcessingResponse()
-        reply.response_body.response.body_mutation.body = out
-        return reply
+    if x.sse is not None:  # the stream's last piece (the rest take ExtProcServicer's sync path)
+        out = x.stream_feed(chunk)
+        if x.stream_ending(body.end_of_stream):
+            out = await x.stream_end(out)
+        return chunk_reply(chunk, out)
     charged = await x.response_json(chunk)
     if not charged:
         return m.CONTINUE_RESPONSE_BODY
     reply = pb.ProcessingResponse()
     m.fill_mutation(reply.response_body.response.header_mutation, charged)
+    return reply
+
+
+def chunk_reply(chunk: bytes, out: bytes) -> pb.ProcessingResponse:
+    if out == chunk:  # most chunks: the shared "unchanged" reply, nothing built or copied
+        return m.CONTINUE_RESPONSE_BODY
+    reply = pb.ProcessingResponse()
+    reply.response_body.response.body_mutation.body = out
     return reply
 
 
@@ -151,6 +157,18 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
+                if kind == "response_body" and exchange.sse is not None:
+                    # Most of a stream: a chunk that settles nothing is answered here, without
+                    # the coroutines of a phase (per-chunk cost is the streamed path's CPU).
+                    body = req.response_body
+                    chunk = body.body  # read once (see on_response_body)
+                    if not body.end_of_stream:
+                        out = exchange.stream_feed(chunk)
+                        if not exchange.stream_ending(False):
+                            yield chunk_reply(chunk, out)
+                            continue
+                        yield chunk_reply(chunk, await exchange.stream_end(out))  # [DONE] came
+                        continue
                 phase = _PHASES.get(kind)
                 if phase is None:
                     yield _PASS.get(kind, m.CONTINUE_RESPONSE_TRAILERS)

@@ -29,6 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..core.ledger import UsageRecord
 from ..core.observe import Denial
+from .loop_histogram import LoopHistogram
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "journal_depth", "start_metrics_server"]
 
@@ -156,12 +157,12 @@ class Metrics:
             registry=r,
             buckets=TTFT_BUCKETS,
         )
-        self.chunk_gap = Histogram(
+        self.chunk_gap = LoopHistogram(  # observed once per chunk: lock-free (loop_histogram.py)
             "critique_stream_chunk_gap_seconds",
             "Seconds between consecutive chunks of a metered SSE response, by model.",
-            ["model"],
-            registry=r,
-            buckets=GAP_BUCKETS,
+            "model",
+            GAP_BUCKETS,
+            r,
         )
         # Labelled children by label values: `labels()` validates and locks on every call, and
         # a settlement touches four of them. The label sets are bounded (models x statuses).
@@ -236,7 +237,7 @@ class Metrics:
         if first:
             self._child(self.genai_ttft, "chat", GENAI_PROVIDER, model).observe(seconds)
         else:
-            self._child(self.chunk_gap, model).observe(seconds)
+            self.chunk_gap.observe(model, seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (what GET /metrics returns)."""

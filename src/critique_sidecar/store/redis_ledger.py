@@ -120,8 +120,10 @@ _TRANSIENT_REPLIES = (
 
 
 def is_rejection(exc: ResponseError) -> bool:
-    first = str(exc).split(" ", 1)[0].upper()
-    return first not in _TRANSIENT_REPLIES
+    # redis-py strips the code from the message of the replies it has a class for (READONLY
+    # becomes ReadOnlyError("You can't write ...")): the code is in status_code then.
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+    return code.upper() not in _TRANSIENT_REPLIES
 
 
 RECORD_FIELDS = (
