@@ -45,6 +45,7 @@ class LoopHistogram(Collector):
 
 def _cumulative(bounds: tuple[float, ...], row: list[float]) -> Iterator[tuple[str, float]]:
     total = 0.0
-    for bound, count in zip((*(floatToGoString(b) for b in bounds), "+Inf"), row[:-1], strict=True):
+    names = (*(floatToGoString(b) for b in bounds), "+Inf")  # type: ignore[no-untyped-call]
+    for bound, count in zip(names, row[:-1], strict=True):
         total += count
         yield bound, total
