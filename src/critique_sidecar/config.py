@@ -38,6 +38,11 @@ class Config(BaseSettings):
         None,
         description="ASGI gateway only: host:port that receives every model's requests instead of the catalog's upstream (one shared model server, a local stack); empty uses the catalog.",
     )
+    upstream_connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="ASGI gateway only: longest a new connection to a model server may take before the request fails with 502. Timed on the gateway's event loop, so it also covers the loop's own delay under load (Envoy's connect timer is not): keep it well above a network connect time.",
+    )
     catalog_path: Path | None = Field(None, description="Model catalog TOML; empty uses the built-in catalog.toml.")
     usd_per_credit: Decimal = Field(Decimal("0.01"), gt=0, description="USD value of one credit (Solo-plan economics).")
     hold_ttl_s: int = Field(
