@@ -267,7 +267,7 @@ def create_app(config: Config | None = None) -> Gateway:
     """The gateway from the environment's settings (an app factory for any ASGI server)."""
     config = config or Config()
     c = build_components(config)
-    web = build_web_app(web_context(c))  # no /metrics here: never public (see WebContext)
+    web = build_web_app(web_context(c, config))  # no /metrics here: never public (see WebContext)
     return Gateway(c, web, config)
 
 
