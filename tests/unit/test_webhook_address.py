@@ -4,7 +4,13 @@ the worker's resolve-then-check backend."""
 
 from __future__ import annotations
 
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
 import pytest
+import trustme
 
 from critique_sidecar.config import Config
 from critique_sidecar.core.account_settings import SettingsPatch
@@ -16,7 +22,7 @@ from critique_sidecar.core.webhook_address import (
     parse_networks,
     split_host_port,
 )
-from critique_sidecar.workers.notify import CheckedBackend
+from critique_sidecar.workers.notify import CheckedBackend, CheckedTransport
 
 REFUSED = {
     # IPv4
@@ -130,3 +136,59 @@ async def test_the_backend_checks_every_resolved_address() -> None:
         await backend.checked_address("127.1")
     assert str(await CheckedBackend(parse_networks("127.0.0.0/8")).checked_address("localhost")) == "127.0.0.1"
     assert str(await backend.checked_address("8.8.8.8")) == "8.8.8.8"  # a literal: no lookup
+
+
+class TlsReceiver(threading.Thread):
+    """An HTTPS server on 127.0.0.1 with a certificate for `name` (trustme's CA)."""
+
+    def __init__(self, ca: trustme.CA, name: str) -> None:
+        super().__init__(daemon=True)
+        self.seen: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                receiver.seen.append(self.headers["host"])
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert(name).configure_cert(context)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+
+    def run(self) -> None:
+        self.server.serve_forever()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+async def test_the_checked_connection_still_verifies_the_certificate_against_the_host_name() -> None:
+    """The worker connects to the address it checked, not to the name, yet TLS is verified for
+    the name in the URL: a certificate for another name is refused."""
+    ca = trustme.CA()
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    for cert_name, ok in (("localhost", True), ("other.example", False)):
+        receiver = TlsReceiver(ca, cert_name)
+        receiver.start()
+        try:
+            transport = CheckedTransport(parse_networks("127.0.0.0/8"), client_context)
+            async with httpx.AsyncClient(transport=transport, timeout=5) as client:
+                url = f"https://localhost:{receiver.port}/h"
+                if ok:
+                    assert (await client.post(url, content=b"{}")).status_code == 204
+                    assert receiver.seen == [f"localhost:{receiver.port}"]
+                else:
+                    with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+                        await client.post(url, content=b"{}")
+                    assert receiver.seen == []
+        finally:
+            receiver.close()

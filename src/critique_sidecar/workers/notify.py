@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -99,10 +100,11 @@ class CheckedTransport(httpx.AsyncHTTPTransport):
     """httpx's transport (request/response mapping, errors, certificate checks) whose pool
     connects through a CheckedBackend."""
 
-    def __init__(self, allowed: tuple[Network, ...]) -> None:
+    def __init__(self, allowed: tuple[Network, ...], ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(trust_env=False)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False), network_backend=CheckedBackend(allowed)
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            network_backend=CheckedBackend(allowed),
         )
 
 
