@@ -147,7 +147,7 @@ def build_components(config: Config, redis: Any | None = None, clock: Clock = ut
     return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger, tracer)
 
 
-def web_context(c: Components, metrics: Any = None) -> WebContext:
+def web_context(c: Components, config: Config, metrics: Any = None) -> WebContext:
     """The sidecar's HTTP routes (models, settings, dashboard), for either front door."""
     return WebContext(
         c.auth,
@@ -155,5 +155,8 @@ def web_context(c: Components, metrics: Any = None) -> WebContext:
         settings=RedisSettingsStore(c.redis),
         dashboard=UsageQuery(c.redis),
         metrics=metrics,
-        provisioning=Provisioning(c.redis, known_models=frozenset(m.id for m in c.catalog.models)),
+        provisioning=Provisioning(
+            c.redis, known_models=frozenset(m.id for m in c.catalog.models), webhook_networks=config.notify_networks
+        ),
+        webhook_networks=config.notify_networks,
     )

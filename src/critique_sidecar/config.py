@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .core.webhook_address import Network, parse_networks
+
 
 class Config(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CRITIQUE_", extra="ignore")
@@ -37,6 +39,11 @@ class Config(BaseSettings):
     upstream_override: str | None = Field(
         None,
         description="ASGI gateway only: host:port that receives every model's requests instead of the catalog's upstream (one shared model server, a local stack); empty uses the catalog.",
+    )
+    upstream_connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="ASGI gateway only: longest a new connection to a model server may take before the request fails with 502. Timed on the gateway's event loop, so it also covers the loop's own delay under load (Envoy's connect timer is not): keep it well above a network connect time.",
     )
     catalog_path: Path | None = Field(None, description="Model catalog TOML; empty uses the built-in catalog.toml.")
     usd_per_credit: Decimal = Field(Decimal("0.01"), gt=0, description="USD value of one credit (Solo-plan economics).")
@@ -205,6 +212,10 @@ class Config(BaseSettings):
         False,
         description="Deliver budget webhooks to http:// URLs too (otherwise https:// only; for tests and private networks).",
     )
+    notify_allowed_networks: str = Field(
+        "",
+        description="Comma-separated networks (CIDR) budget webhooks may reach besides public addresses, e.g. 10.20.0.0/16 for a private deployment or 127.0.0.0/8 for tests; empty: public addresses only. Refused: a literal non-public webhook URL when set (400), and at delivery any host name resolving to a non-public address (dead letter).",
+    )
     usage_push_url: str = Field(
         "",
         description="HTTP endpoint that receives usage records as CloudEvents batches (`critique-sidecar usage push`, or in-process with usage_push_worker); empty: off.",
@@ -237,6 +248,16 @@ class Config(BaseSettings):
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port")
         return v
+
+    @field_validator("notify_allowed_networks")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        parse_networks(v)  # ValueError names the bad entry
+        return v
+
+    @property
+    def notify_networks(self) -> tuple[Network, ...]:
+        return parse_networks(self.notify_allowed_networks)
 
     @model_validator(mode="after")
     def _push_needs_url(self) -> Config:  # observe

@@ -73,6 +73,7 @@ def ostack(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver, hooks: 
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # the SDK's batch delay (ms): spans arrive quickly
             "CRITIQUE_NOTIFY_WORKER": "true",
             "CRITIQUE_NOTIFY_ALLOW_HTTP": "true",
+            "CRITIQUE_NOTIFY_ALLOWED_NETWORKS": "127.0.0.0/8",  # the receiver
             "CRITIQUE_NOTIFY_BACKOFF_S": "0.2",
             "CRITIQUE_GATEWAY_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         },

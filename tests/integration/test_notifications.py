@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from critique_sidecar.config import Config
 from critique_sidecar.core.account_settings import SettingsPatch
 from critique_sidecar.core.ledger import UsageRecord
+from critique_sidecar.core.webhook_address import parse_networks
 from critique_sidecar.core.webhook_signature import verify
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.redis_ledger import RedisLedger
@@ -28,6 +29,7 @@ from critique_sidecar.workers.notify import NotifyWorker
 from ..e2e.receivers import Received, Receiver, json_body
 
 CREDIT = 1_000_000  # micro-credits
+LOOPBACK = parse_networks("127.0.0.0/8")  # the receivers listen on 127.0.0.1
 
 
 def record(account: str, n: int, credits: int = CREDIT, day: str = "2026-12-05", month: str = "2026-12") -> UsageRecord:
@@ -62,7 +64,7 @@ async def configure(
 ) -> str | None:
     await r.hset(ks.account(account), "balance", 50 * CREDIT)
     store = RedisSettingsStore(r)
-    await store.patch(account, SettingsPatch.parse({"notify_webhook_url": url, **fields}))
+    await store.patch(account, SettingsPatch.parse({"notify_webhook_url": url, **fields}, LOOPBACK))
     return await store.ensure_webhook_secret(account) if url else None
 
 
@@ -129,6 +131,7 @@ class Hooks(Receiver):
 
 
 def config(**kw: Any) -> Config:
+    kw.setdefault("notify_allowed_networks", "127.0.0.0/8")
     return Config(notify_allow_http=True, notify_backoff_s=0.1, notify_max_attempts=4, **kw)  # type: ignore[call-arg]
 
 
@@ -196,12 +199,64 @@ async def test_http_webhooks_refused_unless_allowed(r: aioredis.Redis, account: 
     try:
         await configure(r, account, url=hooks.url + "/h", daily_credit_cap=2, notify_thresholds_percent=[50])
         await RedisLedger(r).settle(record(account, 1))
-        strict = Config(notify_backoff_s=0.1)  # type: ignore[call-arg]
+        strict = Config(notify_backoff_s=0.1, notify_allowed_networks="127.0.0.0/8")  # type: ignore[call-arg]
         worker = NotifyWorker(r, strict, consumer="t1")
         await worker.poll()
         await worker.drain()
         assert hooks.received() == [] and worker.dead == 1
         await worker.client.aclose()
+    finally:
+        hooks.close()
+
+
+async def dead_letters(db_url: str, account: str) -> list[dict[str, Any]]:
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "critique_sidecar.cli", "notify", "dead-letters", "--json", "--count", "50"],
+        env={**os.environ, "CRITIQUE_REDIS_URL": db_url}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return [d for d in map(json.loads, out.stdout.splitlines()) if d["account"] == account]
+
+
+async def test_private_destinations_are_dead_lettered_and_allowed_ones_delivered(
+    r: aioredis.Redis, db_url: str
+) -> None:
+    """One real worker, one real receiver on 127.0.0.1. Allowed 127.0.0.0/8: the literal
+    address is delivered. Refused at once (no retries, the reason in the dead letter): a
+    literal private address stored before the settings check existed, and a host name that
+    resolves to loopback (as a rebinding DNS answer would) when only 127.0.0.2/32 is allowed."""
+    hooks = Hooks(fail_first=0)
+    port = hooks.url.rsplit(":", 1)[1]
+    try:
+        cases = {
+            "acct-ok": (hooks.url + "/h", "127.0.0.0/8"),
+            "acct-ten": ("http://10.1.2.3:9/h", "127.0.0.0/8"),
+            "acct-name": (f"http://localhost:{port}/h", "127.0.0.2/32"),
+        }
+        for account, (url, _) in cases.items():
+            await configure(
+                r, account, url="https://hooks.example.com/x", daily_credit_cap=2, notify_thresholds_percent=[50]
+            )
+            await r.hset(ks.settings(account), "notify_url", url)  # as stored before (or resolved later)
+            await RedisLedger(r).settle(record(account, 1))
+        for account, (_, allowed) in cases.items():
+            worker = NotifyWorker(r, config(notify_allowed_networks=allowed), consumer="t1")
+            await worker.poll(accounts=[account])
+            await worker.drain()
+            await worker.client.aclose()
+            assert (worker.delivered, worker.dead) == ((1, 0) if account == "acct-ok" else (0, 1)), account
+        assert [json_body(g)["account"] for g in hooks.received()] == ["acct-ok"]
+        assert await dead_letters(db_url, "acct-ok") == []
+        [ten] = await dead_letters(db_url, "acct-ten")
+        assert ten["attempts"] == 1 and ten["last_error"] == (
+            "webhook address refused: 10.1.2.3 is not a public address (private)"
+            " (allow networks with CRITIQUE_NOTIFY_ALLOWED_NETWORKS)"
+        )
+        [name] = await dead_letters(db_url, "acct-name")
+        assert name["attempts"] == 1 and name["last_error"].startswith(
+            "webhook address refused: localhost resolves to "
+        )
+        assert "loopback" in name["last_error"]
     finally:
         hooks.close()
 

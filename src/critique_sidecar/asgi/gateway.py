@@ -7,7 +7,8 @@
       Routes
         /api/v1/chat/completions  ->   Forward: to the catalog model's upstream, picked by the
                                        x-critique-model header the exchange sets; streamed
-                                       through (httpx keep-alive pool), SSE never buffered
+                                       through (httpx keep-alive pool, asgi/_pool.py), SSE never
+                                       buffered
         the web app's routes      ->   the sidecar's own Starlette app (models, settings, dashboard)
         anything else             ->   JSON 404, as Envoy's catch-all route
 
@@ -39,12 +40,13 @@ from ..core.wire import DRAIN_GRACE_S, MODEL_HEADER
 from ..lifecycle import Lifecycle
 from ..web.app import build_web_app
 from ._http import MAX_BODY_BYTES, RawHeaders, header_dict, read_body, send_error
+from ._pool import ReservingTransport
 from .middleware import Middleware
 
 log = logging.getLogger(__name__)
 
-# As the generated Envoy config: cluster connect_timeout, route idle_timeout.
-CONNECT_TIMEOUT_S = 0.25
+# As the generated Envoy config's route idle_timeout. The connect timeout is
+# Config.upstream_connect_timeout_s: measured on this event loop, not in the kernel.
 IDLE_TIMEOUT_S = 120.0
 REQUEST_DEADLINE_S = 600.0  # as the route timeout; Config.request_deadline_s (below the hold TTL)
 POOL_CONNECTIONS = 512  # per gateway process; past it requests queue for a connection
@@ -73,12 +75,13 @@ def upstream_urls(catalog: Catalog, override: str | None = None) -> dict[str, st
     return {m.id: f"http://{override or f'{m.upstream.host}:{m.upstream.port}'}" for m in catalog.models}
 
 
-def upstream_client() -> httpx.AsyncClient:
+def upstream_client(connect_timeout_s: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(
+        max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=60
+    )
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(IDLE_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-        limits=httpx.Limits(
-            max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=60
-        ),
+        timeout=httpx.Timeout(IDLE_TIMEOUT_S, connect=connect_timeout_s),
+        transport=ReservingTransport(limits),  # an idle connection goes to one waiting request (_pool.py)
         trust_env=False,  # never an HTTP(S)_PROXY from the environment
         follow_redirects=False,
     )
@@ -214,7 +217,7 @@ class Gateway:
     ) -> None:
         self.components = components
         self.config = config
-        self.client = client or upstream_client()
+        self.client = client or upstream_client(config.upstream_connect_timeout_s)
         forward = Forward(
             upstream_urls(components.catalog, config.upstream_override), self.client, config.request_deadline_s
         )
@@ -264,7 +267,7 @@ def create_app(config: Config | None = None) -> Gateway:
     """The gateway from the environment's settings (an app factory for any ASGI server)."""
     config = config or Config()
     c = build_components(config)
-    web = build_web_app(web_context(c))  # no /metrics here: never public (see WebContext)
+    web = build_web_app(web_context(c, config))  # no /metrics here: never public (see WebContext)
     return Gateway(c, web, config)
 
 

@@ -6,10 +6,13 @@ import argparse
 import json
 import re
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.money import format_credits
 from .common import CliError, _cli_change, _provisioning
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 # `settings set` flag -> (settings field, metavar, help). Values go through the same
 # validation as the settings API (core.account_settings.SettingsPatch).
@@ -97,7 +100,7 @@ async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
     return 0
 
 
-async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
+async def _settings_cmd(args: argparse.Namespace, redis: Any, config: Config) -> int:
     from ..core.account_settings import SettingsPatch
     from ..core.errors import ApiError
     from ..store.settings_store import RedisSettingsStore
@@ -118,7 +121,8 @@ async def _settings_cmd(args: argparse.Namespace, redis: Any) -> int:
             raise CliError(f"settings set: give at least one of {', '.join(_SETTING_FLAGS)}")
         try:
             patch = SettingsPatch.parse(
-                {_SETTING_FLAGS[f][0]: _cli_setting(_SETTING_FLAGS[f][0], v) for f, v in given.items()}
+                {_SETTING_FLAGS[f][0]: _cli_setting(_SETTING_FLAGS[f][0], v) for f, v in given.items()},
+                config.notify_networks,
             )
         except ApiError as exc:
             bad = next((f for f, (field, _, _) in _SETTING_FLAGS.items() if field == exc.param), None)

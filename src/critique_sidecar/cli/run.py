@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_with_redis(config, lambda redis: _keys(args, redis, config)))
         if args.command == "notify-worker":
             return asyncio.run(_with_redis(config, lambda redis: _notify_worker(args, redis, config)))
+        if args.command == "settings":
+            return asyncio.run(_with_redis(config, lambda redis: _settings_cmd(args, redis, config)))
         handler = {
             "credits": _credits_cmd,
-            "settings": _settings_cmd,
             "notify": _notify_cmd,
             "operator-tokens": _operator_tokens_cmd,
         }[args.command]

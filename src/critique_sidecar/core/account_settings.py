@@ -22,13 +22,23 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
 from .audit import Change
 from .errors import ApiError
 from .money import MICRO, format_credits
+from .webhook_address import ALLOW_SETTING, Network, host_refusal, split_host_port
 
 # Lua numbers are doubles: every stored amount stays below 2**53 micro-credits.
 MAX_CREDITS = Decimal(1_000_000_000)
@@ -94,14 +104,24 @@ MAX_URL_CHARS = 2048
 _URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?(/[!-~]*)?$")
 
 
-def _webhook_url(value: Any) -> str:
-    """An absolute http(s) URL: printable ASCII, no credentials, no fragment, bounded length.
-    (Delivery refuses http:// unless the operator allows it: CRITIQUE_NOTIFY_ALLOW_HTTP.)"""
+def _webhook_url(value: Any, info: ValidationInfo) -> str:
+    """An absolute http(s) URL: printable ASCII, no credentials, no fragment, bounded length,
+    and no literal private address or localhost unless the validation context's
+    `webhook_networks` allow it (delivery checks every resolved address again:
+    core/webhook_address.py). Delivery refuses http:// unless CRITIQUE_NOTIFY_ALLOW_HTTP."""
     if not isinstance(value, str):
         raise PydanticCustomError("url_type", "must be an http(s) URL string")
     rule = f"must be an absolute http:// or https:// URL of at most {MAX_URL_CHARS} characters, without credentials or fragment"
     if len(value) > MAX_URL_CHARS or not _URL.match(value) or "@" in value.split("/", 3)[2] or "#" in value:
         raise PydanticCustomError("url_value", rule)
+    allowed: tuple[Network, ...] = (info.context or {}).get("webhook_networks", ())
+    reason = host_refusal(split_host_port(value), allowed)
+    if reason is not None:
+        raise PydanticCustomError(
+            "url_address",
+            "must point at a public address: {reason}; an operator can allow networks with {setting}",
+            {"reason": reason, "setting": ALLOW_SETTING},
+        )
     return value
 
 
@@ -267,12 +287,13 @@ class SettingsPatch(BaseModel):
         return value
 
     @classmethod
-    def parse(cls, data: Any) -> SettingsPatch:
-        """Validate a decoded PATCH body; any problem is an `invalid_request` naming the field."""
+    def parse(cls, data: Any, webhook_networks: tuple[Network, ...] = ()) -> SettingsPatch:
+        """Validate a decoded PATCH body; any problem is an `invalid_request` naming the field.
+        `webhook_networks`: non-public networks a webhook URL may name (Config.notify_networks)."""
         if not isinstance(data, dict):
             raise ApiError("invalid_request", "the settings PATCH body must be a JSON object")
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, context={"webhook_networks": webhook_networks})
         except ValidationError as exc:
             raise _as_api_error(exc) from None
 
@@ -310,7 +331,9 @@ def _as_api_error(exc: ValidationError) -> ApiError:
 
 
 def _message(err: Any) -> str:
-    if err["type"] in ("credits_type", "credits_value", "not_nullable", "url_type", "url_value", "thresholds"):
+    if err["type"] in (
+        "credits_type", "credits_value", "not_nullable", "url_type", "url_value", "url_address", "thresholds"
+    ):  # fmt: skip
         return str(err["msg"])
     return "must be " + {
         "bool_type": "true or false (a boolean)",

@@ -75,7 +75,7 @@ def http_listener(config: Config, c: Components, metrics: Any) -> HttpListener:
     host, _, port = config.http_listen.rpartition(":")
     return HttpListener(
         uvicorn.Config(
-            build_web_app(web_context(c, metrics=metrics)),
+            build_web_app(web_context(c, config, metrics=metrics)),
             host=host,
             port=int(port),
             log_level="warning",

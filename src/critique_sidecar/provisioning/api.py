@@ -195,7 +195,7 @@ def build_admin_app(service: Provisioning, tokens: RedisOperatorTokens) -> Starl
 
     @handler
     async def patchSettings(request: Request, change: audit.Change) -> Response:
-        patch = SettingsPatch.parse(decode_body(await request.body()))
+        patch = SettingsPatch.parse(decode_body(await request.body()), service.webhook_networks)
         return reply(await service.patch_settings(change, account(request), patch))
 
     @handler

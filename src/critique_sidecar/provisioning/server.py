@@ -21,6 +21,7 @@ def provisioning(config: Config, redis: Any) -> Provisioning:
         idempotency_ttl_s=config.idempotency_ttl_s,
         rotation_grace_s=config.key_rotation_grace_s,
         known_models=frozenset(m.id for m in load_catalog(config.catalog_path).models),
+        webhook_networks=config.notify_networks,
     )
 
 

@@ -15,6 +15,7 @@ from ..core.errors import ApiError
 from ..core.key_controls import KeyControls
 from ..core.keys import KeyRecord
 from ..core.money import MICRO, format_credits
+from ..core.webhook_address import Network
 from ..store import audit
 from ..store import keyspace as ks
 from ..store.accounts import RedisAccounts, open_holds
@@ -71,6 +72,7 @@ class Provisioning:
     idempotency_ttl_s: int = 30 * 86400
     rotation_grace_s: int = 86400
     known_models: frozenset[str] | None = None  # the catalog's ids, for model allowlists
+    webhook_networks: tuple[Network, ...] = ()  # non-public networks a webhook URL may name
 
     def __post_init__(self) -> None:
         self.keys = RedisKeyStore(self.redis)

@@ -19,6 +19,7 @@ from ..core.clock import Clock, utc_now
 from ..core.dashboard_source import DashboardSource
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
+from ..core.webhook_address import Network
 from ..provisioning.service import Provisioning
 from .dashboard import dashboard_routes
 from .keys import key_routes
@@ -38,6 +39,8 @@ class WebContext:
     metrics: Callable[[], bytes] | None = None
     # The customer's key routes (Settings -> Connections); None: not served.
     provisioning: Provisioning | None = None
+    # Non-public networks a budget webhook URL may name (Config.notify_networks).
+    webhook_networks: tuple[Network, ...] = ()
 
 
 def json_response(data: object, status: int = 200) -> Response:
@@ -72,7 +75,9 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     routes = [Route(MODELS_PATH, models, methods=["GET"])]
     if ctx.settings is not None:
-        routes += settings_routes(ctx.settings, lambda request, any_of: identify(ctx, request, any_of))
+        routes += settings_routes(
+            ctx.settings, lambda request, any_of: identify(ctx, request, any_of), ctx.webhook_networks
+        )
     if ctx.dashboard is not None:
         routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
     if ctx.provisioning is not None:

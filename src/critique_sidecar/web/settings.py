@@ -24,6 +24,7 @@ from ..core.audit import Actor, Change
 from ..core.auth import Identity
 from ..core.errors import ApiError
 from ..core.scopes import SETTINGS_PATH, SETTINGS_READ, SETTINGS_WRITE
+from ..core.webhook_address import Network
 from ..provisioning.api import request_id_of
 
 MAX_BODY_BYTES = 16 * 1024
@@ -54,14 +55,16 @@ def _json(data: Any) -> Response:
     return Response(orjson.dumps(data), media_type="application/json", headers={"cache-control": "no-store"})
 
 
-def settings_routes(store: SettingsStore, identify: Identify) -> list[Route]:
+def settings_routes(
+    store: SettingsStore, identify: Identify, webhook_networks: tuple[Network, ...] = ()
+) -> list[Route]:
     async def get_settings(request: Request) -> Response:
         identity = await identify(request, SETTINGS_READ)
         return _json((await store.get(identity.account)).to_json())
 
     async def patch_settings(request: Request) -> Response:
         identity = await identify(request, SETTINGS_WRITE)
-        patch = SettingsPatch.parse(decode_body(await request.body()))
+        patch = SettingsPatch.parse(decode_body(await request.body()), webhook_networks)
         change = Change(Actor("key", identity.key_id), request_id_of(request), now_ms())
         updated = (await store.patch(identity.account, patch, change)).to_json()
         if updated.get("notify_webhook_url"):  # observe: the signing secret, shown once when created

@@ -5,20 +5,28 @@ task of `serve` / `gateway` with CRITIQUE_NOTIFY_WORKER=true. Any number may run
 consumer group: each event goes to one worker). Each event is retried with exponential
 backoff (CRITIQUE_NOTIFY_BACKOFF_S, doubling, capped at 300 s) up to
 CRITIQUE_NOTIFY_MAX_ATTEMPTS, then goes to the dead-letter list
-(`critique-sidecar notify dead-letters`). Other events are not held up by one that fails."""
+(`critique-sidecar notify dead-letters`). Other events are not held up by one that fails.
+
+Each connection goes to an address checked when it is made: the webhook's host name is
+resolved, every address must be public or in CRITIQUE_NOTIFY_ALLOWED_NETWORKS, and the socket
+connects to the checked address (TLS still verifies the host name). A refused destination is
+dead-lettered at once with the reason (core/webhook_address.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Any
 
+import httpcore
 import httpx
 import orjson
 
 from ..config import Config
+from ..core.webhook_address import AddressRefused, IPAddress, Network, literal_address, refusal
 from ..core.webhook_signature import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from ..store import keyspace as ks
 from ..store.notify_outbox import Notification, NotifyOutbox
@@ -30,6 +38,83 @@ READ_COUNT = 100  # events read per account and poll
 CONCURRENCY = 32  # deliveries in flight per worker
 SWEEP_S = 30.0  # full sweep of every outbox (missed wake-ups, pending events)
 WAKE_WAIT_S = 1.0
+REFUSED = "webhook address refused"
+
+
+class CheckedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, resolving each host itself and connecting only to an
+    address that passed the check (no second lookup a rebinding DNS server could answer)."""
+
+    def __init__(self, allowed: tuple[Network, ...]) -> None:
+        self.allowed = allowed
+        self._inner = httpcore.AnyIOBackend()
+
+    async def checked_address(self, host: str) -> IPAddress:
+        ip = literal_address(host)
+        found: list[IPAddress] = []
+        if ip is not None:
+            found.append(ip)
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError as exc:  # retried: DNS may come back
+                raise httpcore.ConnectError(f"{host}: {exc}") from exc
+            for info in infos:
+                addr = literal_address(str(info[4][0]).split("%")[0])  # without an IPv6 zone
+                if addr is None:
+                    raise AddressRefused(f"{host} resolves to an unreadable address {info[4][0]!r}")
+                if addr not in found:
+                    found.append(addr)
+        for addr in found:  # every one, not just the one we connect to
+            reason = refusal(addr, self.allowed)
+            if reason is not None:
+                raise AddressRefused(reason if ip is not None else f"{host} resolves to {addr}: {reason}")
+        if not found:
+            raise httpcore.ConnectError(f"{host}: no address")
+        return found[0]
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's backend interface)
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        ip = await asyncio.wait_for(self.checked_address(host), timeout)
+        return await self._inner.connect_tcp(str(ip), port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's backend interface)
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise AddressRefused("unix sockets are not webhook destinations")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class CheckedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport (request/response mapping, errors, certificate checks) whose pool
+    connects through a CheckedBackend."""
+
+    def __init__(self, allowed: tuple[Network, ...], ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
+            network_backend=CheckedBackend(allowed),
+        )
+
+
+def webhook_client(config: Config) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=config.notify_timeout_s,
+        transport=CheckedTransport(config.notify_networks),
+        trust_env=False,
+        follow_redirects=False,  # a redirect could point anywhere
+    )
 
 
 def default_consumer() -> str:
@@ -40,9 +125,7 @@ class NotifyWorker:
     def __init__(self, redis: Any, config: Config, client: httpx.AsyncClient | None = None, consumer: str = "") -> None:
         self.outbox = NotifyOutbox(redis, consumer or default_consumer())
         self.config = config
-        self.client = client or httpx.AsyncClient(
-            timeout=config.notify_timeout_s, trust_env=False, follow_redirects=False
-        )
+        self.client = client or webhook_client(config)
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(CONCURRENCY)
         self.delivered = 0
@@ -147,7 +230,7 @@ class NotifyWorker:
                         await self.outbox.ack(n)
                         self.delivered += 1
                         return
-                if url is None or secret is None or error.startswith("http:// webhook"):
+                if url is None or secret is None or error.startswith(("http:// webhook", REFUSED)):
                     break  # no retry helps: straight to the dead letters
                 if attempt < self.config.notify_max_attempts:
                     await self.outbox.touch(n)
@@ -169,6 +252,8 @@ class NotifyWorker:
         }
         try:
             response = await self.client.post(url, content=body, headers=headers)
+        except AddressRefused as exc:
+            return f"{REFUSED}: {exc} (allow networks with CRITIQUE_NOTIFY_ALLOWED_NETWORKS)"
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}"
         if 200 <= response.status_code < 300:
