@@ -312,25 +312,33 @@ def test_separate_metrics_listener_serves_the_registry() -> None:
     assert not thread.is_alive()
 
 
-def test_the_lock_free_chunk_gap_histogram_exposes_what_prometheus_client_would() -> None:
-    """LoopHistogram (one observation per SSE chunk, no lock) against prometheus_client's own
-    Histogram fed the same values: the same exposition lines, bounds included (le is <=)."""
-    from prometheus_client import Histogram, generate_latest
+def test_loop_thread_metrics_expose_what_prometheus_client_would() -> None:
+    """loop_metrics (no lock per update) against prometheus_client's own collectors fed the same
+    updates: the same exposition lines, histogram bounds included (le is <=)."""
+    from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-    from critique_sidecar.observability.loop_histogram import LoopHistogram
+    from critique_sidecar.observability.loop_metrics import LoopCounter, LoopGauge, LoopHistogram
     from critique_sidecar.observability.metrics import GAP_BUCKETS
 
-    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
-    ours = LoopHistogram("gap_seconds", "Gaps.", "model", GAP_BUCKETS, ours_registry)
-    theirs = Histogram("gap_seconds", "Gaps.", ["model"], registry=theirs_registry, buckets=GAP_BUCKETS)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    hist = (LoopHistogram("gap_seconds", "Gaps.", ["model", "op"], ours, buckets=GAP_BUCKETS),
+            Histogram("gap_seconds", "Gaps.", ["model", "op"], registry=theirs, buckets=GAP_BUCKETS))  # fmt: skip
+    count = LoopCounter("things", "Things.", ["kind"], ours), Counter("things", "Things.", ["kind"], registry=theirs)
+    gauge = LoopGauge("open", "Open.", (), ours).labels(), Gauge("open", "Open.", registry=theirs)
     values = [0.0, 0.0005, 0.001, 0.0011, 0.02, 0.025, 0.3, 9.99, 10.0, 10.5, 1e6]
     for i, value in enumerate(values):
         model = "m-a" if i % 3 else "m-b"
-        ours.observe(model, value)
-        theirs.labels(model).observe(value)
+        for h in hist:
+            h.labels(model, "chat").observe(value)
+        for c in count:
+            c.labels(model).inc(i)
+        for g in gauge:
+            g.inc(2)
+            g.dec()
 
     def lines(registry: CollectorRegistry) -> list[str]:
         return sorted(line for line in generate_latest(registry).decode().splitlines() if "_created" not in line)
 
-    assert lines(ours_registry) == lines(theirs_registry)
-    assert 'gap_seconds_bucket{le="0.001",model="m-a"}' in "\n".join(lines(ours_registry))
+    assert lines(ours) == lines(theirs)
+    assert 'gap_seconds_bucket{le="0.001",model="m-a",op="chat"} 2.0' in lines(ours)  # 0.0005, 0.001
+    assert "open 11.0" in lines(ours)

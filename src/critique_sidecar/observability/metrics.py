@@ -10,14 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
     start_http_server,
@@ -29,7 +26,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..core.ledger import UsageRecord
 from ..core.observe import Denial
-from .loop_histogram import LoopHistogram
+from .loop_metrics import LoopCounter, LoopGauge, LoopHistogram
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "journal_depth", "start_metrics_server"]
 
@@ -48,7 +45,9 @@ _OK_STATUSES = ("ok", "estimated")
 
 
 class Metrics:
-    """Implements core.observe.Observer by updating Prometheus collectors."""
+    """Implements core.observe.Observer by updating Prometheus collectors. What a request or a
+    streamed chunk updates is a loop-thread metric (loop_metrics.py: no lock per update); the
+    rest are prometheus_client's own."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
         # No `*_created` series beside every counter: twice the lines for nothing a dashboard uses.
@@ -60,54 +59,55 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "critique_requests", "Chat requests by admission decision (allowed, denied) and reason code (ok, a soft-mode cap code, or the error code).",
             ["decision", "code"], registry=r,
         )  # fmt: skip
-        self.denial_seconds = Histogram(
+        self.denial_seconds = LoopHistogram(
             "critique_denial_seconds",
             "Time from a chat request's headers to its refusal.",
+            (),
             registry=r,
             buckets=DECISION_BUCKETS,
-        )
-        self.settlements = Counter(
+        ).labels()
+        self.settlements = LoopCounter(
             "critique_settlements", "Admitted requests closed, by model and status (ok, estimated, interrupted, upstream_error, cancelled).",
             ["model", "status"], registry=r,
         )  # fmt: skip
-        self.charged = Counter(
+        self.charged = LoopCounter(
             "critique_charged_microcredits",
             "Micro-credits charged (1 credit = 1,000,000), by model.",
             ["model"],
             registry=r,
         )
-        self.tokens = Counter(
+        self.tokens = LoopCounter(
             "critique_tokens", "Tokens charged for, by model and kind (input, output).", ["model", "kind"], registry=r
         )
-        self.estimated = Counter(
+        self.estimated = LoopCounter(
             "critique_estimated_charges",
             "Charges made from an estimate because the response carried no usage.",
             ["model"],
             registry=r,
         )
-        self.store_seconds = Histogram(
+        self.store_seconds = LoopHistogram(
             "critique_store_seconds",
             "Latency of store round trips: hold (admission), settle, key_lookup.",
             ["op"],
             registry=r,
             buckets=STORE_BUCKETS,
         )
-        self.store_errors = Counter(
+        self.store_errors = LoopCounter(
             "critique_store_errors",
             "Store round trips that failed (Redis unreachable or timed out), by operation.",
             ["op"],
             registry=r,
         )
-        self.inflight = Gauge(
-            "critique_inflight_requests", "Admitted requests whose hold is not settled yet (this process).", registry=r
-        )
-        self.open_streams = Gauge(
-            "critique_open_streams", "SSE responses being metered right now (this process).", registry=r
-        )
+        self.inflight = LoopGauge(
+            "critique_inflight_requests", "Admitted requests whose hold is not settled yet (this process).", (), r
+        ).labels()
+        self.open_streams = LoopGauge(
+            "critique_open_streams", "SSE responses being metered right now (this process).", (), r
+        ).labels()
         self.store_up = Gauge(
             "critique_store_up", "1 while the store answers health checks (gRPC health SERVING), else 0.", registry=r
         )
@@ -116,13 +116,13 @@ class Metrics:
             "Settlements journaled locally because the store was unreachable, not yet replayed.",
             registry=r,
         )
-        self.overage = Counter(
+        self.overage = LoopCounter(
             "critique_settlement_overage_microcredits",
             "Micro-credits of reported usage beyond the hold, not charged (a model server exceeded the output bound it was sent, or reported absurd usage), by model.",
             ["model"],
             registry=r,
         )
-        self.over_hold = Counter(
+        self.over_hold = LoopCounter(
             "critique_settlements_over_hold",
             "Settlements whose reported usage exceeded the hold (charged up to the hold), by model.",
             ["model"],
@@ -136,51 +136,37 @@ class Metrics:
         # -- the GenAI semantic conventions' metrics (OpenTelemetry names, Prometheus-style:
         # dots become underscores; attributes become labels of the same names)
         genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
-        self.genai_tokens = Histogram(
+        self.genai_tokens = LoopHistogram(
             "gen_ai_client_token_usage",
             "GenAI convention gen_ai.client.token.usage: tokens per request, by token type (input, output).",
             [*genai, "gen_ai_token_type"],
             registry=r,
             buckets=TOKEN_BUCKETS,
         )
-        self.genai_duration = Histogram(
+        self.genai_duration = LoopHistogram(
             "gen_ai_server_request_duration",
             "GenAI convention gen_ai.server.request.duration (seconds): admission to settlement; error_type is empty on success, else the settlement status.",
             [*genai, "error_type"],
             registry=r,
             buckets=DURATION_BUCKETS,
         )
-        self.genai_ttft = Histogram(
+        self.genai_ttft = LoopHistogram(
             "gen_ai_server_time_to_first_token",
             "GenAI convention gen_ai.server.time_to_first_token (seconds): admission to the first streamed chunk.",
             genai,
             registry=r,
             buckets=TTFT_BUCKETS,
         )
-        self.chunk_gap = LoopHistogram(  # observed once per chunk: lock-free (loop_histogram.py)
+        self.chunk_gap = LoopHistogram(
             "critique_stream_chunk_gap_seconds",
             "Seconds between consecutive chunks of a metered SSE response, by model.",
-            "model",
-            GAP_BUCKETS,
-            r,
+            ["model"],
+            registry=r,
+            buckets=GAP_BUCKETS,
         )
-        # Labelled children by label values: `labels()` validates and locks on every call, and
-        # a settlement touches four of them. The label sets are bounded (models x statuses).
-        self._children: dict[tuple[object, ...], Any] = {}
-        for op in (
-            "hold",
-            "settle",
-            "key_lookup",
-        ):  # present (at 0) before the first call or failure, for rate() and alerts
-            self._child(self.store_errors, op)
-            self._child(self.store_seconds, op)
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric, *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        for op in ("hold", "settle", "key_lookup"):  # present (at 0) before the first call or failure
+            self.store_errors.labels(op)
+            self.store_seconds.labels(op)
 
     # -- gauges read at scrape time --------------------------------------------------------
     def watch_journal(self, path: Path) -> None:
@@ -193,7 +179,7 @@ class Metrics:
 
     # -- core.observe.Observer ----------------------------------------------------------------
     def admitted(self, model: str, warnings: tuple[str, ...]) -> None:
-        self._child(self.requests, "allowed", warnings[0] if warnings else "ok").inc()
+        self.requests.labels("allowed", warnings[0] if warnings else "ok").inc()
         self.inflight.inc()
 
     def denied(self, denial: Denial) -> None:
@@ -203,29 +189,29 @@ class Metrics:
     def settled(self, record: UsageRecord) -> None:
         self.inflight.dec()
         model = record.model
-        self._child(self.settlements, model, record.status).inc()
+        self.settlements.labels(model, record.status).inc()
         if record.credits:
-            self._child(self.charged, model).inc(record.credits)
+            self.charged.labels(model).inc(record.credits)
         if record.input_tokens:
-            self._child(self.tokens, model, "input").inc(record.input_tokens)
+            self.tokens.labels(model, "input").inc(record.input_tokens)
         if record.output_tokens:
-            self._child(self.tokens, model, "output").inc(record.output_tokens)
+            self.tokens.labels(model, "output").inc(record.output_tokens)
         if record.estimated:
-            self._child(self.estimated, model).inc()
+            self.estimated.labels(model).inc()
         if record.overage:
-            self._child(self.over_hold, model).inc()
-            self._child(self.overage, model).inc(record.overage)
+            self.over_hold.labels(model).inc()
+            self.overage.labels(model).inc(record.overage)
         if record.status != "cancelled":  # never reached a model: no GenAI request to measure
             error = "" if record.status in _OK_STATUSES else record.status
-            self._child(self.genai_duration, "chat", GENAI_PROVIDER, model, error).observe(record.latency_ms / 1000)
+            self.genai_duration.labels("chat", GENAI_PROVIDER, model, error).observe(record.latency_ms / 1000)
             if record.input_tokens or record.output_tokens:
-                self._child(self.genai_tokens, "chat", GENAI_PROVIDER, model, "input").observe(record.input_tokens)
-                self._child(self.genai_tokens, "chat", GENAI_PROVIDER, model, "output").observe(record.output_tokens)
+                self.genai_tokens.labels("chat", GENAI_PROVIDER, model, "input").observe(record.input_tokens)
+                self.genai_tokens.labels("chat", GENAI_PROVIDER, model, "output").observe(record.output_tokens)
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None:
-        self._child(self.store_seconds, op).observe(seconds)
+        self.store_seconds.labels(op).observe(seconds)
         if failed:
-            self._child(self.store_errors, op).inc()
+            self.store_errors.labels(op).inc()
 
     def stream_opened(self) -> None:
         self.open_streams.inc()
@@ -235,9 +221,9 @@ class Metrics:
 
     def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
         if first:
-            self._child(self.genai_ttft, "chat", GENAI_PROVIDER, model).observe(seconds)
+            self.genai_ttft.labels("chat", GENAI_PROVIDER, model).observe(seconds)
         else:
-            self.chunk_gap.observe(model, seconds)
+            self.chunk_gap.labels(model).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (what GET /metrics returns)."""
