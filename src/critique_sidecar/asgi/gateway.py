@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..app import Components, build_components, fix_malloc_mmap_threshold, web_context
+from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
 from ..core.catalog import Catalog
 from ..core.errors import ApiError
@@ -239,6 +239,7 @@ class Gateway:
             self._metrics_server = start_metrics_server(
                 self.config.gateway_metrics_listen, self.components.metrics.registry
             )[0]
+        tune_garbage_collector()
 
     async def shutdown(self) -> None:
         # settlements of requests the server cut off, then the upstream pool

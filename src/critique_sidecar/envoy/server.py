@@ -24,7 +24,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..app import Components, build_components, fix_malloc_mmap_threshold, freeze_startup_heap, web_context
+from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
 from ..core.wire import DRAIN_GRACE_S
 from ..lifecycle import Lifecycle
@@ -113,7 +113,7 @@ async def serve(config: Config) -> None:
     web_task = asyncio.create_task(web.serve())
     # When due, drains (NOT_SERVING until Envoy has moved the traffic) and sets `stop` (recycle.py).
     recycle_task = asyncio.create_task(recycle.run(store_health.drain, stop)) if recycle else None
-    freeze_startup_heap()
+    tune_garbage_collector()
     log.info("critique-sidecar serving grpc=%s http=%s", config.grpc_listen, config.http_listen)
     await stop.wait()
 
