@@ -120,7 +120,7 @@ async def run(requests: int, tune_gc: bool) -> tuple[float, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=30000)
-    p.add_argument("--gc-default", action="store_true", help="keep CPython's GC settings (no freeze, threshold 700)")
+    p.add_argument("--gc-default", action="store_true", help="keep CPython's GC settings (no freeze)")
     args = p.parse_args()
     with open(os.devnull, "w") as sink:
         configure_logging("INFO", "json", sink)  # the request log line is built and written
