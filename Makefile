@@ -105,6 +105,7 @@ bench-scaling: install
 
 # py-spy profile of the metered sidecar under the bench load (bench/out/profile/).
 profile: install
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/profile.py $(PROFILE_ARGS)
 
 clean:
