@@ -40,6 +40,7 @@ from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
 from critique_sidecar.store.warmup import warm_up
 
+from .account_kit import Clock
 from .clusterkit import redis_cluster
 
 CATALOG = load_catalog()
@@ -76,14 +77,6 @@ async def redis_client(cluster_url: str) -> AsyncIterator[RedisCluster]:
     await warm_up(client)  # as app.serve does before the process reports SERVING
     yield client
     await client.aclose()
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 def meter(redis: RedisCluster, clock: Clock, hold_ttl_s: int = 60) -> Meter:
@@ -330,15 +323,6 @@ def settings_patch(**fields: Any) -> Any:
     return SettingsPatch.parse(fields)
 
 
-# -- the account-control integration suite, again, on the Cluster ---------------------------
-
-from .test_account_controls import (  # noqa: E402 - imported to run here with the Cluster `redis_client`
-    env,
-)
-
-__all__ = ["env"]  # the imported fixture, resolved with this module's `redis_client`
-
-
 # -- per-key controls and rate limits (tests/integration/test_rate_limits.py), on the Cluster ----
 
 from .test_rate_limits import (  # noqa: E402 - collected here, with the Cluster `redis_client`
@@ -350,7 +334,7 @@ from .test_rate_limits import (  # noqa: E402 - collected here, with the Cluster
     test_tokens_per_minute_admit_exactly_what_fits_and_settlement_corrects,
 )
 
-__all__ += [
+__all__ = [
     "lim",
     "test_concurrency_limit_counts_requests_in_flight",
     "test_controls_round_trip_and_belong_to_the_account",
