@@ -1,5 +1,7 @@
 """Usage retention on real Redis: old records are trimmed only once every consumer group has
-acknowledged them, the account registry, `usage trim`, and the sidecar's periodic trim."""
+acknowledged them, the account registry, `usage trim`, and the sidecar's periodic trim.
+(Named test_dashboard_* to run early in a full run, where test_dashboard_data.py ran: the
+periodic trim walks every account the tests before it registered in the shared Redis.)"""
 
 from __future__ import annotations
 
