@@ -73,7 +73,12 @@ def table(results: dict[str, Any]) -> str:
             _fmt(cpu.get("redis"), ".3f"),
             f"{rss['peak_rss_mb']:.0f} (now {rss['rss_mb']:.0f})" if rss else "-",
         ])  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return aligned(rows)
+
+
+def aligned(rows: list[list[str]]) -> str:
+    """Rows (the first the header) as a text table: columns padded, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

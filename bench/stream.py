@@ -40,6 +40,7 @@ from typing import Any
 
 import gateways
 import procs
+import report
 from gateways import Gateway
 
 from critique_sidecar.devtools.stack import free_port, wait_until
@@ -329,10 +330,7 @@ def table(results: dict[str, Any]) -> str:
                 "-" if kb is None else f"{kb:.1f}",
                 str(s["errors"]),
             ])  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return report.aligned(rows)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 
-from critique_sidecar.devtools.stack import Stack
+from critique_sidecar.devtools.stack import Stack, wait_until
+
+from ..integration.clusterkit import redis_cluster
 
 USD_PER_CREDIT = Fraction("0.01")  # the sidecar's default
 # USD per million tokens (input, output), copied by hand from catalog.toml: the expectations
@@ -95,3 +101,46 @@ def wait_for_records(stack: Stack, account: str, count: int, timeout: float = 10
 
     wait_until(lambda: len(usage_records(stack, account)) >= count, f"{count} usage record(s)", timeout=timeout)
     return usage_records(stack, account)
+
+
+@contextmanager
+def stack_on(store: str, workdir: Path, **options: Any) -> Iterator[Stack]:
+    """A Stack, not started yet, on a Redis of its own (store "redis") or on a Redis Cluster of
+    three masters (store "cluster"; the sidecars with CRITIQUE_REDIS_CLUSTER=true)."""
+    if store == "redis":
+        yield Stack(workdir, **options)
+        return
+    with redis_cluster(workdir / "cluster") as ports:
+        url = f"redis://127.0.0.1:{ports[0]}/0"
+        yield Stack(workdir, redis_url=url, sidecar_env={"CRITIQUE_REDIS_CLUSTER": "true"}, **options)
+
+
+@contextmanager
+def started(stack: Stack, two_sidecars: bool = False) -> Iterator[Stack]:
+    """`stack` started, and stopped at the end. With two sidecar processes, Envoy has seen both
+    healthy before it is used (else the first requests would all go to one)."""
+    try:
+        stack.start()
+        if two_sidecars:
+            wait_until(lambda: both_sidecars_healthy(stack), "both sidecars healthy in Envoy", timeout=30)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def sidecar_hosts(stack: Stack) -> dict[int, dict[str, Any]]:
+    """Envoy's view of the sidecar_grpc endpoints: port -> {healthy, rq_total}."""
+    text = httpx.get(f"http://127.0.0.1:{stack.ports['admin']}/clusters", timeout=5).text
+    hosts: dict[int, dict[str, Any]] = {}
+    for m in re.finditer(r"^sidecar_grpc::127\.0\.0\.1:(\d+)::(rq_total|health_flags)::(.*)$", text, re.M):
+        h = hosts.setdefault(int(m.group(1)), {})
+        if m.group(2) == "rq_total":
+            h["rq_total"] = int(m.group(3))
+        else:
+            h["healthy"] = m.group(3).strip() == "healthy"
+    return hosts
+
+
+def both_sidecars_healthy(stack: Stack) -> bool:
+    hosts = sidecar_hosts(stack)
+    return len(hosts) == 2 and all(h["healthy"] for h in hosts.values())

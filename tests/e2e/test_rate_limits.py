@@ -25,7 +25,7 @@ from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.devtools.stack import Stack, wait_until
 from critique_sidecar.store import keyspace as ks
 
-from ..integration.clusterkit import redis_cluster
+from .helpers import stack_on, started
 
 pytestmark = pytest.mark.slow
 
@@ -41,19 +41,8 @@ DURATION = re.compile(r"^(0s|[0-9]+ms|([0-9]+h)?([0-9]+m)?[0-9]+(\.[0-9]+)?s)$")
 @pytest.fixture(scope="module", params=["redis", "cluster"])
 def rl_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp(f"limits-{request.param}")
-    if request.param == "redis":
-        s = Stack(workdir)
-        try:
-            yield s.start()
-        finally:
-            s.stop()
-        return
-    with redis_cluster(workdir / "cluster") as ports:
-        s = Stack(workdir, redis_url=f"redis://127.0.0.1:{ports[0]}/0", sidecar_env={"CRITIQUE_REDIS_CLUSTER": "true"})
-        try:
-            yield s.start()
-        finally:
-            s.stop()
+    with stack_on(request.param, workdir) as s, started(s):
+        yield s
 
 
 def store(stack: Stack) -> Any:

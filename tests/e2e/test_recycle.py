@@ -19,8 +19,7 @@ import pytest
 from critique_sidecar.devtools.stack import Stack, wait_until
 
 from .faultkit import CHAT_PATH, SERVING, health
-from .helpers import balance, funded_key, usage_records
-from .test_scale_out import sidecar_hosts
+from .helpers import balance, both_sidecars_healthy, funded_key, started, usage_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -43,18 +42,8 @@ class RecyclingStack(Stack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = RecyclingStack(tmp_path_factory.mktemp("recycle"), sidecar_count=2)
-    try:
-        s.start()
-        wait_until(lambda: _both_healthy(s), "both sidecars healthy in Envoy", timeout=30)
+    with started(RecyclingStack(tmp_path_factory.mktemp("recycle"), sidecar_count=2), two_sidecars=True) as s:
         yield s
-    finally:
-        s.stop()
-
-
-def _both_healthy(stack: Stack) -> bool:
-    hosts = sidecar_hosts(stack)
-    return len(hosts) == 2 and all(h["healthy"] for h in hosts.values())
 
 
 def _one(stack: Stack, key: str, i: int) -> tuple[int, str, Decimal]:
@@ -107,4 +96,6 @@ def test_a_recycle_under_traffic_loses_no_request_and_charges_each_once(stack: S
     assert '"held": "0.000000"' in stack.cli("credits", "show", "--account", account, "--json")
 
     # The supervisor's fresh process serves again.
-    wait_until(lambda: health(stack, 0) == SERVING and _both_healthy(stack), "restarted sidecar healthy", timeout=30)
+    wait_until(
+        lambda: health(stack, 0) == SERVING and both_sidecars_healthy(stack), "restarted sidecar healthy", timeout=30
+    )

@@ -19,7 +19,7 @@ from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import REVOCATIONS_CHANNEL
 
 from .faultkit import CHAT_PATH, SERVING, health, restart_redis
-from .test_scale_out import sidecar_hosts
+from .helpers import both_sidecars_healthy, sidecar_hosts, started
 
 pytestmark = pytest.mark.slow
 
@@ -36,17 +36,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         persist_redis=True,  # a restarted Redis keeps the keys
         sidecar_env={"CRITIQUE_KEY_CACHE_TTL_S": str(CACHE_TTL_S)},
     )
-    try:
-        s.start()
-        wait_until(lambda: _both_healthy(s), "both sidecars healthy in Envoy", timeout=30)
+    with started(s, two_sidecars=True):
         yield s
-    finally:
-        s.stop()
-
-
-def _both_healthy(stack: Stack) -> bool:
-    hosts = sidecar_hosts(stack)
-    return len(hosts) == 2 and all(h["healthy"] for h in hosts.values())
 
 
 def _subscribers(stack: Stack) -> int:
@@ -84,7 +75,7 @@ def _kill_subscriber_connections(stack: Stack) -> None:
 def _restart_redis(stack: Stack) -> None:
     restart_redis(stack)
     wait_until(lambda: health(stack, 0) == health(stack, 1) == SERVING, "both sidecars SERVING again", timeout=30)
-    wait_until(lambda: _both_healthy(stack), "Envoy sees both sidecars healthy again", timeout=30)
+    wait_until(lambda: both_sidecars_healthy(stack), "Envoy sees both sidecars healthy again", timeout=30)
 
 
 @pytest.mark.parametrize("interruption", [_kill_subscriber_connections, _restart_redis], ids=["client-kill", "restart"])

@@ -11,7 +11,6 @@ k*(H - C) < H for every k used here)."""
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +21,11 @@ import redis.asyncio as aioredis
 
 from critique_sidecar.core.clock import day_window, utc_now
 from critique_sidecar.core.money import MICRO, format_credits, parse_credits
-from critique_sidecar.devtools.stack import Stack, wait_until
+from critique_sidecar.devtools.stack import Stack
 from critique_sidecar.store import keyspace as ks
 
-from ..integration.clusterkit import redis_cluster
 from .faultkit import CHAT_PATH, funded, grpc_port, on_cluster
+from .helpers import sidecar_hosts, stack_on, started
 from .test_concurrency import CHARGE, HOLD, RAW, watched_burst
 
 pytestmark = pytest.mark.slow
@@ -72,51 +71,11 @@ SCENARIOS = [
 ]
 
 
-def _start(stack: Stack) -> Stack:
-    stack.start()
-    # Both sidecars up and seen healthy by Envoy before any burst.
-    wait_until(
-        lambda: len(sidecar_hosts(stack)) == 2 and all(h["healthy"] for h in sidecar_hosts(stack).values()),
-        "both sidecars healthy in Envoy",
-        timeout=30,
-    )
-    return stack
-
-
 @pytest.fixture(scope="module", params=["redis", "cluster"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp(f"scale-out-{request.param}")
-    if request.param == "redis":
-        s = Stack(workdir, sidecar_count=2)
-        try:
-            yield _start(s)
-        finally:
-            s.stop()
-        return
-    with redis_cluster(workdir / "cluster") as ports:
-        s = Stack(
-            workdir,
-            redis_url=f"redis://127.0.0.1:{ports[0]}/0",
-            sidecar_count=2,
-            sidecar_env={"CRITIQUE_REDIS_CLUSTER": "true"},
-        )
-        try:
-            yield _start(s)
-        finally:
-            s.stop()
-
-
-def sidecar_hosts(stack: Stack) -> dict[int, dict[str, Any]]:
-    """Envoy's view of the sidecar_grpc endpoints: port -> {healthy, rq_total}."""
-    text = httpx.get(f"http://127.0.0.1:{stack.ports['admin']}/clusters", timeout=5).text
-    hosts: dict[int, dict[str, Any]] = {}
-    for m in re.finditer(r"^sidecar_grpc::127\.0\.0\.1:(\d+)::(rq_total|health_flags)::(.*)$", text, re.M):
-        h = hosts.setdefault(int(m.group(1)), {})
-        if m.group(2) == "rq_total":
-            h["rq_total"] = int(m.group(3))
-        else:
-            h["healthy"] = m.group(3).strip() == "healthy"
-    return hosts
+    with stack_on(request.param, workdir, sidecar_count=2) as s, started(s, two_sidecars=True):
+        yield s
 
 
 def store_client(stack: Stack) -> Any:

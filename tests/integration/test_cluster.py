@@ -40,6 +40,7 @@ from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
 from critique_sidecar.store.warmup import warm_up
 
+from .account_kit import Clock
 from .clusterkit import redis_cluster
 
 CATALOG = load_catalog()
@@ -76,14 +77,6 @@ async def redis_client(cluster_url: str) -> AsyncIterator[RedisCluster]:
     await warm_up(client)  # as app.serve does before the process reports SERVING
     yield client
     await client.aclose()
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 def meter(redis: RedisCluster, clock: Clock, hold_ttl_s: int = 60) -> Meter:
@@ -330,13 +323,54 @@ def settings_patch(**fields: Any) -> Any:
     return SettingsPatch.parse(fields)
 
 
-# -- the account-control integration suite, again, on the Cluster ---------------------------
+# -- the account-control tests (tests/integration/test_account_*.py), again, on the Cluster ----
+# (collected here with this module's Cluster `redis_client`; `env` is tests/integration/conftest.py's)
 
-from .test_account_controls import (  # noqa: E402 - imported to run here with the Cluster `redis_client`
-    env,
+from .test_account_caps import (  # noqa: E402
+    test_a_balance_too_low_even_without_the_floor_says_so,
+    test_account_training_opt_in_prices_at_the_opt_in_tier,
+    test_daily_credit_cap_counts_open_holds,
+    test_daily_request_cap_counts_admissions_and_sends_retry_after,
+    test_disabled_account_is_refused_and_nothing_changes,
+    test_floor_refusal_names_the_floor_and_balance_never_goes_below_it,
+    test_monthly_credit_cap_spans_days_and_retries_after_the_month,
+    test_soft_mode_admits_over_caps_with_warnings,
+    test_soft_mode_keeps_the_floor_and_an_empty_balance_hard,
+    test_zero_caps_block_everything,
+)
+from .test_account_settings_store import (  # noqa: E402
+    test_a_rejected_patch_changes_nothing,
+    test_concurrent_patches_never_mix_fields,
+    test_defaults_for_an_unconfigured_account,
+    test_patch_is_partial_stores_micro_credits_and_null_clears_a_cap,
+)
+from .test_account_windows import (  # noqa: E402
+    test_a_request_settled_after_midnight_counts_in_the_day_it_started,
+    test_an_unsettled_hold_expires_and_its_credits_come_back,
+    test_daily_windows_roll_over_at_utc_midnight,
+    test_monthly_window_rolls_over_at_month_end,
 )
 
-__all__ = ["env"]  # the imported fixture, resolved with this module's `redis_client`
+__all__ = [
+    "test_a_balance_too_low_even_without_the_floor_says_so",
+    "test_a_rejected_patch_changes_nothing",
+    "test_a_request_settled_after_midnight_counts_in_the_day_it_started",
+    "test_account_training_opt_in_prices_at_the_opt_in_tier",
+    "test_an_unsettled_hold_expires_and_its_credits_come_back",
+    "test_concurrent_patches_never_mix_fields",
+    "test_daily_credit_cap_counts_open_holds",
+    "test_daily_request_cap_counts_admissions_and_sends_retry_after",
+    "test_daily_windows_roll_over_at_utc_midnight",
+    "test_defaults_for_an_unconfigured_account",
+    "test_disabled_account_is_refused_and_nothing_changes",
+    "test_floor_refusal_names_the_floor_and_balance_never_goes_below_it",
+    "test_monthly_credit_cap_spans_days_and_retries_after_the_month",
+    "test_monthly_window_rolls_over_at_month_end",
+    "test_patch_is_partial_stores_micro_credits_and_null_clears_a_cap",
+    "test_soft_mode_admits_over_caps_with_warnings",
+    "test_soft_mode_keeps_the_floor_and_an_empty_balance_hard",
+    "test_zero_caps_block_everything",
+]
 
 
 # -- per-key controls and rate limits (tests/integration/test_rate_limits.py), on the Cluster ----

@@ -4,16 +4,11 @@ single key, so they run unchanged on Cluster."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-import redis
 from redis.asyncio import RedisCluster
 
-from critique_sidecar.devtools.stack import free_port, redis_binary, wait_until
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.redis_ledger import RedisLedger
@@ -22,59 +17,14 @@ from critique_sidecar.store.usage_query import UsageQuery
 from critique_sidecar.store.usage_records import rebuild_registry, registered_accounts
 from critique_sidecar.store.usage_retention import UsageRetention
 
-from .test_dashboard_data import NOW, add_old, record
+from .clusterkit import redis_cluster
+from .usage_kit import NOW, add_old, record
 
 
 @pytest.fixture(scope="module")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        raise RuntimeError("redis-cli is needed to form a Redis Cluster (Debian: redis-tools)")
-    ports = [free_port() for _ in range(3)]
-    procs = []
-    for port in ports:
-        workdir: Path = tmp_path_factory.mktemp(f"cluster-{port}")
-        procs.append(
-            subprocess.Popen(
-                # the bus port defaults to port + 10000, past 65535 for high ephemeral ports
-                [
-                    redis_binary(),
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    str(free_port()),
-                    "--cluster-config-file",
-                    str(workdir / "nodes.conf"),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-    try:
-        for port, proc in zip(ports, procs, strict=True):
-            wait_until(lambda p=port: redis.Redis(port=p).ping(), "cluster node", proc=proc)
-        subprocess.run(
-            [cli, "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "0", "--cluster-yes"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        wait_until(
-            lambda: all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in ports),
-            "cluster state ok",
-        )
+    with redis_cluster(tmp_path_factory.mktemp("dashboard-cluster")) as ports:
         yield f"redis://127.0.0.1:{ports[0]}/0"
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait()
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
 
+from .account_kit import Clock
+
 CATALOG = load_catalog()
 MODEL = "deepseek/deepseek-v4-flash"
 OTHER_MODEL = next(m.id for m in CATALOG.models if m.id != MODEL)
@@ -43,14 +45,6 @@ def body(max_tokens: int = 100, model: str = MODEL) -> bytes:
     return json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens}
     ).encode()
-
-
-class Clock:
-    def __init__(self, at: datetime) -> None:
-        self.at = at
-
-    def __call__(self) -> datetime:
-        return self.at
 
 
 @dataclass

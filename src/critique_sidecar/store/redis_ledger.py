@@ -19,6 +19,12 @@ from .usage_records import register_account
 WINDOW_TTL_S = 100 * 86400
 
 
+def _limit_keys(a: str, key_id: str) -> tuple[str, str, str, str]:
+    """The limiter keys both scripts take, in this order (place_hold.lua KEYS[8..11], settle.lua
+    KEYS[8..11])."""
+    return ks.limiter(a), ks.hold_info(a), ks.minute_window(a), ks.minute_window(a, key_id)
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -53,10 +59,7 @@ class RedisLedger:
             ks.month(a, hold.month),
             # >>> limits
             ks.key_controls(a, hold.key_id),
-            ks.limiter(a),
-            ks.hold_info(a),
-            ks.minute_window(a),
-            ks.minute_window(a, hold.key_id),
+            *_limit_keys(a, hold.key_id),
             # <<< limits
         ]
         args = [hold.request_id, hold.amount, hold.now_ms, hold.expires_ms, WINDOW_TTL_S]
@@ -89,10 +92,7 @@ class RedisLedger:
             ks.settled(a, record.request_id),
             ks.usage_stream(a),
             # >>> limits
-            ks.limiter(a),
-            ks.hold_info(a),
-            ks.minute_window(a),
-            ks.minute_window(a, record.key_id),
+            *_limit_keys(a, record.key_id),
             # <<< limits
             ks.settings(a),  # observe: notification thresholds
             ks.notify_outbox(a),
