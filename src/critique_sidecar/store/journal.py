@@ -23,6 +23,7 @@ import orjson
 
 from ..core.errors import StoreUnavailable
 from ..core.ledger import HoldRequest, HoldResult, Ledger, SettlementRejected, SettleResult, UsageRecord
+from .errors import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class JournalingLedger:
             if self.journal.path.exists():
                 try:
                     await self.replay()
-                except Exception:
+                except Exception as exc:
+                    raise_if_cancelling(exc)
                     log.exception("journal replay failed; retrying in %.1fs", interval_s)
             await asyncio.sleep(interval_s)

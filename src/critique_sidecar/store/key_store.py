@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 from ..core.key_controls import KeyControls
 from ..core.keys import KeyRecord, generate_key, hash_key, new_key_id
 from . import keyspace as ks
-from .errors import store_call
+from .errors import raise_if_cancelling, store_call
 from .scripts import register
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ async def watch_revocations(redis: Any, forget: Callable[[str | None], None], re
                     data = message["data"]
                     forget(data.decode() if isinstance(data, bytes) else str(data))
         except (RedisError, OSError) as exc:
+            raise_if_cancelling(exc)
             log.warning("revocation feed interrupted (%s); key cache cleared, retrying", type(exc).__name__)
         finally:
             await pubsub.aclose()

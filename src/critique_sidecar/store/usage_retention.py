@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from ..core.errors import StoreUnavailable
 from . import keyspace as ks
-from .errors import store_call
+from .errors import raise_if_cancelling, store_call
 from .scripts import register
 from .usage_records import as_text, registered_accounts
 
@@ -91,7 +91,9 @@ class UsageRetention:
                 if deleted:
                     log.info("usage retention: trimmed %d records from %d streams", deleted, len(results))
             except (TimeoutError, StoreUnavailable, RedisError, OSError) as exc:
+                raise_if_cancelling(exc)
                 log.warning("usage retention trim failed (%s); retrying next interval", type(exc).__name__)
-            except Exception:
+            except Exception as exc:
+                raise_if_cancelling(exc)
                 log.exception("usage retention trim failed")
             await asyncio.sleep(interval_s)

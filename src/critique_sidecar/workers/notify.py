@@ -29,6 +29,7 @@ from ..config import Config
 from ..core.webhook_address import AddressRefused, IPAddress, Network, literal_address, refusal
 from ..core.webhook_signature import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
 from ..store import keyspace as ks
+from ..store.errors import raise_if_cancelling
 from ..store.notify_outbox import Notification, NotifyOutbox
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class NotifyWorker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # Redis down: try again next round
+                    raise_if_cancelling(exc)
                     log.warning("notification worker: %s", type(exc).__name__)
                     await asyncio.sleep(1.0)
         finally:
@@ -182,6 +184,7 @@ class NotifyWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the periodic sweep covers what is missed meanwhile
+                raise_if_cancelling(exc)
                 log.warning("notification wake-ups interrupted (%s); retrying", type(exc).__name__)
             finally:
                 await pubsub.aclose()

@@ -21,6 +21,7 @@ import httpx
 import orjson
 
 from ..config import Config
+from ..store.errors import raise_if_cancelling
 from ..store.usage_export import Delivery, UsageExporter
 from ..store.usage_records import registered_accounts
 
@@ -106,6 +107,7 @@ class UsagePushWorker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    raise_if_cancelling(exc)
                     failures += 1
                     delay = min(self.config.usage_push_interval_s * 2**failures, MAX_BACKOFF_S)
                     log.warning(
