@@ -239,7 +239,6 @@ class Gateway:
             self._metrics_server = start_metrics_server(
                 self.config.gateway_metrics_listen, self.components.metrics.registry
             )[0]
-        tune_garbage_collector()
 
     async def shutdown(self) -> None:
         # settlements of requests the server cut off, then the upstream pool
@@ -288,4 +287,5 @@ async def serve(config: Config, listen: str) -> None:
         timeout_graceful_shutdown=DRAIN_GRACE_S,
     )
     log.info("critique-sidecar gateway serving http://%s", listen)
+    tune_garbage_collector()  # our own process only: an app embedding the middleware keeps its GC
     await uvicorn.Server(server).serve()
