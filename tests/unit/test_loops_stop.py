@@ -1,6 +1,6 @@
-"""Every loop that logs an error and tries again stops when its task is cancelled, even when a
-library turned that cancellation into an error of its own (a timeout that expired at the same
-moment does): retried, the stop request would be lost and shutdown would wait forever."""
+"""Every loop that runs until cancelled stops when its task is cancelled, even when a library
+swallowed that cancellation (redis-py can let a command complete instead) or turned it into an
+error of its own: the stop request would be lost and shutdown would wait forever."""
 
 from __future__ import annotations
 
@@ -19,16 +19,18 @@ from critique_sidecar.store.usage_retention import UsageRetention
 _converted: list[BaseException] = []
 
 
-async def _swallows_cancel(error: BaseException) -> None:
-    """Awaits until cancelled, then raises `error` instead (the library's conversion), the
-    first time only: a loop that fails this test still stops at the test's teardown."""
+async def _swallows_cancel(error: BaseException | None) -> None:
+    """Awaits until cancelled, then raises `error` instead (the library's conversion) or, for
+    None, returns as if nothing happened; the first time only, so a loop that fails this test
+    still stops at the test's teardown."""
     try:
         await asyncio.Event().wait()
     except asyncio.CancelledError:
         if _converted:
             raise
-        _converted.append(error)
-        raise error from None
+        _converted.append(error or asyncio.CancelledError())
+        if error is not None:
+            raise error from None
 
 
 async def _stops(start: Callable[[], Coroutine[Any, Any, None]], entered: asyncio.Event) -> None:
@@ -42,8 +44,10 @@ async def _stops(start: Callable[[], Coroutine[Any, Any, None]], entered: asynci
     assert task.cancelled()
 
 
-@pytest.mark.parametrize("error", [StoreUnavailable("TimeoutError"), RedisTimeoutError("timed out"), OSError(110)])
-async def test_usage_retention_stops(error: BaseException) -> None:
+@pytest.mark.parametrize(
+    "error", [None, StoreUnavailable("TimeoutError"), RedisTimeoutError("timed out"), OSError(110)]
+)
+async def test_usage_retention_stops(error: BaseException | None) -> None:
     entered = asyncio.Event()
     retention = UsageRetention.__new__(UsageRetention)  # no Redis needed: trim_all is replaced
 
@@ -56,7 +60,8 @@ async def test_usage_retention_stops(error: BaseException) -> None:
     await _stops(lambda: retention.run_forever(0.01), entered)
 
 
-async def test_journal_replay_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("error", [None, RuntimeError("converted")])
+async def test_journal_replay_stops(tmp_path: Path, error: BaseException | None) -> None:
     entered = asyncio.Event()
     journal = SettlementJournal(tmp_path / "journal.jsonl")
     journal.path.write_text("{}\n")  # something to replay
@@ -64,7 +69,7 @@ async def test_journal_replay_stops(tmp_path: Path) -> None:
 
     async def replay() -> int:
         entered.set()
-        await _swallows_cancel(RuntimeError("converted"))
+        await _swallows_cancel(error)
         return 0
 
     ledger.replay = replay  # type: ignore[method-assign]

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from grpc_health.v1 import health, health_pb2
 
+from ..store.errors import raise_if_cancelling
+
 log = logging.getLogger(__name__)
 
 SERVICES = ("", "envoy.service.auth.v3.Authorization", "envoy.service.ext_proc.v3.ExternalProcessor")
@@ -43,6 +45,7 @@ class StoreHealth:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelling()  # a ping may swallow the cancellation (store/errors.py)
             await self.check_once()
             await asyncio.sleep(self._interval)
 

@@ -28,11 +28,12 @@ def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine
     return wrapper
 
 
-def raise_if_cancelling(error: BaseException) -> None:
-    """For loops that log an error and try again: if this task has been asked to stop, stop.
-    A library can turn the cancellation it received into an error of its own (a timeout that
-    expired at the same moment): retried, the stop request would be lost and the loop would
-    outlive its shutdown (seen: usage retention under load)."""
+def raise_if_cancelling(error: BaseException | None = None) -> None:
+    """For loops that run until cancelled: if this task has been asked to stop, stop. Called in
+    each round and where a loop logs an error and tries again: redis-py can swallow the
+    cancellation it receives (a command that still completes) or turn it into an error of its
+    own, and the stop request would be lost; the loop would outlive its shutdown (seen: usage
+    retention, whose round walks every account, hung the shutdown of a test)."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from error

@@ -176,6 +176,7 @@ class JournalingLedger:
 
     async def replay_forever(self, interval_s: float = 1.0) -> None:
         while True:
+            raise_if_cancelling()
             if self.journal.path.exists():
                 try:
                     await self.replay()

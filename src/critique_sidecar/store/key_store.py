@@ -176,6 +176,7 @@ async def watch_revocations(redis: Any, forget: Callable[[str | None], None], re
     missed meanwhile."""
     forget_all = _ForgetAll(forget)  # held here: redis-py keeps connect callbacks by weak reference
     while True:
+        raise_if_cancelling()
         pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(REVOCATIONS_CHANNEL)

@@ -74,6 +74,7 @@ class UsageRetention:
         it never keeps retention from the other accounts; a store outage ends the round."""
         results = []
         for account in await registered_accounts(self._redis):
+            raise_if_cancelling()  # a round may be long: stop between accounts when asked
             try:
                 results.append(await self.trim(account))
             except StoreUnavailable as exc:
@@ -85,6 +86,7 @@ class UsageRetention:
     async def run_forever(self, interval_s: float) -> None:
         """The sidecar's periodic trim. Every replica may run it: trimming is idempotent."""
         while True:
+            raise_if_cancelling()
             try:
                 results = await self.trim_all()
                 deleted = sum(r.deleted for r in results)

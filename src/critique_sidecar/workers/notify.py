@@ -142,6 +142,7 @@ class NotifyWorker:
         last_sweep = -SWEEP_S
         try:
             while True:
+                raise_if_cancelling()
                 try:
                     if time.monotonic() - last_sweep >= SWEEP_S:
                         last_sweep = time.monotonic()
@@ -172,6 +173,7 @@ class NotifyWorker:
 
     async def _listen(self, woken: asyncio.Queue[str]) -> None:
         while True:
+            raise_if_cancelling()
             pubsub = self.outbox.redis.pubsub()
             try:
                 await pubsub.subscribe(ks.NOTIFY_WAKE)

@@ -101,6 +101,7 @@ class UsagePushWorker:
         failures = 0
         try:
             while True:
+                raise_if_cancelling()
                 try:
                     sent = await self.push_once()
                     failures = 0
