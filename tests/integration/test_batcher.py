@@ -86,9 +86,8 @@ async def test_connection_failure_reaches_every_waiter() -> None:
     await dead.aclose()
 
 
-async def test_a_redis_that_stops_answering_fails_the_batch_in_bounded_time() -> None:
-    """A server that accepts and reads but never replies (a frozen Redis): each attempt waits
-    one timeout, then the batch fails with a TimeoutError (the front door's 503)."""
+async def _silent_redis() -> tuple[asyncio.Server, aioredis.Redis]:
+    """A server that accepts and reads but never replies (a frozen Redis), and a client for it."""
 
     async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await reader.read(65536):
@@ -96,7 +95,15 @@ async def test_a_redis_that_stops_answering_fails_the_batch_in_bounded_time() ->
 
     server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    silent = aioredis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    return server, aioredis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+
+
+async def test_a_redis_that_stops_answering_fails_the_batch_in_bounded_time() -> None:
+    """A server that accepts and reads but never replies (a frozen Redis): each attempt waits
+    one timeout, then the batch fails with a TimeoutError (the front door's 503)."""
+
+    server, silent = await _silent_redis()
+    port = server.sockets[0].getsockname()[1]
     b = CommandBatcher(silent)
     b._make_connection = _bare_connection(port)  # connects at once: the replies are what never come
     began = time.monotonic()
@@ -119,13 +126,7 @@ async def test_a_handshake_that_never_completes_fails_in_bounded_time() -> None:
     """The connection opens but redis-py's handshake is never answered: each attempt to connect
     is cut at the timeout, and the callers fail (they never wait on a half-open connection)."""
 
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await reader.read(65536):
-            pass
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    silent = aioredis.Redis(port=port, socket_timeout=0.2, socket_connect_timeout=0.2)
+    server, silent = await _silent_redis()
     b = CommandBatcher(silent)
     began = time.monotonic()
     results = await asyncio.gather(*(b.execute(("PING",)) for _ in range(3)), return_exceptions=True)
