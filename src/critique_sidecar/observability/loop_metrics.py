@@ -58,6 +58,12 @@ C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
 
 
 class _LoopMetric(Collector, Generic[C]):
+    """A labelled metric whose children are plain objects; a counter or a gauge as it stands
+    (its child's `value`), a histogram with LoopHistogram's overrides."""
+
+    _child_type: type[C]
+    _family_type: type[Metric]
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry) -> None:
         self._name = name
         self._documentation = documentation
@@ -74,44 +80,31 @@ class _LoopMetric(Collector, Generic[C]):
         return child
 
     def _new_child(self) -> C:
-        raise NotImplementedError
-
-    def _family(self) -> Metric:
-        raise NotImplementedError
+        return self._child_type()  # type: ignore[call-arg]  # LoopHistogram passes its bounds
 
     def _add(self, family: Metric, values: list[str], child: C) -> None:
-        raise NotImplementedError
+        family.add_metric(values, child.value)  # type: ignore[attr-defined]
 
     def collect(self) -> Iterable[Metric]:
-        family = self._family()
+        family = self._family_type(self._name, self._documentation, labels=self._labelnames)  # type: ignore[call-arg]
         for values, child in list(self._children.items()):
             self._add(family, list(values), child)
         yield family
 
 
 class LoopCounter(_LoopMetric[CounterChild]):
-    def _new_child(self) -> CounterChild:
-        return CounterChild()
-
-    def _family(self) -> Metric:
-        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def _add(self, family: Metric, values: list[str], child: CounterChild) -> None:
-        family.add_metric(values, child.value)  # type: ignore[attr-defined]
+    _child_type = CounterChild
+    _family_type = CounterMetricFamily
 
 
 class LoopGauge(_LoopMetric[GaugeChild]):
-    def _new_child(self) -> GaugeChild:
-        return GaugeChild()
-
-    def _family(self) -> Metric:
-        return GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
-
-    def _add(self, family: Metric, values: list[str], child: GaugeChild) -> None:
-        family.add_metric(values, child.value)  # type: ignore[attr-defined]
+    _child_type = GaugeChild
+    _family_type = GaugeMetricFamily
 
 
 class LoopHistogram(_LoopMetric[HistogramChild]):
+    _family_type = HistogramMetricFamily
+
     def __init__(
         self,
         name: str,
@@ -126,9 +119,6 @@ class LoopHistogram(_LoopMetric[HistogramChild]):
 
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self._bounds)
-
-    def _family(self) -> Metric:
-        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
 
     def _add(self, family: Metric, values: list[str], child: HistogramChild) -> None:
         counts, total = child.counts.copy(), child.sum
