@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.upstream import parse_base_url
 from .core.webhook_address import Network, parse_networks
+from .core.wire import MAX_RESPONSE_BODY_BYTES
 
 
 class Config(BaseSettings):
@@ -126,6 +127,11 @@ class Config(BaseSettings):
     )
 
     # -- billing integrity (issue 14) --------------------------------------------------------
+    max_response_bytes: int = Field(
+        MAX_RESPONSE_BODY_BYTES,
+        ge=65536,
+        description="Largest non-streaming response metered: the ASGI door holds it for the charge headers, the gRPC listener takes Envoy's buffered body up to it (keep it equal to envoy-config's --max-response-bytes). Past it the response passes unmetered and the request is charged its hold's bound for output.",
+    )
     max_n: int = Field(
         8,
         gt=0,

@@ -266,7 +266,9 @@ class Gateway:
         self.config = config
         self.routes = upstreams(components.catalog, config.upstream_connect_timeout_s, config.upstream_override, client)
         forward = Forward(self.routes, config.request_deadline_s)
-        self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
+        self.app = Middleware(
+            Routes(forward, web, list(web.routes)), components=components, max_response_bytes=config.max_response_bytes
+        )
         self.lifecycle = Lifecycle(config, components)
         self._metrics_server: Any = None  # observe: the gateway's own /metrics listener
 

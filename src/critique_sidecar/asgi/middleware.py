@@ -38,6 +38,7 @@ from ..core.errors import ApiError
 from ..core.exchange import Exchange
 from ..core.metering import Meter
 from ..core.upstream import UpstreamHeader
+from ..core.wire import MAX_RESPONSE_BODY_BYTES, WARNING_HEADER
 from ._http import (
     MAX_BODY_BYTES,
     declared_too_large,
@@ -70,6 +71,7 @@ class Middleware:
         meter: Meter | None = None,
         credentials: Mapping[str, UpstreamHeader] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BODY_BYTES,
     ) -> None:
         if components is not None:
             if auth is not None or meter is not None:
@@ -84,6 +86,7 @@ class Middleware:
         self.meter = meter
         self.credentials = credentials if credentials is not None else {}
         self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
         self._closing: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -132,7 +135,8 @@ class Middleware:
             {**upstream.set_headers, "content-length": str(len(body))},
             remove=[*strip, "transfer-encoding"],  # the inner app gets the body in one message
         )
-        await self.app(inner, _replay(body, receive), _MeteredResponse(exchange, send).send)
+        response = _MeteredResponse(exchange, send, self.max_response_bytes)
+        await self.app(inner, _replay(body, receive), response.send)
 
 
 async def _close(exchange: Exchange) -> None:
@@ -158,9 +162,10 @@ class _MeteredResponse:
     """The inner app's response on its way out: decorated, metered, and for JSON held until
     the body is complete so the charge headers can go on it."""
 
-    def __init__(self, exchange: Exchange, send: Send) -> None:
+    def __init__(self, exchange: Exchange, send: Send, max_json_bytes: int) -> None:
         self._x = exchange
         self._send = send
+        self._max_json = max_json_bytes
         self._mode = "pass"  # pass (not metered) | json | sse | replaced (an error went out instead)
         self._held: Message = {}
         self._body = bytearray()
@@ -200,6 +205,9 @@ class _MeteredResponse:
             await self._send(message if out is chunk else {**message, "body": out})
         elif self._mode == "json":
             self._body += chunk
+            if len(self._body) > self._max_json:
+                await self._unmetered(more)
+                return
             if more:
                 return
             try:
@@ -210,6 +218,15 @@ class _MeteredResponse:
             await self._send({**self._held, "headers": mutate(self._held["headers"], charged)})
             body = bytes(self._body) if replaced is None else replaced
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _unmetered(self, more: bool) -> None:
+        """A JSON response too large to hold: it goes on as it comes, without charge headers; the
+        exchange charges it at close as generated (its hold's bound for output)."""
+        self._mode = "pass"
+        start = {**self._held, "headers": mutate(self._held["headers"], {WARNING_HEADER: "response_too_large"})}
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": bytes(self._body), "more_body": more})
+        self._body.clear()
 
     async def _replace(self, error: ApiError) -> None:
         """Nothing of the inner response went out yet: send the error instead of it."""

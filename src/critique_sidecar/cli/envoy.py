@@ -32,6 +32,7 @@ def _envoy_options(args: argparse.Namespace) -> Any:
         chat_auth=args.chat_auth,
         sidecar_tls=tls,
         path_prefix=args.path_prefix,
+        max_response_bytes=args.max_response_bytes,
         **extra,
     )
 

@@ -7,6 +7,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from ..core.money import parse_credits
 from ..core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
+from ..core.wire import MAX_RESPONSE_BODY_BYTES
 from .accounts import _SETTING_FLAGS
 from .keys import _add_key_control_flags
 
@@ -56,6 +57,12 @@ def _envoy_product_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sidecar-tls-key", metavar="FILE", help="mTLS: that certificate's private key")
     p.add_argument(
         "--sidecar-tls-sni", metavar="NAME", help="server name to send and to verify in the sidecar's certificate"
+    )
+    p.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=MAX_RESPONSE_BODY_BYTES,
+        help="largest JSON response metered (Envoy buffers it whole; keep it equal to CRITIQUE_MAX_RESPONSE_BYTES)",
     )
 
 

@@ -36,6 +36,7 @@ from .upstream import UpstreamHeader
 from .wire import (
     CREDITS_CHARGED_HEADER,
     ESTIMATED_USD_HEADER,
+    MAX_REQUEST_BODY_BYTES,
     MODEL_HEADER,
     NEVER_UPSTREAM,
     OPT_IN_HEADER,
@@ -123,6 +124,8 @@ class Exchange:
             raise self.refused(ApiError("invalid_api_key", "Invalid API key."))
         model: str | None = None
         try:
+            if len(raw) > MAX_REQUEST_BODY_BYTES:  # Envoy may buffer more (its limit is the stream's)
+                raise ApiError("request_too_large", f"Request body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
             body = self.meter.parse(self.endpoint, raw)
             model = body.model.id
             self.metered = await self.meter.admit(self.identity, body, self.opt_in, self.endpoint.name, self.request_id)

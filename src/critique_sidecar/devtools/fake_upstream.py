@@ -17,7 +17,8 @@ through the real client path (no side channels):
   [[bigchunk:N]]  each stream chunk carries N bytes of content (for long-stream tests)
   [[usagewithtext]] put the stream's usage on its last text chunk instead of a `choices: []` chunk
 Adversarial behaviours (devtools/adversarial.py): [[vllm]], [[overshoot:K]], [[absurd:K]],
-[[reasoning]], [[toolcalls]], [[refusal]], [[forge]], [[multiusage]].
+[[reasoning]], [[toolcalls]], [[refusal]], [[forge]], [[multiusage]], [[framing:K]], [[dense]];
+and, as vLLM, `stream_options.continuous_usage_stats` and `logprobs` / `top_logprobs`.
 Usage is deterministic: prompt_tokens = characters of all message contents // 4 + 1,
 completion_tokens = the number of chunks of text produced.
 GET /_fake/requests returns the headers and bodies of the last requests seen.
@@ -94,12 +95,23 @@ def build_app(history: int = 200, api_key: str | None = None) -> Starlette:
         if "absurd" in d:
             usage = adv.absurd_usage(d["absurd"], prompt, reported)
         delay = d.get("slow", 0) / 1000
-        piece = "x" * d["bigchunk"] if "bigchunk" in d else "tok "
+        piece = "x" * d["bigchunk"] if "bigchunk" in d else (" a" if "dense" in d else "tok ")
         kind = adv.delta_kind(d)
         rid, created = f"chatcmpl-fake{time.monotonic_ns()}", int(time.time())
         if body.get("stream"):
-            want_usage = bool((body.get("stream_options") or {}).get("include_usage")) and "nousage" not in d
-            shape = _Shape(kind, choices, "forge" in d, "multiusage" in d, "usagewithtext" in d)
+            options = body.get("stream_options") or {}
+            want_usage = bool(options.get("include_usage")) and "nousage" not in d
+            continuous = want_usage and options.get("continuous_usage_stats") is True
+            shape = _Shape(
+                kind,
+                choices,
+                "forge" in d,
+                "multiusage" in d,
+                "usagewithtext" in d,
+                d.get("framing", 0),
+                continuous,
+                prompt,
+            )
             return StreamingResponse(
                 _stream(rid, created, model, n, piece, delay, usage if want_usage else None, "cut" in d, shape),
                 media_type="text/event-stream",
@@ -111,6 +123,10 @@ def build_app(history: int = 200, api_key: str | None = None) -> Starlette:
             "choices": [{"index": i, "message": adv.message(kind, piece * n), "finish_reason": "stop"}
                         for i in range(choices)],
         }  # fmt: skip
+        if body.get("logprobs") is True:
+            top = body.get("top_logprobs") if isinstance(body.get("top_logprobs"), int) else 0
+            for choice in out["choices"]:
+                choice["logprobs"] = adv.logprobs(n, top)
         if "nousage" not in d:
             out["usage"] = usage
         data = orjson.dumps(out)
@@ -144,6 +160,9 @@ class _Shape:
     forge: bool = False
     multiusage: bool = False
     usage_with_text: bool = False  # the usage on the last text chunk, and no usage chunk
+    framing: int = 0  # adversarial.framed's K; 0: `data: ...\n\n`
+    continuous: bool = False  # vLLM's continuous_usage_stats: per-choice usage on every chunk
+    prompt: int = 0
 
 
 async def _stream(
@@ -157,13 +176,21 @@ async def _stream(
     cut: bool,
     shape: _Shape = _Shape(),
 ) -> AsyncIterator[bytes]:
+    sent = 0
+
     def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
+        nonlocal sent
         chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
         if extra:
             chunk.update(extra)
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        sent += 1
+        return adv.framed(b"data: " + orjson.dumps(chunk) + b"\n\n", shape.framing, sent)
 
     indexes = range(shape.choices)
+    if shape.continuous and usage is not None:
+        async for out in _continuous(event, n, piece, delay, usage, cut, shape):
+            yield out
+        return
     yield event([{"index": c, "delta": {"role": "assistant", "content": ""}, "finish_reason": None} for c in indexes])
     if shape.multiusage and usage is not None:  # an early, large usage chunk
         yield event([], {"usage": usage})
@@ -188,7 +215,33 @@ async def _stream(
             yield event([], {"usage": usage})
     if shape.forge:
         yield adv.FORGED_COMMENT
-    yield b"data: [DONE]\n\n"
+    yield adv.framed(b"data: [DONE]\n\n", shape.framing, sent + 1)
+
+
+async def _continuous(
+    event: Any, n: int, piece: str, delay: float, usage: dict[str, Any], cut: bool, shape: _Shape
+) -> AsyncIterator[bytes]:
+    """vLLM's continuous usage: one choice per chunk, each chunk's usage counting that choice's
+    tokens so far; the final usage chunk counts every choice."""
+
+    def so_far(count: int) -> dict[str, Any]:
+        return {
+            "usage": {"prompt_tokens": shape.prompt, "completion_tokens": count, "total_tokens": shape.prompt + count}
+        }
+
+    for c in range(shape.choices):
+        yield event([{"index": c, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], so_far(0))
+    for i in range(n):
+        if cut and i == n // 2:
+            raise RuntimeError("fake upstream cut the stream")
+        if delay:
+            await asyncio.sleep(delay)
+        for c in range(shape.choices):
+            yield event([{"index": c, "delta": adv.delta(shape.kind, piece, i), "finish_reason": None}], so_far(i + 1))
+    for c in range(shape.choices):
+        yield event([{"index": c, "delta": {}, "finish_reason": "length"}], so_far(n))
+    yield event([], {"usage": usage})
+    yield adv.framed(b"data: [DONE]\n\n", shape.framing, 0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,8 +147,12 @@ def _per_filter(opts: EnvoyOptions, path: str, *, authz: bool, proc: bool, buffe
             check["context_extensions"] = {ROUTE_PATH_CONTEXT: path}
         out[EXT_AUTHZ] = _enabled("filters.http.ext_authz.v3.ExtAuthzPerRoute", {"check_settings": check})
     if buffer:
+        # The buffer filter's limit is the stream's, responses included (Envoy keeps one buffer
+        # limit per stream): a metered JSON response needs max_response_bytes of it. Request
+        # bodies past max_request_bytes are refused by the sidecar (413, as the ASGI door does)
+        # and, when they announce their length, by the product's route before anything is read.
         out[BUFFER] = _enabled(
-            "filters.http.buffer.v3.BufferPerRoute", {"buffer": {"max_request_bytes": opts.max_request_bytes}}
+            "filters.http.buffer.v3.BufferPerRoute", {"buffer": {"max_request_bytes": stream_buffer_bytes(opts)}}
         )
     if proc:
         out[EXT_PROC] = _enabled("filters.http.ext_proc.v3.ExtProcPerRoute", {"overrides": {}})
@@ -299,7 +303,7 @@ def http_filters(opts: EnvoyOptions) -> list[dict[str, Any]]:
             "disabled": True,
             "typed_config": {
                 "@type": _T + "filters.http.buffer.v3.Buffer",
-                "max_request_bytes": opts.max_request_bytes,
+                "max_request_bytes": stream_buffer_bytes(opts),
             },
         },
         {
@@ -412,8 +416,16 @@ def local_reply_mappers(opts: EnvoyOptions, *, scoped: bool) -> list[dict[str, A
         # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also replace
         # the sidecar's specific invalid_request messages.
         _local_reply_mapper(opts, 431, "invalid_request", "Request headers are too large or too many", scoped=scoped),
+        # Envoy's 500 on a product route: a JSON response larger than the listener buffers (the
+        # request was charged its bound; a retry would be charged again).
         _local_reply_mapper(
-            opts, 500, "service_unavailable", "The metering service is unavailable; retry shortly", 503, scoped=scoped
+            opts,
+            500,
+            "response_too_large",
+            f"The model server's response is larger than this gateway meters ({opts.max_response_bytes} bytes); "
+            "ask for fewer choices, tokens or logprobs",
+            502,
+            scoped=scoped,
         ),
         _local_reply_mapper(
             opts,
@@ -494,6 +506,17 @@ def _upstream_tls(replica: BaseUrl, ca_file: str) -> dict[str, Any]:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
+def stream_buffer_bytes(opts: EnvoyOptions) -> int:
+    """What a metered request's stream may buffer: a whole request body, and a whole JSON
+    response, which ext_proc's buffered mode holds before metering it."""
+    return max(opts.max_request_bytes, opts.max_response_bytes)
+
+
+def listener_buffer_bytes(opts: EnvoyOptions) -> int:
+    """The listener's buffer limit: a stream's, plus room for the headers."""
+    return stream_buffer_bytes(opts) + 65536
+
+
 def build_fragment(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
     """Only what the product adds to an existing Envoy (merge.py inserts it)."""
     return {
@@ -534,7 +557,7 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict
                 {
                     "name": "critique",
                     "address": _addr(*listen_address(opts.listen)),
-                    "per_connection_buffer_limit_bytes": opts.max_request_bytes + 65536,
+                    "per_connection_buffer_limit_bytes": listener_buffer_bytes(opts),
                     "filter_chains": [
                         {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],

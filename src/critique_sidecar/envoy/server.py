@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
-from ..core.wire import DRAIN_GRACE_S
+from ..core.wire import DRAIN_GRACE_S, MAX_REQUEST_BODY_BYTES
 from ..lifecycle import Lifecycle
 from ..observability.metrics import start_metrics_server
 from ..recycle import Recycler, recycler
@@ -39,8 +39,8 @@ from .health import StoreHealth
 
 log = logging.getLogger("critique_sidecar")
 
-# Envoy may hand over up to a model cluster's buffer limit (2 MiB) in one body message.
-GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Envoy hands over a buffered JSON response whole, in one body message (CRITIQUE_MAX_RESPONSE_BYTES).
+GRPC_MESSAGE_OVERHEAD = 1024 * 1024
 # gRPC health service name that is SERVING for as long as the process serves gRPC, store or
 # not: the liveness probe's. (Readiness uses "", which follows the store and the drain.)
 LIVENESS_SERVICE = "liveness"
@@ -59,7 +59,14 @@ def grpc_server(
 ) -> tuple[grpc.aio.Server, ExtProcServicer, StoreHealth]:
     server = grpc.aio.server(
         interceptors=[recycle] if recycle else None,  # it counts requests
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            # a request body or a buffered JSON response, whichever Envoy's stream limit allows
+            (
+                "grpc.max_receive_message_length",
+                max(config.max_response_bytes, MAX_REQUEST_BODY_BYTES) + GRPC_MESSAGE_OVERHEAD,
+            ),
+        ],
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
     ext_proc = ExtProcServicer(c.auth, c.meter, c.credentials)
