@@ -39,22 +39,24 @@ def sdk(door: FrontDoor, key: str) -> openai.OpenAI:
 def read_until(door: FrontDoor, key: str, body: dict[str, Any], pieces: int | None) -> tuple[int, list[str], bytes]:
     """Stream `body` and read it as the SDK does, hanging up once `pieces` text deltas came (None:
     read it all). (text deltas received, the events' data, the raw bytes)."""
-    decoder = SSEDecoder()
     got, data, raw = 0, [], bytearray()
+
+    def pieces_read(response: httpx.Response) -> Iterator[bytes]:
+        for chunk in response.iter_raw():
+            raw.extend(chunk)
+            yield chunk
+
     with httpx.stream(
         "POST", door.chat_url, json=body, headers={"authorization": f"Bearer {key}"}, timeout=120
     ) as response:
         assert response.status_code == 200, response.read()
-        chunks = iter(response.iter_raw())
-        for chunk in chunks:
-            raw += chunk
-            for event in decoder.iter_bytes(iter([chunk])):
-                data.append(event.data)
-                if event.data.startswith("[DONE]"):
-                    continue
-                for choice in json.loads(event.data).get("choices", []):
-                    if (choice.get("delta") or {}).get("content"):
-                        got += 1
+        for event in SSEDecoder().iter_bytes(pieces_read(response)):  # one decoder over the stream
+            data.append(event.data)
+            if event.data.startswith("[DONE]"):
+                continue
+            for choice in json.loads(event.data).get("choices", []):
+                if (choice.get("delta") or {}).get("content"):
+                    got += 1
             if pieces is not None and got >= pieces:
                 break  # the client hangs up
     return got, data, bytes(raw)
