@@ -119,6 +119,8 @@ def test_ambiguous_or_missing_targets_are_refused(
         {"safe_regex": {"regex": "/api/v[0-9]+/.*"}},
         {"path_separated_prefix": "/api/settings"},
         {"prefix": "/inference-dash"},
+        {"path": "/api/v1/chat"},  # under the API prefix the product claims: shadowed by it
+        {"prefix": "/api/v1/files"},
     ],
 )
 def test_an_existing_route_at_the_products_paths_is_refused(match: dict[str, Any]) -> None:
@@ -128,7 +130,7 @@ def test_an_existing_route_at_the_products_paths_is_refused(match: dict[str, Any
 
 
 @pytest.mark.parametrize(
-    "match", [{"prefix": "/"}, {"safe_regex": {"regex": ".*"}}, {"prefix": "/api/v2/"}, {"path": "/api/v1/chat"}]
+    "match", [{"prefix": "/"}, {"safe_regex": {"regex": ".*"}}, {"prefix": "/api/v2/"}, {"path": "/api/v1"}]
 )
 def test_catch_alls_and_neighbouring_paths_are_not_conflicts(match: dict[str, Any]) -> None:
     merge(bootstrap(listener("a", vhost("x", {"name": "theirs", "match": match}))), FRAGMENT)

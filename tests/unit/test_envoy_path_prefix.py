@@ -12,6 +12,7 @@ import pytest
 
 from critique_sidecar import cli
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.endpoints import ENDPOINTS
 from critique_sidecar.core.wire import ROUTE_PATH_CONTEXT
 from critique_sidecar.envoy.config import (
     EXT_AUTHZ,
@@ -29,15 +30,22 @@ CATALOG = load_catalog()
 LLM = EnvoyOptions(path_prefix="/llm")
 
 
+def matched(route: dict[str, Any]) -> str:
+    """The path or prefix a route matches."""
+    return str(route["match"].get("path") or route["match"]["prefix"])
+
+
 def test_every_product_route_is_under_the_prefix_and_forwards_the_products_own_path() -> None:
     routes = build_fragment(CATALOG, LLM)["routes"]
-    assert {r["match"]["path"] for r in routes} == {"/llm" + p for p in PRODUCT_PATHS}
+    assert {r["match"]["path"] for r in routes if "path" in r["match"]} == {"/llm" + p for p in PRODUCT_PATHS}
+    # and nothing else under its API: the prefixes it claims are refused there, not elsewhere
+    assert {r["match"]["prefix"] for r in routes if "prefix" in r["match"]} == {"/llm/api/v1/", "/llm/api/v1/responses/"}
     forwarded = [r for r in routes if "route" in r]
     to_sidecar = [r for r in forwarded if r["route"]["cluster"] == "sidecar_http"]
     assert to_sidecar and all(r["route"]["prefix_rewrite"] == r["match"]["path"][len("/llm") :] for r in to_sidecar)
     # model routes: the endpoint's path on the model server's base URL, prefix or not
     to_models = [r for r in forwarded if r not in to_sidecar]
-    assert to_models and {r["route"]["prefix_rewrite"] for r in to_models} == {"/v1/chat/completions"}
+    assert to_models and {r["route"]["prefix_rewrite"] for r in to_models} == {"/v1" + e.suffix for e in ENDPOINTS}
 
 
 def test_ext_authz_is_told_the_unprefixed_path_on_every_route_that_runs_it() -> None:
@@ -120,7 +128,7 @@ def test_bad_prefixes_are_refused_with_one_line(prefix: str, capsys: pytest.Capt
 @pytest.mark.parametrize("prefix", ["/llm", "/ai/v2", "/A-b_c.d~e"])
 def test_good_prefixes_are_accepted(prefix: str) -> None:
     routes = build_fragment(CATALOG, EnvoyOptions(path_prefix=prefix))["routes"]
-    assert all(r["match"]["path"].startswith(prefix + "/") for r in routes)
+    assert all(matched(r).startswith(prefix + "/") for r in routes)
 
 
 def _check(path: str, key: str | None, routed_as: str | None = None) -> Any:

@@ -211,7 +211,7 @@ async def test_a_metered_stream_is_open_until_its_exchange_closes(core: Core, me
     assert start is not None and start.stream
     assert value(metrics, "critique_open_streams") == 1
     assert value(metrics, "critique_inflight_requests") == 1
-    await x.stream_chunk(b'data: {"choices":[{"index":0,"delta":{"content":"Retry"}}]}\n\n', end=False)
+    x.stream(b'data: {"choices":[{"index":0,"delta":{"content":"Retry"}}]}\n\n', False)
     await x.close()  # cut before usage arrived: charged by estimate
     await x.close()  # a second close changes nothing
     assert value(metrics, "critique_open_streams") == 0

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
 from ..core.catalog import Catalog
-from ..core.endpoints import by_path
+from ..core.endpoints import by_path, not_served
 from ..core.errors import ApiError
 from ..core.upstream import BaseUrl, UpstreamServer, parse_base_url
 from ..core.wire import DRAIN_GRACE_S, MODEL_HEADER
@@ -249,7 +249,7 @@ class Routes:
                 await self.metered(scope, receive, send)
                 return
             if all(route.matches(scope)[0] == Match.NONE for route in self.web_routes):
-                await send_error(send, ApiError("not_found", "No such route"))
+                await send_error(send, ApiError("not_found", not_served(scope["path"]) or "No such route"))
                 return
         await self.web(scope, receive, send)
 

@@ -15,7 +15,7 @@ translator makes:
     response start    exchange.response_start
     JSON body         held until complete (the charge headers go on the start message), then
                       exchange.response_json
-    SSE body          exchange.stream_chunk per message, forwarded at once, never buffered
+    SSE body          exchange.stream per message, forwarded at once, never buffered
     however it ends   exchange.close: releases or charges what is still open
 
 The inner app should stop when `receive` says http.disconnect (the reference gateway does), so
@@ -33,6 +33,7 @@ from typing import Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.auth import Authenticator
+from ..core.closing import Closings
 from ..core.endpoints import Endpoint, by_path
 from ..core.errors import ApiError
 from ..core.exchange import Exchange
@@ -87,7 +88,7 @@ class Middleware:
         self.credentials = credentials if credentials is not None else {}
         self.max_body_bytes = max_body_bytes
         self.max_response_bytes = max_response_bytes
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closings = Closings()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint: Endpoint | None = by_path(scope["path"]) if scope["type"] == "http" else None
@@ -98,15 +99,13 @@ class Middleware:
         try:
             await self._metered(exchange, scope, receive, send)
         finally:
-            closing = asyncio.ensure_future(_close(exchange))  # survives the request task's cancellation
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-            await asyncio.shield(closing)
+            closing = self._closings.close(exchange)  # a task of its own: survives this one's cancellation
+            if closing is not None:
+                await asyncio.shield(closing)
 
     async def drain(self) -> None:
         """Wait for settlements of requests that ended (or were cancelled) but are still settling."""
-        while pending := [t for t in self._closing if not t.done()]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._closings.drain()
 
     async def _metered(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
@@ -137,13 +136,6 @@ class Middleware:
         )
         response = _MeteredResponse(exchange, send, self.max_response_bytes)
         await self.app(inner, _replay(body, receive), response.send)
-
-
-async def _close(exchange: Exchange) -> None:
-    try:
-        await exchange.close()
-    except Exception:
-        log.exception("settling a cut-off request failed")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -201,7 +193,9 @@ class _MeteredResponse:
     async def _body_part(self, message: Message) -> None:
         chunk, more = message.get("body", b""), message.get("more_body", False)
         if self._mode == "sse":
-            out = await self._x.stream_chunk(chunk, end=not more)
+            out = self._x.stream(chunk, not more)
+            if not isinstance(out, bytes):
+                out = await out
             await self._send(message if out is chunk else {**message, "body": out})
         elif self._mode == "json":
             self._body += chunk

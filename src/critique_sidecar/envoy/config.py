@@ -18,7 +18,7 @@ import orjson
 import yaml
 
 from ..core.catalog import Catalog
-from ..core.endpoints import ENDPOINTS, Endpoint
+from ..core.endpoints import ENDPOINTS, NOT_SERVED, Endpoint
 from ..core.errors import error_body
 from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
@@ -246,7 +246,16 @@ def metered_routes(catalog: Catalog, endpoint: Endpoint, opts: EnvoyOptions) -> 
         **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
         "typed_per_filter_config": filters,
     }
-    return [too_large, *_model_routes(catalog, endpoint, opts, filters), unrouted]
+    # Only POST: any other method is refused before the sidecar is asked anything.
+    not_post = {
+        "name": f"{ROUTE_PREFIX}{slug}_method_not_allowed",
+        "match": {
+            "path": path,
+            "headers": [{"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}],
+        },
+        **_json_reply(405, "method_not_allowed", "Use POST on this endpoint"),
+    }
+    return [not_post, too_large, *_model_routes(catalog, endpoint, opts, filters), unrouted]
 
 
 def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
@@ -270,6 +279,16 @@ def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]
             "route": {"cluster": "sidecar_http", "timeout": "10s", **_unprefixed(opts, DASHBOARD_PAGE)},
         }
     )
+    # Nothing else under the product's API reaches a model server (or anything else).
+    for prefix, why in NOT_SERVED.items():
+        name = "api_not_found" if prefix.count("/") == 3 else _slug(prefix) + "_not_served"
+        routes.append(
+            {
+                "name": ROUTE_PREFIX + name,
+                "match": {"prefix": opts.public(prefix)},
+                **_json_reply(404, "not_found", why),
+            }
+        )
     return routes
 
 

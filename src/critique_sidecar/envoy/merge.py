@@ -64,9 +64,11 @@ def merge(
 
     hcm["http_filters"] = _with_filters(hcm.get("http_filters") or [], fragment["http_filters"])
     routes = [r for r in vhost.get("routes") or [] if not str(r.get("name", "")).startswith(ROUTE_PREFIX)]
-    # The paths clients reach the product at (under --path-prefix, if any).
-    paths = list(dict.fromkeys(r["match"]["path"] for r in fragment["routes"]))
-    _refuse_conflicts(routes, paths, vhost.get("name", "?"))
+    # The paths clients reach the product at (under --path-prefix, if any), and the prefixes it
+    # claims whole (nothing under its API reaches a model server but a metered endpoint).
+    paths = list(dict.fromkeys(r["match"]["path"] for r in fragment["routes"] if "path" in r["match"]))
+    claimed = list(dict.fromkeys(r["match"]["prefix"] for r in fragment["routes"] if "prefix" in r["match"]))
+    _refuse_conflicts(routes, paths, claimed, vhost.get("name", "?"))
     vhost["routes"] = [*copy.deepcopy(fragment["routes"]), *routes]
     reply = hcm.setdefault("local_reply_config", {})
     theirs = [m for m in reply.get("mappers") or [] if not _is_ours(m)]
@@ -179,10 +181,19 @@ def _captures(match: dict[str, Any], path: str) -> bool:
     return False
 
 
-def _refuse_conflicts(routes: list[dict[str, Any]], paths: list[str], vhost: str) -> None:
+def _under(match: dict[str, Any], prefix: str) -> bool:
+    """Whether a route of theirs serves some path under a prefix the product claims (which would
+    shadow it, the product's routes going first)."""
+    for key in ("path", "prefix", "path_separated_prefix"):
+        if key in match:
+            return bool(str(match[key]).startswith(prefix) or (key != "path" and prefix.startswith(str(match[key]))))
+    return _captures(match, prefix + "critique-merge-probe")
+
+
+def _refuse_conflicts(routes: list[dict[str, Any]], paths: list[str], claimed: list[str], vhost: str) -> None:
     for route in routes:
         match = route.get("match") or {}
-        taken = [p for p in paths if _captures(match, p)]
+        taken = [p for p in paths if _captures(match, p)] + [p for p in claimed if _under(match, p)]
         if taken and not _captures(match, _PROBE):
             label = route.get("name") or match
             raise MergeError(
