@@ -22,8 +22,9 @@ from critique_sidecar.envoy.config import (
     build_fragment,
 )
 from critique_sidecar.envoy.merge import MergeError, merge
+from critique_sidecar.envoy.replies import NO_HOSTS_CLUSTER
 
-from .test_envoy_merge import HOME, bootstrap, listener, the_hcm, vhost
+from .test_envoy_merge import HOME, bootstrap, listener, path_regexes, the_hcm, vhost
 
 CATALOG = load_catalog()
 LLM = EnvoyOptions(path_prefix="/llm")
@@ -32,7 +33,7 @@ LLM = EnvoyOptions(path_prefix="/llm")
 def test_every_product_route_is_under_the_prefix_and_forwards_the_products_own_path() -> None:
     routes = build_fragment(CATALOG, LLM)["routes"]
     assert {r["match"]["path"] for r in routes} == {"/llm" + p for p in PRODUCT_PATHS}
-    forwarded = [r for r in routes if "route" in r]
+    forwarded = [r for r in routes if r.get("route", {}).get("cluster") != NO_HOSTS_CLUSTER]
     assert forwarded and all(r["route"]["prefix_rewrite"] == r["match"]["path"][len("/llm") :] for r in forwarded)
 
 
@@ -54,11 +55,7 @@ def test_without_a_prefix_the_config_is_unchanged() -> None:
 
 
 def _mapper_regexes(mappers: list[dict[str, Any]]) -> list[str]:
-    return [
-        p["header_filter"]["header"]["string_match"]["safe_regex"]["regex"]
-        for m in mappers
-        for p in m["filter"]["and_filter"]["filters"][-1]["or_filter"]["filters"]
-    ]
+    return [rx for m in mappers for rx in path_regexes(m["filter"])]
 
 
 def test_scoped_local_replies_match_the_prefixed_paths_only() -> None:
