@@ -140,3 +140,13 @@ async def test_ext_authz_guards_the_path_the_route_names_not_the_clients() -> No
     assert denied.denied_response.status.code == 401
     forbidden = await servicer.Check(_check("/llm/api/v1/models", key, "/api/v1/models"), ctx)
     assert forbidden.denied_response.status.code == 403
+
+
+def test_the_dashboard_page_calls_the_api_relative_to_itself() -> None:
+    """Under a prefix the page is /llm/inference-dashboard: a call to an absolute /api/... would
+    take the customer's key to whatever else the operator serves at /api/."""
+    from importlib import resources
+
+    page = resources.files("critique_sidecar").joinpath("web/static/inference-dashboard.html").read_text("utf-8")
+    literals = re.findall(r'"(/?api/[^"]*)"', page)
+    assert literals and all(not lit.startswith("/") for lit in literals), literals
