@@ -26,14 +26,15 @@ from .operators import _operator_tokens_cmd
 from .parser import build_parser
 from .usage import _usage_cmd
 
-# Commands that talk to Redis: beside a running `make run` stack they use its Redis.
-_REDIS_COMMANDS = ("keys", "credits", "settings", "usage")
+# Commands that talk to Redis: beside a running `make run` stack they use its Redis. (The
+# servers, `serve` and `gateway`, take theirs from the environment only.)
+REDIS_COMMANDS = ("keys", "credits", "settings", "usage", "notify", "notify-worker", "operator-tokens")
 
 
 def _operator_config(command: str) -> Config:
     """Config from the environment; with CRITIQUE_REDIS_URL unset, an operator command run
     beside a `make run` stack (its `.run/stack.json`) uses that stack's Redis, and says so."""
-    if command in _REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
+    if command in REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
         from ..devtools.stack_file import running_stack
 
         stack = running_stack()
