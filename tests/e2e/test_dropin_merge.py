@@ -105,7 +105,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def catalog_env(stack: Stack, work: Path) -> dict[str, str]:
     """The catalog as shipped, its model server moved to this test's fake one."""
     catalog = work / "catalog.toml"
-    catalog.write_text(DEFAULT_CATALOG.read_text().replace("port = 8100", f"port = {stack.ports['upstream']}"))
+    catalog.write_text(DEFAULT_CATALOG.read_text().replace("127.0.0.1:8100", f"127.0.0.1:{stack.ports['upstream']}"))
     return {**os.environ, "CRITIQUE_CATALOG_PATH": str(catalog)}
 
 
@@ -132,6 +132,7 @@ def product_probes(key: str, poor: str, writer: str) -> list[tuple[str, str, str
         ("chat, no body", "GET", chat, {"authorization": f"Bearer {key}"}, None),
         ("chat, no credits", "POST", chat, {**auth, "authorization": f"Bearer {poor}"}, ok_body),
         ("chat, too large", "POST", chat, {**auth, "content-length": "99999999"}, None),
+        ("chat, OPTIONS", "OPTIONS", chat, {}, None),
         ("settings, no key", "GET", "/api/settings/inference-api", {}, None),
         ("dashboard, bad days", "GET", "/api/dashboard/inference-api?days=5", auth, None),
     ]
@@ -249,7 +250,7 @@ def test_merged_edge_keeps_every_existing_route_and_meters_the_product(edge: dic
                 },
                 None,
             )
-            assert preflight["status"] == 200, path
+            assert preflight["status"] == 200, (path, preflight)
             assert preflight["headers"]["access-control-allow-origin"] == ORIGIN
             assert preflight["headers"]["access-control-allow-headers"] == "authorization, content-type"
         chat_body = (

@@ -122,6 +122,17 @@ def test_no_product_route_answers_by_itself() -> None:
     assert all("direct_response" not in r for r in product)
 
 
+def test_options_on_a_metered_path_has_a_route_of_its_own_without_ext_proc() -> None:
+    """So a CORS filter before ours answers a preflight alone, and ext_proc never meets a response
+    to a request it did not see; without CORS, OPTIONS is refused (405) at once."""
+    metered = {r["match"]["path"] for r in FRAGMENT["routes"] if EXT_PROC in r.get("typed_per_filter_config", {})}
+    assert metered
+    for path in metered:
+        first = next(r for r in FRAGMENT["routes"] if r["match"]["path"] == path)
+        assert first["match"]["headers"] == [{"name": ":method", "string_match": {"exact": "OPTIONS"}}]
+        assert "typed_per_filter_config" not in first
+
+
 def test_the_products_filters_count_under_their_own_stat_prefix() -> None:
     by_name = {f["name"]: f["typed_config"] for f in FRAGMENT["http_filters"]}
     assert by_name[EXT_AUTHZ]["stat_prefix"] == by_name[EXT_PROC]["stat_prefix"] == "critique"
