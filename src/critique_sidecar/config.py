@@ -148,8 +148,8 @@ class Config(BaseSettings):
     def _hold_outlives_request(self) -> Config:
         if self.hold_ttl_s <= self.request_deadline_s:
             raise ValueError(
-                f"hold_ttl_s ({self.hold_ttl_s}) must exceed request_deadline_s ({self.request_deadline_s}): "
-                "a hold must not expire while its request is alive"
+                f"CRITIQUE_HOLD_TTL_S ({self.hold_ttl_s}) must exceed CRITIQUE_REQUEST_DEADLINE_S "
+                f"({self.request_deadline_s}): a hold must not expire while its request is alive"
             )
         return self
 
@@ -167,9 +167,11 @@ class Config(BaseSettings):
     @model_validator(mode="after")
     def _tls_files_together(self) -> Config:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
-            raise ValueError("grpc_tls_cert and grpc_tls_key go together")
+            raise ValueError("CRITIQUE_GRPC_TLS_CERT and CRITIQUE_GRPC_TLS_KEY go together")
         if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
-            raise ValueError("grpc_tls_client_ca needs grpc_tls_cert and grpc_tls_key (mTLS is TLS first)")
+            raise ValueError(
+                "CRITIQUE_GRPC_TLS_CLIENT_CA needs CRITIQUE_GRPC_TLS_CERT and CRITIQUE_GRPC_TLS_KEY (mTLS is TLS first)"
+            )
         return self
 
     # ------------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ class Config(BaseSettings):
     @model_validator(mode="after")
     def _push_needs_url(self) -> Config:  # observe
         if self.usage_push_worker and not self.usage_push_url:
-            raise ValueError("usage_push_worker needs usage_push_url (CRITIQUE_USAGE_PUSH_URL)")
+            raise ValueError("CRITIQUE_USAGE_PUSH_WORKER needs CRITIQUE_USAGE_PUSH_URL")
         return self
 
     @field_validator("usd_per_credit")

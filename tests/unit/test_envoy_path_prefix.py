@@ -23,8 +23,9 @@ from critique_sidecar.envoy.config import (
     build_fragment,
 )
 from critique_sidecar.envoy.merge import MergeError, merge
+from critique_sidecar.envoy.replies import NO_HOSTS_CLUSTER
 
-from .test_envoy_merge import HOME, bootstrap, listener, the_hcm, vhost
+from .test_envoy_merge import HOME, bootstrap, listener, path_regexes, the_hcm, vhost
 
 CATALOG = load_catalog()
 LLM = EnvoyOptions(path_prefix="/llm")
@@ -39,8 +40,11 @@ def test_every_product_route_is_under_the_prefix_and_forwards_the_products_own_p
     routes = build_fragment(CATALOG, LLM)["routes"]
     assert {r["match"]["path"] for r in routes if "path" in r["match"]} == {"/llm" + p for p in PRODUCT_PATHS}
     # and nothing else under its API: the prefixes it claims are refused there, not elsewhere
-    assert {r["match"]["prefix"] for r in routes if "prefix" in r["match"]} == {"/llm/api/v1/", "/llm/api/v1/responses/"}
-    forwarded = [r for r in routes if "route" in r]
+    assert {r["match"]["prefix"] for r in routes if "prefix" in r["match"]} == {
+        "/llm/api/v1/",
+        "/llm/api/v1/responses/",
+    }
+    forwarded = [r for r in routes if r.get("route", {}).get("cluster") != NO_HOSTS_CLUSTER]
     to_sidecar = [r for r in forwarded if r["route"]["cluster"] == "sidecar_http"]
     assert to_sidecar and all(r["route"]["prefix_rewrite"] == r["match"]["path"][len("/llm") :] for r in to_sidecar)
     # model routes: the endpoint's path on the model server's base URL, prefix or not
@@ -73,11 +77,7 @@ def test_without_a_prefix_the_config_is_unchanged() -> None:
 
 
 def _mapper_regexes(mappers: list[dict[str, Any]]) -> list[str]:
-    return [
-        p["header_filter"]["header"]["string_match"]["safe_regex"]["regex"]
-        for m in mappers
-        for p in m["filter"]["and_filter"]["filters"][-1]["or_filter"]["filters"]
-    ]
+    return [rx for m in mappers for rx in path_regexes(m["filter"])]
 
 
 def test_scoped_local_replies_match_the_prefixed_paths_only() -> None:
@@ -162,3 +162,13 @@ async def test_ext_authz_guards_the_path_the_route_names_not_the_clients() -> No
     assert denied.denied_response.status.code == 401
     forbidden = await servicer.Check(_check("/llm/api/v1/models", key, "/api/v1/models"), ctx)
     assert forbidden.denied_response.status.code == 403
+
+
+def test_the_dashboard_page_calls_the_api_relative_to_itself() -> None:
+    """Under a prefix the page is /llm/inference-dashboard: a call to an absolute /api/... would
+    take the customer's key to whatever else the operator serves at /api/."""
+    from importlib import resources
+
+    page = resources.files("critique_sidecar").joinpath("web/static/inference-dashboard.html").read_text("utf-8")
+    literals = re.findall(r'"(/?api/[^"]*)"', page)
+    assert literals and all(not lit.startswith("/") for lit in literals), literals

@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 import uvicorn
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
@@ -36,6 +35,7 @@ from .authz import AuthorizationServicer
 from .credentials import add_grpc_port
 from .ext_proc import ExtProcServicer
 from .health import StoreHealth
+from .request_id import add_ext_proc
 
 log = logging.getLogger("critique_sidecar")
 
@@ -70,7 +70,7 @@ def grpc_server(
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
     ext_proc = ExtProcServicer(c.auth, c.meter, c.credentials)
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
+    add_ext_proc(ext_proc, server)  # notes Envoy's x-request-id for the request logs
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     store_health = StoreHealth(health_servicer, c.redis.ping, config.health_interval_s)

@@ -133,6 +133,17 @@ class Metrics:
             "Settlements the store refused (script error, wrong key type), set aside in <journal>.rejected for an operator.",
             registry=r,
         )
+        # Sampled from Redis every 15 s (observability/backlogs.py).
+        self.notify_dead_letters = Gauge(
+            "critique_notify_dead_letters",
+            "Budget notifications given up on, in the dead-letter list (`critique-sidecar notify dead-letters`).",
+            registry=r,
+        )
+        self.usage_push_backlog = Gauge(
+            "critique_usage_push_backlog",
+            "Usage records the push consumer group has not had acknowledged (not yet delivered, or delivered and not acknowledged); 0 unless CRITIQUE_USAGE_PUSH_URL is set.",
+            registry=r,
+        )
         # -- the GenAI semantic conventions' metrics (OpenTelemetry names, Prometheus-style:
         # dots become underscores; attributes become labels of the same names)
         genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
