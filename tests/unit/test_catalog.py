@@ -41,7 +41,7 @@ def test_builtin_catalog_loads(catalog: Catalog) -> None:
         assert model.max_output_tokens <= model.context_window
     # the product page's models generate; the example embeddings model only embeds
     assert {m.id: m.endpoints for m in catalog.models} == {
-        **dict.fromkeys((DEEPSEEK, TENCENT, NEMOTRON), ("chat.completions", "responses", "completions")),
+        **dict.fromkeys((DEEPSEEK, TENCENT, NEMOTRON), ("chat.completions", "responses", "completions", "messages")),
         EMBEDDINGS: ("embeddings",),
     }
 

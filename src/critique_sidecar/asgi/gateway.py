@@ -242,9 +242,12 @@ class Routes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if by_path(scope["path"]) is not None:
+            endpoint = by_path(scope["path"])
+            if endpoint is not None:
                 if scope["method"] != "POST":
-                    await send_error(send, ApiError("method_not_allowed", "Use POST on this endpoint"))
+                    error = ApiError("method_not_allowed", "Use POST on this endpoint")
+                    error.shape = endpoint.error_shape
+                    await send_error(send, error)
                     return
                 await self.metered(scope, receive, send)
                 return

@@ -63,8 +63,8 @@ class Promotion(TokenPrice):
 
 
 # Endpoint names (core/endpoints/ registers each; a test keeps the two lists equal).
-ENDPOINT_NAMES = ("chat.completions", "responses", "completions", "embeddings")
-GENERATION_ENDPOINTS = ("chat.completions", "responses", "completions")  # a model's default
+ENDPOINT_NAMES = ("chat.completions", "responses", "completions", "embeddings", "messages")
+GENERATION_ENDPOINTS = ("chat.completions", "responses", "completions", "messages")  # a model's default
 MediaKind = Literal["image", "audio", "file", "video"]
 
 # An upstream's name: also part of its Envoy cluster's name (upstream_<name>).

@@ -107,7 +107,7 @@ class Exchange:
         self.front_door_id = headers.get(SDK_REQUEST_ID_HEADER)
         tracer = self.meter.tracer
         if tracer is not None:
-            self.trace = tracer.begin(headers)
+            self.trace = tracer.begin(headers, self.endpoint.operation)
         if identity is None:
             found: Identity | None = None
             try:
@@ -218,7 +218,7 @@ class Exchange:
             first = self.last_chunk == 0.0
             since = metered.started_mono if first else self.last_chunk
             self.last_chunk = now
-            self.meter.observer.stream_chunk(metered.model, first, now - since)
+            self.meter.observer.stream_chunk(metered.model, first, now - since, self.endpoint.operation)
         out = sse.feed(chunk)
         if sse.done or end:
             return self._stream_end(out)

@@ -1,8 +1,8 @@
 """A small OpenAI-compatible model server for the local stack and the tests.
 
 It answers where real servers answer (vLLM, SGLang, hosted providers): under `/v1/...`
-(chat completions, the Responses API, legacy completions, embeddings; devtools/fake/ has one
-module per API), and with `--api-key` (or FAKE_UPSTREAM_API_KEY) only to
+(chat completions, the Responses API, legacy completions, embeddings, Anthropic's Messages;
+devtools/fake/ has one module per API), and with `--api-key` (or FAKE_UPSTREAM_API_KEY) only to
 `Authorization: Bearer <key>`, 401 otherwise, as vLLM's `--api-key` does.
 
 Behaviour is picked by directives in the request's text (the last message's content, the
@@ -43,6 +43,7 @@ from starlette.routing import Route
 from .fake.chat import chat, prompt_tokens
 from .fake.completions import completions
 from .fake.embeddings import embeddings
+from .fake.messages import messages
 from .fake.responses import responses
 
 Handler = Callable[[Request, dict[str, Any]], Awaitable[Response]]
@@ -51,6 +52,7 @@ APIS: dict[str, Handler] = {
     "/v1/responses": responses,
     "/v1/completions": completions,
     "/v1/embeddings": embeddings,
+    "/v1/messages": messages,
 }
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from ..core.catalog import Catalog
 from ..core.endpoints import ENDPOINTS, NOT_SERVED, Endpoint
-from ..core.errors import error_body
+from ..core.errors import ApiError, error_body
 from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
@@ -163,10 +163,13 @@ def _per_filter(opts: EnvoyOptions, path: str, *, authz: bool, proc: bool, buffe
     return out
 
 
-def _json_reply(status: int, code: str, message: str) -> dict[str, Any]:
-    """A route answered by Envoy itself, in the product's JSON error shape."""
+def _json_reply(status: int, code: str, message: str, shape: str = "openai") -> dict[str, Any]:
+    """A route answered by Envoy itself, in the product's JSON error shape (an endpoint's own:
+    Anthropic's for Messages)."""
+    error = ApiError(code, message)
+    error.shape = shape
     return {
-        "direct_response": {"status": status, "body": {"inline_string": error_body(code, message).decode()}},
+        "direct_response": {"status": status, "body": {"inline_string": error.body().decode()}},
         "response_headers_to_add": [
             {
                 "header": {"key": "content-type", "value": "application/json"},
@@ -240,14 +243,14 @@ def metered_routes(catalog: Catalog, endpoint: Endpoint, opts: EnvoyOptions) -> 
             "path": path,
             "headers": [{"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}],
         },
-        **_json_reply(413, "request_too_large", _too_large(opts)),
+        **_json_reply(413, "request_too_large", _too_large(opts), endpoint.error_shape),
     }
     # Before ext_proc has read the body there is no model header yet: this route carries the
     # filter settings. Reaching its direct response means no model route matched.
     unrouted = {
         "name": f"{ROUTE_PREFIX}{slug}_unrouted",
         "match": {"path": path},
-        **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
+        **_json_reply(503, "service_unavailable", "The request could not be routed to a model", endpoint.error_shape),
         "typed_per_filter_config": filters,
     }
     # Only POST: any other method is refused before the sidecar is asked anything.
@@ -257,7 +260,7 @@ def metered_routes(catalog: Catalog, endpoint: Endpoint, opts: EnvoyOptions) -> 
             "path": path,
             "headers": [{"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}],
         },
-        **_json_reply(405, "method_not_allowed", "Use POST on this endpoint"),
+        **_json_reply(405, "method_not_allowed", "Use POST on this endpoint", endpoint.error_shape),
     }
     return [not_post, too_large, *_model_routes(catalog, endpoint, opts, filters), unrouted]
 

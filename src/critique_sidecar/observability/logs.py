@@ -181,5 +181,5 @@ class RequestLog:
     def stream_closed(self) -> None:
         pass
 
-    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+    def stream_chunk(self, model: str, first: bool, seconds: float, operation: str = "chat") -> None:
         pass  # timings are metrics (histograms), not log lines

@@ -5,7 +5,7 @@ names an endpoint. Adding one: a module defining its `Endpoint`, and a line belo
 from __future__ import annotations
 
 from .. import scopes
-from . import chat, completions, embeddings, responses
+from . import chat, completions, embeddings, messages, responses
 from .base import Endpoint, Limits, MeteredBody
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -13,6 +13,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     responses.ENDPOINT,
     completions.ENDPOINT,
     embeddings.ENDPOINT,
+    messages.ENDPOINT,
 )
 
 _BY_PATH = {e.path: e for e in ENDPOINTS}
@@ -29,6 +30,10 @@ NOT_SERVED = {
     "/api/v1/responses/": (
         "Stored responses are not kept: this API serves the Responses API without storing responses "
         "(store: false), so there is nothing to retrieve, delete or cancel"
+    ),
+    "/api/v1/messages/": (
+        "Not served: counting tokens would reach a model server without being metered; the usage of "
+        "each message is in its response"
     ),
     API_PREFIX: "No such endpoint: under /api/v1/ this API serves "
     + ", ".join(f"POST {e.path}" for e in ENDPOINTS)
