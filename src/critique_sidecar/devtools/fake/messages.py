@@ -28,10 +28,14 @@ def last_text(body: dict[str, Any]) -> str:
 
 
 def _usage(d: dict[str, int], prompt: int, output: int) -> dict[str, Any]:
-    w5, w1h = d.get("cachewrite", 0), d.get("cachewrite1h", 0)
+    """The prompt's tokens split as a server reports them: read from the cache, written to it,
+    and the rest (`input_tokens`, which leaves both out)."""
+    read = min(d.get("cached", 0), prompt)
+    w5 = min(d.get("cachewrite", 0), prompt - read)
+    w1h = min(d.get("cachewrite1h", 0), prompt - read - w5)
     usage: dict[str, Any] = {
-        "input_tokens": prompt,
-        "cache_read_input_tokens": d.get("cached", 0),
+        "input_tokens": prompt - read - w5 - w1h,
+        "cache_read_input_tokens": read,
         "cache_creation_input_tokens": w5 + w1h,
         "output_tokens": output,
     }
