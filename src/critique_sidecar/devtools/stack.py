@@ -122,7 +122,7 @@ class Stack:
     workdir: Path
     ports: dict[str, int] = field(default_factory=dict)
     redis_url: str | None = None  # None: start our own redis-server
-    envoy_config: Path = REPO / "envoy.yaml"
+    envoy_config: Path | None = None  # None: generated from the stack's catalog, as envoy.yaml is
     sidecar_env: dict[str, str] = field(default_factory=dict)
     sidecar_count: int = 1
     start_upstream: bool = True
@@ -254,7 +254,13 @@ class Stack:
         return proc
 
     def envoy_yaml(self) -> Path:
-        config = yaml.safe_load(self.envoy_config.read_text())
+        if self.envoy_config is None:
+            from ..core.catalog import load_catalog
+            from ..envoy.config import DEFAULT_OPTIONS, build_config
+
+            config = build_config(load_catalog(self.catalog_path()), DEFAULT_OPTIONS)
+        else:
+            config = yaml.safe_load(self.envoy_config.read_text())
         port_map = {DEFAULT_PORTS[k]: self.ports[k] for k in ("envoy", "admin", "grpc", "http", "upstream")}
         config = relocate(config, port_map)
         if self.sidecar_count > 1:  # more sidecar processes: more endpoints in sidecar_grpc

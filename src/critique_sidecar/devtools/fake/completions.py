@@ -1,7 +1,8 @@
 """Legacy completions (POST /v1/completions): `choices[].text`, a usage chunk of its own when
 `stream_options.include_usage` asks for it, as vLLM answers them. Without `max_tokens` the API
 generates 16 tokens at most; `echo` puts the prompt before the text; `best_of` candidates are
-generated and `n` returned."""
+generated and `n` returned. [[overshoot:K]], [[absurd:K]], [[nousage]], [[forge]], [[cut]] and
+[[framing:K]] as for chat (devtools/adversarial.py)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,19 @@ async def completions(request: Request, body: dict[str, Any]) -> Response:
     best_of = body["best_of"] if isinstance(body.get("best_of"), int) and body["best_of"] > n else n
     prompt = approx_tokens(prompt_text(body))
     # every candidate generated is billed by the server, returned or not
-    usage = {"prompt_tokens": prompt, "completion_tokens": tokens * max(n, best_of), "total_tokens": 0}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": tokens * max(n, best_of) * d.get("overshoot", 1),
+    }
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if "absurd" in d:
+        usage = adv.absurd_usage(d["absurd"], prompt, usage["completion_tokens"])
     echo = prompt_text(body) if body.get("echo") is True else ""
     rid, created, model = f"cmpl-fake{time.monotonic_ns()}", int(time.time()), body.get("model", "unknown")
     if body.get("stream"):
         wants = bool((body.get("stream_options") or {}).get("include_usage")) and "nousage" not in d
         return StreamingResponse(
-            _stream(rid, created, model, n, tokens, usage if wants else None, "cut" in d, d.get("framing", 0)),
+            _stream(rid, created, model, n, tokens, usage if wants else None, d),
             media_type="text/event-stream",
         )
     out: dict[str, Any] = {
@@ -52,9 +58,9 @@ async def completions(request: Request, body: dict[str, Any]) -> Response:
 
 
 async def _stream(
-    rid: str, created: int, model: str, n: int, tokens: int, usage: dict[str, Any] | None, cut: bool, framing: int
+    rid: str, created: int, model: str, n: int, tokens: int, usage: dict[str, Any] | None, d: dict[str, int]
 ) -> AsyncIterator[bytes]:
-    sent = 0
+    sent, cut, framing = 0, "cut" in d, d.get("framing", 0)
 
     def event(choices: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> bytes:
         nonlocal sent
@@ -66,6 +72,8 @@ async def _stream(
         if cut and i == tokens // 2:
             raise RuntimeError("fake upstream cut the stream")
         yield event([{"index": c, "text": "tok ", "finish_reason": None, "logprobs": None} for c in range(n)])
+    if "forge" in d:
+        yield adv.FORGED_COMMENT
     yield event([{"index": c, "text": "", "finish_reason": "length", "logprobs": None} for c in range(n)])
     if usage is not None:
         yield event([], {"usage": usage})

@@ -1,5 +1,6 @@
 """Embeddings (POST /v1/embeddings): one vector per input, as floats or base64 (little-endian
-float32, as OpenAI encodes them); usage is input only."""
+float32, as OpenAI encodes them); usage is input only. [[overshoot:K]] reports K times the input,
+[[absurd:K]] input counts that are not sane integers, [[nousage]] none."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import adversarial as adv
 from .common import approx_tokens, directives, early_answer, json_response
 
 DIMENSIONS = 8
@@ -35,8 +37,11 @@ async def embeddings(request: Request, body: dict[str, Any]) -> Response:
         if body.get("encoding_format") == "base64":
             encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded})
-    tokens = sum(len(i) if isinstance(i, list) else approx_tokens(str(i)) for i in items)
+    tokens = sum(len(i) if isinstance(i, list) else approx_tokens(str(i)) for i in items) * d.get("overshoot", 1)
     out: dict[str, Any] = {"object": "list", "data": data, "model": body.get("model", "unknown")}
     if "nousage" not in d:
         out["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
+    if "absurd" in d:
+        odd = adv.absurd_usage(d["absurd"], tokens, 0)
+        out["usage"] = {"prompt_tokens": odd.get("prompt_tokens"), "total_tokens": odd.get("prompt_tokens")}
     return json_response(out, d, request)

@@ -2,7 +2,8 @@
 `output` items and `usage` (input_tokens with its cached part, output_tokens with its reasoning
 part); streamed as `event:` + `data:` pairs ending with `response.completed` (or, with
 [[incomplete]], `response.incomplete`). [[reasoning]] adds a reasoning item; [[cached:N]] reports
-N input tokens read from a cache; [[cut]] breaks the stream off halfway."""
+N input tokens read from a cache; [[cut]] breaks the stream off halfway; [[overshoot:K]],
+[[absurd:K]], [[nousage]], [[forge]], [[framing:K]] as for chat (devtools/adversarial.py)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ async def responses(request: Request, body: dict[str, Any]) -> Response:
     usage: Any = {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": min(d.get("cached", 0), prompt)},
-        "output_tokens": tokens + reasoning,
+        "output_tokens": (tokens + reasoning) * d.get("overshoot", 1),
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + tokens + reasoning,
     }
