@@ -101,6 +101,7 @@ bench: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/run.py --stream $(filter --quick,$(BENCH_ARGS)) $(STREAM_ARGS)
+	$(PY) bench/endpoint_streams.py
 
 # The streaming benchmark alone (`make bench-stream STREAM_ARGS=--quick`); see bench/stream.py.
 bench-stream: install
