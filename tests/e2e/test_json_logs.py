@@ -62,6 +62,25 @@ def test_every_line_from_start_to_stop_is_json(lone_stack: Stack, account: str) 
     [settled] = [o for o in parsed(stack) if o.get("event") == "settled"]
     assert settled["trace_id"] == envoy_id and settled["request_id"] == raw.headers["x-critique-request-id"]
 
+    # A stream the client leaves: settled by its close, still with Envoy's id.
+    with httpx.stream(
+        "POST",
+        stack.base_url + "/api/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={
+            "model": "deepseek/deepseek-v4-flash",
+            "stream": True,
+            "messages": [{"role": "user", "content": "[[slow:200]] [[tokens:30]] leaving"}],
+        },
+        timeout=30,
+    ) as r:
+        left_id = r.headers["x-critique-request-id"]
+        next(r.iter_raw())
+    wait_until(lambda: any(o.get("request_id") == left_id for o in parsed(stack)), "the cut stream's settled line")
+    [cut] = [o for o in parsed(stack) if o.get("request_id") == left_id]
+    seen = httpx.get(f"http://127.0.0.1:{stack.ports['upstream']}/_fake/requests", timeout=5).json()
+    assert cut["status"] == "interrupted" and cut["trace_id"] == seen[-1]["headers"]["x-request-id"]
+
     stack.stop("redis")  # Redis lost: health, the revocation feed and retention notice
     with refusing_redis(stack.ports["redis"]) as attempts:
         wait_until(lambda: any("NOT_SERVING" in o["msg"] for o in parsed(stack)), "store unreachable logged")

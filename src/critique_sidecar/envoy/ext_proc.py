@@ -8,6 +8,7 @@ immediate response in one place (messages.immediate).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Mapping
 
@@ -158,13 +159,15 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         exchange: Exchange | None = None
+        stream_context: contextvars.Context | None = None
         loop = asyncio.get_running_loop()
 
         def ended(_: object) -> None:
             # grpc.aio runs this from its own thread when the RPC ends, even while the handler is
-            # suspended at a `yield` whose `finally` may never run (the client went away).
+            # suspended at a `yield` whose `finally` may never run (the client went away). The
+            # close runs in the stream's context, so its log line keeps Envoy's request id.
             if exchange is not None and exchange.closing is None and exchange.needs_close():
-                loop.call_soon_threadsafe(self._closings.close, exchange)
+                loop.call_soon_threadsafe(self._closings.close, exchange, context=stream_context)
 
         context.add_done_callback(ended)
         try:
@@ -181,6 +184,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                         yield m.immediate(_NOT_METERED)
                         return
                     exchange = Exchange(endpoint, self._auth, self._meter, self._credentials)
+                    stream_context = contextvars.copy_context()
                 if kind == "response_body" and exchange.sse is not None:
                     # Most of a stream: a piece that settles nothing is answered here, without
                     # the coroutines of a phase (per-chunk cost is the streamed path's CPU).
