@@ -78,16 +78,19 @@ def test_a_stream_cut_before_message_delta_settles_once_by_the_estimate(
     stack: Stack, front_door: FrontDoor, account: str
 ) -> None:
     key = funded_key(stack, account)
+    received: list[str] = []
     with pytest.raises(anthropic.APIError):
         with sdk(front_door, key).messages.stream(
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "[[tokens:40]] [[cut]] go"}]
         ) as stream:
-            "".join(stream.text_stream)
+            received.extend(stream.text_stream)
     from .helpers import wait_for_records
 
     [record] = wait_for_records(stack, account, 1)
     assert record["status"] == "interrupted" and record["estimated"] == "1"
-    assert 20 <= int(record["output_tokens"]) <= 64  # text deltas delivered, never above the bound
+    # Every text delta the client received is charged (Envoy may drop what was in flight when
+    # the model server reset the stream: the client never saw it), never above the bound.
+    assert len(received) <= int(record["output_tokens"]) <= 64
 
 
 def test_the_sdk_raises_its_own_classes_on_the_products_refusals(

@@ -98,7 +98,7 @@ def test_metrics_count_real_traffic_exactly(stack: Stack, account: str) -> None:
 
     assert delta("critique_requests_total", decision="allowed", code="ok") == 3
     assert delta("critique_requests_total", decision="denied", code="model_not_found") == 1
-    assert delta("critique_settlements_total", model=DEEPSEEK, status="ok") == 3
+    assert delta("critique_settlements_total", model=DEEPSEEK, status="ok", endpoint="chat.completions") == 3
     assert delta("critique_tokens_total", model=DEEPSEEK, kind="input") == tokens["input"]
     assert delta("critique_tokens_total", model=DEEPSEEK, kind="output") == tokens["output"]
     streamed = delta("critique_charged_microcredits_total", model=DEEPSEEK) - micro
