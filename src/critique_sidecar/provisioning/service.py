@@ -101,7 +101,7 @@ class Provisioning:
             self.redis, ks.audit(account), change, "key.create",
             account=account, target=record.key_id, before=None, after=view.model_dump(mode="json"),
         )  # fmt: skip
-        return s.NewKey(**view.model_dump(), key=secret)
+        return s.NewKey.model_validate({**view.model_dump(), "key": secret})
 
     async def list_keys(self, account: str) -> s.KeyList:
         check_account(account)
@@ -167,7 +167,7 @@ class Provisioning:
             before=(await self._view(record)).model_dump(mode="json"),
             after={**view.model_dump(mode="json"), "previous_secret_retires_at": retires},
         )  # fmt: skip
-        return s.RotatedKey(**view.model_dump(), key=secret, previous_secret_retires_at=retires)
+        return s.RotatedKey.model_validate({**view.model_dump(), "key": secret, "previous_secret_retires_at": retires})
 
     # -- credits -----------------------------------------------------------------------------
 
