@@ -19,9 +19,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from .admin import admin_server
 from .app import Components
 from .config import Config
-from .provisioning.server import admin_server
 from .store.key_store import watch_revocations
 from .store.usage_retention import UsageRetention
 
@@ -36,7 +36,7 @@ class Lifecycle:
         self.components = components
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._stopped = False
-        self._admin: Any = None  # provisioning.server's uvicorn server, when it runs
+        self._admin: Any = None  # admin.py's uvicorn server, when it runs
 
     def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self.tasks[name] = asyncio.create_task(work, name=name)
@@ -51,7 +51,7 @@ class Lifecycle:
             retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
             self._run("usage-retention", retention.run_forever(config.usage_trim_interval_s))
         # -- observe (issue 20): budget-notification delivery, usage push (when configured)
-        from .workers import background_workers
+        from .app import background_workers
 
         for name, work in background_workers(config, c.redis):
             self._run(name, work)

@@ -29,7 +29,7 @@ from ..core.account_settings import _credits as settings_credits
 from ..core.errors import ApiError
 from ..core.limit_table import KEY_LIMITS, MAX_CREDITS, Limit
 from ..core.scopes import DEFAULT_KEY_SCOPES, KNOWN_SCOPES
-from ..store.usage_records import SCHEMA as RECORD_SCHEMA
+from ..core.usage_schema import SCHEMA as RECORD_SCHEMA
 
 MAX_GRACE_S = 30 * 86400
 
@@ -81,6 +81,9 @@ CONTROL_FIELDS = ("expires_at", "models", *(row.name for row in KEY_LIMITS))
 
 class KeyCreate(_Controls):
     name: Name = ""
+    parent_key_id: str | None = Field(
+        None, max_length=64, description="create the key as this key's child: no stronger than it, revoked with it"
+    )
     scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_KEY_SCOPES), min_length=1, max_length=10)
 
     @field_validator("scopes")
@@ -139,6 +142,7 @@ class _KeyViewFields(_Strict):
     scopes: list[str]
     created_at: str
     revoked: bool
+    parent_key_id: str | None = None
     expires_at: str | None = None
     models: list[str] | None = None
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 
-ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def check_account(account: str) -> str:
-    if not ACCOUNT_RE.match(account):
+    """An account id, matched whole: `demo\n` is not a second account named demo."""
+    if not ACCOUNT_RE.fullmatch(account):
         raise ValueError(f"invalid account id {account!r}: use 1-64 of A-Z a-z 0-9 _ . -")
     return account
 
@@ -69,6 +70,11 @@ def key_by_id(key_id: str) -> str:
     return f"crt:keyid:{key_id}"
 
 
+def key_children(account: str, key_id: str) -> str:
+    """Set of the ids of the keys one key created (revoked with it)."""
+    return f"{_tag(account)}:keychildren:{key_id}"
+
+
 def capture_stream(account: str) -> str:
     """Stream of opted-in training captures (payloads; only for opted-in requests)."""
     return f"{_tag(account)}:capture"
@@ -115,7 +121,7 @@ def account_of_notify_outbox(key: str) -> str | None:
     prefix, suffix = "crt:{a:", "}:notify"
     if key.startswith(prefix) and key.endswith(suffix):
         account = key[len(prefix) : -len(suffix)]
-        if ACCOUNT_RE.match(account):
+        if ACCOUNT_RE.fullmatch(account):
             return account
     return None
 

@@ -29,7 +29,6 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -49,6 +48,7 @@ from ..core.errors import ApiError
 from ..core.limit_table import ACCOUNT_LIMITS, KEY_LIMITS, Limit
 from ..core.money import format_credits
 from ..core.scopes import DASHBOARD, DASHBOARD_PATH
+from ..json_http import json_response
 
 PAGE_PATH = "/inference-dashboard"
 DAYS = (7, 30, 90)
@@ -309,8 +309,8 @@ def page() -> tuple[bytes, str]:
 # -- routes ----------------------------------------------------------------------------
 
 
-def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json", headers={"cache-control": "no-store"})
+def _json(data: dict[str, Any]) -> Response:
+    return json_response(data)
 
 
 def dashboard_routes(source: DashboardSource, identify: Identify, clock: Clock) -> list[Route]:
