@@ -156,7 +156,7 @@ async def test_revoking_a_key_revokes_the_keys_it_created(panel: Panel) -> None:
 
 async def test_a_key_revokes_only_itself_and_its_descendants(panel: Panel) -> None:
     secret, boss_id = await restricted_admin(panel)
-    sibling_secret, sibling_id = await restricted_admin(panel)
+    _, sibling_id = await restricted_admin(panel)
     child = (await panel.create(secret, scopes=["read:inference", "admin:inference"])).json()
     refused(await panel.revoke(child["key"], boss_id), "key_id")  # not its parent
     refused(await panel.revoke(secret, sibling_id), "key_id")  # not a sibling
