@@ -71,14 +71,15 @@ envoy-validate: install
 run: install-run
 	$(PY) -m critique_sidecar.devtools.stack
 
-# ruff (lint and format) and mypy --strict (pydantic plugin; config in pyproject.toml).
+# ruff (lint and format) and mypy --strict over src and tests (pydantic plugin; pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench deploy
 	$(VENV)/bin/ruff format --check src tests bench deploy
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy  # src and tests (pyproject.toml [tool.mypy] files)
 
+# The whole suite with coverage (floor: pyproject.toml [tool.coverage.report] fail_under).
 test: install proto-check lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --cov --cov-report=term
 
 test-quick: install
 	$(PY) -m pytest -q -m "not e2e and not slow"

@@ -69,7 +69,8 @@ async def configure(
 
 
 async def outbox(r: aioredis.Redis, account: str) -> list[dict[str, str]]:
-    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in await r.xrange(ks.notify_outbox(account))]
+    rows: Any = await r.xrange(ks.notify_outbox(account))
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
 
 
 async def test_concurrent_settlements_queue_each_threshold_once(r: aioredis.Redis, db_url: str, account: str) -> None:
@@ -132,7 +133,7 @@ class Hooks(Receiver):
 
 def config(**kw: Any) -> Config:
     kw.setdefault("notify_allowed_networks", "127.0.0.0/8")
-    return Config(notify_allow_http=True, notify_backoff_s=0.1, notify_max_attempts=4, **kw)  # type: ignore[call-arg]
+    return Config(notify_allow_http=True, notify_backoff_s=0.1, notify_max_attempts=4, **kw)
 
 
 async def test_worker_retries_with_backoff_then_delivers_signed(r: aioredis.Redis, account: str) -> None:
@@ -199,7 +200,7 @@ async def test_http_webhooks_refused_unless_allowed(r: aioredis.Redis, account: 
     try:
         await configure(r, account, url=hooks.url + "/h", daily_credit_cap=2, notify_thresholds_percent=[50])
         await RedisLedger(r).settle(record(account, 1))
-        strict = Config(notify_backoff_s=0.1, notify_allowed_networks="127.0.0.0/8")  # type: ignore[call-arg]
+        strict = Config(notify_backoff_s=0.1, notify_allowed_networks="127.0.0.0/8")
         worker = notify_worker(r, strict, consumer="t1")
         await worker.poll()
         await worker.drain()
@@ -310,5 +311,5 @@ async def test_a_wrong_type_outbox_skips_notifications_not_the_charge(r: aioredi
     await configure(r, account, daily_credit_cap=2, notify_thresholds_percent=[50])
     await r.set(ks.notify_outbox(account), "not a stream")
     result = await RedisLedger(r).settle(record(account, 1))
-    assert result.applied and int(await r.hget(ks.account(account), "balance")) == 49 * CREDIT
+    assert result.applied and await r.hget(ks.account(account), "balance") == str(49 * CREDIT).encode()
     assert await r.get(ks.notify_outbox(account)) == b"not a stream"

@@ -9,7 +9,7 @@ import pytest
 
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.key_controls import KeyControls
-from critique_sidecar.web.settings import decode_body
+from critique_sidecar.json_http import decode_body
 
 
 def parse(raw: bytes, known: set[str] | None = None) -> KeyControls:
