@@ -11,7 +11,7 @@ import ctypes.util
 import gc
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -26,6 +26,7 @@ from .core.catalog import Catalog, load_catalog
 from .core.clock import Clock, utc_now
 from .core.metering import Meter
 from .core.observe import ObservedKeys, ObservedLedger
+from .core.upstream import UpstreamHeader, read_credentials
 from .observability import Metrics, RequestLog, Telemetry
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
@@ -103,6 +104,8 @@ class Components:
     metrics: Metrics
     redis_ledger: RedisLedger
     tracer: Any = None  # observability.tracing.OtelTracer when CRITIQUE_OTEL_ENDPOINT is set
+    # Each upstream's credential header (core/upstream.py), read once at start-up.
+    credentials: dict[str, UpstreamHeader] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.redis_ledger.aclose()  # its dedicated connection is not in the pool
@@ -129,8 +132,9 @@ def build_tracer(config: Config) -> Any:
 
 
 def build_components(config: Config, redis: Any | None = None, clock: Clock = utc_now) -> Components:
-    redis = redis if redis is not None else connect_redis(config)
     catalog = load_catalog(config.catalog_path)
+    credentials = read_credentials(catalog.upstreams)  # a secret that cannot be read stops start-up here
+    redis = redis if redis is not None else connect_redis(config)
     keys = RedisKeyStore(redis)
     metrics = Metrics()
     metrics.watch_journal(config.journal_path)
@@ -154,7 +158,7 @@ def build_components(config: Config, redis: Any | None = None, clock: Clock = ut
         max_n=config.max_n,
         tracer=(tracer := build_tracer(config)),
     )
-    return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger, tracer)
+    return Components(redis, catalog, keys, auth, meter, ledger, metrics, redis_ledger, tracer, credentials)
 
 
 def web_context(c: Components, config: Config, metrics: Any = None) -> WebContext:

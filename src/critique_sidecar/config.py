@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .core.upstream import parse_base_url
 from .core.webhook_address import Network, parse_networks
 
 
@@ -38,7 +39,7 @@ class Config(BaseSettings):
     )
     upstream_override: str | None = Field(
         None,
-        description="ASGI gateway only: host:port that receives every model's requests instead of the catalog's upstream (one shared model server, a local stack); empty uses the catalog.",
+        description="ASGI gateway only: a base URL (e.g. http://vllm.internal:8000/v1) that receives every model's requests instead of the catalog's upstreams (one shared model server); empty uses the catalog.",
     )
     upstream_connect_timeout_s: float = Field(
         5.0,
@@ -241,12 +242,10 @@ class Config(BaseSettings):
 
     @field_validator("upstream_override")
     @classmethod
-    def _host_port(cls, v: str | None) -> str | None:
+    def _base_url(cls, v: str | None) -> str | None:
         if not v:
             return None
-        host, _, port = v.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port")
+        parse_base_url(v)  # ValueError says what is wrong
         return v
 
     @field_validator("notify_allowed_networks")

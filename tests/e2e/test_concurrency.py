@@ -33,8 +33,9 @@ import redis.asyncio as aioredis
 
 from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
-from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.core.clock import day_window, month_window, utc_now
+from critique_sidecar.core.endpoints import chat as chat_endpoint
+from critique_sidecar.core.endpoints.base import Limits
 from critique_sidecar.core.money import MICRO, format_credits, parse_credits
 from critique_sidecar.devtools.fake_upstream import prompt_tokens
 from critique_sidecar.devtools.stack import Stack
@@ -56,7 +57,7 @@ REQUEST = {
 RAW = json.dumps(REQUEST).encode()
 
 
-CHAT = parse_chat_request(RAW, CATALOG)
+CHAT = chat_endpoint.parse(RAW, Limits(CATALOG))
 # By hand, not through the product's pricing (deepseek 0.15 / 0.30 USD per million tokens at
 # 0.01 USD a credit: 15 and 30 micro-credits a token). RAW is 133 bytes, so Meter.admit bounds
 # the input at 133 + 16 = 149 tokens and reserves 149 * 15 + 2000 * 30 = 62,235 micro-credits;
@@ -67,7 +68,7 @@ CHARGE = 60_105
 
 def test_request_shape() -> None:
     """The request is held at H and charged C with k*(H - C) < H for every k used below."""
-    assert CHAT.input_token_bound == len(RAW) + 16 == 149 and CHAT.max_output_tokens == MAX_TOKENS
+    assert CHAT.input_bound == len(RAW) + 16 == 149 and CHAT.output_bound == MAX_TOKENS
     assert prompt_tokens(REQUEST) == 7 and Config().usd_per_credit == Decimal("0.01")
     assert 0 < CHARGE < HOLD
     assert 8 * (HOLD - CHARGE) < HOLD

@@ -36,8 +36,9 @@ import redis
 
 from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
-from critique_sidecar.core.chat_request import parse_chat_request
 from critique_sidecar.core.clock import day_window, utc_now
+from critique_sidecar.core.endpoints import chat as chat_endpoint
+from critique_sidecar.core.endpoints.base import Limits
 from critique_sidecar.core.money import format_credits
 from critique_sidecar.devtools.stack import Stack, wait_until
 from critique_sidecar.store import keyspace as ks
@@ -75,7 +76,7 @@ CHARGE_RE = re.compile(r"x-critique-request-id=(\S+) x-critique-credits-charged=
 def input_bound(content: str, stream: bool) -> int:
     """The input-token bound Meter.admit prices one of our requests at."""
     raw = json.dumps(body(content, stream=stream, max_tokens=MAX_TOKENS)).encode()
-    return parse_chat_request(raw, load_catalog()).input_token_bound
+    return chat_endpoint.parse(raw, Limits(load_catalog())).input_bound
 
 
 # The largest hold, by hand (deepseek 0.15 / 0.30 USD per million tokens at 0.01 USD a credit:

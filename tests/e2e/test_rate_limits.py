@@ -21,7 +21,8 @@ import pytest
 import redis
 
 from critique_sidecar.core.catalog import load_catalog
-from critique_sidecar.core.chat_request import parse_chat_request
+from critique_sidecar.core.endpoints import chat as chat_endpoint
+from critique_sidecar.core.endpoints.base import Limits
 from critique_sidecar.devtools.stack import Stack, wait_until
 from critique_sidecar.store import keyspace as ks
 
@@ -122,8 +123,8 @@ def test_200_at_once_against_50_per_minute_admit_exactly_50(rl_stack: Stack, acc
 def test_tokens_per_minute_admit_exactly_what_fits(rl_stack: Stack, account: str) -> None:
     # Slow replies, so nothing settles (and gives tokens back) while the burst is admitted.
     payload = body("[[slow:4000]] [[tokens:5]] tpm burst", max_tokens=50)
-    chat = parse_chat_request(payload, CATALOG)
-    bound = chat.input_token_bound + chat.max_output_tokens
+    chat = chat_endpoint.parse(payload, Limits(CATALOG))
+    bound = chat.input_bound + chat.output_bound
     limit = 7 * bound + bound // 2
     key = key_with(rl_stack, account, "--tpm", str(limit))
     responses = burst(rl_stack, key["key"], [payload] * 60)

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from critique_sidecar.core.account_settings import AccountSettings, SettingsPatch
 from critique_sidecar.core.auth import Identity
 from critique_sidecar.core.catalog import load_catalog, price_for
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.metering import Meter, MeteredRequest
 from critique_sidecar.core.tokens import TokenCounts
@@ -59,15 +60,15 @@ class Env:
     @property
     def hold(self) -> int:
         """The hold every BODY request places: its maximum cost at list price."""
-        chat = self.meter.parse(BODY)
+        chat = self.meter.parse(CHAT, BODY)
         price = price_for(CATALOG, chat.model, self.clock(), False)
-        return self.meter.credits_for(TokenCounts(chat.input_token_bound, chat.max_output_tokens), price)
+        return self.meter.credits_for(TokenCounts(chat.input_bound, chat.output_bound), price)
 
     async def configure(self, **fields: Any) -> AccountSettings:
         return await self.settings.patch(self.account, SettingsPatch.parse(fields))
 
     async def admit(self, opt_in: bool = False) -> MeteredRequest:
-        return await self.meter.admit(self.identity, self.meter.parse(BODY), opt_in)
+        return await self.meter.admit(self.identity, self.meter.parse(CHAT, BODY), opt_in)
 
     async def refused(self) -> ApiError:
         with pytest.raises(ApiError) as err:

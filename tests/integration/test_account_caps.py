@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from critique_sidecar.core.catalog import price_for
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.money import MICRO, format_credits
 from critique_sidecar.core.tokens import TokenCounts
@@ -16,10 +17,10 @@ from .account_kit import BODY, CATALOG, MAX_TOKENS, NOON, USD_PER_CREDIT, Env
 def test_hold_is_positive_and_a_settled_charge_is_below_it() -> None:
     # The scenarios below rely on this: charge(10 in, MAX_TOKENS out) < hold (bound in, MAX_TOKENS out).
     meter = Meter(CATALOG, None, USD_PER_CREDIT)  # type: ignore[arg-type]
-    chat = meter.parse(BODY)
+    chat = meter.parse(CHAT, BODY)
     price = price_for(CATALOG, chat.model, NOON, False)
-    hold = meter.credits_for(TokenCounts(chat.input_token_bound, MAX_TOKENS), price)
-    assert chat.input_token_bound == len(BODY) + 16 and chat.max_output_tokens == MAX_TOKENS
+    hold = meter.credits_for(TokenCounts(chat.input_bound, MAX_TOKENS), price)
+    assert chat.input_bound == len(BODY) + 16 and chat.output_bound == MAX_TOKENS
     assert 0 < meter.credits_for(TokenCounts(10, MAX_TOKENS), price) < hold
 
 
@@ -163,7 +164,7 @@ async def test_account_training_opt_in_prices_at_the_opt_in_tier(env: Env) -> No
     # Held at the normal price: the discount is given only once the capture is written (settle_completed).
     assert opt_req.price == list_req.price and opt_req.hold == list_req.hold
     usage = TokenCounts(10, MAX_TOKENS)
-    opt_price = price_for(env.meter.catalog, opt_req.chat.model, opt_req.started_at, opt_in=True)
+    opt_price = price_for(env.meter.catalog, opt_req.body.model, opt_req.started_at, opt_in=True)
     assert opt_price.version.endswith("/training-opt-in")
     # (10 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.000007875 USD = 787.5 -> 788 micro-credits
     assert env.meter.charge(opt_req, usage, price=opt_price).credits == 788

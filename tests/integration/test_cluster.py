@@ -27,6 +27,7 @@ from critique_sidecar.app import connect_redis
 from critique_sidecar.config import Config
 from critique_sidecar.core.auth import Authenticator, Identity
 from critique_sidecar.core.catalog import load_catalog, price_for
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.ledger import HoldRequest, UsageRecord
 from critique_sidecar.core.metering import Meter, MeteredRequest
@@ -133,7 +134,7 @@ async def test_admission_and_settlement_on_every_master(redis_client: RedisClust
     m = meter(redis_client, clock)
     for a in spread_accounts(redis_client, account):
         await RedisAccounts(redis_client).grant(a, 10 * MICRO)
-        req = await m.admit(identity(a), m.parse(BODY), False)
+        req = await m.admit(identity(a), m.parse(CHAT, BODY), False)
         s = await state(redis_client, a)
         assert s["held"] == req.hold > 0 and s["holds"] == 1
         charge = m.charge(req, TokenCounts(12, 34))
@@ -149,7 +150,7 @@ async def test_settlement_is_idempotent_on_the_cluster(redis_client: RedisCluste
     clock = Clock(NOON)
     m = meter(redis_client, clock)
     await RedisAccounts(redis_client).grant(account, 10 * MICRO)
-    req = await m.admit(identity(account), m.parse(BODY), False)
+    req = await m.admit(identity(account), m.parse(CHAT, BODY), False)
     charge = m.charge(req, TokenCounts(20, 50))
     first = await m.settle(req, charge, "ok")
     req.settled = None  # as a retried or replayed settlement would arrive
@@ -167,7 +168,7 @@ async def test_scripts_are_reloaded_after_script_flush(redis_client: RedisCluste
     for a in spread_accounts(redis_client, account):
         await RedisAccounts(redis_client).grant(a, 10 * MICRO)
         await redis_client.script_flush()
-        req = await m.admit(identity(a), m.parse(BODY), False)
+        req = await m.admit(identity(a), m.parse(CHAT, BODY), False)
         await redis_client.script_flush()
         assert (await m.settle(req, m.charge(req, TokenCounts(1, 1)), "ok")).applied
 
@@ -176,10 +177,10 @@ async def test_expired_holds_are_swept_by_the_next_admission(redis_client: Redis
     clock = Clock(NOON)
     m = meter(redis_client, clock, hold_ttl_s=30)
     await RedisAccounts(redis_client).grant(account, 10 * MICRO)
-    orphan = await m.admit(identity(account), m.parse(BODY), False)  # its sidecar dies: never settled
+    orphan = await m.admit(identity(account), m.parse(CHAT, BODY), False)  # its sidecar dies: never settled
     assert (await state(redis_client, account))["holds"] == 1
     clock.at = NOON + timedelta(seconds=31)
-    fresh = await m.admit(identity(account), m.parse(BODY), False)
+    fresh = await m.admit(identity(account), m.parse(CHAT, BODY), False)
     s = await state(redis_client, account)
     assert s["holds"] == 1 and s["held"] == fresh.hold  # the orphan's credits came back
     assert await redis_client.hget(ks.holds(account), orphan.request_id) is None
@@ -247,9 +248,9 @@ async def test_waiting_for_a_turn_is_bounded(cluster_url: str, account: str) -> 
 
 
 def hold_and_charge(m: Meter) -> tuple[int, int]:
-    chat = m.parse(BODY)
+    chat = m.parse(CHAT, BODY)
     price = price_for(CATALOG, chat.model, NOON, False)
-    return m.credits_for(TokenCounts(chat.input_token_bound, chat.max_output_tokens), price), m.credits_for(
+    return m.credits_for(TokenCounts(chat.input_bound, chat.output_bound), price), m.credits_for(
         TokenCounts(10, 100), price
     )
 
@@ -257,7 +258,7 @@ def hold_and_charge(m: Meter) -> tuple[int, int]:
 async def burst(m: Meter, account: str) -> tuple[list[MeteredRequest], Counter[str]]:
     async def one() -> MeteredRequest | str:
         try:
-            return await m.admit(identity(account), m.parse(BODY), False)
+            return await m.admit(identity(account), m.parse(CHAT, BODY), False)
         except ApiError as e:
             return e.code
 

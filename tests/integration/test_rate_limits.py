@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from critique_sidecar.core.account_settings import SettingsPatch
 from critique_sidecar.core.auth import Identity
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.key_controls import KeyControls
 from critique_sidecar.core.metering import Meter, MeteredRequest
@@ -57,11 +58,11 @@ class Limits:
     identity: Identity
 
     def tokens(self, max_tokens: int = 100) -> int:
-        chat = self.meter.parse(body(max_tokens))
-        return chat.input_token_bound + chat.max_output_tokens
+        chat = self.meter.parse(CHAT, body(max_tokens))
+        return chat.input_bound + chat.output_bound
 
     async def admit(self, max_tokens: int = 100, model: str = MODEL) -> MeteredRequest:
-        return await self.meter.admit(self.identity, self.meter.parse(body(max_tokens, model)), False)
+        return await self.meter.admit(self.identity, self.meter.parse(CHAT, body(max_tokens, model)), False)
 
     async def refused(self, max_tokens: int = 100, model: str = MODEL) -> ApiError:
         with pytest.raises(ApiError) as err:

@@ -17,16 +17,17 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from critique_sidecar.app import build_components
-from critique_sidecar.asgi.gateway import Forward, Gateway, Routes, UpstreamCut, upstream_urls
+from critique_sidecar.asgi.gateway import Forward, Gateway, Routes, UpstreamCut, upstreams
 from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
-from critique_sidecar.core.scopes import CHAT_PATH, MODELS_PATH
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
+from critique_sidecar.core.scopes import MODELS_PATH
 
 CATALOG = load_catalog()
 Message = dict[str, Any]
 
 
-async def drive(app: Any, headers: dict[str, str], body: bytes = b"{}", *, path: str = CHAT_PATH,
+async def drive(app: Any, headers: dict[str, str], body: bytes = b"{}", *, path: str = CHAT.path,
                 method: str = "POST", hang_up_after: int | None = None) -> list[Message]:  # fmt: skip
     """One request; with hang_up_after=N the client disconnects once N messages went out."""
     scope = {"type": "http", "method": method, "path": path, "query_string": b"a=1", "scheme": "http",
@@ -58,16 +59,26 @@ def status_and_json(sent: list[Message]) -> tuple[int, Any]:
     return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
 
 
+def mock(handler: Callable[[httpx.Request], Any]) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+
 def forward_to(handler: Callable[[httpx.Request], Any], override: str | None = None) -> Forward:
-    return Forward(upstream_urls(CATALOG, override), httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    return Forward(upstreams(CATALOG, 5.0, override, mock(handler)))
 
 
-def test_upstream_urls_come_from_the_catalog_or_the_override() -> None:
-    assert upstream_urls(CATALOG)["tencent/hy3-preview"] == "http://127.0.0.1:8100"
-    assert set(upstream_urls(CATALOG, "models.internal:9000").values()) == {"http://models.internal:9000"}
+def test_upstreams_come_from_the_catalog_or_the_override() -> None:
+    routes = upstreams(CATALOG, 5.0)
+    assert [r.url("/chat/completions") for r in routes["tencent/hy3-preview"].replicas] == [
+        "http://127.0.0.1:8100/v1/chat/completions"
+    ]
+    assert len({id(u.client) for u in routes.values()}) == 1  # one pool per upstream
+    override = upstreams(CATALOG, 5.0, "https://models.internal:9000/openai/v1")
+    assert {r.url("/x") for u in override.values() for r in u.replicas} == {"https://models.internal:9000/openai/v1/x"}
     assert Config(upstream_override="").upstream_override is None
-    with pytest.raises(ValueError):
-        Config(upstream_override="no-port")
+    for bad in ("no-port", "models.internal:9000", "ftp://x/v1", "http://u:p@x/v1", "http://x/v1?q=1"):
+        with pytest.raises(ValueError):
+            Config(upstream_override=bad)
 
 
 async def test_forwards_to_the_models_upstream_without_routing_or_hop_headers() -> None:
@@ -80,9 +91,9 @@ async def test_forwards_to_the_models_upstream_without_routing_or_hop_headers() 
 
     headers = {"x-critique-model": "tencent/hy3-preview", "content-type": "application/json", "connection": "keep-alive",
                "host": "gateway.example", "content-length": "2", "x-client": "c", "x-forwarded-for": "203.0.113.9"}  # fmt: skip
-    sent = await drive(forward_to(upstream, "up.internal:7000"), headers, b'{"m": 1}')
+    sent = await drive(forward_to(upstream, "http://up.internal:7000/v1"), headers, b'{"m": 1}')
     [request] = seen
-    assert str(request.url) == "http://up.internal:7000/api/v1/chat/completions?a=1" and request.method == "POST"
+    assert str(request.url) == "http://up.internal:7000/v1/chat/completions?a=1" and request.method == "POST"
     assert request.content == b'{"m": 1}'
     assert dict(request.headers) == {
         "host": "up.internal:7000",
@@ -173,6 +184,7 @@ async def test_routes_chat_web_and_json_404() -> None:
     web = Starlette(routes=[Route(MODELS_PATH, lambda request: PlainTextResponse("models"), methods=["GET"])])
     app = Routes(chat, web, list(web.routes))
     assert (await drive(app, {}))[1]["body"] == b"chat"
+    assert status_and_json(await drive(app, {}, method="GET"))[1]["error"]["code"] == "method_not_allowed"
     assert (await drive(app, {}, path=MODELS_PATH, method="GET"))[1]["body"] == b"models"
     assert (await drive(app, {}, path=MODELS_PATH, method="POST"))[0]["status"] == 405  # the web app decides methods
     assert status_and_json(await drive(app, {}, path="/nope", method="GET")) == (404, {"error": {
@@ -210,7 +222,7 @@ async def test_the_deadline_before_a_response_is_504() -> None:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
 
-    forward = Forward(upstream_urls(CATALOG), httpx.AsyncClient(transport=httpx.MockTransport(never)), deadline_s=0.2)
+    forward = Forward(upstreams(CATALOG, 5.0, client=mock(never)), deadline_s=0.2)
     sent = await drive(forward, {"x-critique-model": "tencent/hy3-preview"})
     assert status_and_json(sent)[0] == 504 and status_and_json(sent)[1]["error"]["code"] == "upstream_timeout"
 
@@ -221,8 +233,9 @@ async def test_the_deadline_cuts_a_stream_that_goes_on() -> None:
             yield b"data: {}\n\n"
             await asyncio.sleep(0.01)
 
-    transport = httpx.MockTransport(lambda r: httpx.Response(200, content=chunks()))
-    forward = Forward(upstream_urls(CATALOG), httpx.AsyncClient(transport=transport), deadline_s=0.3)
+    forward = Forward(
+        upstreams(CATALOG, 5.0, client=mock(lambda r: httpx.Response(200, content=chunks()))), deadline_s=0.3
+    )
     started = asyncio.get_running_loop().time()
     with pytest.raises(UpstreamCut, match="deadline"):
         await drive(forward, {"x-critique-model": "tencent/hy3-preview"})
@@ -236,3 +249,62 @@ def test_a_hold_ttl_not_longer_than_the_request_deadline_is_refused() -> None:
         Config(hold_ttl_s=600, request_deadline_s=600)
     default = Config()
     assert default.hold_ttl_s > default.request_deadline_s >= EnvoyOptions().upstream_timeout_s
+
+
+# -- replicas: round robin, and a replica that refuses the connection passes the request on ------
+
+
+def replicated(tmp_path: Path, urls: list[str]) -> Any:
+    text = (Path(__file__).parents[2] / "src/critique_sidecar/catalog.toml").read_text()
+    listed = ", ".join(f'"{u}"' for u in urls)
+    text = text.replace('base_urls = ["http://127.0.0.1:8100/v1"]', f"base_urls = [{listed}]")
+    (tmp_path / "catalog.toml").write_text(text)
+    return load_catalog(tmp_path / "catalog.toml")
+
+
+async def test_replicas_take_turns_and_a_refused_connection_goes_to_the_next(tmp_path: Path) -> None:
+    catalog = replicated(tmp_path, ["http://a.internal:8000/v1", "http://b.internal:8000/v1"])
+    hosts: list[str] = []
+    down = {"a.internal"}
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        if request.url.host in down:
+            raise httpx.ConnectError("refused")
+        hosts.append(request.url.host)
+        assert request.headers["host"] == f"{request.url.host}:8000"  # the replica's own Host
+        return httpx.Response(200, stream=httpx.ByteStream(b"{}"))
+
+    forward = Forward(upstreams(catalog, 5.0, client=mock(upstream)))
+    headers = {"x-critique-model": "tencent/hy3-preview"}
+    down.clear()
+    for _ in range(4):
+        assert (await drive(forward, headers))[0]["status"] == 200
+    assert hosts == ["a.internal", "b.internal", "a.internal", "b.internal"]
+    hosts.clear()
+    down.add("a.internal")
+    for _ in range(2):
+        assert (await drive(forward, headers))[0]["status"] == 200
+    assert hosts == ["b.internal", "b.internal"]  # a's turn passes to b: nothing was sent to a
+    down.add("b.internal")
+    assert status_and_json(await drive(forward, headers))[0] == 502  # every replica refused
+
+
+def test_https_upstreams_verify_with_their_ca_file(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    from critique_sidecar.asgi.gateway import ssl_context
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    text = (Path(__file__).parents[2] / "src/critique_sidecar/catalog.toml").read_text()
+    text = text.replace(
+        'base_urls = ["http://127.0.0.1:8100/v1"]',
+        f'base_urls = ["https://llm.example:8443/v1"]\nca_file = "{tmp_path / "ca.pem"}"',
+    )
+    (tmp_path / "catalog.toml").write_text(text)
+    server = load_catalog(tmp_path / "catalog.toml").upstreams["local"]
+    context = ssl_context(server)
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert len(context.get_ca_certs()) == 1  # only the upstream's CA, not the system's

@@ -20,8 +20,8 @@ from critique_sidecar.app import Components, build_components
 from critique_sidecar.asgi import Middleware
 from critique_sidecar.asgi._http import MAX_BODY_BYTES
 from critique_sidecar.config import Config
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.metering import Meter
-from critique_sidecar.core.scopes import CHAT_PATH
 from critique_sidecar.envoy.config import EnvoyOptions
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
@@ -148,7 +148,7 @@ async def call(
     *,
     key: str | None = None,
     body: bytes | list[bytes] = b"",
-    path: str = CHAT_PATH,
+    path: str = CHAT.path,
     headers: dict[str, str] | None = None,
     log: list[str] | None = None,
     disconnect: bool = False,
@@ -206,10 +206,8 @@ def test_needs_components_or_auth_and_meter(core: Components) -> None:
     with pytest.raises(TypeError):
         Middleware(inner, components=core, meter=core.meter)
     with pytest.raises(ValueError):
-        Middleware(inner, components=core, path="api/v1/chat/completions")
-    with pytest.raises(ValueError):
         Middleware(inner, components=core, max_body_bytes=0)
-    assert Middleware(inner, auth=core.auth, meter=core.meter).path == CHAT_PATH
+    assert Middleware(inner, components=core).credentials is core.credentials
 
 
 def test_body_limit_is_envoys() -> None:
@@ -230,7 +228,7 @@ async def test_non_http_scopes_and_other_paths_pass_straight_through(core: Compo
         (b"x-critique-model", b"m"),
     ]  # untouched
     assert "x-critique-request-id" not in r.headers
-    r = await call(app, path=CHAT_PATH + "/")  # exact path only, as Envoy's route
+    r = await call(app, path=CHAT.path + "/")  # exact path only, as Envoy's route
     assert r.status == 200
 
 

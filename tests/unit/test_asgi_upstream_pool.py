@@ -14,7 +14,7 @@ import httpcore
 import httpx
 from httpcore._async.connection_pool import AsyncPoolRequest
 
-from critique_sidecar.asgi.gateway import Forward, upstream_client, upstream_urls
+from critique_sidecar.asgi.gateway import Forward, upstream_client, upstreams
 from critique_sidecar.config import Config
 from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.devtools.stack import wait_until
@@ -167,7 +167,7 @@ async def _through_slow_accept(connect_timeout_s: float) -> tuple[int, object]:
     slow = SlowAccept()
     slow.start()
     try:
-        forward = Forward(upstream_urls(CATALOG, f"127.0.0.1:{slow.port}"), upstream_client(connect_timeout_s))
+        forward = Forward(upstreams(CATALOG, connect_timeout_s, f"http://127.0.0.1:{slow.port}/v1"))
         sent = await drive(forward, {"x-critique-model": "tencent/hy3-preview"})
         return status_and_json(sent)
     finally:

@@ -9,10 +9,13 @@ import orjson
 import pytest
 
 from critique_sidecar.core.catalog import Catalog, load_catalog
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
+from critique_sidecar.core.endpoints.openai_stream import choices_bytes as completion_text_bytes
 from critique_sidecar.core.metering import Meter
-from critique_sidecar.core.sse import SseMeter
-from critique_sidecar.core.tokens import TokenCounts, completion_text_bytes
+from critique_sidecar.core.settlement import NOTHING, Delivered
+from critique_sidecar.core.tokens import TokenCounts
 
+from ..chat_kit import chat_sse
 from ..fakes import FixedClock, ListSink, MemoryLedger
 from .test_metering import CENT, DEEPSEEK, IDENT, NOW, chat_body
 
@@ -38,13 +41,19 @@ def test_every_generated_field_counts_for_the_estimate() -> None:
 
 
 def test_usage_comes_from_the_largest_chunk_and_text_with_usage_is_delivered() -> None:
-    meter = SseMeter(hide_usage=True)
+    """LiteLLM puts a stream's usage on a chunk whose one choice has an empty delta: that chunk
+    generates nothing, so it is dropped like a `choices: []` one."""
+    meter = chat_sse(hide_usage=True)
     out = meter.feed(event({"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 50}}))
     assert out == b""  # the usage-only chunk the client did not ask for
     both = event({"choices": [{"delta": {"content": "hi"}}], "usage": {"prompt_tokens": 10, "completion_tokens": 20}})
-    assert meter.feed(both) == both  # text and usage in one chunk: the text still goes out
+    # text and usage in one chunk: the text still goes out, the usage the client did not ask for not
+    assert meter.feed(both) == event({"choices": [{"delta": {"content": "hi"}}]})
     meter.feed(event({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}))
-    assert meter.usage == TokenCounts(10, 50) and meter.delivered_bytes == 2
+    litellm = event({"choices": [{"index": 0, "delta": {}}], "usage": {"prompt_tokens": 9, "completion_tokens": 7}})
+    assert meter.feed(litellm) == b""
+    assert meter.tally.final
+    assert meter.tally.usage == TokenCounts(10, 50) and meter.tally.output_bytes == 2
 
 
 @pytest.mark.parametrize(
@@ -56,7 +65,7 @@ def test_usage_comes_from_the_largest_chunk_and_text_with_usage_is_delivered() -
     ],
 )
 def test_forged_charge_comments_never_reach_the_client(forged: bytes) -> None:
-    meter = SseMeter(hide_usage=False)
+    meter = chat_sse()
     out = meter.feed(b": keep-alive\n\n" + forged + event({"choices": [{"delta": {"content": "x"}}]}))
     assert b"critique" not in out.lower() and b": keep-alive" in out and b'"x"' in out
 
@@ -65,11 +74,11 @@ async def test_usage_beyond_the_hold_is_charged_up_to_it_and_recorded_as_overage
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW))
     raw = chat_body(DEEPSEEK, max_tokens=100)
-    req = await meter.admit(IDENT, meter.parse(raw), False)
+    req = await meter.admit(IDENT, meter.parse(CHAT, raw), False)
     bound = len(raw) + 16
     # hold: (bound x 0.15 + 100 x 0.30) / 1e6 USD / 0.01 = bound x 15 + 3000 micro-credits
     assert req.hold == bound * 15 + 100 * 30
-    result, charge = await meter.settle_completed(req, TokenCounts(10**9, 10**6), 0, lambda: None)
+    result, charge = await meter.settle_completed(req, TokenCounts(10**9, 10**6), NOTHING, lambda: None)
     [record] = ledger.records
     assert record.credits == result.credits == req.hold == charge.credits
     assert (record.input_tokens, record.output_tokens) == (bound, 100)
@@ -80,9 +89,9 @@ async def test_usage_beyond_the_hold_is_charged_up_to_it_and_recorded_as_overage
 async def test_a_cut_opt_in_stream_pays_the_normal_price(catalog: Catalog) -> None:
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=ListSink())
-    req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
     assert req.opt_in
-    await meter.settle(req, meter.charge(req, None, delivered_text_bytes=400), "interrupted")
+    await meter.settle(req, meter.charge(req, None, Delivered(400)), "interrupted")
     [record] = ledger.records
     assert not record.opt_in and record.price_version.endswith("/list")
     # input estimate: ceil(body bytes / 4) + 16; output: 400 bytes / 4 = 100 tokens; list price
@@ -94,8 +103,8 @@ async def test_the_opt_in_hold_is_at_the_normal_price_and_the_capture_earns_the_
     sink = ListSink()
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink)
-    req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
-    _, charge = await meter.settle_completed(req, TokenCounts(20, 100), 0, lambda: "done")
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=True)
+    _, charge = await meter.settle_completed(req, TokenCounts(20, 100), NOTHING, lambda: "done")
     # (20 x 0.0375 + 100 x 0.075) / 1e6 USD = 0.00000825 USD = 825 micro-credits
     assert charge.credits == 825 and ledger.records[0].opt_in and len(sink.records) == 1
     assert req.hold > charge.credits * 4  # held at the normal price: four times the discounted cost

@@ -6,12 +6,14 @@ from decimal import Decimal
 
 import pytest
 
-from critique_sidecar.core.capture import completion_text
 from critique_sidecar.core.catalog import Catalog, load_catalog
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
+from critique_sidecar.core.endpoints.openai_stream import message_text
 from critique_sidecar.core.metering import Meter
-from critique_sidecar.core.sse import SseMeter
+from critique_sidecar.core.settlement import NOTHING
 from critique_sidecar.core.tokens import TokenCounts
 
+from ..chat_kit import chat_exchange, chat_sse, kept_text
 from ..fakes import FixedClock, ListSink, MemoryLedger
 from .test_metering import CENT, DEEPSEEK, IDENT, NOW, TENCENT, chat_body
 
@@ -26,8 +28,8 @@ async def _settle(
 ):
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, CENT, clock=FixedClock(NOW), capture=sink, capture_timeout_s=0.05)
-    req = await meter.admit(IDENT, meter.parse(chat_body(model)), opt_in_header=opt_in)
-    _result, charge = await meter.settle_completed(req, TokenCounts(100, 2000), 0, lambda: text)
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body(model)), opt_in_header=opt_in)
+    _result, charge = await meter.settle_completed(req, TokenCounts(100, 2000), NOTHING, lambda: text)
     return ledger.records[-1], charge
 
 
@@ -65,22 +67,21 @@ async def test_missing_completion_text_means_no_capture_and_normal_price(catalog
 
 
 def test_completion_text_and_stream_text() -> None:
-    assert completion_text(b'{"choices":[{"message":{"content":"a"}},{"message":{"content":"b"}}]}') == "ab"
-    assert completion_text(b"not json") is None
-    kept = SseMeter(hide_usage=False, keep_text=True)
+    assert message_text({"choices": [{"message": {"content": "a"}}, {"message": {"content": "b"}}]}) == "ab"
+    assert message_text(None) is None
+    kept = chat_sse(keep_text=True)
     kept.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\ndata: {"choices":[{"delta":{"content":"y"}}]}\n\n')
-    assert kept.text() == "xy"
-    plain = SseMeter(hide_usage=False)
+    assert kept_text(kept) == "xy"
+    plain = chat_sse()
     plain.feed(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n')
-    assert plain.text() is None  # nothing kept unless opted in
+    assert kept_text(plain) is None  # nothing kept unless opted in
 
 
 async def test_needs_close_tracks_open_holds_and_open_streams(catalog: Catalog) -> None:
     from critique_sidecar.core.auth import Authenticator
-    from critique_sidecar.core.exchange import ChatExchange
 
     meter = Meter(catalog, MemoryLedger(), CENT, clock=FixedClock(NOW))
-    x = ChatExchange(Authenticator(None), meter, identity=IDENT)  # type: ignore[arg-type]
+    x = chat_exchange(Authenticator(None), meter, identity=IDENT)  # type: ignore[arg-type]
     assert not x.needs_close()  # nothing admitted
     await x.admit(chat_body(stream=True))
     assert x.needs_close()  # a hold is open

@@ -15,8 +15,8 @@ from starlette.testclient import TestClient
 from critique_sidecar import cli
 from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.exchange import MODEL_HEADER
-from critique_sidecar.core.scopes import CHAT_PATH
 from critique_sidecar.devtools.stack import REPO, envoy_binary
 from critique_sidecar.envoy.config import EnvoyOptions, render
 from critique_sidecar.web.app import WebContext, build_web_app
@@ -90,13 +90,17 @@ def test_every_shipped_envoy_config_validates(tmp_path: Path) -> None:
 
 FOURTH = "acme/tiny-1"
 FOURTH_MODEL = f"""
+[upstreams.acme]
+base_urls = ["https://models.acme.test:8443/openai/v1/", "https://models.acme.test:9443/openai/v1"]
+
 [[models]]
 id = "{FOURTH}"
 role = "Small"
 owned_by = "acme"
 context_window = 32_768
 max_output_tokens = 4_096
-upstream = {{ cluster = "model_acme_tiny_1", host = "127.0.0.2", port = 8200 }}
+upstream = "acme"
+upstream_model = "tiny-1-2026"
 price = {{ input = "1.00", output = "2.00" }}
 """
 
@@ -115,10 +119,28 @@ def test_a_new_catalog_model_is_routed(
     assert cli.main(["envoy-config"]) == 0  # what `critique-sidecar envoy-config` prints
     text = capsys.readouterr().out
     config = yaml.safe_load(text)
-    [route] = [r for r in routes(listener(config, "critique")) if r.get("name") == "critique_chat_model_acme_tiny_1"]
-    assert route["match"] == {"path": CHAT_PATH, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": FOURTH}}]}
-    assert route["route"]["cluster"] == "model_acme_tiny_1"
-    assert endpoints(cluster(config, "model_acme_tiny_1")) == ["127.0.0.2:8200"]
+    [route] = [
+        r
+        for r in routes(listener(config, "critique"))
+        if r.get("name") == "critique_model_chat_completions__acme_tiny_1"
+    ]
+    assert route["match"] == {"path": CHAT.path, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": FOURTH}}]}
+    # the product path mapped onto the base URL, the Host header the replica's own
+    assert route["route"]["cluster"] == "upstream_acme"
+    assert route["route"]["prefix_rewrite"] == "/openai/v1/chat/completions"
+    assert route["route"]["auto_host_rewrite"] is True
+    acme = cluster(config, "upstream_acme")
+    assert endpoints(acme) == ["models.acme.test:8443", "models.acme.test:9443"] and acme["type"] == "STRICT_DNS"
+    hostnames = [e["endpoint"]["hostname"] for e in acme["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert hostnames == ["models.acme.test:8443", "models.acme.test:9443"]
+    # TLS verified against the base URL's host name, SNI from it, the system's CAs
+    tls = acme["transport_socket"]["typed_config"]
+    assert tls["sni"] == "models.acme.test"
+    validation = tls["common_tls_context"]["validation_context"]
+    assert validation["match_typed_subject_alt_names"] == [
+        {"san_type": "DNS", "matcher": {"exact": "models.acme.test"}}
+    ]
+    assert validation["trusted_ca"]["filename"].startswith("/etc/")
     path = tmp_path / "envoy.yaml"
     path.write_text(text)
     out = subprocess.run(

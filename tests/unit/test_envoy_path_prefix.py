@@ -33,7 +33,11 @@ def test_every_product_route_is_under_the_prefix_and_forwards_the_products_own_p
     routes = build_fragment(CATALOG, LLM)["routes"]
     assert {r["match"]["path"] for r in routes} == {"/llm" + p for p in PRODUCT_PATHS}
     forwarded = [r for r in routes if "route" in r]
-    assert forwarded and all(r["route"]["prefix_rewrite"] == r["match"]["path"][len("/llm") :] for r in forwarded)
+    to_sidecar = [r for r in forwarded if r["route"]["cluster"] == "sidecar_http"]
+    assert to_sidecar and all(r["route"]["prefix_rewrite"] == r["match"]["path"][len("/llm") :] for r in to_sidecar)
+    # model routes: the endpoint's path on the model server's base URL, prefix or not
+    to_models = [r for r in forwarded if r not in to_sidecar]
+    assert to_models and {r["route"]["prefix_rewrite"] for r in to_models} == {"/v1/chat/completions"}
 
 
 def test_ext_authz_is_told_the_unprefixed_path_on_every_route_that_runs_it() -> None:
@@ -49,7 +53,14 @@ def test_ext_authz_is_told_the_unprefixed_path_on_every_route_that_runs_it() -> 
 
 def test_without_a_prefix_the_config_is_unchanged() -> None:
     plain = build_config(CATALOG, EnvoyOptions())
-    assert "prefix_rewrite" not in str(plain) and ROUTE_PATH_CONTEXT not in str(plain)
+    listener_routes = plain["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    rewrites = [
+        r
+        for r in listener_routes["route_config"]["virtual_hosts"][0]["routes"]
+        if "prefix_rewrite" in r.get("route", {})
+    ]
+    assert rewrites and all(r["route"]["cluster"].startswith("upstream_") for r in rewrites)  # model routes only
+    assert ROUTE_PATH_CONTEXT not in str(plain)
     assert build_config(CATALOG, EnvoyOptions(path_prefix="")) == plain
 
 

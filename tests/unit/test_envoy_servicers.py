@@ -21,8 +21,9 @@ from google.rpc import code_pb2
 
 from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.metering import Meter
-from critique_sidecar.core.scopes import CHAT_PATH, MODELS_PATH
+from critique_sidecar.core.scopes import MODELS_PATH
 from critique_sidecar.core.wire import MODEL_HEADER, OPT_IN_HEADER
 from critique_sidecar.envoy.authz import AuthorizationServicer
 from critique_sidecar.envoy.ext_proc import ExtProcServicer
@@ -102,6 +103,8 @@ def header_map(headers: dict[str, str]) -> core_pb.HeaderMap:
 
 
 def request_headers(headers: dict[str, str], end_of_stream: bool = False) -> pb.ProcessingRequest:
+    """A request's headers as Envoy sends them to ext_proc: with its :path (chat's, unless given)."""
+    headers = {":path": CHAT.path, **headers}
     return pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(headers=header_map(headers), end_of_stream=end_of_stream)
     )
@@ -209,6 +212,21 @@ async def test_a_store_outage_fails_closed_with_503(core: Core) -> None:
     assert orjson.loads(reply.immediate_response.body)["error"]["code"] == "service_unavailable"
 
 
+async def test_a_stream_that_does_not_open_with_a_metered_path_is_refused(core: Core) -> None:
+    s = Stream(core.servicer())
+    reply = await s.send(request_headers({":path": "/api/v1/not-metered", "authorization": f"Bearer {core.key}"}))
+    assert reply.immediate_response.status.code == 404
+    s = Stream(core.servicer())
+    reply = await s.send(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))  # no headers first
+    assert reply.immediate_response.status.code == 404
+
+
+async def test_under_a_path_prefix_the_path_names_the_endpoint(core: Core) -> None:
+    s = Stream(core.servicer())
+    reply = await s.send(request_headers({":path": "/llm" + CHAT.path + "?x=1", "authorization": f"Bearer {core.key}"}))
+    assert reply.HasField("request_headers")
+
+
 async def test_a_body_is_required(core: Core) -> None:
     s = Stream(core.servicer())
     reply = await s.send(request_headers({"authorization": f"Bearer {core.key}"}, end_of_stream=True))
@@ -217,6 +235,7 @@ async def test_a_body_is_required(core: Core) -> None:
 
 async def test_trailers_pass_through(core: Core) -> None:
     s = Stream(core.servicer())
+    await s.send(request_headers({"authorization": f"Bearer {core.key}"}))
     reply = await s.send(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))
     assert reply.HasField("request_trailers")
     reply = await s.send(pb.ProcessingRequest(response_trailers=pb.HttpTrailers()))
@@ -299,7 +318,7 @@ def check(path: str, headers: dict[str, str], method: str = "POST") -> auth_pb.C
 async def test_authz_admits_a_chat_request_and_hands_the_identity_to_ext_proc(core: Core) -> None:
     servicer = AuthorizationServicer(core.auth)
     headers = {"authorization": f"Bearer {core.key}", "x-critique-model": "x", OPT_IN_HEADER: "true"}
-    reply = await servicer.Check(check(CHAT_PATH, headers), None)  # type: ignore[arg-type]
+    reply = await servicer.Check(check(CHAT.path, headers), None)  # type: ignore[arg-type]
     assert reply.status.code == code_pb2.OK
     # the key and spoofed headers go; the opt-in option stays for ext_proc to read
     assert set(reply.ok_response.headers_to_remove) == {"authorization", "x-critique-model"}
@@ -333,12 +352,12 @@ async def test_authz_denials_carry_the_http_error(core: Core, scopes: tuple[str,
     headers = (
         {} if authorization is None else {"authorization": f"Bearer {key}" if authorization == "key" else authorization}
     )
-    reply = await AuthorizationServicer(core.auth).Check(check(CHAT_PATH, headers), None)  # type: ignore[arg-type]
+    reply = await AuthorizationServicer(core.auth).Check(check(CHAT.path, headers), None)  # type: ignore[arg-type]
     assert reply.status.code == rpc and reply.denied_response.status.code == status
     assert orjson.loads(reply.denied_response.body)["error"]["type"]
 
 
 async def test_authz_fails_closed_when_the_store_is_down(core: Core) -> None:
     core.keys.down = True
-    reply = await AuthorizationServicer(core.auth).Check(check(CHAT_PATH, {"authorization": f"Bearer {core.key}"}), None)  # type: ignore[arg-type]  # fmt: skip
+    reply = await AuthorizationServicer(core.auth).Check(check(CHAT.path, {"authorization": f"Bearer {core.key}"}), None)  # type: ignore[arg-type]  # fmt: skip
     assert reply.status.code != code_pb2.OK and reply.denied_response.status.code == 503

@@ -10,9 +10,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from critique_sidecar.core.endpoints.openai_stream import _chunk_output, choices_bytes
 from critique_sidecar.core.observe import NULL_OBSERVER
-from critique_sidecar.core.sse import _generated_bytes
-from critique_sidecar.core.tokens import completion_text_bytes
 from critique_sidecar.envoy import messages as m
 from critique_sidecar.envoy.ext_proc import on_response_body
 
@@ -75,8 +74,10 @@ _DELTA = st.dictionaries(
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.fixed_dictionaries({"delta": _DELTA}), max_size=3), st.booleans())
-def test_the_fast_text_count_is_completion_text_bytes(choices: list[dict[str, Any]], as_message: bool) -> None:
+def test_the_fast_text_count_is_the_general_one(choices: list[dict[str, Any]], as_message: bool) -> None:
     if as_message and choices:
         choices[0]["message"] = choices[0]["delta"]
     obj = {"choices": choices}
-    assert _generated_bytes(obj) == completion_text_bytes(obj)
+    nbytes, outputs = _chunk_output(choices)
+    assert nbytes == choices_bytes(obj)
+    assert outputs == sum(1 for c in choices if choices_bytes({"choices": [c]}))

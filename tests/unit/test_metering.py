@@ -10,11 +10,13 @@ import pytest
 
 from critique_sidecar.core.auth import Identity
 from critique_sidecar.core.catalog import Catalog, load_catalog, price_for
-from critique_sidecar.core.chat_request import estimate_tokens
+from critique_sidecar.core.endpoints.base import estimate_tokens
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.ledger import HoldResult, SettleResult
 from critique_sidecar.core.metering import Charge, Meter, hold_refusal
 from critique_sidecar.core.money import usd_for_tokens, usd_to_micro_credits
+from critique_sidecar.core.settlement import Delivered
 from critique_sidecar.core.tokens import TokenCounts
 
 from ..fakes import FixedClock, MemoryLedger
@@ -124,7 +126,7 @@ def test_monthly_cap_and_disabled() -> None:
 async def admitted(catalog: Catalog, raw: bytes | None = None, opt_in: bool = False, now: datetime = NOW):
     ledger = MemoryLedger()
     meter = make_meter(catalog, ledger, now)
-    chat = meter.parse(raw or chat_body())
+    chat = meter.parse(CHAT, raw or chat_body())
     req = await meter.admit(IDENT, chat, opt_in)
     return meter, ledger, req
 
@@ -144,7 +146,7 @@ async def test_charge_with_usage_is_exact(catalog: Catalog) -> None:
 
 async def test_charge_rounds_up_per_request(catalog: Catalog) -> None:
     meter, _, req = await admitted(catalog, opt_in=True)
-    opt_in_price = price_for(catalog, req.chat.model, NOW, opt_in=True)
+    opt_in_price = price_for(catalog, req.body.model, NOW, opt_in=True)
     charge = meter.charge(req, TokenCounts(1, 0), price=opt_in_price)
     assert charge.usd == Decimal("0.0000000375")
     assert charge.credits == 4
@@ -153,11 +155,11 @@ async def test_charge_rounds_up_per_request(catalog: Catalog) -> None:
 async def test_charge_without_usage_is_estimated(catalog: Catalog) -> None:
     meter, _, req = await admitted(catalog)
     delivered = 1001
-    charge = meter.charge(req, None, delivered_text_bytes=delivered)
+    charge = meter.charge(req, None, Delivered(delivered))
     assert charge.estimated is True
-    assert charge.usage == TokenCounts(req.chat.input_token_estimate, estimate_tokens(delivered))
+    assert charge.usage == TokenCounts(req.body.input_estimate, estimate_tokens(delivered))
     assert charge.usage.output_tokens == 251
-    expected_usd = usd_for_tokens(req.chat.input_token_estimate, 251, Decimal("0.15"), Decimal("0.30"))
+    expected_usd = usd_for_tokens(req.body.input_estimate, 251, Decimal("0.15"), Decimal("0.30"))
     assert charge.usd == expected_usd
     assert charge.credits == usd_to_micro_credits(expected_usd, CENT)
 
@@ -167,13 +169,13 @@ async def test_charge_without_usage_or_text_still_charges_input(catalog: Catalog
     charge = meter.charge(req, None)
     assert charge.estimated is True
     assert charge.usage.output_tokens == 0
-    assert charge.usage.input_tokens == req.chat.input_token_estimate > 0
+    assert charge.usage.input_tokens == req.body.input_estimate > 0
     assert charge.credits > 0
 
 
 async def test_reported_zero_usage_is_not_estimated(catalog: Catalog) -> None:
     meter, _, req = await admitted(catalog)
-    charge = meter.charge(req, TokenCounts(0, 0), delivered_text_bytes=5000)
+    charge = meter.charge(req, TokenCounts(0, 0), Delivered(5000))
     assert charge.estimated is False
     assert (charge.usd, charge.credits) == (Decimal(0), 0)
 
@@ -185,10 +187,10 @@ async def test_reported_zero_usage_is_not_estimated(catalog: Catalog) -> None:
 async def test_admit_holds_max_cost_at_start_price(catalog: Catalog, model: str) -> None:
     raw = chat_body(model, max_tokens=1000)
     _meter, ledger, req = await admitted(catalog, raw)
-    chat = req.chat
-    assert chat.max_output_tokens == 1000
+    chat = req.body
+    assert chat.output_bound == 1000
     price = price_for(catalog, chat.model, NOW, False)
-    usd = usd_for_tokens(chat.input_token_bound, 1000, price.input, price.output)
+    usd = usd_for_tokens(chat.input_bound, 1000, price.input, price.output)
     expected = usd_to_micro_credits(usd, CENT)
     assert len(ledger.holds) == 1
     hold = ledger.holds[0]
@@ -213,7 +215,7 @@ async def test_admit_hold_covers_any_real_charge(catalog: Catalog) -> None:
 async def test_admit_uses_model_output_budget_without_max_tokens(catalog: Catalog) -> None:
     _meter, ledger, req = await admitted(catalog, chat_body(TENCENT))
     price = req.price
-    usd = usd_for_tokens(req.chat.input_token_bound, 32_768, price.input, price.output)
+    usd = usd_for_tokens(req.body.input_bound, 32_768, price.input, price.output)
     assert ledger.holds[0].amount == usd_to_micro_credits(usd, CENT)
 
 
@@ -226,15 +228,15 @@ async def test_opt_in_header_holds_at_the_normal_price(catalog: Catalog) -> None
         False,
         True,
     )
-    usd = usd_for_tokens(req.chat.input_token_bound, 100, Decimal("0.15"), Decimal("0.30"))
+    usd = usd_for_tokens(req.body.input_bound, 100, Decimal("0.15"), Decimal("0.30"))
     assert ledger.holds[0].amount == usd_to_micro_credits(usd, CENT)
 
 
 async def test_account_opt_in_prices_the_charge_but_hold_stays_at_list(catalog: Catalog) -> None:
     ledger = MemoryLedger(result=HoldResult(code=None, training_opt_in=True))
     meter = make_meter(catalog, ledger)
-    req = await meter.admit(IDENT, meter.parse(chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=False)
-    list_usd = usd_for_tokens(req.chat.input_token_bound, 100, Decimal("0.15"), Decimal("0.30"))
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body(DEEPSEEK, max_tokens=100)), opt_in_header=False)
+    list_usd = usd_for_tokens(req.body.input_bound, 100, Decimal("0.15"), Decimal("0.30"))
     assert ledger.holds[0].amount == usd_to_micro_credits(list_usd, CENT)
     assert req.opt_in is True and req.price.opt_in is False
 
@@ -242,7 +244,7 @@ async def test_account_opt_in_prices_the_charge_but_hold_stays_at_list(catalog: 
 async def test_account_opt_in_on_other_model_stays_at_list(catalog: Catalog) -> None:
     ledger = MemoryLedger(result=HoldResult(code=None, training_opt_in=True))
     meter = make_meter(catalog, ledger)
-    req = await meter.admit(IDENT, meter.parse(chat_body(TENCENT)), opt_in_header=True)
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body(TENCENT)), opt_in_header=True)
     assert (req.price.input, req.price.opt_in, req.opt_in) == (Decimal("0.0567"), False, False)
 
 
@@ -257,7 +259,7 @@ async def test_admit_prices_at_start_time(catalog: Catalog, now: datetime, promo
     _, ledger, req = await admitted(catalog, chat_body(NEMOTRON, max_tokens=10), now=now)
     expected_in, expected_out = (Decimal("0.30"), Decimal("1.20")) if promo else (Decimal("0.60"), Decimal("2.40"))
     assert (req.price.input, req.price.output) == (expected_in, expected_out)
-    usd = usd_for_tokens(req.chat.input_token_bound, 10, expected_in, expected_out)
+    usd = usd_for_tokens(req.body.input_bound, 10, expected_in, expected_out)
     assert ledger.holds[0].amount == usd_to_micro_credits(usd, CENT)
 
 
@@ -265,7 +267,7 @@ async def test_price_is_kept_from_start_even_if_settled_after_promo_ends(catalog
     clock = FixedClock(datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC))
     ledger = MemoryLedger()
     meter = Meter(catalog, ledger, usd_per_credit=CENT, clock=clock)
-    req = await meter.admit(IDENT, meter.parse(chat_body(NEMOTRON)), False)
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body(NEMOTRON)), False)
     clock.now = datetime(2026, 6, 20, 0, 0, 5, tzinfo=UTC)
     charge = meter.charge(req, TokenCounts(100, 0))
     assert charge.usd == Decimal("0.00003")  # 100 x 0.30/M: the promotion's input price
@@ -280,7 +282,7 @@ async def test_admit_refused_raises_hold_refusal(catalog: Catalog) -> None:
     ledger = MemoryLedger(result=HoldResult("daily_credit_cap_reached"))
     meter = make_meter(catalog, ledger, now)
     with pytest.raises(ApiError) as err:
-        await meter.admit(IDENT, meter.parse(chat_body()), False)
+        await meter.admit(IDENT, meter.parse(CHAT, chat_body()), False)
     assert err.value.code == "daily_credit_cap_reached"
     assert err.value.headers["retry-after"] == "7200"
 
@@ -289,7 +291,7 @@ async def test_admit_refused_for_credits_names_the_hold(catalog: Catalog) -> Non
     ledger = MemoryLedger(result=HoldResult("insufficient_credits", detail={"balance": 5, "floor": 0, "held": 0}))
     meter = make_meter(catalog, ledger)
     with pytest.raises(ApiError) as err:
-        await meter.admit(IDENT, meter.parse(chat_body(max_tokens=1000)), False)
+        await meter.admit(IDENT, meter.parse(CHAT, chat_body(max_tokens=1000)), False)
     hold = ledger.holds[0].amount
     assert err.value.status == 402
     assert f"up to {hold // 1_000_000}.{hold % 1_000_000:06d} credits" in err.value.message
@@ -298,7 +300,7 @@ async def test_admit_refused_for_credits_names_the_hold(catalog: Catalog) -> Non
 async def test_admit_passes_warnings_through(catalog: Catalog) -> None:
     ledger = MemoryLedger(result=HoldResult(code=None, warnings=("daily_credit_cap_reached",)))
     meter = make_meter(catalog, ledger)
-    req = await meter.admit(IDENT, meter.parse(chat_body()), False)
+    req = await meter.admit(IDENT, meter.parse(CHAT, chat_body()), False)
     assert req.warnings == ("daily_credit_cap_reached",)
 
 
@@ -336,7 +338,7 @@ async def test_settle_is_a_no_op_the_second_time(catalog: Catalog) -> None:
 
 async def test_settle_estimated_charge_is_marked(catalog: Catalog) -> None:
     meter, ledger, req = await admitted(catalog, chat_body(stream=True))
-    await meter.settle(req, meter.charge(req, None, 40), "estimated")
+    await meter.settle(req, meter.charge(req, None, Delivered(40)), "estimated")
     record = ledger.records[0]
     assert record.estimated is True
     assert record.output_tokens == 10
@@ -355,6 +357,6 @@ async def test_settle_without_charge_releases(catalog: Catalog) -> None:
 async def test_request_ids_are_unique(catalog: Catalog) -> None:
     ledger = MemoryLedger()
     meter = make_meter(catalog, ledger)
-    chat = meter.parse(chat_body())
+    chat = meter.parse(CHAT, chat_body())
     ids = {(await meter.admit(IDENT, chat, False)).request_id for _ in range(50)}
     assert len(ids) == 50

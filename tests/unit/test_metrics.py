@@ -1,6 +1,6 @@
 """observability/metrics.py and core/observe.py: what the core reports becomes Prometheus metrics.
 
-The core is driven through ChatExchange (the calls both front doors make) over in-memory
+The core is driven through the Exchange (the calls both front doors make) over in-memory
 stores, so each test knows exactly which decisions, charges and store calls happened."""
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from starlette.testclient import TestClient
 
 from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.errors import ApiError, StoreUnavailable
-from critique_sidecar.core.exchange import ChatExchange
+from critique_sidecar.core.exchange import Exchange
 from critique_sidecar.core.keys import generate_key
 from critique_sidecar.core.ledger import HoldResult, UsageRecord
 from critique_sidecar.core.metering import Meter
@@ -43,8 +44,8 @@ class Core:
     auth: Authenticator
     meter: Meter
 
-    def exchange(self) -> ChatExchange:
-        return ChatExchange(self.auth, self.meter)
+    def exchange(self) -> Exchange:
+        return Exchange(CHAT, self.auth, self.meter)
 
 
 def make_core(observer: Observer) -> Core:
@@ -80,7 +81,7 @@ async def run_json(core: Core, key: str, body: bytes, response: bytes) -> dict[s
     await x.start({"authorization": f"Bearer {key}", "x-request-id": "trace-1"})
     await x.admit(body)
     await x.response_start(200, {"content-type": "application/json"})
-    charged = await x.response_json(response)
+    charged, _ = await x.response_json(response)
     await x.close()
     return charged
 

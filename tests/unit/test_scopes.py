@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from critique_sidecar.core.endpoints import required_scopes
 from critique_sidecar.core.scopes import (
     ADMIN_INFERENCE,
     DEFAULT_KEY_SCOPES,
@@ -13,7 +14,6 @@ from critique_sidecar.core.scopes import (
     WRITE_BUILDER,
     WRITE_INFERENCE,
     parse_scopes,
-    required_scopes,
 )
 
 

@@ -1,4 +1,5 @@
-"""usage.py: token usage from upstream responses; "not reported" is not zero."""
+"""Chat completions' usage (core/endpoints/chat.py) and generated output: "not reported" is not
+zero; details are parts of their totals."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from typing import Any
 import orjson
 import pytest
 
-from critique_sidecar.core.tokens import TokenCounts, completion_text_bytes, parse_json_response, usage_from_obj
+from critique_sidecar.core.endpoints import chat
+from critique_sidecar.core.endpoints.base import read_json
+from critique_sidecar.core.endpoints.chat import usage as usage_from_obj
+from critique_sidecar.core.endpoints.openai_stream import choices_bytes as completion_text_bytes
+from critique_sidecar.core.tokens import TokenCounts
+
+
+def parse_json_response(raw: bytes) -> tuple[TokenCounts | None, int]:
+    _, usage, output_bytes = read_json(chat.ENDPOINT, raw)
+    return usage, output_bytes
 
 
 def completion(content: str = "Hello!", usage: Any = None, **extra: Any) -> dict[str, Any]:
@@ -72,7 +82,35 @@ def test_stream_chunk_with_usage() -> None:
 
 def test_parse_json_response_with_usage() -> None:
     raw = orjson.dumps(completion("héllo", usage={"prompt_tokens": 7, "completion_tokens": 2}))
-    assert parse_json_response(raw) == (TokenCounts(7, 2), 0)
+    assert parse_json_response(raw) == (TokenCounts(7, 2), len("héllo".encode()))
+
+
+def test_cached_and_reasoning_details_are_parts_of_their_totals() -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 40,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "completion_tokens_details": {"reasoning_tokens": 25},
+    }
+    u = usage_from_obj({"usage": usage})
+    assert u == TokenCounts(100, 40, cached_input_tokens=60, reasoning_tokens=25)
+    assert u is not None and u.fresh_input_tokens == 40 and u.total == 140
+
+
+@pytest.mark.parametrize("cached", [-1, "60", 1.5, None, True])
+def test_a_detail_that_is_not_a_count_is_zero(cached: Any) -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": cached}}
+    assert usage_from_obj({"usage": usage}) == TokenCounts(10, 4)
+
+
+def test_a_part_larger_than_its_total_is_cut_to_it() -> None:
+    usage = {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 10**9},
+        "completion_tokens_details": {"reasoning_tokens": 99},
+    }
+    assert usage_from_obj({"usage": usage}) == TokenCounts(10, 4, cached_input_tokens=10, reasoning_tokens=4)
 
 
 def test_parse_json_response_with_zero_usage() -> None:
@@ -119,6 +157,10 @@ def test_completion_text_bytes_message_and_delta() -> None:
         ]
     }
     assert completion_text_bytes(obj) == 2 + 2 + 3
+
+
+def test_completion_text_bytes_counts_legacy_completion_text() -> None:
+    assert completion_text_bytes({"choices": [{"text": "héllo"}, {"text": None}]}) == 6
 
 
 def test_completion_text_bytes_empty_message_falls_back_to_delta() -> None:

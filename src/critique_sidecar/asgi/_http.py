@@ -20,10 +20,11 @@ def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
 
 
-def joined_authorization(raw: Iterable[tuple[bytes, bytes]]) -> str | None:
-    """Every Authorization header, joined as Envoy joins repeated headers ("a,b"): two of them
-    are then never a valid key, so both front doors answer 401 (never "the last one wins")."""
-    values = [v.decode("latin-1") for k, v in raw if k.lower() == b"authorization"]
+def joined(raw: Iterable[tuple[bytes, bytes]], name: str) -> str | None:
+    """Every header of one name, joined as Envoy joins repeated headers ("a,b"): two keys are
+    then never a valid key, so both front doors answer 401 (never "the last one wins")."""
+    wanted = name.encode("latin-1")
+    values = [v.decode("latin-1") for k, v in raw if k.lower() == wanted]
     return ",".join(values) if values else None
 
 

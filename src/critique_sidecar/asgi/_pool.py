@@ -17,6 +17,8 @@ only (one request per connection), as the gateway's client is.
 
 from __future__ import annotations
 
+import ssl
+
 import httpcore
 import httpx
 from httpcore._async.interfaces import AsyncConnectionInterface
@@ -70,9 +72,10 @@ class ReservingPool(httpcore.AsyncConnectionPool):
 class ReservingTransport(httpx.AsyncHTTPTransport):
     """httpx's transport (its request/response mapping and errors) over a ReservingPool."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(limits=limits, http1=True, http2=False, trust_env=False)
         self._pool = ReservingPool(
+            ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -3,12 +3,13 @@
     critique-sidecar gateway --listen 127.0.0.1:8090
     uvicorn --factory critique_sidecar.asgi.gateway:create_app    # or any ASGI server
 
-    Middleware                         the metered chat route (the same core as behind Envoy)
+    Middleware                         the metered endpoints (the same core as behind Envoy)
       Routes
-        /api/v1/chat/completions  ->   Forward: to the catalog model's upstream, picked by the
-                                       x-critique-model header the exchange sets; streamed
-                                       through (httpx keep-alive pool, asgi/_pool.py), SSE never
-                                       buffered
+        a metered endpoint        ->   Forward: to the catalog model's upstream, picked by the
+                                       x-critique-model header the exchange sets, at the
+                                       endpoint's path on the upstream's base URL (replicas in
+                                       turn); streamed through (an httpx keep-alive pool per
+                                       upstream, asgi/_pool.py), SSE never buffered
         the web app's routes      ->   the sidecar's own Starlette app (models, settings, dashboard)
         anything else             ->   JSON 404, as Envoy's catch-all route
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,8 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
 from ..core.catalog import Catalog
+from ..core.endpoints import by_path
 from ..core.errors import ApiError
-from ..core.scopes import CHAT_PATH
+from ..core.upstream import BaseUrl, UpstreamServer, parse_base_url
 from ..core.wire import DRAIN_GRACE_S, MODEL_HEADER
 from ..lifecycle import Lifecycle
 from ..web.app import build_web_app
@@ -70,21 +73,55 @@ class UpstreamCut(Exception):
     """The upstream broke off a response already under way: the client's is cut off too."""
 
 
-def upstream_urls(catalog: Catalog, override: str | None = None) -> dict[str, str]:
-    """Model id -> base URL of its upstream (`override` host:port for every model if given)."""
-    return {m.id: f"http://{override or f'{m.upstream.host}:{m.upstream.port}'}" for m in catalog.models}
+def ssl_context(server: UpstreamServer) -> ssl.SSLContext:
+    """Verification on: the upstream's CA file, else the system's trust store; the host name
+    is checked against the base URL's (SNI from it too)."""
+    if server.ca_file is not None:
+        return ssl.create_default_context(cafile=str(server.ca_file))
+    return ssl.create_default_context()
 
 
-def upstream_client(connect_timeout_s: float) -> httpx.AsyncClient:
+def upstream_client(connect_timeout_s: float, tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=60
     )
     return httpx.AsyncClient(
         timeout=httpx.Timeout(IDLE_TIMEOUT_S, connect=connect_timeout_s),
-        transport=ReservingTransport(limits),  # an idle connection goes to one waiting request (_pool.py)
+        transport=ReservingTransport(limits, tls),  # an idle connection goes to one waiting request (_pool.py)
         trust_env=False,  # never an HTTP(S)_PROXY from the environment
         follow_redirects=False,
     )
+
+
+class Upstream:
+    """One model server as the gateway reaches it: its replicas in turn (round robin; a replica
+    that refuses the connection passes the request to the next), over a pool of its own."""
+
+    def __init__(self, name: str, replicas: tuple[BaseUrl, ...], client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.replicas = replicas
+        self.client = client
+        self._next = 0
+
+    def order(self) -> list[BaseUrl]:
+        i = self._next % len(self.replicas)
+        self._next = i + 1
+        return [*self.replicas[i:], *self.replicas[:i]]
+
+
+def upstreams(
+    catalog: Catalog, connect_timeout_s: float, override: str | None = None, client: httpx.AsyncClient | None = None
+) -> dict[str, Upstream]:
+    """Model id -> its upstream (one pool per upstream; `override`, a base URL, serves every
+    model instead; `client`, a test's, every upstream)."""
+    if override:
+        one = Upstream("override", (parse_base_url(override),), client or upstream_client(connect_timeout_s))
+        return {m.id: one for m in catalog.models}
+    by_name: dict[str, Upstream] = {}
+    for name, server in catalog.upstreams.items():
+        tls = ssl_context(server) if server.tls else None
+        by_name[name] = Upstream(name, server.replicas(), client or upstream_client(connect_timeout_s, tls))
+    return {m.id: by_name[m.upstream] for m in catalog.models}
 
 
 def _forwarded(scope: Scope) -> RawHeaders:
@@ -99,32 +136,25 @@ def _forwarded(scope: Scope) -> RawHeaders:
 
 
 class Forward:
-    """Send the chat request to its model's upstream and stream the answer back."""
+    """Send a metered request to its model's upstream, at the endpoint's path on the upstream's
+    base URL, and stream the answer back."""
 
-    def __init__(
-        self, urls: Mapping[str, str], client: httpx.AsyncClient, deadline_s: float = REQUEST_DEADLINE_S
-    ) -> None:
-        self.urls = dict(urls)
-        self.client = client
+    def __init__(self, routes: Mapping[str, Upstream], deadline_s: float = REQUEST_DEADLINE_S) -> None:
+        self.routes = dict(routes)
         self.deadline_s = deadline_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        base = self.urls.get(header_dict(scope["headers"]).get(MODEL_HEADER, ""))
-        if base is None:  # as Envoy's critique_chat_unrouted route
+        endpoint = by_path(scope["path"])
+        upstream = self.routes.get(header_dict(scope["headers"]).get(MODEL_HEADER, ""))
+        if upstream is None or endpoint is None:  # as Envoy's unrouted route
             await send_error(send, ApiError("service_unavailable", "The request could not be routed to a model"))
             return
         body = await read_body(receive, MAX_BODY_BYTES)
         if body is None:
             return
         query = scope.get("query_string", b"").decode("latin-1")
-        # Not client.build_request: that would add httpx's default headers (accept-encoding among them).
-        request = httpx.Request(
-            scope["method"],
-            base + scope["path"] + (f"?{query}" if query else ""),
-            headers=_forwarded(scope),
-            content=body,
-        )
         cut: httpx.TransportError | None = None
+        url = ""
         started = _Started(send)
         # The overall deadline: no request outlives it, so none outlives its hold (whose TTL
         # the configuration keeps longer). Before a response: 504; during one: cut, and the
@@ -132,41 +162,54 @@ class Forward:
         with anyio.move_on_after(self.deadline_s) as deadline:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
-                cut = await self._exchange(request, started.send)
+                replicas = upstream.order()
+                for i, replica in enumerate(replicas):
+                    url = replica.url(endpoint.suffix) + (f"?{query}" if query else "")
+                    # Not client.build_request: that would add httpx's default headers (accept-encoding among them).
+                    request = httpx.Request(scope["method"], url, headers=_forwarded(scope), content=body)
+                    refused, cut = await self._exchange(upstream.client, request, started.send, i == len(replicas) - 1)
+                    if not refused:
+                        break
                 tasks.cancel_scope.cancel()
         if deadline.cancelled_caught:
             if not started.started:
                 await send_error(send, ApiError("upstream_timeout", "The model server timed out"))
                 return
-            raise UpstreamCut(f"{request.url}: past the request deadline of {self.deadline_s:g}s")
+            raise UpstreamCut(f"{url}: past the request deadline of {self.deadline_s:g}s")
         if cut is not None:
-            raise UpstreamCut(f"{request.url}: {type(cut).__name__}") from cut
+            raise UpstreamCut(f"{url}: {type(cut).__name__}") from cut
 
-    async def _exchange(self, request: httpx.Request, send: Send) -> httpx.TransportError | None:
+    async def _exchange(
+        self, client: httpx.AsyncClient, request: httpx.Request, send: Send, last: bool
+    ) -> tuple[bool, httpx.TransportError | None]:
+        """(refused, cut): refused, the connection failed before anything was sent and another
+        replica may try (not `last`); cut, the response broke off under way."""
         try:
-            response = await self.client.send(request, stream=True)
+            response = await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             log.warning("upstream %s unreachable: %s", request.url, type(exc).__name__)
+            if not last:
+                return True, None
             await send_error(send, ApiError("upstream_error", "The model server failed to answer"))
-            return None
+            return False, None
         except httpx.TimeoutException:
             await send_error(send, ApiError("upstream_timeout", "The model server timed out"))
-            return None
+            return False, None
         except httpx.TransportError as exc:
             log.warning("upstream %s failed: %s", request.url, type(exc).__name__)
             await send_error(send, ApiError("upstream_error", "The model server failed to answer"))
-            return None
+            return False, None
         try:
             headers = [(k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in _NOT_RETURNED]
             await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
             async for chunk in response.aiter_raw():  # as it arrives; content-encoding untouched
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.TransportError as exc:
-            return exc
+            return False, exc
         finally:
             await response.aclose()  # back to the pool before the end goes out (then a disconnect may cancel us)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        return None
+        return False, None
 
 
 class _Started:
@@ -189,17 +232,21 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 
 
 class Routes:
-    """Chat to `chat`; what the web app routes (any method) to it; anything else a JSON 404."""
+    """Metered endpoints to `metered`; what the web app routes (any method) to it; anything
+    else a JSON 404 (nothing reaches a model server around the meter)."""
 
-    def __init__(self, chat: ASGIApp, web: ASGIApp, web_routes: list[BaseRoute]) -> None:
-        self.chat = chat
+    def __init__(self, metered: ASGIApp, web: ASGIApp, web_routes: list[BaseRoute]) -> None:
+        self.metered = metered
         self.web = web
         self.web_routes = web_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"] == CHAT_PATH:
-                await self.chat(scope, receive, send)
+            if by_path(scope["path"]) is not None:
+                if scope["method"] != "POST":
+                    await send_error(send, ApiError("method_not_allowed", "Use POST on this endpoint"))
+                    return
+                await self.metered(scope, receive, send)
                 return
             if all(route.matches(scope)[0] == Match.NONE for route in self.web_routes):
                 await send_error(send, ApiError("not_found", "No such route"))
@@ -217,10 +264,8 @@ class Gateway:
     ) -> None:
         self.components = components
         self.config = config
-        self.client = client or upstream_client(config.upstream_connect_timeout_s)
-        forward = Forward(
-            upstream_urls(components.catalog, config.upstream_override), self.client, config.request_deadline_s
-        )
+        self.routes = upstreams(components.catalog, config.upstream_connect_timeout_s, config.upstream_override, client)
+        forward = Forward(self.routes, config.request_deadline_s)
         self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
         self.lifecycle = Lifecycle(config, components)
         self._metrics_server: Any = None  # observe: the gateway's own /metrics listener
@@ -242,7 +287,12 @@ class Gateway:
 
     async def shutdown(self) -> None:
         # settlements of requests the server cut off, then the upstream pool
-        await self.lifecycle.stop(self.app.drain, self.client.aclose)
+        clients = {id(u.client): u.client for u in self.routes.values()}.values()
+
+        async def close_pools() -> None:
+            await asyncio.gather(*(c.aclose() for c in clients))
+
+        await self.lifecycle.stop(self.app.drain, close_pools)
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.shutdown)
             self._metrics_server.server_close()

@@ -1,15 +1,17 @@
-"""The metered chat route as pure ASGI middleware, for Python gateways without Envoy.
+"""The metered endpoints as pure ASGI middleware, for Python gateways without Envoy.
 
     app = Middleware(gateway, components=components)      # or auth=..., meter=...
 
-It wraps any ASGI app that serves the OpenAI-compatible chat route (typically by forwarding it
-to a model server). Non-HTTP scopes and other paths pass straight through. On the chat path it
-translates ASGI to the core's ChatExchange, the same calls the Envoy ext_proc translator makes:
+It wraps any ASGI app that serves the inference API (typically by forwarding it to a model
+server). Non-HTTP scopes and other paths pass straight through. On a metered endpoint's path
+(core/endpoints/) it translates ASGI to the core's Exchange, the same calls the Envoy ext_proc
+translator makes:
 
     request headers   exchange.start      401/403 before any body is read
     request body      exchange.admit      413 past max_body_bytes; 400/404/402/429/503
                       the inner app sees the admitted body and headers: the key, accept-encoding
-                      and client x-critique-* removed, x-critique-model set (route by it)
+                      and client x-critique-* removed, x-critique-model set (route by it), the
+                      model server's credential added (core/upstream.py)
     response start    exchange.response_start
     JSON body         held until complete (the charge headers go on the start message), then
                       exchange.response_json
@@ -25,20 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.auth import Authenticator
+from ..core.endpoints import Endpoint, by_path
 from ..core.errors import ApiError
-from ..core.exchange import ChatExchange
+from ..core.exchange import Exchange
 from ..core.metering import Meter
-from ..core.scopes import CHAT_PATH
+from ..core.upstream import UpstreamHeader
 from ._http import (
     MAX_BODY_BYTES,
     declared_too_large,
     header_dict,
-    joined_authorization,
+    joined,
     mutate,
     read_body,
     send_error,
@@ -53,6 +57,7 @@ class Core(Protocol):
 
     auth: Authenticator
     meter: Meter
+    credentials: dict[str, UpstreamHeader]
 
 
 class Middleware:
@@ -63,31 +68,30 @@ class Middleware:
         components: Core | None = None,
         auth: Authenticator | None = None,
         meter: Meter | None = None,
-        path: str = CHAT_PATH,
+        credentials: Mapping[str, UpstreamHeader] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         if components is not None:
             if auth is not None or meter is not None:
                 raise TypeError("pass components=, or auth= and meter=, not both")
-            auth, meter = components.auth, components.meter
+            auth, meter, credentials = components.auth, components.meter, components.credentials
         if auth is None or meter is None:
             raise TypeError("Middleware needs components=, or both auth= and meter=")
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
         if max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
         self.app = app
         self.auth = auth
         self.meter = meter
-        self.path = path
+        self.credentials = credentials if credentials is not None else {}
         self.max_body_bytes = max_body_bytes
         self._closing: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path:
+        endpoint: Endpoint | None = by_path(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        exchange = ChatExchange(self.auth, self.meter)
+        exchange = Exchange(endpoint, self.auth, self.meter, self.credentials)
         try:
             await self._metered(exchange, scope, receive, send)
         finally:
@@ -101,14 +105,15 @@ class Middleware:
         while pending := [t for t in self._closing if not t.done()]:
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _metered(self, exchange: ChatExchange, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _metered(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
-        authorization = joined_authorization(scope["headers"])
-        if authorization is not None:
-            headers["authorization"] = authorization
+        for name in exchange.endpoint.key_headers:
+            value = joined(scope["headers"], name)
+            if value is not None:
+                headers[name] = value
         try:
             if declared_too_large(headers, self.max_body_bytes):  # refused before reading it
-                raise too_large(self.max_body_bytes)
+                raise exchange.refused(too_large(self.max_body_bytes))
             strip = await exchange.start(headers)
             body = await read_body(receive, self.max_body_bytes)
             if body is None:  # the client left while sending
@@ -117,7 +122,7 @@ class Middleware:
                 raise ApiError("invalid_request", "a JSON request body is required")
             upstream = await exchange.admit(body)
         except ApiError as error:
-            await send_error(send, error)
+            await send_error(send, exchange.refused(error))
             return
         if upstream.body is not None:
             body = upstream.body
@@ -130,7 +135,7 @@ class Middleware:
         await self.app(inner, _replay(body, receive), _MeteredResponse(exchange, send).send)
 
 
-async def _close(exchange: ChatExchange) -> None:
+async def _close(exchange: Exchange) -> None:
     try:
         await exchange.close()
     except Exception:
@@ -153,7 +158,7 @@ class _MeteredResponse:
     """The inner app's response on its way out: decorated, metered, and for JSON held until
     the body is complete so the charge headers can go on it."""
 
-    def __init__(self, exchange: ChatExchange, send: Send) -> None:
+    def __init__(self, exchange: Exchange, send: Send) -> None:
         self._x = exchange
         self._send = send
         self._mode = "pass"  # pass (not metered) | json | sse | replaced (an error went out instead)
@@ -198,12 +203,13 @@ class _MeteredResponse:
             if more:
                 return
             try:
-                charged = await self._x.response_json(bytes(self._body))
+                charged, replaced = await self._x.response_json(bytes(self._body))
             except ApiError as error:
                 await self._replace(error)
                 return
             await self._send({**self._held, "headers": mutate(self._held["headers"], charged)})
-            await self._send({"type": "http.response.body", "body": bytes(self._body), "more_body": False})
+            body = bytes(self._body) if replaced is None else replaced
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _replace(self, error: ApiError) -> None:
         """Nothing of the inner response went out yet: send the error instead of it."""

@@ -36,19 +36,3 @@ class CaptureRecord:
 class CaptureSink(Protocol):
     async def write(self, record: CaptureRecord) -> None:
         """Store the record or raise; must not take longer than the caller's timeout."""
-
-
-def completion_text(raw: bytes) -> str | None:
-    """The assistant text of a non-streaming completion body (all choices, in order)."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
-        return None
-    parts = []
-    for choice in obj["choices"]:
-        message = choice.get("message") if isinstance(choice, dict) else None
-        if isinstance(message, dict) and isinstance(message.get("content"), str):
-            parts.append(message["content"])
-    return "".join(parts)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .upstream import UpstreamServer
 
 
 def _non_negative(v: Decimal) -> Decimal:
@@ -36,6 +39,15 @@ class _Strict(BaseModel):
 class TokenPrice(_Strict):
     input: UsdPerMillion
     output: UsdPerMillion
+    # Optional dimensions; absent, those tokens are billed at the input price.
+    cached_input: UsdPerMillion | None = None  # prompt-cache reads
+    cache_write_5m: UsdPerMillion | None = None  # prompt-cache writes kept 5 minutes
+    cache_write_1h: UsdPerMillion | None = None  # prompt-cache writes kept 1 hour
+
+    def priced(self, version: str, opt_in: bool) -> Price:
+        return Price(
+            self.input, self.output, version, opt_in, self.cached_input, self.cache_write_5m, self.cache_write_1h
+        )
 
 
 class Promotion(TokenPrice):
@@ -50,10 +62,13 @@ class Promotion(TokenPrice):
         return self
 
 
-class Upstream(_Strict):
-    cluster: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    host: str
-    port: int = Field(ge=1, le=65535)
+# Endpoint names (core/endpoints/ registers each; a test keeps the two lists equal).
+ENDPOINT_NAMES = ("chat.completions",)
+GENERATION_ENDPOINTS = ("chat.completions",)
+MediaKind = Literal["image", "audio", "file", "video"]
+
+# An upstream's name: also part of its Envoy cluster's name (upstream_<name>).
+UPSTREAM_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class Model(_Strict):
@@ -65,10 +80,42 @@ class Model(_Strict):
     # The output bound sent upstream (and held for) when a request names none; the model's
     # whole output budget (max_output_tokens) when unset.
     default_output_tokens: int | None = Field(None, gt=0)
-    upstream: Upstream
+    # What the model serves (endpoint names, core/endpoints/); a request to any other is a 404.
+    endpoints: tuple[str, ...] = GENERATION_ENDPOINTS
+    # Input kinds it takes besides text ("image", "audio", "file", "video"); unset: any, each item
+    # held at the whole context window unless input_item_tokens bounds it.
+    inputs: tuple[MediaKind, ...] | None = None
+    input_item_tokens: dict[MediaKind, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+    upstream: str  # the name of an [upstreams.<name>] table
+    # The id the model server knows this model by, sent in place of `id` (and shown back as `id`);
+    # unset, the model server is sent `id` itself.
+    upstream_model: str | None = Field(None, min_length=1, max_length=256)
     price: TokenPrice
     training_opt_in: TokenPrice | None = None
     promotions: tuple[Promotion, ...] = ()
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream_name(cls, v: object) -> object:
+        if isinstance(v, dict):
+            raise ValueError(
+                "name an [upstreams.<name>] table here (an upstream is a model server's base URL, with "
+                'optional replicas, TLS and a credential), e.g. [upstreams.local] base_urls = ["http://127.0.0.1:8000/v1"]'
+            )
+        return v
+
+    @property
+    def upstream_id(self) -> str:
+        """The model id the model server is sent."""
+        return self.upstream_model or self.id
+
+    @field_validator("endpoints")
+    @classmethod
+    def _known_endpoints(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [e for e in v if e not in ENDPOINT_NAMES]
+        if unknown or not v:
+            raise ValueError(f"endpoints: expected some of {', '.join(ENDPOINT_NAMES)}; got {', '.join(v) or 'none'}")
+        return v
 
     @model_validator(mode="after")
     def _default_within_budget(self) -> Model:
@@ -83,11 +130,23 @@ class Catalog(_Strict):
     # Not Field(min_length=1): pydantic would then also report "at least 1 item" whenever any
     # one model is invalid. Emptiness is checked below, once every model has validated.
     models: tuple[Model, ...]
+    upstreams: dict[str, UpstreamServer] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Catalog:
         if not self.models:
             raise ValueError("the catalog has no models")
+        bad_names = sorted(n for n in self.upstreams if not re.fullmatch(UPSTREAM_NAME, n))
+        if bad_names:
+            raise ValueError(
+                f"upstream name(s) {', '.join(map(repr, bad_names))}: lower-case letters, digits, '-' and '_'"
+            )
+        for m in self.models:
+            if m.upstream not in self.upstreams:
+                known = ", ".join(sorted(self.upstreams)) or "none"
+                raise ValueError(
+                    f"model {m.id}: upstream {m.upstream!r} is not an [upstreams.<name>] table (known: {known})"
+                )
         ids = [m.id for m in self.models]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
@@ -99,6 +158,9 @@ class Catalog(_Strict):
     def model(self, model_id: str) -> Model | None:
         return self._by_id().get(model_id)
 
+    def upstream_of(self, model: Model) -> UpstreamServer:
+        return self.upstreams[model.upstream]
+
     def _by_id(self) -> dict[str, Model]:
         cached = self.__dict__.get("_index")
         if cached is None:
@@ -109,24 +171,35 @@ class Catalog(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """The price a request is charged at, and which version of the catalog it came from."""
+    """The price a request is charged at, and which version of the catalog it came from.
+    A dimension without its own price (None) is billed at the input price."""
 
     input: Decimal
     output: Decimal
     version: str
     opt_in: bool
+    cached_input: Decimal | None = None  # cache reads
+    cache_write_5m: Decimal | None = None
+    cache_write_1h: Decimal | None = None
+
+    def of(self, dimension: Decimal | None) -> Decimal:
+        return self.input if dimension is None else dimension
+
+    @property
+    def highest_input(self) -> Decimal:
+        """What an input token can cost at most: the hold prices the input bound at it."""
+        return max(self.input, self.of(self.cached_input), self.of(self.cache_write_5m), self.of(self.cache_write_1h))
 
 
 def price_for(catalog: Catalog, model: Model, at: datetime, opt_in: bool) -> Price:
     """Price at the request's start time. The training opt-in tier applies only to models
     that have one; otherwise a promotion valid at `at` applies; otherwise list price."""
     if opt_in and model.training_opt_in is not None:
-        tier = model.training_opt_in
-        return Price(tier.input, tier.output, f"{catalog.version}/{model.id}/training-opt-in", True)
+        return model.training_opt_in.priced(f"{catalog.version}/{model.id}/training-opt-in", True)
     for promo in model.promotions:
         if promo.valid_from <= at < promo.valid_to:
-            return Price(promo.input, promo.output, f"{catalog.version}/{model.id}/promo:{promo.id}", False)
-    return Price(model.price.input, model.price.output, f"{catalog.version}/{model.id}/list", False)
+            return promo.priced(f"{catalog.version}/{model.id}/promo:{promo.id}", False)
+    return model.price.priced(f"{catalog.version}/{model.id}/list", False)
 
 
 class CatalogError(ValueError):

@@ -23,6 +23,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "invalid_request_error"),
     "request_too_large": (413, "invalid_request_error"),
     "upstream_error": (502, "api_error"),
+    "upstream_auth_failed": (502, "api_error"),
     "upstream_timeout": (504, "api_error"),
     "service_unavailable": (503, "api_error"),
     # >>> limits: per-key controls and per-minute rate limits
@@ -54,6 +55,7 @@ class ApiError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.shape = "openai"  # the API's error shape: "openai" or "anthropic" (the endpoint's)
 
     @property
     def status(self) -> int:
@@ -64,11 +66,37 @@ class ApiError(Exception):
         return ERROR_TABLE[self.code][1]
 
     def body(self) -> bytes:
+        if self.shape == "anthropic":
+            return anthropic_error_body(self.code, self.message)
         return error_body(self.code, self.message, self.param)
 
 
 def error_body(code: str, message: str, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": ERROR_TABLE[code][1], "code": code, "param": param}})
+
+
+# Anthropic's error types by status, as its SDKs map them to exception classes.
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+}
+
+
+def anthropic_error_body(code: str, message: str) -> bytes:
+    """Anthropic's error shape; the product's own code stays readable in `error.code`."""
+    status = ERROR_TABLE[code][0]
+    kind = ANTHROPIC_TYPES.get(status, "api_error")
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message, "code": code}})
 
 
 class StoreUnavailable(ApiError):

@@ -60,6 +60,13 @@ class UsageRecord:
     day: str
     month: str
     overage: int = 0  # micro-credits of usage beyond the hold, not charged (core/settlement.py)
+    # What the charge is made of, besides input and output (parts of them: core/tokens.py), and
+    # the endpoint that served it (core/endpoints/).
+    cached_input_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    endpoint: str = "chat.completions"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """The metering use cases every front door calls: admit (hold) and settle (charge).
 
-admit:  body -> validated ChatRequest -> max cost at the start-time price -> atomic hold
+admit:  MeteredBody (an endpoint's parse) -> max cost at the start-time price -> atomic hold
 settle: usage (or an estimate) -> exact USD -> micro-credits -> atomic, idempotent charge
 """
 
@@ -18,14 +18,14 @@ from decimal import Decimal
 from .auth import Identity
 from .capture import CaptureRecord, CaptureSink
 from .catalog import Catalog, Price, price_for
-from .chat_request import ChatRequest, estimate_tokens, parse_chat_request
 from .clock import Clock, day_window, month_window, to_ms, utc_now
+from .endpoints.base import Endpoint, Limits, MeteredBody
 from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
 from .limits import REQUEST_ID, RateStatus, control_refusal, rate_refusal, retry_headers
-from .money import format_credits, usd_for_tokens, usd_to_micro_credits
+from .money import format_credits, usd_for_counts, usd_to_micro_credits
 from .observe import NULL_OBSERVER, Observer, RequestTrace, Tracer
-from .settlement import Charge, settlement_charge
+from .settlement import NOTHING, Charge, Delivered, settlement_charge
 from .tokens import TokenCounts
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class MeteredRequest:
 
     request_id: str
     identity: Identity
-    chat: ChatRequest
+    body: MeteredBody
     price: Price  # the normal price at the start time: what the hold is sized at
     hold: int
     started_at: datetime
@@ -47,6 +47,11 @@ class MeteredRequest:
     opt_in: bool = False  # opted in (header or account) on a model with an opt-in tier
     rate: RateStatus | None = field(default=None)  # limits: the x-ratelimit-* state at admission
     trace: RequestTrace | None = field(default=None)  # observe: the request's trace, if tracing is on
+    endpoint: str = ""  # the endpoint's name (core/endpoints/)
+
+    @property
+    def model(self) -> str:
+        return self.body.model.id
 
 
 def new_request_id() -> str:
@@ -120,21 +125,29 @@ class Meter:
         self._clock = clock
         self._capture = capture
         self._capture_timeout = capture_timeout_s
-        self._max_n = max_n
+        self.limits = Limits(catalog, max_n)
         self.tracer = tracer  # OpenTelemetry spans when on (observability/tracing.py); None costs nothing
 
-    def parse(self, raw_body: bytes) -> ChatRequest:
-        return parse_chat_request(raw_body, self.catalog, self._max_n)
+    def parse(self, endpoint: Endpoint, raw: bytes) -> MeteredBody:
+        """An endpoint's request body as the meter sees it (its hold's bounds)."""
+        return endpoint.parse(raw, self.limits)
 
-    async def admit(self, identity: Identity, chat: ChatRequest, opt_in_header: bool) -> MeteredRequest:
+    async def admit(
+        self,
+        identity: Identity,
+        body: MeteredBody,
+        opt_in_header: bool,
+        endpoint: str = "chat.completions",
+        request_id: str | None = None,
+    ) -> MeteredRequest:
         """Reserve the request's maximum cost at the normal price: the opt-in discount is only
         given at settlement, once the capture is written (settle_completed)."""
         now = self._clock()
-        hold_price = price_for(self.catalog, chat.model, now, opt_in=False)
-        bound = self.bounds(chat)
-        hold = self.credits_for(bound, hold_price)
+        hold_price = price_for(self.catalog, body.model, now, opt_in=False)
+        bound = self.bounds(body)
+        hold = self.hold_for(bound, hold_price)
         tokens = bound.input_tokens + bound.output_tokens  # limits: counted against tokens per minute
-        request_id = new_request_id()
+        request_id = request_id or new_request_id()
         result = await self._ledger.place_hold(
             HoldRequest(
                 account=identity.account,
@@ -145,7 +158,7 @@ class Meter:
                 day=day_window(now),
                 month=month_window(now),
                 key_id=identity.key_id,
-                model=chat.model.id,
+                model=body.model.id,
                 tokens=tokens,
             )
         )
@@ -153,31 +166,43 @@ class Meter:
             refusal = hold_refusal(result, hold, now, tokens)
             refusal.headers[REQUEST_ID] = request_id
             raise refusal
-        opt_in = (opt_in_header or result.training_opt_in) and chat.model.training_opt_in is not None
-        self.observer.admitted(chat.model.id, result.warnings)
+        opt_in = (opt_in_header or result.training_opt_in) and body.model.training_opt_in is not None
+        self.observer.admitted(body.model.id, result.warnings)
         metered = MeteredRequest(
-            request_id, identity, chat, hold_price, hold, now, time.monotonic(), result.warnings, opt_in=opt_in
+            request_id, identity, body, hold_price, hold, now, time.monotonic(), result.warnings, opt_in=opt_in
         )
         metered.rate = result.rate  # limits
+        metered.endpoint = endpoint
         return metered
 
     @staticmethod
-    def bounds(chat: ChatRequest) -> TokenCounts:
+    def bounds(body: MeteredBody) -> TokenCounts:
         """The most a request can use: what its hold reserves and its settlement charges at most."""
-        return TokenCounts(chat.input_token_bound, chat.max_output_tokens)
+        return TokenCounts(body.input_bound, body.output_bound)
 
     def credits_for(self, usage: TokenCounts, price: Price) -> int:
-        usd = usd_for_tokens(usage.input_tokens, usage.output_tokens, price.input, price.output)
+        return usd_to_micro_credits(usd_for_counts(usage, price), self._usd_per_credit)
+
+    def hold_for(self, bound: TokenCounts, price: Price) -> int:
+        """The hold: the input bound at the highest input price that can apply (a cache write may
+        cost more than plain input), the output bound at the output price."""
+        usd = (bound.input_tokens * price.highest_input + bound.output_tokens * price.output) / 1_000_000
         return usd_to_micro_credits(usd, self._usd_per_credit)
 
     def charge(
-        self, req: MeteredRequest, usage: TokenCounts | None, delivered_text_bytes: int = 0, price: Price | None = None
+        self,
+        req: MeteredRequest,
+        usage: TokenCounts | None,
+        delivered: Delivered = NOTHING,
+        price: Price | None = None,
+        final: bool = True,
     ) -> Charge:
         """The settlement rule (core/settlement.py): reported usage, or the estimate (input from
-        the body, output from what was delivered), bounded by the hold."""
-        estimate = TokenCounts(req.chat.input_token_estimate, estimate_tokens(delivered_text_bytes))
+        the body, output from what was delivered), bounded by the hold. `final`: the usage is the
+        response's own complete count (False: a stream that ended without it)."""
+        estimate = TokenCounts(req.body.input_estimate, delivered.output_tokens())
         return settlement_charge(
-            usage, estimate, self.bounds(req.chat), price or req.price, self._usd_per_credit, req.hold
+            usage, estimate, self.bounds(req.body), price or req.price, self._usd_per_credit, req.hold, final
         )
 
     async def settle(self, req: MeteredRequest, charge: Charge | None, status: str) -> SettleResult:
@@ -192,7 +217,7 @@ class Meter:
             log.warning(
                 "usage of %s (model %s) exceeded its hold: charged %d, overage %d micro-credits not charged",
                 req.request_id,
-                req.chat.model.id,
+                req.model,
                 charge.credits,
                 charge.overage,
             )
@@ -200,9 +225,14 @@ class Meter:
             request_id=req.request_id,
             account=req.identity.account,
             key_id=req.identity.key_id,
-            model=req.chat.model.id,
+            model=req.model,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_write_5m_tokens=usage.cache_write_5m_tokens,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            endpoint=req.endpoint,
             credits=charge.credits if charge else 0,
             usd=format(charge.usd, "f") if charge else "0",
             price_version=price.version,
@@ -228,16 +258,17 @@ class Meter:
         self,
         req: MeteredRequest,
         usage: TokenCounts | None,
-        delivered_text_bytes: int,
+        delivered: Delivered,
         completion: Callable[[], str | None],
+        final: bool = True,
     ) -> tuple[SettleResult, Charge]:
         """Settle a response that completed. An opted-in request gets the opt-in price only if
-        it reported usage and its capture is written (core/capture.py); otherwise, and for cut
-        or failed requests (which never come here), the normal price."""
-        charge = self.charge(req, usage, delivered_text_bytes)
-        if req.opt_in and req.settled is None and usage is not None:
-            opt_price = price_for(self.catalog, req.chat.model, req.started_at, opt_in=True)
-            discounted = self.charge(req, usage, delivered_text_bytes, opt_price)
+        it reported its final usage and its capture is written (core/capture.py); otherwise,
+        and for cut or failed requests (which never come here), the normal price."""
+        charge = self.charge(req, usage, delivered, final=final)
+        if req.opt_in and req.settled is None and usage is not None and final:
+            opt_price = price_for(self.catalog, req.body.model, req.started_at, opt_in=True)
+            discounted = self.charge(req, usage, delivered, opt_price)
             text = completion()
             if text is not None and await self._write_capture(req, discounted, text):
                 charge = discounted
@@ -251,9 +282,9 @@ class Meter:
             request_id=req.request_id,
             account=req.identity.account,
             key_id=req.identity.key_id,
-            model=req.chat.model.id,
+            model=req.model,
             ts_ms=to_ms(self._clock()),
-            messages=req.chat.body.get("messages", []),
+            messages=req.body.capture_input,
             completion=text,
             input_tokens=charge.usage.input_tokens,
             output_tokens=charge.usage.output_tokens,

@@ -7,6 +7,11 @@ micro-credit (1e-6 credit). USD amounts are exact (token counts x decimal prices
 from __future__ import annotations
 
 from decimal import ROUND_CEILING, Decimal, localcontext
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .catalog import Price
+    from .tokens import TokenCounts
 
 MICRO = 1_000_000
 TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are USD per million tokens
@@ -15,6 +20,18 @@ TOKENS_PER_PRICE_UNIT = 1_000_000  # prices are USD per million tokens
 def usd_for_tokens(input_tokens: int, output_tokens: int, input_price: Decimal, output_price: Decimal) -> Decimal:
     """Exact USD for a token count at USD-per-million prices."""
     return (input_tokens * input_price + output_tokens * output_price) / TOKENS_PER_PRICE_UNIT
+
+
+def usd_for_counts(usage: TokenCounts, price: Price) -> Decimal:
+    """Exact USD for every dimension of a usage at its own price (input's when it has none);
+    reasoning is output, priced once with it."""
+    return (
+        usage.fresh_input_tokens * price.input
+        + usage.cached_input_tokens * price.of(price.cached_input)
+        + usage.cache_write_5m_tokens * price.of(price.cache_write_5m)
+        + usage.cache_write_1h_tokens * price.of(price.cache_write_1h)
+        + usage.output_tokens * price.output
+    ) / TOKENS_PER_PRICE_UNIT
 
 
 def usd_to_micro_credits(usd: Decimal, usd_per_credit: Decimal) -> int:

@@ -20,7 +20,6 @@ SETTINGS_READ = frozenset({READ_INFERENCE, ADMIN_INFERENCE})
 SETTINGS_WRITE = frozenset({ADMIN_INFERENCE})
 DASHBOARD = frozenset({READ_INFERENCE, ADMIN_INFERENCE})
 
-CHAT_PATH = "/api/v1/chat/completions"
 MODELS_PATH = "/api/v1/models"
 SETTINGS_PATH = "/api/settings/inference-api"
 DASHBOARD_PATH = "/api/dashboard/inference-api"
@@ -30,7 +29,6 @@ KEYS_PATH = "/api/settings/inference-api/keys"
 KEYS_MANAGE = frozenset({ADMIN_INFERENCE})
 
 _ROUTES: dict[tuple[str, str], frozenset[str]] = {
-    ("POST", CHAT_PATH): CHAT,
     ("GET", MODELS_PATH): MODELS,
     ("GET", SETTINGS_PATH): SETTINGS_READ,
     ("PATCH", SETTINGS_PATH): SETTINGS_WRITE,
@@ -42,7 +40,8 @@ _ROUTES: dict[tuple[str, str], frozenset[str]] = {
 
 
 def required_scopes(method: str, path: str) -> frozenset[str] | None:
-    """Scopes for a route, or None when the route is not an API route we guard."""
+    """Scopes for one of the sidecar's own API routes, or None when the route is not one
+    (metered endpoints: core/endpoints/, whose registry combines both)."""
     return _ROUTES.get((method.upper(), path.split("?", 1)[0].rstrip("/") or "/"))
 
 

@@ -1,206 +1,256 @@
-"""Meter an OpenAI chat-completions SSE stream as it passes, without buffering it.
+"""Meter a server-sent-events stream as it passes, without buffering it.
 
-Only the current, incomplete event is held (bounded by MAX_EVENT_BYTES); complete events go
-straight out. The usage-only chunk that we asked the upstream for is dropped when the client
-did not ask for it. The `data: [DONE]` event is held back so the caller can settle first and
-put the charge in front of it as an SSE comment line, which every compliant SSE parser
-(the OpenAI SDKs included) ignores."""
+Framing follows the SSE specification as the SDKs' decoders implement it: lines end with LF,
+CRLF or CR in any mix (a CR at the end of one piece and an LF at the start of the next are one
+line end), a blank line ends an event, `data:` lines join with LF, `event:` names it, comment
+lines start with `:`, other fields (`id:`, `retry:`, unknown ones) are read and ignored, a
+leading byte-order mark is skipped. Whatever such a parser takes as an event, the meter takes as
+the same event and hands its name and data to the endpoint's `StreamReader`.
+
+Bytes go out as they came, event by event: only the current, incomplete event is held (up to
+MAX_EVENT_BYTES; past it the event passes on unparsed and its bytes count as delivered output).
+An event the reader drops never goes out; comment lines that imitate our charge line are
+removed; the API's last event (`data: [DONE]`, `response.completed`, `message_stop`) is held
+back so the caller can settle first and put the charge in front of it as an SSE comment line,
+which every compliant parser (the SDKs included) ignores."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
 
-import orjson
-
-from .tokens import TokenCounts, completion_text_bytes, usage_from_obj
+from .endpoints.base import DROP, KEEP, TERMINAL, StreamReader, StreamTally
 
 MAX_EVENT_BYTES = 1 << 20
-MAX_KEPT_TEXT_BYTES = 4 << 20  # an opted-in stream longer than this is not captured
-_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_DONE = b"[DONE]"
-
-
-def _data_of(event: bytes) -> bytes | None:
-    """The joined `data:` field of one event, or None for events without data."""
-    parts = [
-        line[5:].removeprefix(b" ") for line in event.replace(b"\r\n", b"\n").split(b"\n") if line.startswith(b"data:")
-    ]
-    return b"\n".join(parts) if parts else None
-
-
+_BOM = b"\xef\xbb\xbf"
 _OUR_MARK = re.compile(rb"(?i)x-critique-")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-def _without_forged_comments(event: bytes) -> bytes:
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    name, _, value = line.partition(b":")
+    return name, value[1:] if value[:1] == b" " else value
+
+
+def _without_forged_comments(raw: bytes) -> bytes:
     """The event without comment lines naming our headers: only the sidecar writes the charge
     line, so an upstream's imitation (maybe ahead of the real one) never reaches the client."""
-    lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-    kept = [line for line in lines if not (line.startswith(b":") and _OUR_MARK.search(line))]
+    kept = [line for line in _LINE_END.split(raw) if not (line.startswith(b":") and _OUR_MARK.search(line))]
     return b"\n".join(kept) if any(kept) else b""
 
 
-def _plain_events(chunk: bytes) -> list[tuple[int, int, int]] | None:
-    """(event start, data start, data end) of each event when `chunk` is nothing but whole,
-    single-line `data:` events, which is what model servers send; None for anything else
-    (a partial event, comments or other fields, CR line ends). Such events need no framing
-    work: no comment line can hide in them and their data is one slice of the chunk."""
-    if b"\r" in chunk:
-        return None
-    spans = []
-    start, end = 0, len(chunk)
-    while start < end:
-        newline = chunk.find(b"\n", start)
-        if newline < 0 or newline + 1 >= end or chunk[newline + 1] != 0x0A or not chunk.startswith(b"data:", start):
-            return None
-        spans.append((start, start + 6 if chunk[start + 5] == 0x20 else start + 5, newline))
-        start = newline + 2
-    return spans
-
-
-_PLAIN_DELTA = frozenset(("role", "content"))
-
-
-def _generated_bytes(obj: Any) -> int:
-    """completion_text_bytes(obj), without its general walk for the usual chunk: one choice
-    whose delta holds only a role and content."""
-    if type(obj) is dict:
-        choices = obj.get("choices")
-        if type(choices) is list and len(choices) == 1:
-            choice = choices[0]
-            if type(choice) is dict and "message" not in choice:
-                delta = choice.get("delta")
-                if type(delta) is dict and delta.keys() <= _PLAIN_DELTA:
-                    content = delta.get("content")
-                    if type(content) is not str:
-                        return 0
-                    return len(content) if content.isascii() else len(content.encode("utf-8", "replace"))
-    return completion_text_bytes(obj)
-
-
-def _delta_texts(obj: dict[str, Any]) -> list[str]:
-    return [
-        c["delta"]["content"]
-        for c in obj["choices"]
-        if isinstance(c, dict) and isinstance(c.get("delta"), dict) and isinstance(c["delta"].get("content"), str)
-    ]
-
-
-def _total(usage: TokenCounts) -> int:
-    return usage.input_tokens + usage.output_tokens
-
-
 class SseMeter:
-    __slots__ = ("_buf", "_held", "_hide_usage", "_text", "delivered_bytes", "done", "usage")
+    __slots__ = (
+        "_buf",
+        "_comment_forged",
+        "_lf_out",
+        "_data",
+        "_held",
+        "_name",
+        "_open",
+        "_overflow",
+        "_reader",
+        "_rewrite",
+        "_scan",
+        "_skip_lf",
+        "_started",
+        "done",
+        "tally",
+    )
 
-    def __init__(self, hide_usage: bool, keep_text: bool = False) -> None:
-        self._hide_usage = hide_usage
-        self._text: list[str] | None = [] if keep_text else None
-        self._buf = bytearray()
-        self._held = bytearray()  # [DONE] and whatever follows it
-        self.usage: TokenCounts | None = None
-        self.delivered_bytes = 0  # completion text bytes passed to the client (for estimates)
+    def __init__(self, reader: StreamReader, tally: StreamTally, rewrite: tuple[bytes, bytes] | None = None) -> None:
+        self._reader = reader
+        self.tally = tally
+        # Bytes to swap in everything forwarded (the model server's model id for the catalog's).
+        self._rewrite = rewrite
+        self._buf = bytearray()  # the current, incomplete event's bytes
+        self._scan = 0  # how far into _buf lines were read
+        self._name: bytes | None = None  # the current event's fields so far
+        self._data: list[bytes] | None = None
+        self._comment_forged = False
+        self._overflow = False  # the current event passed on unparsed
+        self._skip_lf = False  # the last piece ended with CR: an LF first in the next ends that line
+        self._lf_out = True  # whether the event that CR ended went out
+        self._open = False  # the current event has a line already
+        self._started = False  # the byte-order-mark check is done
+        self._held = bytearray()  # the API's last event and whatever follows it
         self.done = False
 
+    # -- the common cases, without the general framer ----------------------------------
     def feed(self, chunk: bytes) -> bytes:
-        """Bytes to forward now for this upstream chunk: `chunk` itself when unchanged."""
+        """Bytes to forward now for this upstream piece: `chunk` itself when unchanged."""
         if self.done:
             self._held += chunk
             return b""
-        if not self._buf:
-            # The usual chunk: exactly one single-line data event.
-            if (
-                chunk.find(b"\n") == len(chunk) - 2
-                and chunk.endswith(b"\n\n")
-                and chunk.startswith(b"data:")
-                and b"\r" not in chunk
-            ):
-                if self._keep_data(chunk[6 if chunk[5] == 0x20 else 5 : -2]):
-                    return chunk
-                if self.done:
-                    self._held += chunk
-                return b""
-            spans = _plain_events(chunk)
-            if spans is not None:
-                return self._feed_plain(chunk, spans)
-        self._buf += chunk
-        out = bytearray()
-        start = 0
-        for match in _BOUNDARY.finditer(self._buf):
-            event = bytes(self._buf[start : match.end()])
-            start = match.end()
-            if _OUR_MARK.search(event):
-                event = _without_forged_comments(event)
-            if event and self._keep(event):
-                out += event
+        if not self._buf and not self._skip_lf and self._started and b"\r" not in chunk and chunk[-2:] == b"\n\n":
+            if chunk[:5] == b"data:" and chunk.find(b"\n") == len(chunk) - 2:
+                # The usual piece: exactly one single-line data event.
+                return self._one(chunk, None, chunk[6 if chunk[5:6] == b" " else 5 : -2])
+            out = self._whole_events(chunk)
+            if out is not None:
+                return out
+        return self._general(chunk)
+
+    def _one(self, raw: bytes, name: bytes | None, data: bytes) -> bytes:
+        action = self._reader.event(name, data, self.tally)
+        if action == KEEP:
+            return raw if self._rewrite is None else self._swap(raw)
+        if action == DROP:
+            return b""
+        if action == TERMINAL:
+            self.done = True
+            self._held += raw
+            return b""
+        assert isinstance(action, bytes)
+        return self._rebuilt(name, action)
+
+    def _whole_events(self, chunk: bytes) -> bytes | None:
+        """feed() for a piece of whole events with LF line ends, each of `data:`, `event:` and
+        other field lines (no blank-line runs, no comments): None for anything else."""
+        parts = chunk[:-2].split(b"\n\n")
+        out: list[bytes] | None = None  # None: every event so far went out unchanged
+        offset = 0
+        for i, text in enumerate(parts):
+            raw_len = len(text) + 2
+            if not text or text[:1] == b"\n" or b":" not in text:
+                return None if i == 0 else self._rest_general(out, chunk, offset)
+            name: bytes | None = None
+            data: list[bytes] = []
+            for line in text.split(b"\n"):
+                if line[:1] == b":":
+                    return None if i == 0 else self._rest_general(out, chunk, offset)
+                field, value = _field(line)
+                if field == b"data":
+                    data.append(value)
+                elif field == b"event":
+                    name = value
+            raw = chunk[offset : offset + raw_len]
+            result = self._one(raw, name, b"\n".join(data)) if data else raw
+            if result is not raw and out is None:
+                out = [chunk[:offset]]
+            if out is not None:
+                out.append(result)
+            offset += raw_len
             if self.done:
-                self._held += event
-                self._held += self._buf[start:]
-                start = len(self._buf)
+                self._held += chunk[offset:]
+                if out is None:
+                    out = [chunk[: offset - raw_len]]
                 break
-        del self._buf[:start]
-        if len(self._buf) > MAX_EVENT_BYTES:  # not SSE as we know it: pass it on unparsed
-            self.delivered_bytes += len(self._buf)
-            out += self._buf
-            self._buf.clear()
+        return chunk if out is None else b"".join(out)
+
+    def _rest_general(self, out: list[bytes] | None, chunk: bytes, offset: int) -> bytes:
+        head = chunk[:offset] if out is None else b"".join(out)
+        return head + self._general(chunk[offset:])
+
+    # -- the general framer ---------------------------------------------------------------
+    def _general(self, chunk: bytes) -> bytes:
+        buf = self._buf
+        buf += chunk
+        if not self._started:
+            if len(buf) < len(_BOM) and _BOM.startswith(bytes(buf)):
+                return b""  # maybe a mark: wait for more
+            self._started = True
+            if buf[:3] == _BOM:
+                self._scan = 3
+        out = bytearray()
+        start = 0  # where the current event's bytes begin in buf
+        pos = self._scan
+        if self._skip_lf and pos < len(buf):
+            if buf[pos] == 0x0A:
+                pos += 1
+                if not self._open and pos == 1:
+                    # The LF of a CRLF that ended an event in the last piece: it goes where
+                    # that event went (out, or nowhere if it was dropped).
+                    if self._lf_out:
+                        out += b"\n"
+                    start = 1
+            self._skip_lf = False
+        while True:
+            match = _LINE_END.search(buf, pos)
+            if match is None:
+                break
+            end = match.end()
+            if match.group() == b"\r" and end == len(buf):
+                self._skip_lf = True  # an LF that comes next belongs to this line end
+            line = buf[pos : match.start()]
+            pos = end
+            if line:
+                self._line(bytes(line))
+                continue
+            raw = bytes(buf[start:end])  # a blank line: the event ends here
+            start = end
+            sent = self._dispatch(raw)
+            self._lf_out = bool(sent)
+            out += sent
+            if self.done:
+                self._held += buf[start:]
+                start = pos = len(buf)
+                break
+        del buf[:start]
+        self._scan = pos - start
+        if len(buf) > MAX_EVENT_BYTES:  # not an event we can hold: pass it on unparsed
+            self.tally.delivered(len(buf))
+            out += buf if self._rewrite is None else self._swap(bytes(buf))
+            buf.clear()
+            self._scan = 0
+            self._overflow = True
         return bytes(out)
 
-    def _feed_plain(self, chunk: bytes, spans: list[tuple[int, int, int]]) -> bytes:
-        """feed() for a chunk of whole single-line data events: no copy unless one is dropped."""
-        kept: list[bytes] | None = None  # None: every event so far is kept
-        for start, data_start, data_end in spans:
-            if self._keep_data(chunk[data_start:data_end]):
-                if kept is not None:
-                    kept.append(chunk[start : data_end + 2])
-                continue
-            if kept is None:
-                kept = [chunk[:start]]
-            if self.done:
-                self._held += chunk[start:]
-                break
-        return chunk if kept is None else b"".join(kept)
+    def _line(self, line: bytes) -> None:
+        self._open = True
+        if self._overflow:
+            self.tally.delivered(len(line))
+            return
+        if line[:1] == b":":
+            if _OUR_MARK.search(line):
+                self._comment_forged = True
+            return
+        field, value = _field(line)
+        if field == b"data":
+            if self._data is None:
+                self._data = []
+            self._data.append(value)
+        elif field == b"event":
+            self._name = value
 
-    def _keep(self, event: bytes) -> bool:
-        data = _data_of(event)
-        return True if data is None else self._keep_data(data)
+    def _dispatch(self, raw: bytes) -> bytes:
+        name, data, forged, overflow = self._name, self._data, self._comment_forged, self._overflow
+        self._name, self._data, self._comment_forged, self._overflow = None, None, False, False
+        self._open = False
+        if forged:
+            raw = _without_forged_comments(raw)
+            if not raw:
+                return b""
+            raw += b"\n\n"
+        if overflow or data is None:
+            return raw if self._rewrite is None else self._swap(raw)
+        return self._one(raw, name, b"\n".join(data))
 
-    def _keep_data(self, data: bytes) -> bool:
-        if _DONE in data and data.strip() == _DONE:
-            self.done = True
-            return False  # held back: the charge goes in front of it
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return True
-        usage = usage_from_obj(obj) if type(obj) is dict and "usage" in obj else None
-        if usage is not None:
-            # One chunk's usage: the largest reported (counts are cumulative, so for an honest
-            # stream the last); a later, smaller one never replaces it.
-            if self.usage is None or _total(usage) > _total(self.usage):
-                self.usage = usage
-            if self._hide_usage and isinstance(obj, dict) and not obj.get("choices"):
-                return False
-        delivered = _generated_bytes(obj)
-        self.delivered_bytes += delivered
-        if self._text is not None and delivered:
-            if self.delivered_bytes > MAX_KEPT_TEXT_BYTES:
-                self._text.clear()  # too long to capture: stop keeping it (bounded memory)
-            else:
-                self._text.extend(_delta_texts(obj))
-        return True
+    # -- output ----------------------------------------------------------------------------
+    def _swap(self, raw: bytes) -> bytes:
+        assert self._rewrite is not None
+        return raw.replace(*self._rewrite)
 
-    def text(self) -> str | None:
-        """The reassembled completion, when kept and within bounds."""
-        if self._text is None or self.delivered_bytes > MAX_KEPT_TEXT_BYTES:
-            return None
-        return "".join(self._text)
+    def _rebuilt(self, name: bytes | None, data: bytes) -> bytes:
+        head = b"event: " + name + b"\n" if name is not None else b""
+        event = head + b"data: " + data + b"\n\n"
+        return event if self._rewrite is None else self._swap(event)
 
     def finish(self) -> bytes:
-        """Everything still held: [DONE] (if seen) and any trailing partial event."""
+        """Everything still held, at the stream's end: the last event (if seen) and a trailing
+        event the stream never finished, whose data still counts as delivered (it reaches the
+        client, though no parser dispatches it)."""
+        if not self.done and self._buf:
+            tail = bytes(self._buf[self._scan :])
+            if tail:
+                self._line(tail.rstrip(b"\r"))
+            if self._data is not None and not self._overflow:
+                self.tally.delivered(sum(len(d) for d in self._data))
         rest = bytes(self._held + self._buf)
         self._held.clear()
         self._buf.clear()
-        return rest
+        self._scan = 0
+        self._name, self._data, self._overflow = None, None, False
+        return rest if self._rewrite is None else self._swap(rest)
 
 
 def charge_comment(request_id: str, credits: str, usd: str, estimated: bool) -> bytes:
@@ -209,3 +259,6 @@ def charge_comment(request_id: str, credits: str, usd: str, estimated: bool) -> 
         f": x-critique-request-id={request_id} x-critique-credits-charged={credits} "
         f"x-critique-estimated-usd={usd} estimated={'true' if estimated else 'false'}\n\n"
     ).encode()
+
+
+__all__ = ["DROP", "KEEP", "MAX_EVENT_BYTES", "TERMINAL", "SseMeter", "charge_comment"]

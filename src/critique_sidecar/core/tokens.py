@@ -1,8 +1,13 @@
-"""Token counts from upstream responses (OpenAI's `usage` object). "Not reported" (None) is kept
-apart from zero.
+"""Token counts: what a model server reported (each API's `usage`, read by its endpoint module)
+or what we estimated. "Not reported" (None) is kept apart from zero.
 
-Naming: `TokenCounts` are tokens a model server reported or we estimated; a "usage record" is the
-billing record of one settlement (core/ledger.UsageRecord, the per-account usage streams)."""
+Dimensions: `input_tokens` is every input token, whatever kind; `cached_input_tokens` (read from
+a prompt cache) and the cache writes are parts of it. `output_tokens` is every generated token;
+`reasoning_tokens` is a part of it. Parts are never counted on top of their total, so a usage
+that names only input and output is priced exactly as before the parts existed.
+
+Naming: `TokenCounts` are tokens; a "usage record" is the billing record of one settlement
+(core/ledger.UsageRecord)."""
 
 from __future__ import annotations
 
@@ -10,83 +15,55 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 
 @dataclass(frozen=True, slots=True)
 class TokenCounts:
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int = 0  # part of input_tokens: read from the prompt cache
+    cache_write_5m_tokens: int = 0  # part of input_tokens: written to a 5-minute cache
+    cache_write_1h_tokens: int = 0  # part of input_tokens: written to a 1-hour cache
+    reasoning_tokens: int = 0  # part of output_tokens
+
+    @property
+    def fresh_input_tokens(self) -> int:
+        """Input tokens that are neither cache reads nor cache writes."""
+        return self.input_tokens - self.cached_input_tokens - self.cache_write_5m_tokens - self.cache_write_1h_tokens
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
-def _count(value: Any) -> int | None:
+def counts(
+    input_tokens: int,
+    output_tokens: int,
+    cached: int = 0,
+    write_5m: int = 0,
+    write_1h: int = 0,
+    reasoning: int = 0,
+) -> TokenCounts:
+    """TokenCounts whose parts never exceed their totals: a part reported larger than what is
+    left of its total is cut to it (a server's inconsistent numbers cannot add tokens)."""
+    cached = min(cached, input_tokens)
+    write_5m = min(write_5m, input_tokens - cached)
+    write_1h = min(write_1h, input_tokens - cached - write_5m)
+    return TokenCounts(input_tokens, output_tokens, cached, write_5m, write_1h, min(reasoning, output_tokens))
+
+
+def count(value: Any) -> int | None:
+    """A reported count: a JSON integer >= 0, or None (negative, fractional, strings, floats
+    and booleans are not counts)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None
     return value
 
 
-def usage_from_obj(obj: Any) -> TokenCounts | None:
-    """`usage` of a chat completion object or stream chunk, if well-formed."""
-    if not isinstance(obj, dict):
-        return None
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens"))
-    if prompt is None or completion is None:
-        return None
-    return TokenCounts(prompt, completion)
-
-
-def parse_json_response(raw: bytes) -> tuple[TokenCounts | None, int]:
-    """(usage, bytes of completion text) of a non-streaming response body.
-
-    The text size feeds the estimate when usage is missing; a body that is not JSON at all
-    counts whole (None, len(raw)); JSON without usage counts its completion text."""
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, len(raw)
-    usage = usage_from_obj(obj)
-    return usage, completion_text_bytes(obj) if usage is None else 0
-
-
-def _utf8(value: Any) -> int:
-    return len(value.encode("utf-8", "replace")) if isinstance(value, str) else 0
-
-
-# Every field a model server streams generated tokens in: content, reasoning (vLLM's and
-# OpenRouter's names), refusal; tool-call names and arguments are counted below.
-_TEXT_FIELDS = ("content", "reasoning_content", "reasoning", "refusal")
-
-
-def _generated_bytes(part: dict[str, Any]) -> int:
-    total = sum(_utf8(part.get(name)) for name in _TEXT_FIELDS)
-    calls = part.get("tool_calls")
-    for call in calls if isinstance(calls, list) else ():
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            total += _utf8(function.get("name")) + _utf8(function.get("arguments"))
-    legacy = part.get("function_call")
-    if isinstance(legacy, dict):
-        total += _utf8(legacy.get("name")) + _utf8(legacy.get("arguments"))
-    return total
-
-
-def completion_text_bytes(obj: Any) -> int:
-    """UTF-8 bytes of everything generated in a completion or chunk, every choice: content,
-    reasoning, refusal, tool-call names and arguments (the output side of the estimate)."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
+def part(details: Any, name: str) -> int:
+    """An optional part from a `*_details` object: 0 when absent or not a count."""
+    if not isinstance(details, dict):
         return 0
-    total = 0
-    for choice in obj["choices"]:
-        if not isinstance(choice, dict):
-            continue
-        part = choice.get("message") or choice.get("delta")
-        if isinstance(part, dict):
-            total += _generated_bytes(part)
-    return total
+    return count(details.get(name)) or 0
 
 
 def decode_body(raw: bytes, content_encoding: str, limit: int = 64 << 20) -> bytes:

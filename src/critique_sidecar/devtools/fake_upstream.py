@@ -1,5 +1,9 @@
 """A small OpenAI-compatible model server for the local stack and the tests.
 
+It answers where real servers answer (vLLM, SGLang, hosted providers): under `/v1/...`, and
+with `--api-key` (or FAKE_UPSTREAM_API_KEY) only to `Authorization: Bearer <key>`, 401
+otherwise, as vLLM's `--api-key` does.
+
 Behaviour is picked by directives in the last message's content, so the tests drive it
 through the real client path (no side channels):
   [[slow:MS]]     wait MS milliseconds between stream chunks (and before a JSON reply)
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
+import os
 import re
 import time
 from collections import deque
@@ -53,13 +58,22 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return chars // 4 + 1
 
 
-def build_app(history: int = 200) -> Starlette:
+def build_app(history: int = 200, api_key: str | None = None) -> Starlette:
     seen: deque[dict[str, Any]] = deque(maxlen=history)
+    expected = f"Bearer {api_key}" if api_key else None
+
+    def refused(request: Request) -> Response | None:
+        if expected is None or request.headers.get("authorization") == expected:
+            return None
+        return Response(orjson.dumps({"error": "Unauthorized"}), status_code=401, media_type="application/json")
 
     async def chat(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            seen.append({"headers": dict(request.headers), "body": None, "path": request.url.path, "status": 401})
+            return denied
         raw = await request.body()
         body = orjson.loads(raw)
-        seen.append({"headers": dict(request.headers), "body": body})
+        seen.append({"headers": dict(request.headers), "body": body, "path": request.url.path})
         d = _directives(body)
         model = body.get("model", "unknown")
         if "status" in d:
@@ -108,13 +122,14 @@ def build_app(history: int = 200) -> Starlette:
         return Response(orjson.dumps(list(seen)), media_type="application/json")
 
     async def models(request: Request) -> Response:
+        if (denied := refused(request)) is not None:
+            return denied
         return Response(orjson.dumps({"object": "list", "data": []}), media_type="application/json")
 
     return Starlette(
         routes=[
-            Route("/api/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/chat/completions", chat, methods=["POST"]),
-            Route("/api/v1/models", models),
+            Route("/v1/models", models),
             Route("/_fake/requests", requests),
         ]
     )
@@ -182,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="fake OpenAI-compatible upstream")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--api-key", default=os.environ.get("FAKE_UPSTREAM_API_KEY"), help="answer only this bearer key")
     args = p.parse_args(argv)
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="warning", access_log=False)
+    app = build_app(api_key=args.api_key or None)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +40,7 @@ DEFAULT_PORTS = {
     "provision": 9004,  # the provisioning API (CRITIQUE_ADMIN_LISTEN), never behind Envoy
 }
 FRONT_DOORS = ("envoy", "asgi")
+UPSTREAM_KEY_ENV = "CRITIQUE_STACK_UPSTREAM_KEY"  # the stack catalog's credential variable
 
 
 def free_port() -> int:
@@ -124,6 +127,9 @@ class Stack:
     route_timeout_s: float | None = None
     front_doors: tuple[str, ...] = ("envoy",)  # what start() runs: Envoy + sidecar, the ASGI gateway, or both
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # The model server's own key: the fake upstream answers only it, and the stack's catalog
+    # gives it to the product as the upstream credential (as an operator would vLLM's --api-key).
+    upstream_key: str = field(default_factory=lambda: "sk-upstream-" + secrets.token_hex(12))
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +152,26 @@ class Stack:
             self.procs[name] = proc  # registered before a signal can interrupt: stop() finds it
         return proc
 
+    def catalog_path(self) -> Path:
+        """The catalog the stack's processes read: the one the test chose (CRITIQUE_CATALOG_PATH
+        in sidecar_env) or the built-in, with its `local` upstream at this stack's upstream port
+        and the upstream's credential read from UPSTREAM_KEY_ENV."""
+        chosen = self.sidecar_env.get("CRITIQUE_CATALOG_PATH")
+        source = Path(chosen) if chosen else REPO / "src/critique_sidecar/catalog.toml"
+        text = source.read_text()
+        text = text.replace("127.0.0.1:8100", f"127.0.0.1:{self.ports['upstream']}")
+        text, found = re.subn(
+            r"^\[upstreams\.local\]\n",
+            f'[upstreams.local]\ncredential = {{ env = "{UPSTREAM_KEY_ENV}" }}\n',
+            text,
+            flags=re.M,
+        )
+        if not found:
+            raise ValueError(f"{source}: the stack needs an [upstreams.local] table")
+        path = self.workdir / "catalog.toml"
+        path.write_text(text)
+        return path
+
     def sidecar_environ(self, index: int = 0) -> dict[str, str]:
         grpc_port = self.ports["grpc"] if index == 0 else self.ports[f"grpc{index}"]
         return {
@@ -155,6 +181,8 @@ class Stack:
             "CRITIQUE_JOURNAL_PATH": str(self.workdir / f"journal-{index}.log"),
             "CRITIQUE_ADMIN_LISTEN": f"127.0.0.1:{self.ports['provision']}" if index == 0 else "",
             **self.sidecar_env,
+            "CRITIQUE_CATALOG_PATH": str(self.catalog_path()),
+            UPSTREAM_KEY_ENV: self.upstream_key,
         }
 
     def start_redis(self) -> None:
@@ -184,6 +212,7 @@ class Stack:
         proc = self._spawn(
             "upstream",
             [sys.executable, "-m", "critique_sidecar.devtools.fake_upstream", "--port", str(self.ports["upstream"])],
+            {"FAKE_UPSTREAM_API_KEY": self.upstream_key},
         )
         wait_until(
             lambda: _http_get(f"http://127.0.0.1:{self.ports['upstream']}/_fake/requests")[0] == 200,
@@ -201,12 +230,11 @@ class Stack:
         return proc
 
     def gateway_environ(self) -> dict[str, str]:
-        """The gateway shares Redis with the sidecar, keeps its own journal, and sends every
-        model to this stack's upstream (as envoy_yaml() relocates the model clusters)."""
+        """The gateway shares Redis and the catalog with the sidecar (whose `local` upstream is
+        this stack's upstream, as envoy_yaml() relocates its cluster) and keeps its own journal."""
         return {
             **self.sidecar_environ(),
             "CRITIQUE_GATEWAY_LISTEN": f"127.0.0.1:{self.ports['gateway']}",
-            "CRITIQUE_UPSTREAM_OVERRIDE": f"127.0.0.1:{self.ports['upstream']}",
             "CRITIQUE_JOURNAL_PATH": str(self.workdir / "journal-gateway.log"),
             "CRITIQUE_ADMIN_LISTEN": "",  # the sidecar serves the provisioning API (same Redis)
         }
@@ -240,7 +268,7 @@ class Stack:
                 "route_config"
             ]["virtual_hosts"]:
                 for route in vhost["routes"]:
-                    if route.get("name", "").startswith("critique_chat_") and "route" in route:
+                    if route.get("name", "").startswith("critique_model_"):
                         route["route"]["timeout"] = f"{self.route_timeout_s:g}s"
         path = self.workdir / "envoy.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -10,9 +10,11 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 
 from ..core.auth import Authenticator, authorize
+from ..core.endpoints import by_path, required_scopes
+from ..core.endpoints.base import client_key
 from ..core.errors import ApiError
-from ..core.scopes import CHAT_PATH, required_scopes
-from ..core.wire import ROUTE_PATH_CONTEXT, ours, spoofed
+from ..core.metering import new_request_id
+from ..core.wire import ROUTE_PATH_CONTEXT, SDK_REQUEST_ID_HEADER, ours, spoofed
 from .identity import identity_metadata
 from .messages import JSON
 
@@ -44,14 +46,20 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
         needed = required_scopes(http.method, path)
         if needed is None:  # not an API route (e.g. the dashboard page): identity not needed
             return pb.CheckResponse(status=_OK, ok_response=pb.OkHttpResponse(headers_to_remove=ours(http.headers)))
+        endpoint = by_path(path)
+        key_headers = endpoint.key_headers if endpoint is not None else ("authorization",)
         try:
-            identity = await self._auth.identify(http.headers.get("authorization"))
+            identity = await self._auth.identify(client_key(http.headers, key_headers))
             authorize(identity, needed)
         except ApiError as error:
+            if endpoint is not None:
+                error.shape = endpoint.error_shape
+            # Every refusal carries a request id: Envoy's for this request, else one of ours.
+            error.headers.setdefault(SDK_REQUEST_ID_HEADER, http.headers.get(SDK_REQUEST_ID_HEADER) or new_request_id())
             return denied(error)
         # The model upstream never sees the key; the sidecar's own routes re-check it.
         # The opt-in header is a request option ext_proc still has to read, not identity.
-        remove = ["authorization"] if path.split("?", 1)[0] == CHAT_PATH else []
+        remove = list(endpoint.key_headers) if endpoint is not None else []
         remove += spoofed(http.headers)
         return pb.CheckResponse(
             status=_OK,

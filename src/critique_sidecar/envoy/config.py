@@ -18,8 +18,10 @@ import orjson
 import yaml
 
 from ..core.catalog import Catalog
+from ..core.endpoints import ENDPOINTS, Endpoint
 from ..core.errors import error_body
-from ..core.scopes import CHAT_PATH, DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
 from .options import EnvoyOptionError, EnvoyOptions, SidecarTls, check_path_prefix, endpoint_address, listen_address
 
@@ -36,10 +38,12 @@ ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.p
 SIDECAR_CLUSTERS = ("sidecar_grpc", "sidecar_http")
 DASHBOARD_PAGE = "/inference-dashboard"
 APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH, KEYS_PATH)
-PRODUCT_PATHS = (CHAT_PATH, *APP_PATHS, DASHBOARD_PAGE)
-# What the ext_proc stream needs to see of the request (key, trace id) and response (status,
-# type, encoding), besides the x-critique-* prefix.
-FORWARDED_HEADERS = ("authorization", "x-request-id", ":status", "content-type", "content-encoding", "traceparent")
+METERED_PATHS = tuple(e.path for e in ENDPOINTS)
+PRODUCT_PATHS = (*METERED_PATHS, *APP_PATHS, DASHBOARD_PAGE)
+# What the ext_proc stream needs to see of the request (path, keys, trace id) and response
+# (status, type, encoding), besides the x-critique-* prefix.
+_SEEN = (":path", "authorization", *(h for e in ENDPOINTS for h in e.key_headers), "x-request-id", "traceparent")
+FORWARDED_HEADERS = (*dict.fromkeys(_SEEN), ":status", "content-type", "content-encoding")
 # Largest non-streaming response Envoy buffers for metering, and the largest piece of a
 # stream it hands the sidecar in one message: this bounds the sidecar's memory per stream.
 UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024
@@ -47,6 +51,7 @@ UPSTREAM_BUFFER_BYTES = 2 * 1024 * 1024
 # the stream before answering. Envoy says 503 for these; the client is told 502 upstream_error,
 # so "the model server failed" is never mistaken for "our store is down".
 UPSTREAM_FAILURE_FLAGS = ("UF", "UC", "UR", "URX")
+UPSTREAM_502_FLAGS = ("UPE", *UPSTREAM_FAILURE_FLAGS, "UH")
 _T = "type.googleapis.com/envoy.extensions."
 DEFAULT_OPTIONS = EnvoyOptions()  # frozen: safe as a shared default
 
@@ -74,19 +79,27 @@ def _is_ip(host: str) -> bool:
 
 
 def _cluster(
-    name: str, endpoints: list[tuple[str, int]], *, http2: bool = False, buffer_bytes: int | None = None
+    name: str,
+    endpoints: list[tuple[str, int]],
+    *,
+    http2: bool = False,
+    buffer_bytes: int | None = None,
+    hostnames: list[str] | None = None,
 ) -> dict[str, Any]:
     # Envoy refuses a STATIC cluster with a host name ("vllm.internal:8000", a Kubernetes
     # Service): those are resolved, and re-resolved, by DNS.
     static = all(_is_ip(host) for host, _ in endpoints)
+    lb_endpoints = []
+    for i, (h, p) in enumerate(endpoints):
+        endpoint: dict[str, Any] = {"address": _addr(h, p)}
+        if hostnames:
+            endpoint["hostname"] = hostnames[i]  # the Host header a route's auto_host_rewrite sends
+        lb_endpoints.append({"endpoint": endpoint})
     c: dict[str, Any] = {
         "name": name,
         "type": "STATIC" if static else "STRICT_DNS",
         "connect_timeout": "0.25s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _addr(h, p)}} for h, p in endpoints]}],
-        },
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
     }
     if http2:
         c["typed_extension_protocol_options"] = {
@@ -162,50 +175,81 @@ def _too_large(opts: EnvoyOptions) -> str:
 # --- what the product adds ------------------------------------------------------------------
 
 
-def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
-    """The product's routes, exact paths only, each named critique_*."""
-    chat_filters = _per_filter(opts, CHAT_PATH, authz=opts.chat_auth == "ext_authz", proc=True, buffer=True)
-    chat_path = opts.public(CHAT_PATH)
+def upstream_cluster(name: str) -> str:
+    """The Envoy cluster of the catalog's upstream `name`."""
+    return f"upstream_{name}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+
+
+def _model_routes(
+    catalog: Catalog, endpoint: Endpoint, opts: EnvoyOptions, filters: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One route per model serving the endpoint: matched by the model header the sidecar sets,
+    the path rewritten onto the model's upstream base URL, the Host header its replica's."""
+    routes = []
+    path = opts.public(endpoint.path)
+    seen: set[str] = set()
+    for model in catalog.models:
+        if endpoint.name not in model.endpoints:
+            continue
+        server = catalog.upstream_of(model)
+        name = f"{ROUTE_PREFIX}model_{_slug(endpoint.name)}__{_slug(model.id)}"
+        while name in seen:  # two ids with the same slug
+            name += "_"
+        seen.add(name)
+        routes.append(
+            {
+                "name": name,
+                "match": {"path": path, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model.id}}]},
+                "route": {
+                    "cluster": upstream_cluster(model.upstream),
+                    "timeout": f"{opts.upstream_timeout_s}s",
+                    "idle_timeout": "120s",
+                    "prefix_rewrite": server.path + endpoint.suffix,
+                    "auto_host_rewrite": True,
+                },
+                "request_headers_to_remove": [MODEL_HEADER],
+                "typed_per_filter_config": filters,
+            }
+        )
+    return routes
+
+
+def metered_routes(catalog: Catalog, endpoint: Endpoint, opts: EnvoyOptions) -> list[dict[str, Any]]:
+    """An endpoint's routes: too large, one per model, and unrouted (all named critique_*)."""
+    filters = _per_filter(opts, endpoint.path, authz=opts.chat_auth == "ext_authz", proc=True, buffer=True)
+    path = opts.public(endpoint.path)
+    slug = _slug(endpoint.name)
     # A body announced larger than the limit is refused from its headers alone, at once: the
     # buffer filter would otherwise wait for the bytes (a slow client holds the request open
     # until the idle timeout). Bodies without a Content-Length meet the buffer filter's 413.
-    routes: list[dict[str, Any]] = [
-        {
-            "name": ROUTE_PREFIX + "chat_body_too_large",
-            "match": {
-                "path": chat_path,
-                "headers": [
-                    {"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}
-                ],
-            },
-            **_json_reply(413, "request_too_large", _too_large(opts)),
-        }
-    ]
-    for model in catalog.models:
-        routes.append(
-            {
-                "name": f"{ROUTE_PREFIX}chat_{model.upstream.cluster}",
-                "match": {"path": chat_path, "headers": [{"name": MODEL_HEADER, "string_match": {"exact": model.id}}]},
-                "route": {
-                    "cluster": model.upstream.cluster,
-                    "timeout": f"{opts.upstream_timeout_s}s",
-                    "idle_timeout": "120s",
-                    **_unprefixed(opts, CHAT_PATH),
-                },
-                "request_headers_to_remove": [MODEL_HEADER],
-                "typed_per_filter_config": chat_filters,
-            }
-        )
+    too_large: dict[str, Any] = {
+        "name": f"{ROUTE_PREFIX}{slug}_body_too_large",
+        "match": {
+            "path": path,
+            "headers": [{"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}],
+        },
+        **_json_reply(413, "request_too_large", _too_large(opts)),
+    }
     # Before ext_proc has read the body there is no model header yet: this route carries the
-    # chat filter settings. Reaching its direct response means no model route matched.
-    routes.append(
-        {
-            "name": ROUTE_PREFIX + "chat_unrouted",
-            "match": {"path": chat_path},
-            **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
-            "typed_per_filter_config": chat_filters,
-        }
-    )
+    # filter settings. Reaching its direct response means no model route matched.
+    unrouted = {
+        "name": f"{ROUTE_PREFIX}{slug}_unrouted",
+        "match": {"path": path},
+        **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
+        "typed_per_filter_config": filters,
+    }
+    return [too_large, *_model_routes(catalog, endpoint, opts, filters), unrouted]
+
+
+def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
+    """The product's routes, exact paths only, each named critique_*."""
+    routes: list[dict[str, Any]] = []
+    for endpoint in ENDPOINTS:
+        routes += metered_routes(catalog, endpoint, opts)
     for path in APP_PATHS:
         routes.append(
             {
@@ -383,7 +427,11 @@ def local_reply_mappers(opts: EnvoyOptions, *, scoped: bool) -> list[dict[str, A
         _local_reply_mapper(
             opts, 503, "service_unavailable", "The service is unavailable; retry shortly", scoped=scoped
         ),
-        _local_reply_mapper(opts, 502, "upstream_error", "The model server failed to answer", scoped=scoped),
+        # Only Envoy's own 502s (flagged): the sidecar's 502 (the model server refused the
+        # gateway's credentials) keeps its own code and message.
+        _local_reply_mapper(
+            opts, 502, "upstream_error", "The model server failed to answer", flags=UPSTREAM_502_FLAGS, scoped=scoped
+        ),
         _local_reply_mapper(opts, 504, "upstream_timeout", "The model server timed out", scoped=scoped),
     ]
 
@@ -404,13 +452,44 @@ def clusters(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
     if opts.sidecar_tls:
         sidecar_grpc["transport_socket"] = _tls_transport_socket(opts.sidecar_tls)
     out = [sidecar_grpc, _cluster("sidecar_http", [endpoint_address(opts.sidecar_http, "--sidecar-http")])]
-    seen = set()
-    for model in catalog.models:
-        u = model.upstream
-        if u.cluster not in seen:
-            seen.add(u.cluster)
-            out.append(_cluster(u.cluster, [(u.host, u.port)], buffer_bytes=UPSTREAM_BUFFER_BYTES))
+    used = dict.fromkeys(m.upstream for m in catalog.models)  # in catalog order, once each
+    out += [upstream_cluster_config(name, catalog.upstreams[name]) for name in used]
     return out
+
+
+def upstream_cluster_config(name: str, server: UpstreamServer) -> dict[str, Any]:
+    """The cluster of one upstream: its replicas, each sending its own Host header; TLS verified
+    against the base URL's host (SNI too) with its CA file or the system's."""
+    replicas = server.replicas()
+    cluster = _cluster(
+        upstream_cluster(name),
+        [(r.host, r.port) for r in replicas],
+        buffer_bytes=UPSTREAM_BUFFER_BYTES,
+        hostnames=[r.authority for r in replicas],
+    )
+    if server.tls:
+        cluster["transport_socket"] = _upstream_tls(replicas[0], str(server.ca_file or ca_file_default()))
+    return cluster
+
+
+def _upstream_tls(replica: BaseUrl, ca_file: str) -> dict[str, Any]:
+    san = (
+        {"san_type": "IP_ADDRESS", "matcher": {"exact": replica.host}}
+        if _is_ip(replica.host)
+        else {
+            "san_type": "DNS",
+            "matcher": {"exact": replica.host},
+        }
+    )
+    context: dict[str, Any] = {
+        "@type": _T + "transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "validation_context": {"trusted_ca": {"filename": ca_file}, "match_typed_subject_alt_names": [san]}
+        },
+    }
+    if not _is_ip(replica.host):
+        context["sni"] = replica.host
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def build_fragment(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict[str, Any]:

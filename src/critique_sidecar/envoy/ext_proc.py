@@ -1,14 +1,15 @@
-"""ext_proc servicer: one gRPC stream per HTTP request on the metered chat route.
+"""ext_proc servicer: one gRPC stream per HTTP request on a metered endpoint's routes.
 
-Translates each ext_proc phase to a call on the core's ChatExchange and its answer back to
-an ext_proc response; a denial becomes an immediate response in one place (messages.immediate).
+Translates each ext_proc phase to a call on the core's Exchange (for the endpoint the request's
+path names, core/endpoints/) and its answer back to an ext_proc response; a denial becomes an
+immediate response in one place (messages.immediate).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
@@ -16,9 +17,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..core.auth import Authenticator
+from ..core.endpoints import ENDPOINTS, Endpoint, by_path
 from ..core.errors import ApiError
-from ..core.exchange import ChatExchange
+from ..core.exchange import Exchange
 from ..core.metering import Meter
+from ..core.upstream import UpstreamHeader
 from ..core.wire import MODEL_HEADER
 from . import messages as m
 from .identity import identity_from_metadata
@@ -31,11 +34,22 @@ _STREAMED = processing_mode_pb2.ProcessingMode(response_body_mode=processing_mod
 # Replies are filled in place (messages.fill_mutation says why): the hot path builds four.
 
 
-async def on_request_headers(x: ChatExchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+def endpoint_of(path: str) -> Endpoint | None:
+    """The endpoint a request's :path names. Under a path prefix Envoy hands ext_proc the
+    client's path (its route rewrites it later), so a path ending in an endpoint's path is that
+    endpoint: only the product's own routes enable ext_proc."""
+    found = by_path(path)
+    if found is None:
+        bare = path.split("?", 1)[0]
+        found = next((e for e in ENDPOINTS if bare.endswith(e.path)), None)
+    return found
+
+
+async def on_request_headers(x: Exchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
     headers = m.headers_of(req.request_headers.headers)
     strip = await x.start(headers, identity_from_metadata(req.metadata_context))
     if req.request_headers.end_of_stream:
-        raise ApiError("invalid_request", "a JSON request body is required")
+        raise x.refused(ApiError("invalid_request", "a JSON request body is required"))
     reply = pb.ProcessingResponse()
     m.fill_mutation(reply.request_headers.response.header_mutation, remove=strip)
     if MODEL_HEADER in headers:
@@ -46,7 +60,7 @@ async def on_request_headers(x: ChatExchange, req: pb.ProcessingRequest) -> pb.P
     return reply
 
 
-async def on_request_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+async def on_request_body(x: Exchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
     upstream = await x.admit(req.request_body.body)
     reply = pb.ProcessingResponse()
     common = reply.request_body.response
@@ -57,7 +71,7 @@ async def on_request_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.Proc
     return reply
 
 
-async def on_response_headers(x: ChatExchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+async def on_response_headers(x: Exchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
     headers = m.headers_of(req.response_headers.headers)
     start = await x.response_start(int(headers.get(":status", "0") or 0), headers)
     if start is None:
@@ -69,7 +83,7 @@ async def on_response_headers(x: ChatExchange, req: pb.ProcessingRequest) -> pb.
     return reply
 
 
-async def on_response_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+async def on_response_body(x: Exchange, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
     body = req.response_body
     # Read once: each read of a bytes field makes a new object, so `out is body.body` was never
     # true and every unchanged chunk went back to Envoy as a full body replacement.
@@ -79,11 +93,14 @@ async def on_response_body(x: ChatExchange, req: pb.ProcessingRequest) -> pb.Pro
         if x.stream_ending(body.end_of_stream):
             out = await x.stream_end(out)
         return chunk_reply(chunk, out)
-    charged = await x.response_json(chunk)
+    charged, body_out = await x.response_json(chunk)
     if not charged:
         return m.CONTINUE_RESPONSE_BODY
     reply = pb.ProcessingResponse()
-    m.fill_mutation(reply.response_body.response.header_mutation, charged)
+    common = reply.response_body.response
+    m.fill_mutation(common.header_mutation, charged)
+    if body_out is not None:
+        common.body_mutation.body = body_out
     return reply
 
 
@@ -101,6 +118,15 @@ _PHASES = {
     "response_headers": on_response_headers,
     "response_body": on_response_body,
 }
+
+
+def _path(req: pb.ProcessingRequest) -> str:
+    for h in req.request_headers.headers.headers:
+        if h.key == ":path":
+            return str(h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value)
+    return ""
+
+
 _PASS = {"request_trailers": m.CONTINUE_REQUEST_TRAILERS, "response_trailers": m.CONTINUE_RESPONSE_TRAILERS}
 
 
@@ -113,7 +139,7 @@ class _CloseOnce:
 
     __slots__ = ("exchange", "task")
 
-    def __init__(self, exchange: ChatExchange) -> None:
+    def __init__(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.task: asyncio.Task[None] | None = None
 
@@ -141,22 +167,37 @@ class _CloseOnce:
 # servicer; ending the stream ourselves cuts that by about three quarters (docs/operations.md).
 
 
+_NOT_METERED = ApiError("not_found", "This path is not a metered endpoint")
+
+
 class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, auth: Authenticator, meter: Meter) -> None:
+    def __init__(
+        self, auth: Authenticator, meter: Meter, credentials: Mapping[str, UpstreamHeader] | None = None
+    ) -> None:
         self._auth = auth
         self._meter = meter
+        self._credentials = credentials or {}
         self._closing: set[asyncio.Task[None]] = set()  # settlements still running
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        exchange = ChatExchange(self._auth, self._meter)
-        close = _CloseOnce(exchange)
+        exchange: Exchange | None = None
+        close: _CloseOnce | None = None
         loop = asyncio.get_running_loop()
-        context.add_done_callback(lambda _: close.idle() or loop.call_soon_threadsafe(self._close_later, close))
+        context.add_done_callback(
+            lambda _: close is None or close.idle() or loop.call_soon_threadsafe(self._close_later, close)
+        )
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
+                if exchange is None:  # the first message: the request's headers name the endpoint
+                    endpoint = endpoint_of(_path(req)) if kind == "request_headers" else None
+                    if endpoint is None:
+                        yield m.immediate(_NOT_METERED)
+                        return
+                    exchange = Exchange(endpoint, self._auth, self._meter, self._credentials)
+                    close = _CloseOnce(exchange)
                 if kind == "response_body" and exchange.sse is not None:
                     # Most of a stream: a chunk that settles nothing is answered here, without
                     # the coroutines of a phase (per-chunk cost is the streamed path's CPU).
@@ -181,7 +222,7 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 if kind == "response_body" and req.response_body.end_of_stream:
                     return  # the exchange is over: see _ENDS_ITSELF
         finally:
-            if not close.idle():
+            if close is not None and not close.idle():
                 await asyncio.shield(self._track(close.start()))
 
     def _close_later(self, close: _CloseOnce) -> None:

@@ -62,7 +62,7 @@ def grpc_server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)],
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
-    ext_proc = ExtProcServicer(c.auth, c.meter)
+    ext_proc = ExtProcServicer(c.auth, c.meter, c.credentials)
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,4 +1,4 @@
-"""chat_request.py: validating a chat-completions body and preparing the upstream body."""
+"""core/endpoints/chat.py: validating a chat-completions body and preparing the upstream body."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ import orjson
 import pytest
 
 from critique_sidecar.core.catalog import Catalog, load_catalog
-from critique_sidecar.core.chat_request import (
-    ChatRequest,
-    estimate_tokens,
-    parse_chat_request,
-    upstream_body,
-)
+from critique_sidecar.core.endpoints import chat
+from critique_sidecar.core.endpoints.base import Limits, MeteredBody, estimate_tokens
 from critique_sidecar.core.errors import ApiError
 
 DEEPSEEK = "deepseek/deepseek-v4-flash"
@@ -35,13 +31,22 @@ def body(**fields: Any) -> bytes:
 _OMIT = object()
 
 
-def parse(catalog: Catalog, raw: bytes) -> ChatRequest:
-    return parse_chat_request(raw, catalog)
+def parse(catalog: Catalog, raw: bytes) -> MeteredBody:
+    return chat.parse(raw, Limits(catalog))
+
+
+def parse_chat_request(raw: bytes, catalog: Catalog) -> MeteredBody:
+    return parse(catalog, raw)
+
+
+def upstream_body(req: MeteredBody) -> bytes | None:
+    """The body the upstream gets, or None when the client's goes unchanged."""
+    return orjson.dumps(req.body) if req.changed else None
 
 
 def bad(catalog: Catalog, raw: bytes) -> ApiError:
     with pytest.raises(ApiError) as err:
-        parse_chat_request(raw, catalog)
+        parse(catalog, raw)
     return err.value
 
 
@@ -53,9 +58,9 @@ def test_quickstart_request(catalog: Catalog) -> None:
     req = parse(catalog, raw)
     assert req.model.id == DEEPSEEK
     assert req.stream is False
-    assert req.client_wants_usage is False
+    assert req.hide_usage is False
     assert req.model_defaulted is False
-    assert req.max_output_tokens == req.model.max_output_tokens == 32_768
+    assert req.output_bound == req.model.max_output_tokens == 32_768
     assert req.body["messages"] == MESSAGES
 
 
@@ -76,33 +81,33 @@ def test_explicit_model_is_not_defaulted(catalog: Catalog) -> None:
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
 def test_max_tokens_under_cap_is_kept(catalog: Catalog, field: str) -> None:
     req = parse(catalog, body(model=DEEPSEEK, **{field: 100}))
-    assert req.max_output_tokens == 100
+    assert req.output_bound == 100
 
 
 @pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
 def test_max_tokens_capped_at_model_max_output(catalog: Catalog, field: str) -> None:
     req = parse(catalog, body(model=DEEPSEEK, **{field: 10_000_000}))
-    assert req.max_output_tokens == req.model.max_output_tokens == 32_768
+    assert req.output_bound == req.model.max_output_tokens == 32_768
 
 
 def test_max_completion_tokens_wins_over_max_tokens(catalog: Catalog) -> None:
     req = parse(catalog, body(max_completion_tokens=50, max_tokens=500))
-    assert req.max_output_tokens == 50
+    assert req.output_bound == 50
 
 
 def test_null_max_tokens_means_model_budget(catalog: Catalog) -> None:
     req = parse(catalog, body(max_tokens=None))
-    assert req.max_output_tokens == req.model.max_output_tokens
+    assert req.output_bound == req.model.max_output_tokens
 
 
 def test_input_token_bound_covers_body_length(catalog: Catalog) -> None:
     for content in ("hi", "x" * 5000, "日本語のテキスト" * 300, "🙂" * 1000):
         raw = body(messages=[{"role": "user", "content": content}])
         req = parse(catalog, raw)
-        assert req.input_token_bound >= len(raw)
-        assert req.input_token_bound <= req.model.context_window
+        assert req.input_bound >= len(raw)
+        assert req.input_bound <= req.model.context_window
         # the typical-case estimate never exceeds the safe bound
-        assert 0 < req.input_token_estimate <= req.input_token_bound
+        assert 0 < req.input_estimate <= req.input_bound
 
 
 def test_input_token_bound_capped_at_context_window(catalog: Catalog) -> None:
@@ -110,7 +115,7 @@ def test_input_token_bound_capped_at_context_window(catalog: Catalog) -> None:
     raw = body(model=TENCENT, messages=[{"role": "user", "content": "a" * (model.context_window + 10)}])
     req = parse(catalog, raw)
     assert len(raw) > model.context_window
-    assert req.input_token_bound == model.context_window
+    assert req.input_bound == model.context_window
 
 
 def test_input_token_estimate_counts_the_whole_body(catalog: Catalog) -> None:
@@ -122,8 +127,8 @@ def test_input_token_estimate_counts_the_whole_body(catalog: Catalog) -> None:
     grown = len(body(messages=[{"role": "user", "content": "a"}, result], tools=tools)) - len(
         body(messages=[{"role": "user", "content": "a"}])
     )
-    assert big.input_token_estimate - plain.input_token_estimate in (grown // 4, grown // 4 + 1)
-    assert big.input_token_estimate <= big.input_token_bound
+    assert big.input_estimate - plain.input_estimate in (grown // 4, grown // 4 + 1)
+    assert big.input_estimate <= big.input_bound
 
 
 def test_estimate_tokens() -> None:
@@ -141,10 +146,10 @@ def test_stream_flag(catalog: Catalog, stream: bool | None) -> None:
 
 
 def test_client_usage_request_is_recorded(catalog: Catalog) -> None:
-    assert parse(catalog, body(stream=True, stream_options={"include_usage": True})).client_wants_usage is True
-    assert parse(catalog, body(stream=True, stream_options={"include_usage": False})).client_wants_usage is False
-    assert parse(catalog, body(stream=True, stream_options={})).client_wants_usage is False
-    assert parse(catalog, body(stream=True, stream_options={"include_usage": "yes"})).client_wants_usage is False
+    assert parse(catalog, body(stream=True, stream_options={"include_usage": True})).hide_usage is False
+    assert parse(catalog, body(stream=True, stream_options={"include_usage": False})).hide_usage is True
+    assert parse(catalog, body(stream=True, stream_options={})).hide_usage is True
+    assert parse(catalog, body(stream=True, stream_options={"include_usage": "yes"})).hide_usage is True
 
 
 # --- invalid requests ---------------------------------------------------------------------------
@@ -240,7 +245,7 @@ def test_upstream_body_adds_include_usage_for_streams(catalog: Catalog) -> None:
     assert sent["model"] == DEEPSEEK
     assert sent["temperature"] == 0.2
     assert sent["messages"] == MESSAGES
-    assert req.client_wants_usage is False  # the extra chunk must still be hidden from the client
+    assert req.hide_usage is True  # the extra chunk must still be hidden from the client
 
 
 def test_upstream_body_overrides_explicit_false_and_keeps_other_options(catalog: Catalog) -> None:
@@ -282,7 +287,7 @@ def test_upstream_body_defaulted_model_and_stream(catalog: Catalog) -> None:
 def test_duplicate_metered_fields_are_refused(field: str, first: str, second: str) -> None:
     raw = f'{{"{field}": {first}, "messages": [{{"role": "user", "content": "x"}}], "{field}": {second}}}'.encode()
     with pytest.raises(ApiError) as err:
-        parse_chat_request(raw, load_catalog())
+        parse(load_catalog(), raw)
     assert err.value.code == "invalid_request" and err.value.param == field
 
 
@@ -294,7 +299,7 @@ def test_metered_words_inside_messages_are_not_duplicates() -> None:
 # --- the output bound the upstream receives (issue 14) -------------------------------------------
 
 
-def sent(req: ChatRequest) -> dict[str, Any]:
+def sent(req: MeteredBody) -> dict[str, Any]:
     out = upstream_body(req)
     assert out is not None
     return orjson.loads(out)  # type: ignore[no-any-return]
@@ -302,7 +307,7 @@ def sent(req: ChatRequest) -> dict[str, Any]:
 
 def test_a_body_without_a_bound_gets_max_tokens_inserted(catalog: Catalog) -> None:
     req = parse(catalog, body(model=DEEPSEEK))
-    assert sent(req)["max_tokens"] == 32_768 == req.max_output_tokens
+    assert sent(req)["max_tokens"] == 32_768 == req.output_bound
     assert "max_completion_tokens" not in sent(req)
 
 
@@ -310,7 +315,7 @@ def test_a_body_without_a_bound_gets_max_tokens_inserted(catalog: Catalog) -> No
 def test_a_bound_over_the_budget_is_clamped_in_the_field_the_client_used(catalog: Catalog, field: str) -> None:
     req = parse(catalog, body(model=DEEPSEEK, **{field: 200_000}))
     out = sent(req)
-    assert out[field] == 32_768 and req.max_output_tokens == 32_768
+    assert out[field] == 32_768 and req.output_bound == 32_768
     assert {"max_tokens", "max_completion_tokens"} - {field} - set(out) == {"max_tokens", "max_completion_tokens"} - {
         field
     }
@@ -319,12 +324,12 @@ def test_a_bound_over_the_budget_is_clamped_in_the_field_the_client_used(catalog
 def test_both_bounds_are_clamped_to_the_one_the_hold_used(catalog: Catalog) -> None:
     req = parse(catalog, body(model=DEEPSEEK, max_completion_tokens=10, max_tokens=30_000))
     out = sent(req)
-    assert (out["max_completion_tokens"], out["max_tokens"], req.max_output_tokens) == (10, 10, 10)
+    assert (out["max_completion_tokens"], out["max_tokens"], req.output_bound) == (10, 10, 10)
 
 
 def test_n_multiplies_the_output_bound(catalog: Catalog) -> None:
     req = parse(catalog, body(model=DEEPSEEK, n=8, max_tokens=30_000))
-    assert (req.n, req.per_choice_output_tokens, req.max_output_tokens) == (8, 30_000, 240_000)
+    assert (req.generations, req.per_generation, req.output_bound) == (8, 30_000, 240_000)
     assert upstream_body(req) is None  # already within the budget: forwarded as sent, n and all
 
 
@@ -341,9 +346,9 @@ def test_a_catalog_default_output_bound_is_inserted(tmp_path: Any) -> None:
     (tmp_path / "c.toml").write_text(text)
     custom = load_catalog(tmp_path / "c.toml")
     req = parse_chat_request(body(model=DEEPSEEK), custom)
-    assert sent(req)["max_tokens"] == 4096 == req.max_output_tokens
+    assert sent(req)["max_tokens"] == 4096 == req.output_bound
     req = parse_chat_request(body(model=DEEPSEEK, max_tokens=20_000), custom)  # an explicit bound still counts
-    assert req.max_output_tokens == 20_000 and upstream_body(req) is None
+    assert req.output_bound == 20_000 and upstream_body(req) is None
 
 
 @pytest.mark.parametrize(
