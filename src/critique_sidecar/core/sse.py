@@ -42,9 +42,9 @@ class SseMeter:
     __slots__ = (
         "_buf",
         "_comment_forged",
-        "_lf_out",
         "_data",
         "_held",
+        "_lf_out",
         "_name",
         "_open",
         "_overflow",

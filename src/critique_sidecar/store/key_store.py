@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from ..core.key_controls import KeyControls
 from ..core.keys import KeyRecord, generate_key, hash_key, new_key_id
+from ..core.limit_table import KEY_LIMITS
 from . import keyspace as ks
 from .errors import raise_if_cancelling, store_call
 from .scripts import register
@@ -148,7 +149,12 @@ class RedisKeyStore:
         every sidecar drops the key from its cache."""
         record = await self._own_key(account, key_id)
         flat = [item for pair in sorted(controls.to_hash().items()) for item in pair]
-        await self._set_controls(keys=[ks.key_controls(account, key_id)], args=flat)
+        counts = [
+            "1" if any(r.credits and r.mechanism == "cap" and r.name in controls.limits for r in KEY_LIMITS) else "0",
+            "1" if any(r.mechanism == "concurrency" and r.name in controls.limits for r in KEY_LIMITS) else "0",
+        ]
+        keys = [ks.key_controls(account, key_id), ks.hold_info(account), ks.holds(account), ks.limiter(account)]
+        await self._set_controls(keys=keys, args=[key_id, *counts, *flat])
         if controls.expires_at_ms is None:
             await self._redis.hdel(ks.key_by_hash(record.key_hash), "expires_at_ms")
         else:

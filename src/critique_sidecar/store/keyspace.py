@@ -87,15 +87,15 @@ def key_controls(account: str, key_id: str) -> str:
 
 
 def limiter(account: str) -> str:
-    """Hash: live limiter state. r, t (+ ':at'): the account's requests / tokens buckets;
-    r:<key>, t:<key> (+ ':at'): a key's; n:<key> a key's requests in flight; h:<key> a key's
-    held micro-credits (place_hold.lua documents the units)."""
+    """Hash: live limiter state. tw, tw:<key>: the tokens in the account's and a key's minute
+    window; n:<key>: a key's requests in flight and h:<key>: its held micro-credits, counted
+    while the key has a concurrency limit or a credit cap (removed at zero)."""
     return f"{_tag(account)}:lim"
 
 
 def hold_info(account: str) -> str:
-    """Hash: request id -> what its admission counted per key and per token bucket, so
-    settlement and the expiry sweep undo exactly that (place_hold.lua)."""
+    """Hash: request id -> its key and what its admission counted for it (store/lua/lib/
+    hold_counters.lua), so settlement and the expiry sweep undo exactly that."""
     return f"{_tag(account)}:holdinfo"
 
 

@@ -222,9 +222,9 @@ local in_key = by_scope['key'] and 1 or 0
 local key_hold = key_held and amount or 0
 if key_hold > 0 then redis.call('HINCRBY', K_limiter, 'h:' .. kid, key_hold) end
 if key_in_flight then redis.call('HINCRBY', K_limiter, 'n:' .. kid, 1) end
-if key_hold > 0 or key_in_flight or in_acct + in_key > 0 then
-  redis.call('HSET', K_hold_info, rid, table.concat({kid, string.format('%d', key_hold),
-    key_in_flight and 1 or 0, in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
-end
+-- Every hold names its key, so a key limit set while it is in flight can count it
+-- (set_key_controls.lua) and settlement undoes exactly what was counted.
+redis.call('HSET', K_hold_info, rid, table.concat({kid, string.format('%d', key_hold),
+  key_in_flight and 1 or 0, in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
 held = held + amount
 return answer('ok', table.concat(warnings, ','), '', 0, true)

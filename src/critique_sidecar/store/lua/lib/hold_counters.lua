@@ -1,7 +1,8 @@
 -- What an admission counted for one hold, and its undoing. place_hold.lua writes a hold info
--- entry "key|held micro-credits|in flight 1/0|in account window 1/0|in key window 1/0|tokens|at ms"
--- when the hold counted anything per key or per minute; its expiry sweep and settle.lua release
--- the key's held credits and in-flight count with release_counters.
+-- entry for every hold: "key|held micro-credits|in flight 1/0|in account window 1/0|in key
+-- window 1/0|tokens|at ms" (set_key_controls.lua may count an open hold later and mark it); its
+-- expiry sweep and settle.lua release the key's held credits and in-flight count with
+-- release_counters.
 local function read_hold_info(info)
   return string.match(info, '^(.-)|(%d+)|(%d+)|(%d)|(%d)|(%d+)|')
 end
