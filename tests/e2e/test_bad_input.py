@@ -310,7 +310,7 @@ def test_spoofed_identity_headers_never_reach_the_upstream_nor_change_the_charge
     seen = upstream_requests(stack)[-1]
     sent_headers = {k.lower() for k in seen["headers"]}
     assert not [h for h in sent_headers if h.startswith("x-critique-")]
-    assert "authorization" not in sent_headers
+    assert seen["headers"]["authorization"] == f"Bearer {stack.upstream_key}"  # the operator's, not the client's
     assert seen["body"]["model"] == MODEL  # routed by the body, not by a header
 
     [record] = ledger(stack, account).records  # the key's own account pays

@@ -67,8 +67,8 @@ def admin_get(port: int, path: str) -> str:
 
 
 def sidecar_healthy(admin: int) -> bool:
-    stats = admin_get(admin, "/clusters")
-    return "sidecar_grpc::127.0.0.1" in stats and "health_flags::healthy" in stats.split("sidecar_grpc::", 1)[1]
+    flags = [line for line in admin_get(admin, "/clusters").splitlines() if line.startswith("sidecar_grpc::")]
+    return any(line.endswith("::health_flags::healthy") for line in flags)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_merged_edge_keeps_every_existing_route_and_meters_the_product(edge: dic
     ]
     # The catalog as shipped, its model server moved to this test's fake one.
     catalog = work / "catalog.toml"
-    catalog.write_text(DEFAULT_CATALOG.read_text().replace("port = 8100", f"port = {stack.ports['upstream']}"))
+    catalog.write_text(DEFAULT_CATALOG.read_text().replace("127.0.0.1:8100", f"127.0.0.1:{stack.ports['upstream']}"))
     env = {**os.environ, "CRITIQUE_CATALOG_PATH": str(catalog)}
     out = merge_cli(str(edge["original"]), *args, env=env)
     assert out.returncode == 0, out.stderr
@@ -238,7 +238,7 @@ def test_merged_under_a_path_prefix_serves_the_product_there_and_nowhere_else(
     args += ["--sidecar-grpc", stack.sidecar_environ()["CRITIQUE_GRPC_LISTEN"]]
     args += ["--sidecar-http", stack.sidecar_environ()["CRITIQUE_HTTP_LISTEN"]]
     catalog = work / "catalog.toml"
-    catalog.write_text(DEFAULT_CATALOG.read_text().replace("port = 8100", f"port = {stack.ports['upstream']}"))
+    catalog.write_text(DEFAULT_CATALOG.read_text().replace("127.0.0.1:8100", f"127.0.0.1:{stack.ports['upstream']}"))
     env = {**os.environ, "CRITIQUE_CATALOG_PATH": str(catalog)}
     assert "already matches the product's path /api/" in merge_cli(str(original), *args[:4], env=env).stderr
     out = merge_cli(str(original), *args, env=env)

@@ -157,7 +157,7 @@ def test_upstream_never_sees_key_or_spoofed_headers(stack: Stack, front_door: Fr
     seen = upstream_seen(stack)[-1]
     assert seen["body"]["messages"][0]["content"] == "spoof check"
     assert "crt_" not in str(seen["headers"])
-    assert "authorization" not in seen["headers"]
+    assert seen["headers"]["authorization"] == f"Bearer {stack.upstream_key}"  # the operator's credential
     assert not [h for h in seen["headers"] if h.startswith("x-critique-")]
     assert seen["body"]["model"] == "deepseek/deepseek-v4-flash"
     assert balance(stack, account) < Decimal("10")  # the key's own account paid

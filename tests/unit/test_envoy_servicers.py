@@ -216,9 +216,17 @@ async def test_a_stream_that_does_not_open_with_a_metered_path_is_refused(core: 
     s = Stream(core.servicer())
     reply = await s.send(request_headers({":path": "/api/v1/not-metered", "authorization": f"Bearer {core.key}"}))
     assert reply.immediate_response.status.code == 404
+
+
+async def test_a_reply_envoy_made_before_the_request_reached_us_passes(core: Core) -> None:
+    """The buffer filter's 413 (a body too large to buffer) goes through ext_proc's encoder
+    path: the stream opens with response headers, nothing was admitted."""
     s = Stream(core.servicer())
-    reply = await s.send(pb.ProcessingRequest(request_trailers=pb.HttpTrailers()))  # no headers first
-    assert reply.immediate_response.status.code == 404
+    reply = await s.send(response_headers(413, "application/json"))
+    assert reply.HasField("response_headers") and not reply.HasField("immediate_response")
+    reply = await s.send(response_body(b'{"error": {}}', end=True))
+    assert reply.HasField("response_body")
+    assert core.ledger.records == []
 
 
 async def test_under_a_path_prefix_the_path_names_the_endpoint(core: Core) -> None:

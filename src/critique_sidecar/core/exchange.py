@@ -41,6 +41,7 @@ from .wire import (
     OPT_IN_HEADER,
     REQUEST_ID_HEADER,
     SDK_REQUEST_ID_HEADER,
+    SHOULD_RETRY_HEADER,
     WARNING_HEADER,
     ours,
 )
@@ -166,6 +167,7 @@ class Exchange:
                         "upstream_auth_failed",
                         "The model server refused this gateway's credentials. This is a configuration problem on "
                         "the gateway's side, not your API key; nothing was charged.",
+                        headers={SHOULD_RETRY_HEADER: "false"},
                     )
                 )
         elif headers.get("content-type", "").startswith("text/event-stream") and self.endpoint.stream_reader:

@@ -467,6 +467,8 @@ def upstream_cluster_config(name: str, server: UpstreamServer) -> dict[str, Any]
         buffer_bytes=UPSTREAM_BUFFER_BYTES,
         hostnames=[r.authority for r in replicas],
     )
+    if cluster["type"] == "STRICT_DNS":
+        cluster["dns_lookup_family"] = "V4_PREFERRED"  # "localhost" and dual-stack names: IPv4 first
     if server.tls:
         cluster["transport_socket"] = _upstream_tls(replicas[0], str(server.ca_file or ca_file_default()))
     return cluster

@@ -128,6 +128,12 @@ def _path(req: pb.ProcessingRequest) -> str:
 
 
 _PASS = {"request_trailers": m.CONTINUE_REQUEST_TRAILERS, "response_trailers": m.CONTINUE_RESPONSE_TRAILERS}
+_CONTINUE = {
+    **_PASS,
+    "request_body": m.CONTINUE_REQUEST_BODY,
+    "response_headers": m.CONTINUE_RESPONSE_HEADERS,
+    "response_body": m.CONTINUE_RESPONSE_BODY,
+}
 
 
 class _CloseOnce:
@@ -192,7 +198,12 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
                 if exchange is None:  # the first message: the request's headers name the endpoint
-                    endpoint = endpoint_of(_path(req)) if kind == "request_headers" else None
+                    if kind != "request_headers":
+                        # Envoy replied itself before the request reached us (the buffer filter's
+                        # 413): nothing was admitted, nothing to meter.
+                        yield _CONTINUE.get(kind, m.CONTINUE_RESPONSE_TRAILERS)
+                        continue
+                    endpoint = endpoint_of(_path(req))
                     if endpoint is None:
                         yield m.immediate(_NOT_METERED)
                         return
