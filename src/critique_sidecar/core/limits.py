@@ -29,7 +29,9 @@ REQUEST_ID = wire.SDK_REQUEST_ID_HEADER
 
 # Refusals that will not lift within a retry's wait: the SDKs are told not to retry them (every
 # cap of core/limit_table.py, which lift at the next UTC day or month).
-NO_RETRY = frozenset({"inference_disabled", "insufficient_credits", "model_not_allowed", *REFUSALS})
+NO_RETRY = frozenset(
+    {"inference_disabled", "insufficient_credits", "model_not_allowed", "upstream_auth_failed", *REFUSALS}
+)
 
 
 @dataclass(frozen=True, slots=True)
