@@ -50,7 +50,7 @@ class Lifecycle:
         if config.usage_trim_interval_s > 0:
             retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
             self._run("usage-retention", retention.run_forever(config.usage_trim_interval_s))
-        # -- observe (issue 20): budget-notification delivery, usage push (when configured)
+        # budget-notification delivery and the usage push, when configured
         from .app import background_workers
 
         for name, work in background_workers(config, c.redis):

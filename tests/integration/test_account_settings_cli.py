@@ -85,7 +85,7 @@ def test_cli_settings_bad_values_exit_2_and_change_nothing(
     assert json.loads(out)["enabled"] is True and json.loads(out)["daily_request_cap"] == 5
 
 
-# -- observe: the notification settings through the CLI ------------------------------------
+# -- the notification settings through the CLI --------------------------------------------
 
 
 def test_cli_notification_settings_and_secret(

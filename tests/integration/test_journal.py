@@ -234,7 +234,7 @@ async def test_replay_forever_survives_an_unexpected_error(env: Env, monkeypatch
     assert (await env.state())[2] == ["req_f"]
 
 
-# --- settlements Redis refuses (issue 14) ---------------------------------------------------------
+# --- settlements Redis refuses -------------------------------------------------------------------
 
 
 async def test_a_wrongtype_key_is_a_rejection_not_an_outage_and_changes_nothing(env: Env) -> None:

@@ -118,7 +118,7 @@ def test_bad_rate_limits_name_the_field(body: bytes) -> None:
 # <<< limits
 
 
-# -- observe: budget notification settings ------------------------------------------------
+# -- budget notification settings -----------------------------------------------------------
 
 
 def test_notification_settings_round_trip() -> None:

@@ -117,7 +117,7 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
                 "scopes": sorted(r.scopes),
                 "created_at": r.created_at,
                 "revoked": r.revoked,
-                "controls": (await store.controls_of(r.account, r.key_id)).to_json(),  # limits
+                "controls": (await store.controls_of(r.account, r.key_id)).to_json(),
             }
             for r in records
         ]

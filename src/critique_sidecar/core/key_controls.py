@@ -107,9 +107,6 @@ class KeyControls:
     def expired(self, now_ms: int) -> bool:
         return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
 
-    def allows_model(self, model_id: str) -> bool:
-        return self.models is None or model_id in self.models
-
     # --- JSON (the API and `keys ... --json`) -----------------------------------------------
     @classmethod
     def parse(cls, data: Any, known_models: Collection[str] | None = None) -> KeyControls:

@@ -25,7 +25,6 @@ REMAINING_TOKENS = wire.REMAINING_TOKENS_HEADER
 RESET_TOKENS = wire.RESET_TOKENS_HEADER
 RETRY_AFTER = wire.RETRY_AFTER_HEADER
 SHOULD_RETRY = wire.SHOULD_RETRY_HEADER
-REQUEST_ID = wire.SDK_REQUEST_ID_HEADER
 
 # Refusals that will not lift within a retry's wait: the SDKs are told not to retry them (every
 # cap of core/limit_table.py, which lift at the next UTC day or month).

@@ -23,6 +23,7 @@ from ..core.errors import error_body
 from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
+from .identity import NAMESPACE as EXT_AUTHZ_NAMESPACE
 from .options import EnvoyOptionError, EnvoyOptions, SidecarTls, check_path_prefix, endpoint_address, listen_address
 
 # Filter names are our own, so they never clash with an ext_authz or buffer filter already in
@@ -30,9 +31,6 @@ from .options import EnvoyOptionError, EnvoyOptions, SidecarTls, check_path_pref
 EXT_AUTHZ = "critique.ext_authz"
 EXT_PROC = "critique.ext_proc"
 BUFFER = "critique.buffer"
-# Envoy's ext_authz writes its dynamic metadata under its extension name, whatever the filter
-# is called (envoy/identity.py reads it from there).
-EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.py finds them by it)
 SIDECAR_CLUSTERS = ("sidecar_grpc", "sidecar_http")

@@ -135,7 +135,7 @@ class RedisKeyStore:
                 previous = await self._redis.hget(ks.key_by_hash(key_hash), "previous")
                 key_hash = _text(previous) if previous else None
 
-    # --- per-key controls (issue 17/18) ---------------------------------------------------------
+    # --- per-key controls ---------------------------------------------------------------------
     async def _own_key(self, account: str, key_id: str) -> KeyRecord:
         record = await self.by_id(key_id)
         if record is None or record.account != ks.check_account(account):

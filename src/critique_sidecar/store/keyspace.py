@@ -80,7 +80,7 @@ def capture_stream(account: str) -> str:
     return f"{_tag(account)}:capture"
 
 
-# --- per-key controls and rate limits (issue 18); all in the account's slot ---------------------
+# --- per-key controls and limits; all in the account's slot -------------------------------------
 def key_controls(account: str, key_id: str) -> str:
     """Hash: one key's controls (core/key_controls.py), read by place_hold.lua."""
     return f"{_tag(account)}:keyctl:{key_id}"

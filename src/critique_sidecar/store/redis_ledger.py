@@ -75,7 +75,7 @@ class RedisLedger:
             code=None if code == "ok" else code,
             warnings=tuple(w for w in _s(r.warnings).split(",") if w),
             training_opt_in=bool(int(r.training_opt_in)),
-            detail={"balance": int(r.balance), "floor": int(r.floor), "held": int(r.held)},
+            funds={"balance": int(r.balance), "floor": int(r.floor), "held": int(r.held)},
             control=_s(r.control),
             retry_after_ms=int(r.retry_ms),
             rate=rate_status(

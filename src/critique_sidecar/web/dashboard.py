@@ -70,7 +70,7 @@ def _bad(param: str, message: str) -> ApiError:
 def parse_days(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_DAYS
-    if raw in ("7", "30", "90"):
+    if raw in {str(d) for d in DAYS}:
         return int(raw)
     raise _bad("days", "'days' must be 7, 30 or 90")
 

@@ -39,7 +39,7 @@ def settings_routes(
         )
         change = Change(Actor("key", identity.key_id), request_id_of(request), int(time.time() * 1000))
         updated = (await store.patch(identity.account, patch, change)).to_json()
-        if updated.get("notify_webhook_url"):  # observe: the signing secret, shown once when created
+        if updated.get("notify_webhook_url"):  # the signing secret, shown once when created
             secret = await store.ensure_webhook_secret(identity.account)
             if secret is not None:
                 updated["notify_webhook_secret"] = secret
