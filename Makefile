@@ -122,6 +122,6 @@ profile: install
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV) .venv-litellm .run bench/out
 
-# Regenerate the README's configuration table from the settings model.
+# Regenerate the configuration table (docs/operations.md) from the settings model.
 docs: $(VENV)/.installed
-	$(PY) -c 'import re,pathlib; from critique_sidecar.config_doc import START,END,config_table; p=pathlib.Path("README.md"); t=p.read_text(); p.write_text(t.split(START)[0]+START+"\n"+config_table()+"\n"+END+t.split(END)[1])'
+	$(PY) -c 'import re,pathlib; from critique_sidecar.config_doc import START,END,config_table; p=pathlib.Path("docs/operations.md"); t=p.read_text(); p.write_text(t.split(START)[0]+START+"\n"+config_table()+"\n"+END+t.split(END)[1])'
