@@ -323,6 +323,6 @@ class Provisioning:
 def page_limit(raw: str | None, default: int = 100) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError("invalid_request", f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
     return int(raw)

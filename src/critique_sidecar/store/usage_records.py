@@ -105,7 +105,7 @@ def _account_of_stream(key: str) -> str | None:
     prefix, suffix = "crt:{a:", "}:usage"
     if key.startswith(prefix) and key.endswith(suffix):
         account = key[len(prefix) : -len(suffix)]
-        if ks.usage_stream(account) == key and ks.ACCOUNT_RE.match(account):
+        if ks.usage_stream(account) == key and ks.ACCOUNT_RE.fullmatch(account):
             return account
     return None
 
