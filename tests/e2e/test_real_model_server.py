@@ -32,6 +32,7 @@ MODEL = "deepseek/deepseek-v4-flash"
 UPSTREAM_ID = "deepseek-chat"  # what the model server calls it
 MISPLACED = "acme/misplaced-credential"  # its credential goes in a header the server does not read
 WRONG = "acme/wrong-credential"  # its credential is not the server's key
+UNTRUSTED = "acme/untrusted-tls"  # https, verified against a CA that did not sign the server's certificate
 TEXT = "Retry with backoff, cap the attempts, and log each failure."
 
 CATALOG = """\
@@ -85,6 +86,24 @@ price = {{ input = "1.00", output = "2.00" }}
 """
 
 
+UNTRUSTED_TABLES = """
+[upstreams.litellm-untrusted]
+base_urls = ["{{base}}"]
+ca_file = "{ca}"
+credential = {{ env = "LITELLM_MASTER_KEY" }}
+
+[[models]]
+id = "{model}"
+role = "Test"
+owned_by = "acme"
+context_window = 8_192
+max_output_tokens = 1_024
+upstream = "litellm-untrusted"
+upstream_model = "deepseek-chat"
+price = {{ input = "1.00", output = "2.00" }}
+"""
+
+
 @dataclass
 class Served:
     stack: Stack
@@ -98,7 +117,7 @@ class Served:
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     scheme: str = request.param
     workdir = tmp_path_factory.mktemp(f"litellm-{scheme}")
-    tls, ca_line, host = None, "", "127.0.0.1"
+    tls, ca_line, host, extra = None, "", "127.0.0.1", ""
     if scheme == "https":
         ca = trustme.CA()
         cert = ca.issue_cert("localhost")  # a name: SNI and the certificate's name are checked
@@ -110,6 +129,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
             f'ca_file = "{workdir / "ca.pem"}"',
             "localhost",
         )
+        trustme.CA().cert_pem.write_to_path(str(workdir / "other-ca.pem"))
+        extra = UNTRUSTED_TABLES.format(model=UNTRUSTED, ca=workdir / "other-ca.pem")
     models = [
         {
             "model_name": UPSTREAM_ID,
@@ -122,7 +143,8 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         catalog.write_text(
             CATALOG.format(
                 model=MODEL, upstream_id=UPSTREAM_ID, misplaced=MISPLACED, wrong=WRONG, base=server.base_url, ca=ca_line
-            )
+            ).replace("{base}", server.base_url)
+            + extra.replace("{base}", server.base_url)
         )
         envoy_yaml = workdir / "envoy.yaml"
         envoy_yaml.write_text(render(load_catalog(catalog)))  # what `critique-sidecar envoy-config` prints
@@ -269,3 +291,17 @@ def test_the_model_server_never_sees_the_clients_key_and_always_the_operators(
         assert key not in str(request) and "crt_" not in str(headers)
         assert not [h for h in headers if h.startswith("x-critique-")]
         assert request["body"]["model"] == MODEL  # routed by the body, not the forged header
+
+
+@pytest.mark.parametrize("served", ["https"], indirect=True)
+@pytest.mark.parametrize("door_name", FRONT_DOORS)
+def test_tls_is_verified_a_server_another_ca_signed_is_never_reached(
+    served: Served, door_name: str, account: str
+) -> None:
+    door = served.door(door_name)
+    key = funded_key(served.stack, account)
+    before = balance(served.stack, account)
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk(door, key).chat.completions.create(model=UNTRUSTED, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 502 and caught.value.code == "upstream_error"
+    assert balance(served.stack, account) == before
