@@ -25,14 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 import uvloop
+from procs import redis_server
 
 from critique_sidecar.core.account_settings import SettingsPatch
 from critique_sidecar.core.key_controls import KeyControls
 from critique_sidecar.core.ledger import HoldRequest, UsageRecord
-from critique_sidecar.devtools.stack import REPO, free_port, redis_binary, wait_until
+from critique_sidecar.devtools.stack import REPO
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store import redis_ledger
 from critique_sidecar.store.redis_ledger import RedisLedger
@@ -160,16 +160,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds; each figure is the best (default 3)")
     p.add_argument("--baseline", metavar="GIT_REF", help="also measure the scripts as they were at this ref")
     args = p.parse_args()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=server)
-            rows = uvloop.run(run(port, args.requests, args.rounds, args.baseline))
-        finally:
-            server.terminate()
-            server.wait()
+    with redis_server() as port:
+        rows = uvloop.run(run(port, args.requests, args.rounds, args.baseline))
     print(f"{'profile':8} | {'scripts':12} | admission us | settlement us | per request us")
     for name, label, hold, settle in rows:
         print(f"{name:8} | {label[:12]:12} | {hold:12.2f} | {settle:13.2f} | {hold + settle:14.2f}")

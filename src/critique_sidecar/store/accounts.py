@@ -34,8 +34,8 @@ class RedisAccounts:
             return []
         ids = [r[0].decode() if isinstance(r[0], bytes) else str(r[0]) for r in rows]
         amounts = await self._redis.hmget(ks.holds(account), ids)
-        return [
-            OpenHold(i, int(a), int(score))
+        return [  # a hold is "<micro-credits>:<key id>" (or a bare amount)
+            OpenHold(i, int(a.split(b":", 1)[0]), int(score))
             for i, a, (_, score) in zip(ids, amounts, rows, strict=True)
             if a is not None
         ]

@@ -30,7 +30,7 @@ def settings(account: str) -> str:
 
 
 def holds(account: str) -> str:
-    """Hash: request id -> held micro-credits."""
+    """Hash: request id -> "<held micro-credits>:<key id>" (store/lua/lib/hold_counters.lua)."""
     return f"{_tag(account)}:holds"
 
 

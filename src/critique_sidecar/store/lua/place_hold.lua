@@ -12,9 +12,9 @@ local PER_MIN = 60000  -- the rate limits' window, ms
 -- Release holds whose owner never settled (bounded per call; every admission sweeps).
 local stale = redis.call('ZRANGEBYSCORE', K_hold_expiry, '-inf', now, 'LIMIT', 0, 100)
 for _, old in ipairs(stale) do
-  local amt = redis.call('HGET', K_holds, old)
+  local amt = hold_amount(redis.call('HGET', K_holds, old))
   if amt then
-    redis.call('HINCRBY', K_account, 'held', -tonumber(amt))
+    redis.call('HINCRBY', K_account, 'held', -amt)
     redis.call('HDEL', K_holds, old)
   end
   redis.call('ZREM', K_hold_expiry, old)
@@ -200,7 +200,7 @@ if worst then
   return answer('rate_limit_exceeded', '', worst, worst_wait == math.huge and -1 or worst_wait, false)
 end
 
-redis.call('HSET', K_holds, rid, amount)
+redis.call('HSET', K_holds, rid, string.format('%d', amount) .. ':' .. kid)  -- names its key: set_key_controls.lua
 redis.call('ZADD', K_hold_expiry, tonumber(A_expires_ms), rid)
 redis.call('HINCRBY', K_account, 'held', amount)
 -- The request counters of every request cap in the table (set or not: a cap set mid-window
@@ -222,9 +222,9 @@ local in_key = by_scope['key'] and 1 or 0
 local key_hold = key_held and amount or 0
 if key_hold > 0 then redis.call('HINCRBY', K_limiter, 'h:' .. kid, key_hold) end
 if key_in_flight then redis.call('HINCRBY', K_limiter, 'n:' .. kid, 1) end
--- Every hold names its key, so a key limit set while it is in flight can count it
--- (set_key_controls.lua) and settlement undoes exactly what was counted.
-redis.call('HSET', K_hold_info, rid, table.concat({kid, string.format('%d', key_hold),
-  key_in_flight and 1 or 0, in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
+if key_hold > 0 or key_in_flight or in_acct + in_key > 0 then
+  redis.call('HSET', K_hold_info, rid, table.concat({kid, string.format('%d', key_hold),
+    key_in_flight and 1 or 0, in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
+end
 held = held + amount
 return answer('ok', table.concat(warnings, ','), '', 0, true)

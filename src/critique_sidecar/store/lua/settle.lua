@@ -30,7 +30,7 @@ for i = 1, 2 do
 end
 local charge = tonumber(A_charge)
 if (tonumber(a[1]) or 0) - charge < -9007199254740991 then return reject('balance would underflow') end
-local amt = redis.call('HGET', K_holds, rid)
+local amt = hold_amount(redis.call('HGET', K_holds, rid))
 local info = redis.call('HGET', K_hold_info, rid)
 local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'}}
 if info then written[#written + 1] = {K_limiter, 'hash'} end
@@ -45,7 +45,7 @@ if notify.err or (notify[1] and not typed(K_notify_outbox, 'stream')) then notif
 
 -- The charge: release the hold, take the credits.
 if amt then
-  redis.call('HINCRBY', K_account, 'held', -tonumber(amt))
+  redis.call('HINCRBY', K_account, 'held', -amt)
   redis.call('HDEL', K_holds, rid)
 end
 redis.call('ZREM', K_hold_expiry, rid)
