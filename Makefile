@@ -8,7 +8,7 @@ ENVOY := $(ENVOY_VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 GEN := src/critique_sidecar/_generated
 
-.PHONY: install install-run redis browser litellm run lint test test-quick bench bench-stream bench-scaling soak profile proto proto-check envoy-config deploy-config envoy-validate docs clean
+.PHONY: install install-run redis browser litellm run lint test test-quick bench bench-stream bench-scaling soak profile proto proto-check envoy-config deploy-config envoy-validate docs clean lock
 
 # Everything the tests need: the run-time install, the dev extras, the browser and a model
 # server nobody here wrote (LiteLLM's proxy, in mock mode).
@@ -18,17 +18,20 @@ install: install-run $(VENV)/.installed browser litellm
 install-run: $(VENV)/.installed-run $(ENVOY) redis
 
 # The sidecar's virtualenv (both wheels ship a top-level `envoy` package, so Envoy gets its own).
-$(VENV)/.installed-run: pyproject.toml
+# Dependencies come from the lock file, every file checked against its hash (the image installs
+# the same file); the package itself goes on top without resolving anything.
+$(VENV)/.installed-run: pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 # The dev extras: test tools, linters, protobuf compiler. xds-protos ships an older copy of
 # OpenTelemetry's generated modules (opentelemetry/proto/...), and whichever wheel pip installs
 # last owns those files: opentelemetry-proto is reinstalled last so the otel extra gets its own.
-$(VENV)/.installed: $(VENV)/.installed-run
-	$(PY) -m pip install -q -e '.[dev]'
+$(VENV)/.installed: $(VENV)/.installed-run requirements-dev.lock
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
 	$(PY) -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
@@ -118,6 +121,13 @@ bench-scaling: install
 profile: install
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) bench/profile.py $(PROFILE_ARGS)
+
+# requirements.lock (what running needs) and requirements-dev.lock (+ dev and otel extras), with
+# the hash of every file, from pyproject.toml's ranges. Run after changing a dependency.
+LOCK := $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock: $(VENV)/.installed
+	$(LOCK) -o requirements.lock pyproject.toml
+	$(LOCK) --extra dev --extra otel -o requirements-dev.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV) .venv-litellm .run bench/out

@@ -21,7 +21,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from critique_sidecar.envoy.server import GRPC_MAX_MESSAGE_BYTES
+from critique_sidecar.core.wire import MAX_RESPONSE_BODY_BYTES
+from critique_sidecar.envoy.server import GRPC_MESSAGE_OVERHEAD
 
 
 def _set(key: str, value: str) -> core_pb.HeaderValueOption:
@@ -129,7 +130,10 @@ async def serve(
     listen: str, model: str, route_in_headers: bool = False, handler: str = "early-return", stream: bool = False
 ) -> None:
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)]
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_RESPONSE_BODY_BYTES + GRPC_MESSAGE_OVERHEAD),
+        ]
     )
     pb_grpc.add_ExternalProcessorServicer_to_server(HANDLERS[handler](model, route_in_headers, stream), server)
     health_servicer = health.aio.HealthServicer()  # envoy.yaml health-checks the sidecar cluster

@@ -128,7 +128,8 @@ def statefulset(deployment: dict[str, Any]) -> dict[str, Any]:
         "kind": "StatefulSet",
         "metadata": deployment["metadata"],
         "spec": {
-            "serviceName": "critique-sidecar",
+            # The headless Service that gives the pods their stable names (service-headless.yaml).
+            "serviceName": "critique-sidecar-headless",
             "replicas": spec["replicas"],
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},

@@ -8,10 +8,12 @@ from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
 from .config import Config
 from .core.catalog import load_catalog
 from .provisioning.api import build_admin_app
+from .provisioning.observe import AdminMetrics, Observed
 from .provisioning.service import Provisioning
 from .store.accounts import RedisAccounts
 from .store.audit import RedisAuditTrail
@@ -54,13 +56,15 @@ def provisioning(config: Config, redis: Any) -> Provisioning:
     )
 
 
-def admin_server(config: Config, redis: Any) -> uvicorn.Server | None:
+def admin_server(config: Config, redis: Any, registry: CollectorRegistry | None = None) -> uvicorn.Server | None:
     """The server for CRITIQUE_ADMIN_LISTEN, or None when it is not set. The caller runs
-    `serve()` and sets `should_exit` to stop it."""
+    `serve()` and sets `should_exit` to stop it. Each request is logged, and counted in
+    `registry` (the process's metrics) when given."""
     if not config.admin_listen:
         return None
     host, _, port = config.admin_listen.rpartition(":")
-    app = build_admin_app(provisioning(config, redis), RedisOperatorTokens(redis))
+    metrics = AdminMetrics(registry) if registry is not None else None
+    app = Observed(build_admin_app(provisioning(config, redis), RedisOperatorTokens(redis)), metrics)
     return _QuietServer(
         uvicorn.Config(
             app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off", log_config=None

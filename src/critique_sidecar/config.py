@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .core.upstream import parse_base_url
 from .core.webhook_address import Network, parse_networks
+from .core.wire import MAX_RESPONSE_BODY_BYTES
 
 
 class RedisSettings(BaseModel):
@@ -75,9 +76,11 @@ class GrpcTlsSettings(BaseModel):
     @model_validator(mode="after")
     def _tls_files_together(self) -> Self:
         if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
-            raise ValueError("grpc_tls_cert and grpc_tls_key go together")
+            raise ValueError("CRITIQUE_GRPC_TLS_CERT and CRITIQUE_GRPC_TLS_KEY go together")
         if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
-            raise ValueError("grpc_tls_client_ca needs grpc_tls_cert and grpc_tls_key (mTLS is TLS first)")
+            raise ValueError(
+                "CRITIQUE_GRPC_TLS_CLIENT_CA needs CRITIQUE_GRPC_TLS_CERT and CRITIQUE_GRPC_TLS_KEY (mTLS is TLS first)"
+            )
         return self
 
 
@@ -105,7 +108,7 @@ class UpstreamSettings(BaseModel):
 
 
 class MeteringSettings(BaseModel):
-    """Money and the request's lifetime: the credit rate, holds, settlement idempotency, `n`."""
+    """Money and the request's lifetime: the credit rate, holds, settlement idempotency, `n`, the largest metered response."""
 
     usd_per_credit: Decimal = Field(Decimal("0.01"), gt=0, description="USD value of one credit (Solo-plan economics).")
     hold_ttl_s: int = Field(
@@ -129,6 +132,11 @@ class MeteringSettings(BaseModel):
         le=128,
         description="Largest `n` (choices per request) accepted; larger is a 400 naming `n`. The hold is multiplied by `n`.",
     )
+    max_response_bytes: int = Field(
+        MAX_RESPONSE_BODY_BYTES,
+        ge=65536,
+        description="Largest non-streaming response metered: the ASGI door holds it for the charge headers, the gRPC listener takes Envoy's buffered body up to it (keep it equal to envoy-config's --max-response-bytes). Past it the response passes unmetered and the request is charged its hold's bound for output.",
+    )
 
     @field_validator("usd_per_credit")
     @classmethod
@@ -141,8 +149,8 @@ class MeteringSettings(BaseModel):
     def _hold_outlives_request(self) -> Self:
         if self.hold_ttl_s <= self.request_deadline_s:
             raise ValueError(
-                f"hold_ttl_s ({self.hold_ttl_s}) must exceed request_deadline_s ({self.request_deadline_s}): "
-                "a hold must not expire while its request is alive"
+                f"CRITIQUE_HOLD_TTL_S ({self.hold_ttl_s}) must exceed CRITIQUE_REQUEST_DEADLINE_S "
+                f"({self.request_deadline_s}): a hold must not expire while its request is alive"
             )
         return self
 
@@ -292,7 +300,7 @@ class UsagePushSettings(BaseModel):
     @model_validator(mode="after")
     def _push_needs_url(self) -> Self:
         if self.usage_push_worker and not self.usage_push_url:
-            raise ValueError("usage_push_worker needs usage_push_url (CRITIQUE_USAGE_PUSH_URL)")
+            raise ValueError("CRITIQUE_USAGE_PUSH_WORKER needs CRITIQUE_USAGE_PUSH_URL")
         return self
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from .admin import admin_server
 from .app import Components
 from .config import Config
+from .observability.backlogs import sample_backlogs
 from .store.key_store import watch_revocations
 from .store.usage_retention import UsageRetention
 
@@ -55,7 +56,8 @@ class Lifecycle:
 
         for name, work in background_workers(config, c.redis):
             self._run(name, work)
-        self._admin = admin_server(config, c.redis)
+        self._run("backlog-gauges", sample_backlogs(c.redis, c.metrics, config))
+        self._admin = admin_server(config, c.redis, c.metrics.registry)
         if self._admin is not None:
             self._run("admin-listener", self._admin.serve())
 

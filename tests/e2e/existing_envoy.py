@@ -2,8 +2,10 @@
 
 `edge_bootstrap` is an operator's own gateway: two listeners (plain HTTP and TLS termination),
 two virtual hosts with domains, their own ext_authz, Lua, CORS and gzip filters, their own
-local_reply_config and stat prefixes, routes matched by prefix, regex and header, a backend
-that is down. `probes` are the requests whose answers must not change when the product is added."""
+local_reply_config (a 404 mapper and a global JSON body_format), route-config response headers
+and stat prefixes, routes matched by prefix, regex and header, a backend that is down.
+`examples_gzip_bootstrap` has the shape of Envoy's published gzip example: two listeners with no
+names. `probes` are the requests whose answers must not change when the product is added."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 T = "type.googleapis.com/envoy.extensions."
 
@@ -42,13 +44,21 @@ def _direct(status: int, body: str) -> dict[str, Any]:
     return {"direct_response": {"status": status, "body": {"inline_string": body}}}
 
 
+# Every response of the edge's route configuration carries it (route_config.response_headers_to_add).
+EDGE_HEADER = "x-edge-route-config"
+
+
 def _hcm(stat_prefix: str, vhosts: list[dict[str, Any]], filters: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
             "stat_prefix": stat_prefix,
-            "route_config": {"name": f"{stat_prefix}_routes", "virtual_hosts": vhosts},
+            "route_config": {
+                "name": f"{stat_prefix}_routes",
+                "virtual_hosts": vhosts,
+                "response_headers_to_add": [{"header": {"key": EDGE_HEADER, "value": stat_prefix}}],
+            },
             "http_filters": [
                 *filters,
                 {"name": "envoy.filters.http.router", "typed_config": {"@type": T + "filters.http.router.v3.Router"}},
@@ -107,6 +117,7 @@ def edge_bootstrap(p: Ports, cert: Path, key: Path) -> dict[str, Any]:
         "@type": T + "filters.http.cors.v3.CorsPolicy",
         "allow_origin_string_match": [{"exact": "https://app.example.test"}],
         "allow_methods": "GET, POST",
+        "allow_headers": "authorization, content-type",
         "max_age": "600",
     }
     api_routes = [
@@ -141,8 +152,10 @@ def edge_bootstrap(p: Ports, cert: Path, key: Path) -> dict[str, Any]:
             "typed_per_filter_config": {"envoy.filters.http.cors": cors},
         },
     ]
-    # Their own local replies: every 404 Envoy makes gets their text, and a marker header.
+    # Their own local replies: every 404 Envoy makes gets their text, and a marker header; every
+    # local reply is wrapped in their JSON envelope.
     local_reply = {
+        "body_format": {"json_format": {"edge_error": "%LOCAL_REPLY_BODY%", "status": "%RESPONSE_CODE%"}},
         "mappers": [
             {
                 "filter": {
@@ -153,7 +166,7 @@ def edge_bootstrap(p: Ports, cert: Path, key: Path) -> dict[str, Any]:
                 "body": {"inline_string": "edge: nothing here"},
                 "headers_to_add": [{"header": {"key": "x-edge-reply", "value": "mapped"}}],
             }
-        ]
+        ],
     }
     tls_context = {
         "name": "envoy.transport_sockets.tls",
@@ -200,11 +213,69 @@ def edge_bootstrap(p: Ports, cert: Path, key: Path) -> dict[str, Any]:
     }
 
 
+def examples_gzip_bootstrap(service: int, stats: int, admin: int, backend: int) -> dict[str, Any]:
+    """Shaped as Envoy's published gzip example: two listeners without names (one proxying a
+    service, one Envoy's own stats), each compressing responses, each with one virtual host."""
+
+    def listener(port: int, vhost: str, cluster: str, prefix: str) -> dict[str, Any]:
+        compressor = {
+            "name": "envoy.filters.http.compressor",
+            "typed_config": {
+                "@type": T + "filters.http.compressor.v3.Compressor",
+                "response_direction_config": {"common_config": {"min_content_length": 100}},
+                "compressor_library": {
+                    "name": "text_optimized",
+                    "typed_config": {"@type": T + "compression.gzip.compressor.v3.Gzip"},
+                },
+            },
+        }
+        route = {"match": {"prefix": prefix}, "route": {"cluster": cluster}}
+        return {
+            "address": _addr(port),
+            "filter_chains": [
+                {
+                    "filters": [
+                        {
+                            "name": "envoy.filters.network.http_connection_manager",
+                            "typed_config": {
+                                "@type": T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                "codec_type": "AUTO",
+                                "stat_prefix": "ingress_http",
+                                "route_config": {
+                                    "name": "local_route",
+                                    "virtual_hosts": [{"name": vhost, "domains": ["*"], "routes": [route]}],
+                                },
+                                "http_filters": [
+                                    compressor,
+                                    {
+                                        "name": "envoy.filters.http.router",
+                                        "typed_config": {"@type": T + "filters.http.router.v3.Router"},
+                                    },
+                                ],
+                            },
+                        }
+                    ]
+                }
+            ],
+        }
+
+    return {
+        "admin": {"address": _addr(admin)},
+        "static_resources": {
+            "listeners": [listener(service, "backend", "service", "/"), listener(stats, "stats", "envoy-stats", "/")],
+            "clusters": [_cluster("service", backend), _cluster("envoy-stats", admin)],
+        },
+    }
+
+
 # --- their backend -----------------------------------------------------------------------
 
 
 class _Backend(BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, str]]] = []  # (path, authorization) of every request
+
     def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("authorization", "")))
         body = json.dumps({"backend": "legacy", "path": self.path, "padding": "y" * 300}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -218,12 +289,15 @@ class _Backend(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def legacy_backend(port: int) -> Iterator[None]:
-    server = ThreadingHTTPServer(("127.0.0.1", port), _Backend)
+def legacy_backend(port: int) -> Iterator[list[tuple[str, str]]]:
+    """Their backend on `port`; yields the list of (path, authorization) it receives."""
+    seen: list[tuple[str, str]] = []
+    handler = type("Backend", (_Backend,), {"seen": seen})
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield
+        yield seen
     finally:
         server.shutdown()
         server.server_close()
@@ -237,6 +311,7 @@ COMPARED = (
     "content-encoding",
     "x-edge-lua",
     "x-edge-reply",
+    EDGE_HEADER,
     "x-backend",
     "access-control-allow-origin",
     "access-control-allow-methods",

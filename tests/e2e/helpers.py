@@ -27,6 +27,7 @@ LIST_PRICES = {
     "deepseek/deepseek-v4-flash": ("0.15", "0.30"),
     "tencent/hy3-preview": ("0.0567", "0.189"),
     "nvidia/nemotron-3-ultra-550b-a55b": ("0.60", "2.40"),  # its intro promotion ended 2026-06-20
+    "example/text-embedding-small": ("0.02", "0"),  # the demo catalog's example embeddings model
 }
 OPT_IN_PRICES = {"deepseek/deepseek-v4-flash": ("0.0375", "0.075")}
 

@@ -55,9 +55,11 @@ def micro(credits: str) -> int:
 
 def hold_for(model: str, body_len: int, body: dict[str, Any]) -> int:
     """The request's maximum cost by the documented rule: input <= body bytes + 16 (within the
-    context window), output <= the clamped bound (or the budget) times n; list price; rounded up."""
+    context window; the whole window when an image is in it), output <= the clamped bound (or the
+    budget) times n; list price; rounded up."""
     pin, pout = PRICES[model]
-    input_bound = min(body_len + 16, CONTEXT.get(model, 262_144))
+    window = CONTEXT.get(model, 262_144)
+    input_bound = window if "image_url" in json.dumps(body["messages"]) else min(body_len + 16, window)
     asked = body.get("max_completion_tokens") or body.get("max_tokens") or BUDGET
     output_bound = min(asked, BUDGET) * (body.get("n") or 1)
     usd = (input_bound * pin + output_bound * pout) / 1_000_000
@@ -75,14 +77,31 @@ def random_request(rng: random.Random) -> tuple[dict[str, Any], dict[str, str]]:
         directives.append(f"[[absurd:{rng.randint(1, 7)}]]")
     if rng.random() < 0.3:
         directives.append(rng.choice(["[[reasoning]]", "[[toolcalls]]", "[[refusal]]"]))
-    for name, p in (("[[forge]]", 0.2), ("[[multiusage]]", 0.2), ("[[cut]]", 0.1), ("[[nousage]]", 0.1)):
+    for name, p in (
+        ("[[forge]]", 0.2),
+        ("[[multiusage]]", 0.2),
+        ("[[cut]]", 0.1),
+        ("[[nousage]]", 0.1),
+        ("[[dense]]", 0.15),
+    ):
         if rng.random() < p:
             directives.append(name)
+    if rng.random() < 0.3:  # framings the SDKs read: CR-only lines, mixed ends, split data lines
+        directives.append(f"[[framing:{rng.randint(1, 5)}]]")
     directives.append(f"[[tokens:{rng.randint(1, 30)}]]")
-    messages: list[dict[str, Any]] = [
-        {"role": "user", "content": " ".join(directives) + " " + "w" * rng.randint(0, 300)}
-    ]
+    text = " ".join(directives) + " " + "w" * rng.randint(0, 300)
+    content: Any = text
+    if rng.random() < 0.1:  # input the body does not bound: held at the context window
+        content = [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": "https://i.example/x.png"}},
+        ]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": rng.random() < 0.5}
+    if body["stream"] and rng.random() < 0.25:  # vLLM's per-choice usage on every chunk
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+    if body["stream"] and rng.random() < 0.15:
+        body["hang_up"] = True  # not sent: the client reads a little of the stream and hangs up
     if rng.random() < 0.3:  # tools and a tool result: input the estimate must count
         body["tools"] = [
             {"type": "function", "function": {"name": "f", "parameters": {"d": "p" * rng.randint(0, 2000)}}}
@@ -111,6 +130,7 @@ class Sent:
 
 
 def send(door: FrontDoor, key: str, account: str, body: dict[str, Any], headers: dict[str, str]) -> Sent:
+    hang_up = body.pop("hang_up", False)
     raw = json.dumps(body).encode()
     hold = hold_for(body["model"], len(raw), body)
     h = {"authorization": f"Bearer {key}", "content-type": "application/json", **headers}
@@ -119,6 +139,9 @@ def send(door: FrontDoor, key: str, account: str, body: dict[str, Any], headers:
         with httpx.stream("POST", door.chat_url, content=raw, headers=h, timeout=60) as r:
             status, request_id = r.status_code, r.headers.get("x-critique-request-id")
             shown = r.headers.get("x-critique-credits-charged")
+            if hang_up and status == 200:
+                next(r.iter_raw(), b"")  # one piece, then the connection closes
+                return Sent(door.name, account, status, request_id, hold, None, True)
             text = r.read().decode("utf-8", "replace")
             for line in text.splitlines():
                 if line.startswith(": x-critique-request-id="):

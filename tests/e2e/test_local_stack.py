@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from critique_sidecar.devtools import stack_file
@@ -117,6 +118,17 @@ def test_the_cli_beside_the_stack_uses_its_redis_and_sigterm_stops_it_all(tmp_pa
         out = subprocess.run(show, env=cli_env, cwd=below, capture_output=True, text=True, timeout=30, check=True)
         assert json.loads(out.stdout)["balance"] == "100.000000"  # the demo grant: the stack's Redis
         assert f"127.0.0.1:{env['CRITIQUE_RUN_REDIS_PORT']}" in out.stderr and ".run/stack.json" in out.stderr
+        # Every command that talks to Redis: a token made here works on the stack's own API.
+        cli = [sys.executable, "-m", "critique_sidecar.cli"]
+        made = subprocess.run([*cli, "operator-tokens", "create", "--name", "t", "--scopes", "all", "--json"],
+                              env=cli_env, cwd=below, capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        assert ".run/stack.json" in made.stderr
+        token = json.loads(made.stdout)["token"]
+        provision = f"http://127.0.0.1:{env['CRITIQUE_RUN_PROVISION_PORT']}/v1/accounts/demo/credits"
+        assert httpx.get(provision, headers={"authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+        dead = subprocess.run([*cli, "notify", "dead-letters", "--json"],
+                              env=cli_env, cwd=below, capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        assert ".run/stack.json" in dead.stderr
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=90) == 0
     finally:

@@ -34,6 +34,8 @@ MISPLACED = "acme/misplaced-credential"  # its credential goes in a header the s
 WRONG = "acme/wrong-credential"  # its credential is not the server's key
 UNTRUSTED = "acme/untrusted-tls"  # https, verified against a CA that did not sign the server's certificate
 TEXT = "Retry with backoff, cap the attempts, and log each failure."
+VECTOR = [0.25, -0.5, 0.125]
+EMBED = "acme/embed-small"
 
 CATALOG = """\
 version = "test-litellm"
@@ -63,6 +65,16 @@ max_output_tokens = 32_768
 upstream = "litellm"
 upstream_model = "{upstream_id}"
 price = {{ input = "0.15", output = "0.30" }}
+
+[[models]]
+id = "acme/embed-small"
+role = "Embeddings"
+owned_by = "acme"
+context_window = 8_192
+endpoints = ["embeddings"]
+upstream = "litellm"
+upstream_model = "embed-small"
+price = {{ input = "0.02", output = "0" }}
 
 [[models]]
 id = "{misplaced}"
@@ -135,7 +147,11 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         {
             "model_name": UPSTREAM_ID,
             "litellm_params": {"model": f"openai/{UPSTREAM_ID}", "api_key": "unused", "mock_response": TEXT},
-        }
+        },
+        {
+            "model_name": "embed-small",
+            "litellm_params": {"model": "openai/text-embedding-3-small", "api_key": "unused", "mock_response": VECTOR},
+        },
     ]
     server = litellm_proxy.start(workdir / "litellm", models, tls, host)
     try:
@@ -258,6 +274,45 @@ def test_a_key_the_server_refuses_is_its_error_and_free(served: Served, door_nam
         sdk(door, key).chat.completions.create(model=WRONG, messages=[{"role": "user", "content": "hi"}])
     assert "db" in caught.value.message.lower()
     assert balance(served.stack, account) == before
+
+
+@pytest.mark.parametrize("door_name", FRONT_DOORS)
+def test_the_responses_api_completions_and_embeddings_are_charged_what_the_server_reports(
+    served: Served, door_name: str, account: str
+) -> None:
+    """LiteLLM serves the Responses API (JSON: its streamed mock answers an error event of its
+    own), legacy completions (JSON and streamed) and embeddings."""
+    door = served.door(door_name)
+    key = funded_key(served.stack, account)
+    client = sdk(door, key)
+    before = balance(served.stack, account)
+    expected = Decimal(0)
+
+    response = client.responses.create(model=MODEL, input="Summarize this retry policy.", max_output_tokens=64)
+    assert response.output_text == TEXT and response.usage is not None and response.model == MODEL
+    expected += Decimal(expected_charge(MODEL, response.usage.input_tokens, response.usage.output_tokens)[0])
+
+    completion = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=32)
+    assert completion.choices[0].text == TEXT and completion.usage is not None
+    expected += Decimal(expected_charge(MODEL, completion.usage.prompt_tokens, completion.usage.completion_tokens)[0])
+
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt="Once", max_tokens=32, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert "".join(c.choices[0].text or "" for c in chunks if c.choices) == TEXT
+    [usage] = [c.usage for c in chunks if c.usage is not None]
+    expected += Decimal(expected_charge(MODEL, usage.prompt_tokens, usage.completion_tokens)[0])
+
+    embedded = client.embeddings.create(model=EMBED, input="retry policy", encoding_format="float")
+    assert embedded.data[0].embedding == VECTOR and embedded.model == EMBED
+    expected += Decimal(expected_charge(MODEL, embedded.usage.prompt_tokens, 0, prices=("0.02", "0"))[0])
+
+    assert before - balance(served.stack, account) == expected
+    records = usage_records(served.stack, account)
+    assert sorted(r["endpoint"] for r in records) == ["completions", "completions", "embeddings", "responses"]
+    assert all(r["status"] == "ok" and r["estimated"] == "0" for r in records)
 
 
 # -- what the model server receives (the session stack's fake keeps it) ---------------------------

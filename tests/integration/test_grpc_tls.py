@@ -5,6 +5,7 @@ are used from the next connection on, without a restart."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +99,15 @@ async def test_replaced_certificate_files_serve_the_next_connection(pki: Pki, ad
     assert await check(address, creds(rotated, pki.client)) == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.aio.AioRpcError):
         await check(address, creds(pki.server_ca, pki.client))  # the old certificate is gone
+
+
+@pytest.mark.parametrize("broken", ["server.crt", "server.key", "client-ca.crt"])
+async def test_a_half_written_file_keeps_the_current_certificate_and_warns(
+    pki: Pki, address: str, broken: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal caught mid-write: the listener keeps serving with what it had, and says so."""
+    path = pki.dir / broken
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with caplog.at_level(logging.WARNING, logger="critique_sidecar.envoy.credentials"):
+        assert await check(address, creds(pki.server_ca, pki.client)) == health_pb2.HealthCheckResponse.SERVING
+    assert any("TLS files unreadable, keeping the current certificate" in r.getMessage() for r in caplog.records)

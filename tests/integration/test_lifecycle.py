@@ -32,7 +32,7 @@ async def test_usage_retention_runs_and_stop_drains_in_order(
     lifecycle = Lifecycle(config, components)
     await lifecycle.start()
     try:
-        assert set(lifecycle.tasks) == {"journal-replay", "revocation-feed", "usage-retention"}
+        assert set(lifecycle.tasks) == {"journal-replay", "revocation-feed", "usage-retention", "backlog-gauges"}
         deadline = time.monotonic() + 60  # retention trims the old record on its own schedule
         while time.monotonic() < deadline:
             if await redis_client.xlen(stream) == 1:
@@ -65,5 +65,5 @@ async def test_retention_off_when_its_interval_is_zero(redis_url: str, tmp_path:
     )
     lifecycle = Lifecycle(config, build_components(config))
     await lifecycle.start()
-    assert set(lifecycle.tasks) == {"journal-replay", "revocation-feed"}
+    assert set(lifecycle.tasks) == {"journal-replay", "revocation-feed", "backlog-gauges"}
     await lifecycle.stop()

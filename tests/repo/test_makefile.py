@@ -14,8 +14,9 @@ def dry_run(target: str) -> str:
 
 def test_make_run_installs_no_test_tools_and_no_browser() -> None:
     steps = dry_run("run")
-    assert "critique_sidecar.devtools.stack" in steps and "pip install -q -e ." in steps
-    assert "chromium" not in steps and "apt-get" not in steps and "[dev]" not in steps
+    assert "critique_sidecar.devtools.stack" in steps and "pip install -q --no-deps -e ." in steps
+    assert "--require-hashes -r requirements.lock" in steps  # the locked dependencies, as the image
+    assert "chromium" not in steps and "apt-get" not in steps and "requirements-dev.lock" not in steps
 
 
 def test_make_test_runs_the_linters_and_the_type_check_first() -> None:

@@ -202,7 +202,7 @@ async def test_lifespan_starts_and_stops_the_background_work(redis_url: str, tmp
     async def receive() -> Message:
         if len(replies) == 1:
             tasks = gateway.lifecycle.tasks  # the same background work as Envoy mode's
-            assert set(tasks) == {"journal-replay", "revocation-feed", "usage-retention"}
+            assert set(tasks) == {"journal-replay", "revocation-feed", "usage-retention", "backlog-gauges"}
             assert not any(t.done() for t in tasks.values())
         return events.pop(0)
 

@@ -370,7 +370,7 @@ async def test_sse_chunks_pass_through_as_they_come(core: Components, key: str, 
     [record] = await records(core, account)
     assert text.endswith(
         f": x-critique-request-id={record[b'request_id'].decode()} x-critique-credits-charged=0.000240"
-        " x-critique-estimated-usd=0.0000024 estimated=false\n\ndata: [DONE]\n\n"
+        " x-critique-estimated-usd=0.0000024 estimated=false\ndata: [DONE]\n\n"
     )
     assert record[b"status"] == b"ok" and record[b"output_tokens"] == b"3"
 

@@ -86,9 +86,9 @@ async def test_needs_close_tracks_open_holds_and_open_streams(catalog: Catalog) 
     await x.admit(chat_body(stream=True))
     assert x.needs_close()  # a hold is open
     await x.response_start(200, {"content-type": "text/event-stream"})
-    await x.stream_chunk(
-        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n', True
-    )
+    out = x.stream(b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n', True)
+    assert not isinstance(out, bytes)  # the stream is over: settling is awaited
+    await out
     assert x.metered is not None and x.metered.settled is not None
     assert x.needs_close()  # settled, but the open-streams gauge still has to be closed
     await x.close()

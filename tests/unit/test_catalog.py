@@ -15,6 +15,7 @@ CATALOGS = Path(__file__).parent / "catalogs"
 DEEPSEEK = "deepseek/deepseek-v4-flash"
 TENCENT = "tencent/hy3-preview"
 NEMOTRON = "nvidia/nemotron-3-ultra-550b-a55b"
+EMBEDDINGS = "example/text-embedding-small"
 
 PROMO_LAST_SECOND = datetime(2026, 6, 19, 23, 59, 59, tzinfo=UTC)
 PROMO_OVER = datetime(2026, 6, 20, 0, 0, 0, tzinfo=UTC)
@@ -33,11 +34,47 @@ def catalog() -> Catalog:
 def test_builtin_catalog_loads(catalog: Catalog) -> None:
     assert catalog.version == "v5.2"
     assert catalog.default_model == DEEPSEEK
-    assert [m.id for m in catalog.models] == [DEEPSEEK, TENCENT, NEMOTRON]
+    assert [m.id for m in catalog.models] == [DEEPSEEK, TENCENT, NEMOTRON, EMBEDDINGS]
     assert catalog.model("no/such-model") is None
     for model in catalog.models:
         assert catalog.model(model.id) is model
         assert model.max_output_tokens <= model.context_window
+    # the product page's models generate; the example embeddings model only embeds
+    assert {m.id: m.endpoints for m in catalog.models} == {
+        **dict.fromkeys((DEEPSEEK, TENCENT, NEMOTRON), ("chat.completions", "responses", "completions", "messages")),
+        EMBEDDINGS: ("embeddings",),
+    }
+
+
+def test_the_catalogs_endpoint_names_are_the_registrys() -> None:
+    from critique_sidecar.core.catalog import ENDPOINT_NAMES, GENERATION_ENDPOINTS
+    from critique_sidecar.core.endpoints import NAMES
+
+    assert set(ENDPOINT_NAMES) == set(NAMES) and set(GENERATION_ENDPOINTS) < set(NAMES)
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        ('endpoints = ["chat.completions", "images"]', "endpoints"),
+        ("endpoints = []", "endpoints"),
+    ],
+)
+def test_a_models_endpoints_are_checked(tmp_path: Path, extra: str, problem: str) -> None:
+    text = (CATALOGS / "valid_minimal.toml").read_text().replace('upstream = "local"', f'upstream = "local"\n{extra}')
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(CatalogError, match=problem):
+        load_catalog(tmp_path / "c.toml")
+
+
+def test_a_model_that_generates_needs_an_output_budget(tmp_path: Path) -> None:
+    text = (CATALOGS / "valid_minimal.toml").read_text().replace("max_output_tokens = 1_024\n", "")
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(CatalogError, match="max_output_tokens"):
+        load_catalog(tmp_path / "c.toml")
+    embeds_only = text.replace('upstream = "local"', 'upstream = "local"\nendpoints = ["embeddings"]')
+    (tmp_path / "e.toml").write_text(embeds_only)
+    assert load_catalog(tmp_path / "e.toml").models[0].max_output_tokens == 0
 
 
 def test_context_windows_match_product_page(catalog: Catalog) -> None:

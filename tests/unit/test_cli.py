@@ -53,3 +53,15 @@ def test_bad_key_controls_are_one_line(argv: list[str], needle: str, capsys: pyt
 
 
 # <<< limits
+
+
+def test_every_command_that_talks_to_redis_finds_the_local_stacks() -> None:
+    """Beside `make run` the operator CLI uses the stack's Redis (run.REDIS_COMMANDS); the
+    commands left out talk to no Redis, or are servers configured by the environment."""
+    from critique_sidecar.cli.parser import build_parser
+    from critique_sidecar.cli.run import REDIS_COMMANDS
+
+    parser = build_parser()
+    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr,arg-type]
+    no_redis = {"serve", "gateway", "config-table", "envoy-config", "envoy-merge"}
+    assert set(REDIS_COMMANDS) == commands - no_redis

@@ -391,3 +391,55 @@ def test_ordinary_nesting_passes(catalog: Catalog) -> None:
     nested = b"[" * 60 + b"]" * 60 + b"," + b"{}," * 200 + b"1"
     raw = b'{"stream":true,"messages":[{"role":"user","content":"x"}],"x":[' + nested + b"]}"
     assert orjson.loads(upstream_body(parse(catalog, raw)) or b"")["x"][-1] == 1
+
+
+# --- inputs the body does not bound: images, audio, files --------------------------------------
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://img.example/cat.png"}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+
+
+def with_parts(*parts: dict[str, Any]) -> bytes:
+    return body(
+        model=DEEPSEEK, messages=[{"role": "user", "content": [{"type": "text", "text": "what is it"}, *parts]}]
+    )
+
+
+def test_a_text_only_request_is_held_at_its_bodys_bound(catalog: Catalog) -> None:
+    raw = body(model=DEEPSEEK, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
+    assert parse(catalog, raw).input_bound == len(raw) + 16
+
+
+@pytest.mark.parametrize(
+    "part",
+    [IMAGE, AUDIO, {"type": "file", "file": {"file_id": "file-1"}}, {"type": "video_url", "video_url": {"url": "x"}}],
+)
+def test_an_item_the_body_does_not_bound_holds_the_context_window(catalog: Catalog, part: dict[str, Any]) -> None:
+    """A small image can be thousands of tokens and a file id is not in the body at all: without
+    a bound from the catalog, the input is held at the whole context window."""
+    assert parse(catalog, with_parts(part)).input_bound == catalog.model(DEEPSEEK).context_window
+
+
+def catalog_with(tmp_path: Path, extra: str) -> Catalog:
+    text = (Path(__file__).parents[2] / "src/critique_sidecar/catalog.toml").read_text()
+    text = text.replace("max_output_tokens = 32_768\n", f"max_output_tokens = 32_768\n{extra}\n", 1)
+    (tmp_path / "c.toml").write_text(text)
+    return load_catalog(tmp_path / "c.toml")
+
+
+def test_a_declared_per_item_bound_is_added_per_item(tmp_path: Path) -> None:
+    custom = catalog_with(tmp_path, 'inputs = ["image"]\ninput_item_tokens = { image = 1600 }')
+    raw = with_parts(IMAGE, IMAGE)
+    assert parse(custom, raw).input_bound == len(raw) + 16 + 2 * 1600
+
+
+def test_a_kind_the_model_does_not_take_is_400(tmp_path: Path) -> None:
+    custom = catalog_with(tmp_path, 'inputs = ["image"]\ninput_item_tokens = { image = 1600 }')
+    err = bad(custom, with_parts(AUDIO))
+    assert (err.code, err.status, err.param) == ("invalid_request", 400, "messages")
+    assert "audio" in err.message and "image" in err.message
+
+
+def test_a_text_only_model_refuses_an_image(tmp_path: Path) -> None:
+    custom = catalog_with(tmp_path, "inputs = []")
+    assert bad(custom, with_parts(IMAGE)).param == "messages"

@@ -12,6 +12,7 @@ import pytest
 
 from critique_sidecar import cli
 from critique_sidecar.core.catalog import load_catalog
+from critique_sidecar.core.endpoints import ENDPOINTS
 from critique_sidecar.core.wire import ROUTE_PATH_CONTEXT
 from critique_sidecar.envoy.config import (
     EXT_AUTHZ,
@@ -22,22 +23,33 @@ from critique_sidecar.envoy.config import (
     build_fragment,
 )
 from critique_sidecar.envoy.merge import MergeError, merge
+from critique_sidecar.envoy.replies import NO_HOSTS_CLUSTER
 
-from .test_envoy_merge import HOME, bootstrap, listener, the_hcm, vhost
+from .test_envoy_merge import HOME, bootstrap, listener, path_regexes, the_hcm, vhost
 
 CATALOG = load_catalog()
 LLM = EnvoyOptions(path_prefix="/llm")
 
 
+def matched(route: dict[str, Any]) -> str:
+    """The path or prefix a route matches."""
+    return str(route["match"].get("path") or route["match"]["prefix"])
+
+
 def test_every_product_route_is_under_the_prefix_and_forwards_the_products_own_path() -> None:
     routes = build_fragment(CATALOG, LLM)["routes"]
-    assert {r["match"]["path"] for r in routes} == {"/llm" + p for p in PRODUCT_PATHS}
-    forwarded = [r for r in routes if "route" in r]
+    assert {r["match"]["path"] for r in routes if "path" in r["match"]} == {"/llm" + p for p in PRODUCT_PATHS}
+    # and nothing else under its API: the prefixes it claims are refused there, not elsewhere
+    assert {r["match"]["prefix"] for r in routes if "prefix" in r["match"]} == {
+        "/llm/api/v1/",
+        "/llm/api/v1/responses/",
+    }
+    forwarded = [r for r in routes if r.get("route", {}).get("cluster") != NO_HOSTS_CLUSTER]
     to_sidecar = [r for r in forwarded if r["route"]["cluster"] == "sidecar_http"]
     assert to_sidecar and all(r["route"]["prefix_rewrite"] == r["match"]["path"][len("/llm") :] for r in to_sidecar)
     # model routes: the endpoint's path on the model server's base URL, prefix or not
     to_models = [r for r in forwarded if r not in to_sidecar]
-    assert to_models and {r["route"]["prefix_rewrite"] for r in to_models} == {"/v1/chat/completions"}
+    assert to_models and {r["route"]["prefix_rewrite"] for r in to_models} == {"/v1" + e.suffix for e in ENDPOINTS}
 
 
 def test_ext_authz_is_told_the_unprefixed_path_on_every_route_that_runs_it() -> None:
@@ -65,11 +77,7 @@ def test_without_a_prefix_the_config_is_unchanged() -> None:
 
 
 def _mapper_regexes(mappers: list[dict[str, Any]]) -> list[str]:
-    return [
-        p["header_filter"]["header"]["string_match"]["safe_regex"]["regex"]
-        for m in mappers
-        for p in m["filter"]["and_filter"]["filters"][-1]["or_filter"]["filters"]
-    ]
+    return [rx for m in mappers for rx in path_regexes(m["filter"])]
 
 
 def test_scoped_local_replies_match_the_prefixed_paths_only() -> None:
@@ -120,7 +128,7 @@ def test_bad_prefixes_are_refused_with_one_line(prefix: str, capsys: pytest.Capt
 @pytest.mark.parametrize("prefix", ["/llm", "/ai/v2", "/A-b_c.d~e"])
 def test_good_prefixes_are_accepted(prefix: str) -> None:
     routes = build_fragment(CATALOG, EnvoyOptions(path_prefix=prefix))["routes"]
-    assert all(r["match"]["path"].startswith(prefix + "/") for r in routes)
+    assert all(matched(r).startswith(prefix + "/") for r in routes)
 
 
 def _check(path: str, key: str | None, routed_as: str | None = None) -> Any:
@@ -154,3 +162,13 @@ async def test_ext_authz_guards_the_path_the_route_names_not_the_clients() -> No
     assert denied.denied_response.status.code == 401
     forbidden = await servicer.Check(_check("/llm/api/v1/models", key, "/api/v1/models"), ctx)
     assert forbidden.denied_response.status.code == 403
+
+
+def test_the_dashboard_page_calls_the_api_relative_to_itself() -> None:
+    """Under a prefix the page is /llm/inference-dashboard: a call to an absolute /api/... would
+    take the customer's key to whatever else the operator serves at /api/."""
+    from importlib import resources
+
+    page = resources.files("critique_sidecar").joinpath("web/static/inference-dashboard.html").read_text("utf-8")
+    literals = re.findall(r'"(/?api/[^"]*)"', page)
+    assert literals and all(not lit.startswith("/") for lit in literals), literals

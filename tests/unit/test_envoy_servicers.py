@@ -308,7 +308,7 @@ async def test_the_done_callback_of_a_finished_stream_does_nothing(core: Core) -
     await s.send(response_headers(200, "application/json"))
     await s.send(response_body(COMPLETION, end=True))
     await s.finish()
-    assert not servicer._closing  # idle: no task was started
+    assert not servicer._closings._running  # idle: no task was started
     assert len(core.ledger.records) == 1
 
 

@@ -59,7 +59,7 @@ async def test_a_done_chunk_of_its_own_is_held_for_the_charge() -> None:
     assert await on_response_body(x, body(USAGE)) is m.CONTINUE_RESPONSE_BODY  # the client asked for it
     done = await on_response_body(x, body(b"data: [DONE]\n\n"))
     sent = done.response_body.response.body_mutation.body
-    assert sent.startswith(b": x-critique-request-id=") and sent.endswith(b"\n\ndata: [DONE]\n\n")
+    assert sent.startswith(b": x-critique-request-id=") and sent.endswith(b" estimated=false\ndata: [DONE]\n\n")
     assert b"estimated=false" in sent
     assert await on_response_body(x, body(b"", end=True)) is m.CONTINUE_RESPONSE_BODY
 

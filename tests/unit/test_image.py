@@ -4,16 +4,20 @@ run from a fresh virtualenv holding only the built wheel, starts and answers gRP
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from critique_sidecar.devtools.stack import REPO, free_port, wait_until
 
@@ -103,3 +107,56 @@ def test_the_built_wheel_runs_the_entrypoint_from_a_fresh_venv(tmp_path: Path, r
         proc.terminate()
         proc.wait(timeout=40)
     assert proc.returncode == 0, (tmp_path / "sidecar.log").read_text()
+
+
+def locked(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, hashes) of a pip-compile --generate-hashes lock file."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    text = re.sub(r"\\\n\s*", " ", path.read_text())
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pin, *options = line.split()
+            name, _, version = pin.partition("==")
+            out[canonicalize_name(name)] = (version, [o.removeprefix("--hash=") for o in options])
+    return out
+
+
+def test_the_lock_files_pin_every_dependency_within_its_range_with_hashes() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for lock, wanted in (
+        ("requirements.lock", project["dependencies"]),
+        ("requirements-dev.lock", [*project["dependencies"], *extras["dev"], *extras["otel"]]),
+    ):
+        pins = locked(REPO / lock)
+        assert pins and all(
+            v and hashes and all(h.startswith("sha256:") for h in hashes) for v, hashes in pins.values()
+        )
+        for spec in map(Requirement, wanted):
+            version, _ = pins[canonicalize_name(spec.name)]
+            assert spec.specifier.contains(version), f"{lock}: {spec.name}=={version} is outside {spec.specifier}"
+        assert (
+            "file://" not in (REPO / lock).read_text() and "/opt/" not in (REPO / lock).read_text()
+        )  # no machine paths
+
+
+def test_the_image_and_make_install_use_the_lock_file() -> None:
+    runs = " ".join(v for k, v in instructions() if k == "RUN")
+    assert "--require-hashes --wheel-dir /wheels -r requirements.lock" in runs
+    assert ("COPY", "requirements.lock ./") in instructions()
+    makefile = (REPO / "Makefile").read_text()
+    assert (
+        "--require-hashes -r requirements.lock" in makefile and "--require-hashes -r requirements-dev.lock" in makefile
+    )
+    # This virtualenv is what `make install` made from the lock: every pin is what is installed.
+    for name, (version, _) in locked(REPO / "requirements-dev.lock").items():
+        assert importlib.metadata.version(name) == version, name
+
+
+def test_no_healthcheck_and_the_image_says_why_and_the_pods_probe_grpc_health() -> None:
+    """Kubernetes ignores HEALTHCHECK; the pod probes the process's gRPC health instead."""
+    assert "HEALTHCHECK" not in [k for k, _ in instructions()]
+    assert "# No HEALTHCHECK: Kubernetes ignores it" in (REPO / "Dockerfile").read_text()
+    [sidecar] = [c for c in k8s("deployment.yaml")["spec"]["template"]["spec"]["containers"] if c["name"] == "sidecar"]
+    assert sidecar["livenessProbe"]["grpc"]["service"] == "liveness" and "grpc" in sidecar["readinessProbe"]

@@ -105,3 +105,28 @@ def test_alerts_name_the_generated_stat_prefix_and_say_how_to_change_it() -> Non
         ["sh", "-c", sed.replace("NAME", "edge_http")], input=text, capture_output=True, text=True, check=True
     ).stdout
     assert yaml.safe_load(changed) == yaml.safe_load(text.replace('prefix="ingress"', 'prefix="edge_http"'))
+
+
+def test_the_statefulsets_service_name_is_a_headless_service_of_its_pods(deploy_copy: Path) -> None:
+    docs = built(deploy_copy / "kubernetes-statefulset")
+    [sts] = of_kind(docs, "StatefulSet")
+    [governing] = [s for s in of_kind(docs, "Service") if s["metadata"]["name"] == sts["spec"]["serviceName"]]
+    assert governing["spec"]["clusterIP"] == "None"
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert governing["spec"]["selector"].items() <= labels.items()
+
+
+def test_the_image_registry_is_set_in_one_place(deploy_copy: Path, tmp_path: Path) -> None:
+    """deploy/kubernetes/image names the image for the Deployment and the StatefulSet overlay."""
+    root = tmp_path / "deploy"
+    shutil.copytree(deploy_copy, root)
+    kustomization = root / "kubernetes/image/kustomization.yaml"
+    doc = yaml.safe_load(kustomization.read_text())
+    [entry] = [i for i in doc["images"] if i["name"] == "critique-sidecar"]
+    entry["newName"] = "registry.example.com/team/critique-sidecar"
+    kustomization.write_text(yaml.safe_dump(doc))
+    for overlay, kind in (("kubernetes", "Deployment"), ("kubernetes-statefulset", "StatefulSet")):
+        [workload] = of_kind(built(root / overlay), kind)
+        images = {c["name"]: c["image"] for c in workload["spec"]["template"]["spec"]["containers"]}
+        assert images["sidecar"] == "registry.example.com/team/critique-sidecar:0.1.0", overlay
+        assert images["envoy"] == "envoyproxy/envoy:v1.40.0"

@@ -74,3 +74,26 @@ async def test_journal_replay_stops(tmp_path: Path, error: BaseException | None)
 
     ledger.replay = replay  # type: ignore[method-assign]
     await _stops(lambda: ledger.replay_forever(0.01), entered)
+
+
+class _SilentRedis:
+    """The calls sample_backlogs makes, each swallowing or converting the cancellation."""
+
+    def __init__(self, entered: asyncio.Event, error: BaseException | None) -> None:
+        self.entered, self.error = entered, error
+
+    async def llen(self, key: str) -> int:
+        self.entered.set()
+        await _swallows_cancel(self.error)
+        return 0
+
+
+@pytest.mark.parametrize("error", [None, RedisTimeoutError("timed out"), OSError(110)])
+async def test_backlog_gauges_stop(error: BaseException | None) -> None:
+    from critique_sidecar.config import Config
+    from critique_sidecar.observability.backlogs import sample_backlogs
+    from critique_sidecar.observability.metrics import Metrics
+
+    entered = asyncio.Event()
+    metrics = Metrics(process=False)
+    await _stops(lambda: sample_backlogs(_SilentRedis(entered, error), metrics, Config(), 0.01), entered)

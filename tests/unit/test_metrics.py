@@ -28,6 +28,7 @@ from critique_sidecar.core.observe import NULL_OBSERVER, ObservedKeys, ObservedL
 from critique_sidecar.devtools.stack import REPO, free_port
 from critique_sidecar.observability import RequestLog, Telemetry
 from critique_sidecar.observability.metrics import Metrics, journal_depth, start_metrics_server
+from critique_sidecar.provisioning.observe import AdminMetrics
 from critique_sidecar.web.app import WebContext, build_web_app
 
 from ..fakes import MemoryKeys, MemoryLedger
@@ -97,7 +98,9 @@ async def refused(core: Core, headers: dict[str, str], body: bytes | None = None
 
 @pytest.fixture
 def metrics() -> Metrics:
-    return Metrics(process=False)
+    m = Metrics(process=False)
+    AdminMetrics(m.registry)  # the provisioning API's, in the same registry when it is served
+    return m
 
 
 @pytest.fixture
@@ -211,7 +214,7 @@ async def test_a_metered_stream_is_open_until_its_exchange_closes(core: Core, me
     assert start is not None and start.stream
     assert value(metrics, "critique_open_streams") == 1
     assert value(metrics, "critique_inflight_requests") == 1
-    await x.stream_chunk(b'data: {"choices":[{"index":0,"delta":{"content":"Retry"}}]}\n\n', end=False)
+    x.stream(b'data: {"choices":[{"index":0,"delta":{"content":"Retry"}}]}\n\n', False)
     await x.close()  # cut before usage arrived: charged by estimate
     await x.close()  # a second close changes nothing
     assert value(metrics, "critique_open_streams") == 0
@@ -270,7 +273,7 @@ def exposed_names(text: str) -> set[str]:
 
 def test_every_metric_is_documented_and_every_documented_metric_exists(metrics: Metrics) -> None:
     names = exposed_names(metrics.exposition().decode())  # counters as exposed: critique_..._total
-    assert len(names) == 19  # 16 critique_* and 3 GenAI-convention families
+    assert len(names) == 23  # 20 critique_* and 3 GenAI-convention families
     documented = set(DOCUMENTED.findall((REPO / "docs/operations.md").read_text()))
     documented -= GENAI_LABELS  # label names written like metric names
     assert names <= documented, f"undocumented in docs/operations.md: {sorted(names - documented)}"

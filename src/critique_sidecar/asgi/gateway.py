@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
 from ..core.catalog import Catalog
-from ..core.endpoints import by_path
+from ..core.endpoints import by_path, not_served
 from ..core.errors import ApiError
 from ..core.upstream import BaseUrl, UpstreamServer, parse_base_url
 from ..core.wire import DRAIN_GRACE_S, MODEL_HEADER
@@ -242,14 +242,17 @@ class Routes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if by_path(scope["path"]) is not None:
+            endpoint = by_path(scope["path"])
+            if endpoint is not None:
                 if scope["method"] != "POST":
-                    await send_error(send, ApiError("method_not_allowed", "Use POST on this endpoint"))
+                    error = ApiError("method_not_allowed", "Use POST on this endpoint")
+                    error.shape = endpoint.error_shape
+                    await send_error(send, error)
                     return
                 await self.metered(scope, receive, send)
                 return
             if all(route.matches(scope)[0] == Match.NONE for route in self.web_routes):
-                await send_error(send, ApiError("not_found", "No such route"))
+                await send_error(send, ApiError("not_found", not_served(scope["path"]) or "No such route"))
                 return
         await self.web(scope, receive, send)
 
@@ -266,7 +269,9 @@ class Gateway:
         self.config = config
         self.routes = upstreams(components.catalog, config.upstream_connect_timeout_s, config.upstream_override, client)
         forward = Forward(self.routes, config.request_deadline_s)
-        self.app = Middleware(Routes(forward, web, list(web.routes)), components=components)
+        self.app = Middleware(
+            Routes(forward, web, list(web.routes)), components=components, max_response_bytes=config.max_response_bytes
+        )
         self.lifecycle = Lifecycle(config, components)
         self._metrics_server: Any = None  # the gateway's own /metrics listener
 

@@ -15,7 +15,7 @@ translator makes:
     response start    exchange.response_start
     JSON body         held until complete (the charge headers go on the start message), then
                       exchange.response_json
-    SSE body          exchange.stream_chunk per message, forwarded at once, never buffered
+    SSE body          exchange.stream per message, forwarded at once, never buffered
     however it ends   exchange.close: releases or charges what is still open
 
 The inner app should stop when `receive` says http.disconnect (the reference gateway does), so
@@ -33,11 +33,13 @@ from typing import Protocol
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.auth import Authenticator
+from ..core.closing import Closings
 from ..core.endpoints import Endpoint, by_path
 from ..core.errors import ApiError
 from ..core.exchange import Exchange
 from ..core.metering import Meter
 from ..core.upstream import UpstreamHeader
+from ..core.wire import MAX_RESPONSE_BODY_BYTES, WARNING_HEADER
 from ._http import (
     MAX_BODY_BYTES,
     declared_too_large,
@@ -70,6 +72,7 @@ class Middleware:
         meter: Meter | None = None,
         credentials: Mapping[str, UpstreamHeader] | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_response_bytes: int = MAX_RESPONSE_BODY_BYTES,
     ) -> None:
         if components is not None:
             if auth is not None or meter is not None:
@@ -84,7 +87,8 @@ class Middleware:
         self.meter = meter
         self.credentials = credentials if credentials is not None else {}
         self.max_body_bytes = max_body_bytes
-        self._closing: set[asyncio.Task[None]] = set()
+        self.max_response_bytes = max_response_bytes
+        self._closings = Closings()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint: Endpoint | None = by_path(scope["path"]) if scope["type"] == "http" else None
@@ -95,15 +99,13 @@ class Middleware:
         try:
             await self._metered(exchange, scope, receive, send)
         finally:
-            closing = asyncio.ensure_future(_close(exchange))  # survives the request task's cancellation
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
-            await asyncio.shield(closing)
+            closing = self._closings.close(exchange)  # a task of its own: survives this one's cancellation
+            if closing is not None:
+                await asyncio.shield(closing)
 
     async def drain(self) -> None:
         """Wait for settlements of requests that ended (or were cancelled) but are still settling."""
-        while pending := [t for t in self._closing if not t.done()]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._closings.drain()
 
     async def _metered(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
         headers = header_dict(scope["headers"])
@@ -132,14 +134,8 @@ class Middleware:
             {**upstream.set_headers, "content-length": str(len(body))},
             remove=[*strip, "transfer-encoding"],  # the inner app gets the body in one message
         )
-        await self.app(inner, _replay(body, receive), _MeteredResponse(exchange, send).send)
-
-
-async def _close(exchange: Exchange) -> None:
-    try:
-        await exchange.close()
-    except Exception:
-        log.exception("settling a cut-off request failed")
+        response = _MeteredResponse(exchange, send, self.max_response_bytes)
+        await self.app(inner, _replay(body, receive), response.send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -158,9 +154,10 @@ class _MeteredResponse:
     """The inner app's response on its way out: decorated, metered, and for JSON held until
     the body is complete so the charge headers can go on it."""
 
-    def __init__(self, exchange: Exchange, send: Send) -> None:
+    def __init__(self, exchange: Exchange, send: Send, max_json_bytes: int) -> None:
         self._x = exchange
         self._send = send
+        self._max_json = max_json_bytes
         self._mode = "pass"  # pass (not metered) | json | sse | replaced (an error went out instead)
         self._held: Message = {}
         self._body = bytearray()
@@ -196,10 +193,15 @@ class _MeteredResponse:
     async def _body_part(self, message: Message) -> None:
         chunk, more = message.get("body", b""), message.get("more_body", False)
         if self._mode == "sse":
-            out = await self._x.stream_chunk(chunk, end=not more)
+            out = self._x.stream(chunk, not more)
+            if not isinstance(out, bytes):
+                out = await out
             await self._send(message if out is chunk else {**message, "body": out})
         elif self._mode == "json":
             self._body += chunk
+            if len(self._body) > self._max_json:
+                await self._unmetered(more)
+                return
             if more:
                 return
             try:
@@ -210,6 +212,15 @@ class _MeteredResponse:
             await self._send({**self._held, "headers": mutate(self._held["headers"], charged)})
             body = bytes(self._body) if replaced is None else replaced
             await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _unmetered(self, more: bool) -> None:
+        """A JSON response too large to hold: it goes on as it comes, without charge headers; the
+        exchange charges it at close as generated (its hold's bound for output)."""
+        self._mode = "pass"
+        start = {**self._held, "headers": mutate(self._held["headers"], {WARNING_HEADER: "response_too_large"})}
+        await self._send(start)
+        await self._send({"type": "http.response.body", "body": bytes(self._body), "more_body": more})
+        self._body.clear()
 
     async def _replace(self, error: ApiError) -> None:
         """Nothing of the inner response went out yet: send the error instead of it."""

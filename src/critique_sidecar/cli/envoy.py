@@ -32,22 +32,28 @@ def _envoy_options(args: argparse.Namespace) -> Any:
         chat_auth=args.chat_auth,
         sidecar_tls=tls,
         path_prefix=args.path_prefix,
+        max_response_bytes=args.max_response_bytes,
         **extra,
     )
 
 
-def _envoy_config(args: argparse.Namespace, config: Config) -> int:
+def _catalog(args: argparse.Namespace, config: Config) -> Any:
+    """--catalog, else CRITIQUE_CATALOG_PATH, else (None) the built-in catalog."""
     from ..core.catalog import load_catalog
+
+    return load_catalog(args.catalog or config.catalog_path)
+
+
+def _envoy_config(args: argparse.Namespace, config: Config) -> int:
     from ..envoy.config import render, render_fragment
 
     opts = _envoy_options(args)
-    catalog = load_catalog(config.catalog_path)
+    catalog = _catalog(args, config)
     sys.stdout.write(render_fragment(catalog, opts) if args.fragment else render(catalog, opts))
     return 0
 
 
 def _envoy_merge(args: argparse.Namespace, config: Config) -> int:
-    from ..core.catalog import load_catalog
     from ..envoy.config import build_fragment, to_yaml
     from ..envoy.merge import merge, read_bootstrap
 
@@ -56,6 +62,12 @@ def _envoy_merge(args: argparse.Namespace, config: Config) -> int:
         existing = read_bootstrap(args.bootstrap)
     except OSError as exc:
         raise CliError(f"cannot read {args.bootstrap}: {exc.strerror}") from None
-    fragment = build_fragment(load_catalog(config.catalog_path), opts)
+    fragment = build_fragment(_catalog(args, config), opts)
     sys.stdout.write(to_yaml(merge(existing, fragment, args.listener, args.virtual_host)))
+    if not (args.catalog or config.catalog_path):
+        print(
+            "critique-sidecar: used the built-in model catalog (its model servers are at 127.0.0.1:8100); "
+            "pass --catalog FILE or set CRITIQUE_CATALOG_PATH for yours",
+            file=sys.stderr,
+        )
     return 0

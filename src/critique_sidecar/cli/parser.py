@@ -7,6 +7,7 @@ from typing import Any, NoReturn, TypeAlias
 
 from ..core.money import parse_credits
 from ..core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
+from ..core.wire import MAX_RESPONSE_BODY_BYTES
 from .accounts import _SETTING_FLAGS
 from .keys import _add_key_control_flags
 
@@ -57,6 +58,12 @@ def _envoy_product_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sidecar-tls-sni", metavar="NAME", help="server name to send and to verify in the sidecar's certificate"
     )
+    p.add_argument(
+        "--max-response-bytes",
+        type=int,
+        default=MAX_RESPONSE_BODY_BYTES,
+        help="largest JSON response metered (Envoy buffers it whole; keep it equal to CRITIQUE_MAX_RESPONSE_BYTES)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +101,24 @@ def _envoy_config_command(sub: Commands) -> None:
         "envoy-merge", help="insert the product into an existing Envoy bootstrap; the result goes to stdout"
     )
     merge.add_argument("bootstrap", help="your Envoy bootstrap (YAML or JSON)")
-    merge.add_argument("--listener", help="the listener to add the product to (needed when there are several)")
+    merge.add_argument(
+        "--listener",
+        metavar="NAME|IP:PORT",
+        help="the listener to add the product to, by name or by address (needed when there are several)",
+    )
     merge.add_argument("--virtual-host", help="the virtual host to add the routes to (needed when there are several)")
     _envoy_path_prefix_option(merge)
     _envoy_product_options(merge)
 
 
+CATALOG_HELP = (
+    "model catalog TOML the model routes and clusters come from (default: CRITIQUE_CATALOG_PATH; "
+    "unset: the built-in catalog, whose model servers are at 127.0.0.1:8100)"
+)
+
+
 def _envoy_path_prefix_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--catalog", metavar="FILE", help=CATALOG_HELP)
     parser.add_argument(
         "--path-prefix",
         default="",

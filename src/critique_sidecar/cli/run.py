@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ..config import Config
 from ..core.catalog import CatalogError
 from ..core.errors import ApiError, StoreUnavailable
+from ..listen_check import ListenTaken, check_listen_free
 from ..observability.logs import configure_logging
 from .accounts import _credits_cmd, _settings_cmd
 from .common import CliError, _with_redis
@@ -26,14 +27,29 @@ from .operators import _operator_tokens_cmd
 from .parser import build_parser
 from .usage import _usage_cmd
 
-# Commands that talk to Redis: beside a running `make run` stack they use its Redis.
-_REDIS_COMMANDS = ("keys", "credits", "settings", "usage")
+# Commands that talk to Redis: beside a running `make run` stack they use its Redis. (The
+# servers, `serve` and `gateway`, take theirs from the environment only.)
+REDIS_COMMANDS = ("keys", "credits", "settings", "usage", "notify", "notify-worker", "operator-tokens")
+
+
+# Long-running servers: in json log mode everything they write to stderr is JSON.
+SERVERS = ("serve", "gateway", "notify-worker")
+
+
+def config_errors(exc: ValidationError) -> str:
+    """Each problem named by its environment variable (CRITIQUE_HOLD_TTL_S), not the field."""
+    parts = []
+    for error in exc.errors():
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        loc = error.get("loc") or ()
+        parts.append(f"CRITIQUE_{str(loc[0]).upper()}: {msg}" if loc else msg)
+    return "; ".join(parts)
 
 
 def _operator_config(command: str) -> Config:
     """Config from the environment; with CRITIQUE_REDIS_URL unset, an operator command run
     beside a `make run` stack (its `.run/stack.json`) uses that stack's Redis, and says so."""
-    if command in _REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
+    if command in REDIS_COMMANDS and "CRITIQUE_REDIS_URL" not in os.environ:
         from ..devtools.stack_file import running_stack
 
         stack = running_stack()
@@ -50,12 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = _operator_config(args.command)
-        configure_logging(config.log_level, config.log_format)
+        log_handler = configure_logging(config.log_level, config.log_format)
+        if args.command in SERVERS and config.log_format == "json":
+            from ..observability.native_stderr import to_json_lines
+
+            to_json_lines(log_handler)  # gRPC core's lines and any traceback as JSON too
         if args.command == "serve":
             import uvloop
 
             from ..envoy.server import serve
 
+            check_listen_free(config, ("grpc_listen", "http_listen", "metrics_listen", "admin_listen"))
             uvloop.run(serve(config))
             return 0
         if args.command == "gateway":
@@ -63,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
             from ..asgi.gateway import serve as serve_gateway
 
-            uvloop.run(serve_gateway(config, args.listen or config.gateway_listen))
+            listen = args.listen or config.gateway_listen
+            check_listen_free(config, ("gateway_metrics_listen", "admin_listen"), extra=listen)
+            uvloop.run(serve_gateway(config, listen))
             return 0
         if args.command == "config-table":
             from ..config_doc import config_table
@@ -88,14 +111,14 @@ def main(argv: list[str] | None = None) -> int:
             "operator-tokens": _operator_tokens_cmd,
         }[args.command]
         return asyncio.run(_with_redis(config, lambda redis: handler(args, redis)))
+    except ListenTaken as exc:
+        print(f"critique-sidecar: error: {exc}", file=sys.stderr)
+        return 1
+    except ValidationError as exc:
+        print(f"critique-sidecar: error: bad configuration: {config_errors(exc)}", file=sys.stderr)
+        return 2
     except (CliError, CatalogError, ValueError) as exc:
         print(f"critique-sidecar: error: {exc}", file=sys.stderr)
-        return 2
-    except ValidationError as exc:
-        print(
-            f"critique-sidecar: error: bad configuration: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
-            file=sys.stderr,
-        )
         return 2
     except StoreUnavailable as exc:
         print(f"critique-sidecar: error: Redis is unreachable ({exc.detail})", file=sys.stderr)

@@ -63,8 +63,8 @@ class Promotion(TokenPrice):
 
 
 # Endpoint names (core/endpoints/ registers each; a test keeps the two lists equal).
-ENDPOINT_NAMES = ("chat.completions",)
-GENERATION_ENDPOINTS = ("chat.completions",)
+ENDPOINT_NAMES = ("chat.completions", "responses", "completions", "embeddings", "messages")
+GENERATION_ENDPOINTS = ("chat.completions", "responses", "completions", "messages")  # a model's default
 MediaKind = Literal["image", "audio", "file", "video"]
 
 # An upstream's name: also part of its Envoy cluster's name (upstream_<name>).
@@ -76,7 +76,7 @@ class Model(_Strict):
     role: str
     owned_by: str
     context_window: int = Field(gt=0)
-    max_output_tokens: int = Field(gt=0)
+    max_output_tokens: int = Field(0, ge=0)  # needed (> 0) by a model that generates
     # The output bound sent upstream (and held for) when a request names none; the model's
     # whole output budget (max_output_tokens) when unset.
     default_output_tokens: int | None = Field(None, gt=0)
@@ -116,6 +116,12 @@ class Model(_Strict):
         if unknown or not v:
             raise ValueError(f"endpoints: expected some of {', '.join(ENDPOINT_NAMES)}; got {', '.join(v) or 'none'}")
         return v
+
+    @model_validator(mode="after")
+    def _generators_have_a_budget(self) -> Model:
+        if self.max_output_tokens == 0 and set(self.endpoints) & set(GENERATION_ENDPOINTS):
+            raise ValueError(f"model {self.id}: max_output_tokens (> 0) is needed by {', '.join(self.endpoints)}")
+        return self
 
     @model_validator(mode="after")
     def _default_within_budget(self) -> Model:

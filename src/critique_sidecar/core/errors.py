@@ -24,6 +24,7 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "request_too_large": (413, "invalid_request_error"),
     "upstream_error": (502, "api_error"),
     "upstream_auth_failed": (502, "api_error"),
+    "response_too_large": (502, "api_error"),
     "upstream_timeout": (504, "api_error"),
     "service_unavailable": (503, "api_error"),
     # per-key controls and rate limits (core/limit_table.py)

@@ -7,18 +7,18 @@ drive it:
                               release on upstream errors; decide JSON vs SSE metering
     response_json(body)       settle from usage; returns the X-Critique-* headers (and the body,
                               when the model id is swapped back)
-    stream_feed(chunk)        meter SSE as it passes; returns the bytes to forward
-    stream_ending(end) / stream_end(out)
-                              the stream is over: settle once, put the charge line first
-    close()                   the exchange ended: settle whatever is still open
+    stream(chunk, end)        meter SSE as it passes: the bytes to forward, or (the stream is
+                              over) an awaitable settling it once with the charge line first
+    close()                   the exchange ended: settle whatever is still open (core/closing.py)
 
 Every refusal is an ApiError in the endpoint's error shape carrying the request's id; the front
 doors translate their protocol to these calls and nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -36,6 +36,7 @@ from .upstream import UpstreamHeader
 from .wire import (
     CREDITS_CHARGED_HEADER,
     ESTIMATED_USD_HEADER,
+    MAX_REQUEST_BODY_BYTES,
     MODEL_HEADER,
     NEVER_UPSTREAM,
     OPT_IN_HEADER,
@@ -99,13 +100,14 @@ class Exchange:
     trace: RequestTrace | None = None
     last_chunk: float = 0.0  # monotonic time of the previous metered SSE chunk (0: none yet)
     swap: tuple[bytes, bytes] | None = None  # the model server's model id -> the catalog's
+    closing: asyncio.Task[None] | None = None  # core/closing.py's task, once started
 
     async def start(self, headers: Mapping[str, str], identity: Identity | None = None) -> list[str]:
         """Authorise; returns the request headers the upstream must not see."""
         self.front_door_id = headers.get(SDK_REQUEST_ID_HEADER)
         tracer = self.meter.tracer
         if tracer is not None:
-            self.trace = tracer.begin(headers)
+            self.trace = tracer.begin(headers, self.endpoint.operation)
         if identity is None:
             found: Identity | None = None
             try:
@@ -123,6 +125,8 @@ class Exchange:
             raise self.refused(ApiError("invalid_api_key", "Invalid API key."))
         model: str | None = None
         try:
+            if len(raw) > MAX_REQUEST_BODY_BYTES:  # Envoy may buffer more (its limit is the stream's)
+                raise ApiError("request_too_large", f"Request body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
             body = self.meter.parse(self.endpoint, raw)
             model = body.model.id
             self.metered = await self.meter.admit(self.identity, body, self.opt_in, self.endpoint.name, self.request_id)
@@ -201,16 +205,11 @@ class Exchange:
             return headers, swapped
         return headers, None
 
-    async def stream_chunk(self, chunk: bytes, end: bool) -> bytes:
-        """Bytes to forward for one piece of an SSE stream (`chunk` itself when unchanged)."""
-        out = self.stream_feed(chunk)
-        if self.stream_ending(end):
-            out = await self.stream_end(out)
-        return chunk if out == chunk else out
-
-    def stream_feed(self, chunk: bytes) -> bytes:
-        """Meter `chunk` as it passes; the bytes to forward now (`chunk` itself when unchanged).
-        Then, if stream_ending(), await stream_end()."""
+    def stream(self, chunk: bytes, end: bool) -> bytes | Awaitable[bytes]:
+        """Meter one piece of an SSE stream (`end`: the response's last piece) as it passes. The
+        bytes to forward now (`chunk` itself when unchanged), or, once the stream is over (its
+        last event seen, or `end`), an awaitable that settles it and returns them with the
+        charge line before the last event: most pieces cost no coroutine."""
         metered, sse = self.metered, self.sse
         if metered is None or sse is None:
             return chunk
@@ -219,15 +218,13 @@ class Exchange:
             first = self.last_chunk == 0.0
             since = metered.started_mono if first else self.last_chunk
             self.last_chunk = now
-            self.meter.observer.stream_chunk(metered.model, first, now - since)
-        return sse.feed(chunk)
+            self.meter.observer.stream_chunk(metered.model, first, now - since, self.endpoint.operation)
+        out = sse.feed(chunk)
+        if sse.done or end:
+            return self._stream_end(out)
+        return out
 
-    def stream_ending(self, end: bool) -> bool:
-        """Whether the stream is over (the API's last event seen, or the response's last piece)."""
-        sse = self.sse
-        return self.metered is not None and sse is not None and (sse.done or end)
-
-    async def stream_end(self, out: bytes) -> bytes:
+    async def _stream_end(self, out: bytes) -> bytes:
         """Settle the stream (once) and put the charge line and what was held back after `out`."""
         metered, sse = self.metered, self.sse
         if metered is None or sse is None:

@@ -50,9 +50,10 @@ class Observer(Protocol):
 
     def stream_closed(self) -> None: ...
 
-    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+    def stream_chunk(self, model: str, first: bool, seconds: float, operation: str = "chat") -> None:
         """A metered SSE chunk passed: first=True, seconds since admission (time to first
-        token); else seconds since the previous chunk (the inter-chunk gap)."""
+        token); else seconds since the previous chunk (the inter-chunk gap). `operation`: the
+        endpoint's gen_ai.operation.name."""
 
 
 class NullObserver:
@@ -76,7 +77,7 @@ class NullObserver:
     def stream_closed(self) -> None:
         pass
 
-    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+    def stream_chunk(self, model: str, first: bool, seconds: float, operation: str = "chat") -> None:
         pass
 
 
@@ -107,8 +108,9 @@ class RequestTrace(Protocol):
 
 
 class Tracer(Protocol):
-    def begin(self, headers: Mapping[str, str]) -> RequestTrace:
-        """A chat request arrived (headers: lower-case names; W3C traceparent read from them)."""
+    def begin(self, headers: Mapping[str, str], operation: str = "chat") -> RequestTrace:
+        """A metered request arrived (headers: lower-case names; W3C traceparent read from them;
+        `operation`: the endpoint's gen_ai.operation.name, e.g. chat, text_completion, embeddings)."""
 
 
 async def _timed(observer: Observer, op: str, call: Awaitable[T]) -> T:

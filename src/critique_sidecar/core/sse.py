@@ -254,10 +254,13 @@ class SseMeter:
 
 
 def charge_comment(request_id: str, credits: str, usd: str, estimated: bool) -> bytes:
-    """The in-band charge: an SSE comment line, ignored by SSE parsers, read by people and tools."""
+    """The in-band charge: an SSE comment line, ignored by SSE parsers, read by people and tools.
+    One line and no blank line after it: it becomes a line of the last event, whereas a blank
+    line of its own would make the SDKs dispatch an empty event once the stream has sent an `id:`
+    (they keep the last event id and dispatch on it)."""
     return (
         f": x-critique-request-id={request_id} x-critique-credits-charged={credits} "
-        f"x-critique-estimated-usd={usd} estimated={'true' if estimated else 'false'}\n\n"
+        f"x-critique-estimated-usd={usd} estimated={'true' if estimated else 'false'}\n"
     ).encode()
 
 

@@ -39,8 +39,12 @@ ROUTE_PATH_CONTEXT = "critique_path"
 # accept-encoding, so upstreams answer uncompressed and the body can be metered as it passes.
 NEVER_UPSTREAM = ("authorization", "accept-encoding")
 
-# Largest chat request body either front door accepts (413 past it).
+# Largest request body either front door accepts (413 past it).
 MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024
+# Largest non-streaming response either front door meters (Envoy buffers it whole, the ASGI door
+# holds it for the charge headers): n choices with logprobs reach several MiB. Past it the
+# response is not metered and the request is charged its hold's bound for output.
+MAX_RESPONSE_BODY_BYTES = 16 * 1024 * 1024
 
 # Seconds open requests get to finish and settle after SIGTERM (deploy/ stop timeouts cover it).
 DRAIN_GRACE_S = 30

@@ -17,6 +17,12 @@ behaviour, by directives in the last message's content:
   [[forge]]       send SSE comment lines imitating the sidecar's charge line
   [[multiusage]]  several usage chunks: an early large one, a chunk with text and usage, and a
                   later, smaller usage-only chunk
+  [[framing:K]]   the stream's events framed as the SSE specification also allows (the SDKs read
+                  them all): 1 `\n\r\n` event ends, 2 CR-only line ends with `id:` lines,
+                  3 CRLF, 4 the three mixed, 5 each event's JSON split over two `data:` lines
+  [[dense]]       one 2-byte token per event (" a"), as fast small-vocabulary decoding streams
+With `stream_options.continuous_usage_stats` (as vLLM), every chunk carries one choice and a usage
+counting that choice's tokens so far; only the last usage chunk counts every choice.
 """
 
 from __future__ import annotations
@@ -100,3 +106,33 @@ def delta_kind(directives: dict[str, int]) -> str:
         if kind in directives:
             return kind
     return "content"
+
+
+def framed(event: bytes, framing: int, i: int) -> bytes:
+    """One `data: ...\n\n` event as framing K writes it (see the module docstring)."""
+    if framing == 4:
+        framing = 1 + i % 3
+    body = event[:-2]
+    if framing == 1:
+        return body + b"\n\r\n"
+    if framing == 2:
+        return b"id: %d\r" % i + body + b"\r\r"
+    if framing == 3:
+        return body + b"\r\n\r\n"
+    if framing == 5 and body.startswith(b"data: {"):
+        cut = body.find(b',"')
+        if cut > 0:  # a line break where JSON allows whitespace: the data lines join with one
+            return body[: cut + 1] + b"\ndata: " + body[cut + 1 :] + b"\n\n"
+    return event
+
+
+def logprobs(text_tokens: int, top: int) -> dict[str, Any]:
+    """A choice's `logprobs` as chat completions report them: every token with `top` alternatives."""
+    alternatives = [{"token": f"t{k}", "logprob": -1.5 - k, "bytes": [116, 48 + k % 10]} for k in range(top)]
+    return {
+        "content": [
+            {"token": "tok ", "logprob": -0.25, "bytes": [116, 111, 107, 32], "top_logprobs": alternatives}
+            for _ in range(text_tokens)
+        ],
+        "refusal": None,
+    }

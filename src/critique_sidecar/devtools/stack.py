@@ -380,6 +380,8 @@ class PortTaken(Exception):
 def check_ports_free(ports: dict[str, int]) -> None:
     for name, port in ports.items():
         with socket.socket() as s:
+            # As a server binds: connections of the last run still in TIME-WAIT do not count.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

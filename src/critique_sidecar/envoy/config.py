@@ -18,13 +18,14 @@ import orjson
 import yaml
 
 from ..core.catalog import Catalog
-from ..core.endpoints import ENDPOINTS, Endpoint
-from ..core.errors import error_body
+from ..core.endpoints import ENDPOINTS, NOT_SERVED, Endpoint
+from ..core.errors import ApiError, error_body
 from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
 from .identity import NAMESPACE as EXT_AUTHZ_NAMESPACE
 from .options import EnvoyOptionError, EnvoyOptions, SidecarTls, check_path_prefix, endpoint_address, listen_address
+from .replies import RUNTIME_KEY, answered_by_mappers, claim, no_hosts_cluster, path_filter, status_filter
 
 # Filter names are our own, so they never clash with an ext_authz or buffer filter already in
 # an existing chain; per-route configs address a filter by this name.
@@ -33,6 +34,9 @@ EXT_PROC = "critique.ext_proc"
 BUFFER = "critique.buffer"
 ROUTER = "envoy.filters.http.router"
 ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.py finds them by it)
+# The product's ext_authz and ext_proc filters count under http.<stat_prefix>.ext_authz.critique.*
+# (and ext_proc.critique.*), apart from any ext_authz or ext_proc filter of the operator's own.
+STAT_PREFIX = "critique"
 SIDECAR_CLUSTERS = ("sidecar_grpc", "sidecar_http")
 DASHBOARD_PAGE = "/inference-dashboard"
 APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH, KEYS_PATH)
@@ -145,18 +149,25 @@ def _per_filter(opts: EnvoyOptions, path: str, *, authz: bool, proc: bool, buffe
             check["context_extensions"] = {ROUTE_PATH_CONTEXT: path}
         out[EXT_AUTHZ] = _enabled("filters.http.ext_authz.v3.ExtAuthzPerRoute", {"check_settings": check})
     if buffer:
+        # The buffer filter's limit is the stream's, responses included (Envoy keeps one buffer
+        # limit per stream): a metered JSON response needs max_response_bytes of it. Request
+        # bodies past max_request_bytes are refused by the sidecar (413, as the ASGI door does)
+        # and, when they announce their length, by the product's route before anything is read.
         out[BUFFER] = _enabled(
-            "filters.http.buffer.v3.BufferPerRoute", {"buffer": {"max_request_bytes": opts.max_request_bytes}}
+            "filters.http.buffer.v3.BufferPerRoute", {"buffer": {"max_request_bytes": stream_buffer_bytes(opts)}}
         )
     if proc:
         out[EXT_PROC] = _enabled("filters.http.ext_proc.v3.ExtProcPerRoute", {"overrides": {}})
     return out
 
 
-def _json_reply(status: int, code: str, message: str) -> dict[str, Any]:
-    """A route answered by Envoy itself, in the product's JSON error shape."""
+def _json_reply(status: int, code: str, message: str, shape: str = "openai") -> dict[str, Any]:
+    """A route answered by Envoy itself, in the product's JSON error shape (an endpoint's own:
+    Anthropic's for Messages)."""
+    error = ApiError(code, message)
+    error.shape = shape
     return {
-        "direct_response": {"status": status, "body": {"inline_string": error_body(code, message).decode()}},
+        "direct_response": {"status": status, "body": {"inline_string": error.body().decode()}},
         "response_headers_to_add": [
             {
                 "header": {"key": "content-type", "value": "application/json"},
@@ -230,17 +241,26 @@ def metered_routes(catalog: Catalog, endpoint: Endpoint, opts: EnvoyOptions) -> 
             "path": path,
             "headers": [{"name": "content-length", "range_match": {"start": opts.max_request_bytes + 1, "end": 2**62}}],
         },
-        **_json_reply(413, "request_too_large", _too_large(opts)),
+        **_json_reply(413, "request_too_large", _too_large(opts), endpoint.error_shape),
     }
     # Before ext_proc has read the body there is no model header yet: this route carries the
     # filter settings. Reaching its direct response means no model route matched.
     unrouted = {
         "name": f"{ROUTE_PREFIX}{slug}_unrouted",
         "match": {"path": path},
-        **_json_reply(503, "service_unavailable", "The request could not be routed to a model"),
+        **_json_reply(503, "service_unavailable", "The request could not be routed to a model", endpoint.error_shape),
         "typed_per_filter_config": filters,
     }
-    return [too_large, *_model_routes(catalog, endpoint, opts, filters), unrouted]
+    # Only POST: any other method is refused before the sidecar is asked anything.
+    not_post = {
+        "name": f"{ROUTE_PREFIX}{slug}_method_not_allowed",
+        "match": {
+            "path": path,
+            "headers": [{"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}],
+        },
+        **_json_reply(405, "method_not_allowed", "Use POST on this endpoint", endpoint.error_shape),
+    }
+    return [not_post, too_large, *_model_routes(catalog, endpoint, opts, filters), unrouted]
 
 
 def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
@@ -264,6 +284,16 @@ def product_routes(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]
             "route": {"cluster": "sidecar_http", "timeout": "10s", **_unprefixed(opts, DASHBOARD_PAGE)},
         }
     )
+    # Nothing else under the product's API reaches a model server (or anything else).
+    for prefix, why in NOT_SERVED.items():
+        name = "api_not_found" if prefix.count("/") == 3 else _slug(prefix) + "_not_served"
+        routes.append(
+            {
+                "name": ROUTE_PREFIX + name,
+                "match": {"prefix": opts.public(prefix)},
+                **_json_reply(404, "not_found", why),
+            }
+        )
     return routes
 
 
@@ -290,6 +320,7 @@ def http_filters(opts: EnvoyOptions) -> list[dict[str, Any]]:
                 "transport_api_version": "V3",
                 "failure_mode_allow": False,
                 "status_on_error": {"code": 503},
+                "stat_prefix": STAT_PREFIX,
             },
         },
         {
@@ -297,7 +328,7 @@ def http_filters(opts: EnvoyOptions) -> list[dict[str, Any]]:
             "disabled": True,
             "typed_config": {
                 "@type": _T + "filters.http.buffer.v3.Buffer",
-                "max_request_bytes": opts.max_request_bytes,
+                "max_request_bytes": stream_buffer_bytes(opts),
             },
         },
         {
@@ -332,6 +363,7 @@ def http_filters(opts: EnvoyOptions) -> list[dict[str, Any]]:
                     }
                 },
                 "status_on_error": {"code": 503},
+                "stat_prefix": STAT_PREFIX,
             },
         },
     ]
@@ -342,53 +374,28 @@ def _router() -> dict[str, Any]:
 
 
 # Local-reply mappers carry this in their status filter's runtime key (merge.py finds them by it).
-LOCAL_REPLY_RUNTIME_KEY = "critique.local_reply."
+LOCAL_REPLY_RUNTIME_KEY = RUNTIME_KEY
 
 
-def product_path_filter(opts: EnvoyOptions) -> dict[str, Any]:
-    """A request whose :path (query string aside) is one of the product's: local-reply mappers
-    carry it so that, in a shared listener, they rewrite the product's replies only."""
-    return {
-        "or_filter": {
-            "filters": [
-                {
-                    "header_filter": {
-                        "header": {
-                            "name": ":path",
-                            # One small regex per path: RE2 refuses programs past size 100 by default.
-                            "string_match": {"safe_regex": {"regex": re.escape(opts.public(p)) + r"(\?.*)?"}},
-                        }
-                    }
-                }
-                for p in PRODUCT_PATHS
-            ]
-        }
-    }
+def product_path_filter(routes: list[dict[str, Any]]) -> dict[str, Any]:
+    """A request to one of the product's routes' paths (query string aside): local-reply
+    mappers carry it so that, in a shared listener, they rewrite the product's replies only."""
+    return path_filter(routes)
 
 
 def _local_reply_mapper(
-    opts: EnvoyOptions,
     status: int,
     code: str,
     message: str,
     new_status: int | None = None,
     flags: tuple[str, ...] = (),
-    scoped: bool = False,
+    scope: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    filters: list[dict[str, Any]] = [
-        {
-            "status_code_filter": {
-                "comparison": {
-                    "op": "EQ",
-                    "value": {"default_value": status, "runtime_key": f"{LOCAL_REPLY_RUNTIME_KEY}{status}"},
-                }
-            }
-        }
-    ]
+    filters: list[dict[str, Any]] = [status_filter(status, f"{LOCAL_REPLY_RUNTIME_KEY}{status}")]
     if flags:
         filters.append({"response_flag_filter": {"flags": list(flags)}})
-    if scoped:
-        filters.append(product_path_filter(opts))
+    if scope is not None:
+        filters.append(scope)
     mapper: dict[str, Any] = {
         "filter": filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}},
         "body": {"inline_string": error_body(code, message).decode()},
@@ -402,36 +409,68 @@ def _local_reply_mapper(
     return mapper
 
 
-def local_reply_mappers(opts: EnvoyOptions, *, scoped: bool) -> list[dict[str, Any]]:
-    """Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts) in
-    the product's JSON error shape. `scoped`: only for requests to the product's paths."""
+_UNAVAILABLE = "The service is unavailable; retry shortly"
+
+
+def sidecar_route_mappers(sidecar_routes: dict[str, Any]) -> list[dict[str, Any]]:
+    """On the routes the sidecar answers itself (models, settings, dashboard and its page), a
+    failed or timed-out connection is the sidecar's, never a model server's."""
     return [
-        _local_reply_mapper(opts, 413, "request_too_large", _too_large(opts), scoped=scoped),
+        _local_reply_mapper(503, "service_unavailable", _UNAVAILABLE, scope=sidecar_routes),
+        _local_reply_mapper(502, "service_unavailable", _UNAVAILABLE, 503, scope=sidecar_routes),
+        _local_reply_mapper(504, "service_unavailable", _UNAVAILABLE, 503, scope=sidecar_routes),
+    ]
+
+
+def local_reply_mappers(opts: EnvoyOptions, *, scope: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts) in
+    the product's JSON error shape. `scope`: only for requests it matches (None: all)."""
+    return [
+        _local_reply_mapper(413, "request_too_large", _too_large(opts), scope=scope),
         # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also replace
         # the sidecar's specific invalid_request messages.
-        _local_reply_mapper(opts, 431, "invalid_request", "Request headers are too large or too many", scoped=scoped),
+        _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many", scope=scope),
+        # Envoy's 500 on a product route: a JSON response larger than the stream buffers (the
+        # request was charged its bound; a retry would be charged again).
         _local_reply_mapper(
-            opts, 500, "service_unavailable", "The metering service is unavailable; retry shortly", 503, scoped=scoped
-        ),
-        _local_reply_mapper(
-            opts,
-            503,
-            "upstream_error",
-            "The model server failed to answer",
+            500,
+            "response_too_large",
+            f"The model server's response is larger than this gateway meters ({opts.max_response_bytes} bytes); "
+            "ask for fewer choices, tokens or logprobs",
             502,
-            flags=UPSTREAM_FAILURE_FLAGS,
-            scoped=scoped,
+            scope=scope,
         ),
         _local_reply_mapper(
-            opts, 503, "service_unavailable", "The service is unavailable; retry shortly", scoped=scoped
+            503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS, scope=scope
         ),
+        _local_reply_mapper(503, "service_unavailable", _UNAVAILABLE, scope=scope),
         # Only Envoy's own 502s (flagged): the sidecar's 502 (the model server refused the
         # gateway's credentials) keeps its own code and message.
         _local_reply_mapper(
-            opts, 502, "upstream_error", "The model server failed to answer", flags=UPSTREAM_502_FLAGS, scoped=scoped
+            502, "upstream_error", "The model server failed to answer", flags=UPSTREAM_502_FLAGS, scope=scope
         ),
-        _local_reply_mapper(opts, 504, "upstream_timeout", "The model server timed out", scoped=scoped),
+        _local_reply_mapper(504, "upstream_timeout", "The model server timed out", scope=scope),
     ]
+
+
+def _product(catalog: Catalog, opts: EnvoyOptions, *, scoped: bool) -> dict[str, Any]:
+    """The product's routes, clusters and local-reply mappers, in the order they go in.
+
+    Its self-answering routes become mappers (replies.py: so CORS and route headers apply to
+    them); on the sidecar's routes a connection failure is the sidecar's; then the product's
+    error shapes; then, in someone else's listener, every other local reply on its routes is
+    claimed as it is, so the operator's local-reply settings never reach them."""
+    routes, answers = answered_by_mappers(product_routes(catalog, opts))
+    scope = product_path_filter(routes)
+    sidecar = path_filter([r for r in routes if r.get("route", {}).get("cluster") == "sidecar_http"])
+    mappers = [*answers, *sidecar_route_mappers(sidecar), *local_reply_mappers(opts, scope=scope if scoped else None)]
+    if scoped:
+        mappers.append(claim(scope))
+    return {
+        "routes": routes,
+        "local_reply_mappers": mappers,
+        "clusters": [*clusters(catalog, opts), no_hosts_cluster()],
+    }
 
 
 def clusters(catalog: Catalog, opts: EnvoyOptions) -> list[dict[str, Any]]:
@@ -492,18 +531,31 @@ def _upstream_tls(replica: BaseUrl, ca_file: str) -> dict[str, Any]:
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
+def stream_buffer_bytes(opts: EnvoyOptions) -> int:
+    """What a metered request's stream may buffer: a whole request body, and a whole JSON
+    response, which ext_proc's buffered mode holds before metering it."""
+    return max(opts.max_request_bytes, opts.max_response_bytes)
+
+
+def listener_buffer_bytes(opts: EnvoyOptions) -> int:
+    """The listener's buffer limit: a stream's, plus room for the headers."""
+    return stream_buffer_bytes(opts) + 65536
+
+
 def build_fragment(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
     """Only what the product adds to an existing Envoy (merge.py inserts it)."""
+    product = _product(catalog, opts, scoped=True)
     return {
         "http_filters": http_filters(opts),
-        "routes": product_routes(catalog, opts),
-        "local_reply_mappers": local_reply_mappers(opts, scoped=True),
-        "clusters": clusters(catalog, opts),
+        "routes": product["routes"],
+        "local_reply_mappers": product["local_reply_mappers"],
+        "clusters": product["clusters"],
     }
 
 
 def build_config(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict[str, Any]:
     """A whole bootstrap: one listener that serves the product and answers 404 to the rest."""
+    product = _product(catalog, opts, scoped=False)
     hcm = {
         "@type": _T + "filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": opts.stat_prefix,
@@ -517,13 +569,13 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict
                 {
                     "name": opts.virtual_host,
                     "domains": list(opts.domains),
-                    "routes": [*product_routes(catalog, opts), _catch_all()],
+                    "routes": [*product["routes"], _catch_all()],
                 }
             ],
         },
         "http_filters": [*http_filters(opts), _router()],
         # The listener is the product's alone: its local replies are all rewritten.
-        "local_reply_config": {"mappers": local_reply_mappers(opts, scoped=False)},
+        "local_reply_config": {"mappers": product["local_reply_mappers"]},
     }
     return {
         "admin": {"address": _addr(*listen_address(opts.admin, "--admin"))},
@@ -532,13 +584,13 @@ def build_config(catalog: Catalog, opts: EnvoyOptions = DEFAULT_OPTIONS) -> dict
                 {
                     "name": "critique",
                     "address": _addr(*listen_address(opts.listen)),
-                    "per_connection_buffer_limit_bytes": opts.max_request_bytes + 65536,
+                    "per_connection_buffer_limit_bytes": listener_buffer_bytes(opts),
                     "filter_chains": [
                         {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
                     ],
                 }
             ],
-            "clusters": clusters(catalog, opts),
+            "clusters": product["clusters"],
         },
     }
 

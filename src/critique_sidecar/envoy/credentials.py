@@ -7,6 +7,7 @@ connection on without a restart (connections already open keep theirs)."""
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,15 @@ class _CertificateFiles:
         return tuple((s.st_mtime_ns, s.st_size) for s in (p.stat() for p in self._paths))
 
     def load(self) -> Any:
+        cert, key = self._cert.read_bytes(), self._key.read_bytes()
         ca = self._client_ca.read_bytes() if self._client_ca else None
-        return grpc.ssl_server_certificate_configuration([(self._key.read_bytes(), self._cert.read_bytes())], ca)
+        # gRPC takes any bytes here and fails later, in native code, at the next handshake; a
+        # half-written file (a renewal caught mid-write) is refused here instead.
+        check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check.load_cert_chain(self._cert, self._key)  # parses both, and checks they are a pair
+        if ca is not None:
+            check.load_verify_locations(cadata=ca.decode("ascii", "replace"))
+        return grpc.ssl_server_certificate_configuration([(key, cert)], ca)
 
     def fetch(self) -> Any:
         try:

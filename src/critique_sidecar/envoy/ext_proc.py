@@ -17,6 +17,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ..core.auth import Authenticator
+from ..core.closing import Closings
 from ..core.endpoints import ENDPOINTS, Endpoint, by_path
 from ..core.errors import ApiError
 from ..core.exchange import Exchange
@@ -88,11 +89,9 @@ async def on_response_body(x: Exchange, req: pb.ProcessingRequest) -> pb.Process
     # Read once: each read of a bytes field makes a new object, so `out is body.body` was never
     # true and every unchanged chunk went back to Envoy as a full body replacement.
     chunk = body.body
-    if x.sse is not None:  # the stream's last piece (the rest take ExtProcServicer's sync path)
-        out = x.stream_feed(chunk)
-        if x.stream_ending(body.end_of_stream):
-            out = await x.stream_end(out)
-        return chunk_reply(chunk, out)
+    if x.sse is not None:  # a stream's piece (most take ExtProcServicer's own path)
+        out = x.stream(chunk, body.end_of_stream)
+        return chunk_reply(chunk, out if isinstance(out, bytes) else await out)
     charged, body_out = await x.response_json(chunk)
     if not charged:
         return m.CONTINUE_RESPONSE_BODY
@@ -136,36 +135,6 @@ _CONTINUE = {
 }
 
 
-class _CloseOnce:
-    """Ends one exchange exactly once, in a task of its own, so a stream that ends any way is
-    settled: grpc.aio cancels the handler task when the client goes (a settlement awaited in
-    it would be cancelled too), and a handler suspended at a `yield` when the RPC ends may never
-    run its `finally`. Started by that `finally` or by the RPC's done callback, whichever
-    comes first; shielded from the handler's cancellation."""
-
-    __slots__ = ("exchange", "task")
-
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self.task: asyncio.Task[None] | None = None
-
-    def idle(self) -> bool:
-        """Nothing left to do (the common case: settled in the response phases, or never
-        admitted): no task, no cross-thread wake-up needed."""
-        return self.task is None and not self.exchange.needs_close()
-
-    def start(self) -> asyncio.Task[None]:
-        if self.task is None:
-            self.task = asyncio.ensure_future(self._close())
-        return self.task
-
-    async def _close(self) -> None:
-        try:
-            await self.exchange.close()
-        except Exception:
-            log.exception("settling a cut-off request failed")
-
-
 # _ENDS_ITSELF: the stream ends with our status as soon as the last phase is answered, rather
 # than with a read waiting for Envoy to end it. Envoy resets every ext_proc stream when its
 # HTTP exchange completes, and grpc.aio leaks a little native memory for a batch cut off by
@@ -183,17 +152,21 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
         self._auth = auth
         self._meter = meter
         self._credentials = credentials or {}
-        self._closing: set[asyncio.Task[None]] = set()  # settlements still running
+        self._closings = Closings()  # settlements of exchanges cut off
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
         exchange: Exchange | None = None
-        close: _CloseOnce | None = None
         loop = asyncio.get_running_loop()
-        context.add_done_callback(
-            lambda _: close is None or close.idle() or loop.call_soon_threadsafe(self._close_later, close)
-        )
+
+        def ended(_: object) -> None:
+            # grpc.aio runs this from its own thread when the RPC ends, even while the handler is
+            # suspended at a `yield` whose `finally` may never run (the client went away).
+            if exchange is not None and exchange.closing is None and exchange.needs_close():
+                loop.call_soon_threadsafe(self._closings.close, exchange)
+
+        context.add_done_callback(ended)
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
@@ -208,19 +181,16 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                         yield m.immediate(_NOT_METERED)
                         return
                     exchange = Exchange(endpoint, self._auth, self._meter, self._credentials)
-                    close = _CloseOnce(exchange)
                 if kind == "response_body" and exchange.sse is not None:
-                    # Most of a stream: a chunk that settles nothing is answered here, without
+                    # Most of a stream: a piece that settles nothing is answered here, without
                     # the coroutines of a phase (per-chunk cost is the streamed path's CPU).
                     body = req.response_body
                     chunk = body.body  # read once (see on_response_body)
-                    if not body.end_of_stream:
-                        out = exchange.stream_feed(chunk)
-                        if not exchange.stream_ending(False):
-                            yield chunk_reply(chunk, out)
-                            continue
-                        yield chunk_reply(chunk, await exchange.stream_end(out))  # [DONE] came
-                        continue
+                    out = exchange.stream(chunk, body.end_of_stream)
+                    yield chunk_reply(chunk, out if isinstance(out, bytes) else await out)
+                    if body.end_of_stream:
+                        return  # the exchange is over: see _ENDS_ITSELF
+                    continue
                 phase = _PHASES.get(kind)
                 if phase is None:
                     yield _PASS.get(kind, m.CONTINUE_RESPONSE_TRAILERS)
@@ -233,20 +203,10 @@ class ExtProcServicer(pb_grpc.ExternalProcessorServicer):
                 if kind == "response_body" and req.response_body.end_of_stream:
                     return  # the exchange is over: see _ENDS_ITSELF
         finally:
-            if close is not None and not close.idle():
-                await asyncio.shield(self._track(close.start()))
-
-    def _close_later(self, close: _CloseOnce) -> None:
-        if close.task is None:  # the handler never reached its finally
-            self._track(close.start())
-
-    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
-        if not task.done():
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        return task
+            closing = self._closings.close(exchange) if exchange is not None else None
+            if closing is not None:
+                await asyncio.shield(closing)
 
     async def drain(self) -> None:
         """Wait for settlements still running after their streams ended (shutdown)."""
-        while self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closings.drain()

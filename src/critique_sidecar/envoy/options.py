@@ -7,7 +7,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from ..core.wire import MAX_REQUEST_BODY_BYTES
+from ..core.wire import MAX_REQUEST_BODY_BYTES, MAX_RESPONSE_BODY_BYTES
 
 
 class EnvoyOptionError(ValueError):
@@ -83,6 +83,9 @@ class EnvoyOptions:
     # per request); "ext_authz": ext_authz and ext_proc both run (two streams).
     chat_auth: str = "ext_proc"
     max_request_bytes: int = MAX_REQUEST_BODY_BYTES
+    # Largest JSON response Envoy buffers for metering (at least a request body's limit: Envoy
+    # keeps one buffer limit per stream); keep it equal to the sidecar's CRITIQUE_MAX_RESPONSE_BYTES.
+    max_response_bytes: int = MAX_RESPONSE_BODY_BYTES
     # Past this Envoy answers 503 itself; the sidecar's own Redis timeout (0.5 s) fails first.
     sidecar_timeout_ms: int = 2000
     upstream_timeout_s: int = 600
@@ -107,6 +110,8 @@ class EnvoyOptions:
         if not self.stat_prefix or not all(c.isalnum() or c in "_-." for c in self.stat_prefix):
             raise EnvoyOptionError(f"--stat-prefix {self.stat_prefix!r}: letters, digits, '_', '-' and '.' only")
         check_path_prefix(self.path_prefix)
+        if self.max_response_bytes < 65536:
+            raise EnvoyOptionError("--max-response-bytes: at least 65536")
 
     def public(self, path: str) -> str:
         """Where clients reach one of the product's paths."""

@@ -21,12 +21,11 @@ from typing import Any
 import grpc
 import uvicorn
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from ..app import Components, build_components, fix_malloc_mmap_threshold, tune_garbage_collector, web_context
 from ..config import Config
-from ..core.wire import DRAIN_GRACE_S
+from ..core.wire import DRAIN_GRACE_S, MAX_REQUEST_BODY_BYTES
 from ..lifecycle import Lifecycle
 from ..observability.metrics import start_metrics_server
 from ..recycle import Recycler, recycler
@@ -36,11 +35,12 @@ from .authz import AuthorizationServicer
 from .credentials import add_grpc_port
 from .ext_proc import ExtProcServicer
 from .health import StoreHealth
+from .request_id import add_ext_proc
 
 log = logging.getLogger("critique_sidecar")
 
-# Envoy may hand over up to a model cluster's buffer limit (2 MiB) in one body message.
-GRPC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Envoy hands over a buffered JSON response whole, in one body message (CRITIQUE_MAX_RESPONSE_BYTES).
+GRPC_MESSAGE_OVERHEAD = 1024 * 1024
 # gRPC health service name that is SERVING for as long as the process serves gRPC, store or
 # not: the liveness probe's. (Readiness uses "", which follows the store and the drain.)
 LIVENESS_SERVICE = "liveness"
@@ -59,11 +59,18 @@ def grpc_server(
 ) -> tuple[grpc.aio.Server, ExtProcServicer, StoreHealth]:
     server = grpc.aio.server(
         interceptors=[recycle] if recycle else None,  # it counts requests
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE_BYTES)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            # a request body or a buffered JSON response, whichever Envoy's stream limit allows
+            (
+                "grpc.max_receive_message_length",
+                max(config.max_response_bytes, MAX_REQUEST_BODY_BYTES) + GRPC_MESSAGE_OVERHEAD,
+            ),
+        ],
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationServicer(c.auth), server)
     ext_proc = ExtProcServicer(c.auth, c.meter, c.credentials)
-    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ext_proc, server)
+    add_ext_proc(ext_proc, server)  # notes Envoy's x-request-id for the request logs
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     store_health = StoreHealth(health_servicer, c.redis.ping, config.health_interval_s)

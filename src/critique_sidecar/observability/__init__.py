@@ -46,6 +46,6 @@ class Telemetry:
         for o in self.observers:
             o.stream_closed()
 
-    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+    def stream_chunk(self, model: str, first: bool, seconds: float, operation: str = "chat") -> None:
         for o in self.observers:
-            o.stream_chunk(model, first, seconds)
+            o.stream_chunk(model, first, seconds, operation)

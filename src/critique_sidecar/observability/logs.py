@@ -11,6 +11,7 @@ import contextlib
 import logging
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
@@ -20,6 +21,9 @@ from ..core.money import format_credits
 from ..core.observe import Denial
 
 REQUEST_LOGGER = "critique_sidecar.requests"
+# Envoy's x-request-id of the request being served (set by envoy/request_id.py): `trace_id` on
+# the settled line, as the denied line's, so both join Envoy's access log.
+ENVOY_REQUEST_ID: ContextVar[str | None] = ContextVar("envoy_request_id", default=None)
 FORMATS = ("json", "text")
 
 
@@ -72,7 +76,9 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", stream: TextIO | None = None
+) -> logging.StreamHandler[Any]:
     """Route every logger (ours, uvicorn's, grpc's Python side) to one stderr handler."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -147,6 +153,7 @@ class RequestLog:
             fields = {
                 "event": "settled",
                 "request_id": r.request_id,
+                "trace_id": ENVOY_REQUEST_ID.get(),
                 "account": r.account,
                 "key_id": r.key_id,
                 "model": r.model,
@@ -174,5 +181,5 @@ class RequestLog:
     def stream_closed(self) -> None:
         pass
 
-    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+    def stream_chunk(self, model: str, first: bool, seconds: float, operation: str = "chat") -> None:
         pass  # timings are metrics (histograms), not log lines

@@ -24,6 +24,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from ..core.endpoints import by_name
 from ..core.ledger import UsageRecord
 from ..core.observe import Denial
 from .loop_metrics import LoopCounter, LoopGauge, LoopHistogram
@@ -60,7 +61,7 @@ class Metrics:
             PlatformCollector(registry=r)
             GCCollector(registry=r)
         self.requests = LoopCounter(
-            "critique_requests", "Chat requests by admission decision (allowed, denied) and reason code (ok, a soft-mode cap code, or the error code).",
+            "critique_requests", "Metered requests by admission decision (allowed, denied) and reason code (ok, a soft-mode cap code, or the error code).",
             ["decision", "code"], registry=r,
         )  # fmt: skip
         self.denial_seconds = LoopHistogram(
@@ -71,8 +72,8 @@ class Metrics:
             buckets=DECISION_BUCKETS,
         ).labels()
         self.settlements = LoopCounter(
-            "critique_settlements", "Admitted requests closed, by model and status (ok, estimated, interrupted, upstream_error, cancelled).",
-            ["model", "status"], registry=r,
+            "critique_settlements", "Admitted requests closed, by model, status (ok, estimated, interrupted, upstream_error, cancelled) and endpoint (chat.completions, responses, completions, embeddings).",
+            ["model", "status", "endpoint"], registry=r,
         )  # fmt: skip
         self.charged = LoopCounter(
             "critique_charged_microcredits",
@@ -133,6 +134,17 @@ class Metrics:
             "Settlements the store refused (script error, wrong key type), set aside in <journal>.rejected for an operator.",
             registry=r,
         )
+        # Sampled from Redis every 15 s (observability/backlogs.py).
+        self.notify_dead_letters = Gauge(
+            "critique_notify_dead_letters",
+            "Budget notifications given up on, in the dead-letter list (`critique-sidecar notify dead-letters`).",
+            registry=r,
+        )
+        self.usage_push_backlog = Gauge(
+            "critique_usage_push_backlog",
+            "Usage records the push consumer group has not had acknowledged (not yet delivered, or delivered and not acknowledged); 0 unless CRITIQUE_USAGE_PUSH_URL is set.",
+            registry=r,
+        )
         # -- the GenAI semantic conventions' metrics (OpenTelemetry names, Prometheus-style:
         # dots become underscores; attributes become labels of the same names)
         genai = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
@@ -189,7 +201,7 @@ class Metrics:
     def settled(self, record: UsageRecord) -> None:
         self.inflight.dec()
         model = record.model
-        self.settlements.labels(model, record.status).inc()
+        self.settlements.labels(model, record.status, record.endpoint).inc()
         if record.credits:
             self.charged.labels(model).inc(record.credits)
         if record.input_tokens:
@@ -203,10 +215,11 @@ class Metrics:
             self.overage.labels(model).inc(record.overage)
         if record.status != "cancelled":  # never reached a model: no GenAI request to measure
             error = "" if record.status in _OK_STATUSES else record.status
-            self.genai_duration.labels("chat", GENAI_PROVIDER, model, error).observe(record.latency_ms / 1000)
+            op = operation(record.endpoint)
+            self.genai_duration.labels(op, GENAI_PROVIDER, model, error).observe(record.latency_ms / 1000)
             if record.input_tokens or record.output_tokens:
-                self.genai_tokens.labels("chat", GENAI_PROVIDER, model, "input").observe(record.input_tokens)
-                self.genai_tokens.labels("chat", GENAI_PROVIDER, model, "output").observe(record.output_tokens)
+                self.genai_tokens.labels(op, GENAI_PROVIDER, model, "input").observe(record.input_tokens)
+                self.genai_tokens.labels(op, GENAI_PROVIDER, model, "output").observe(record.output_tokens)
 
     def store_call(self, op: str, seconds: float, failed: bool) -> None:
         self.store_seconds.labels(op).observe(seconds)
@@ -219,15 +232,21 @@ class Metrics:
     def stream_closed(self) -> None:
         self.open_streams.dec()
 
-    def stream_chunk(self, model: str, first: bool, seconds: float) -> None:
+    def stream_chunk(self, model: str, first: bool, seconds: float, operation: str = "chat") -> None:
         if first:
-            self.genai_ttft.labels("chat", GENAI_PROVIDER, model).observe(seconds)
+            self.genai_ttft.labels(operation, GENAI_PROVIDER, model).observe(seconds)
         else:
             self.chunk_gap.labels(model).observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (what GET /metrics returns)."""
         return generate_latest(self.registry)
+
+
+def operation(endpoint: str) -> str:
+    """gen_ai.operation.name of an endpoint (core/endpoints/): chat, text_completion, embeddings."""
+    found = by_name(endpoint)
+    return found.operation if found is not None else "chat"
 
 
 def journal_depth(path: Path) -> int:

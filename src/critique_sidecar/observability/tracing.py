@@ -1,12 +1,14 @@
-"""OpenTelemetry tracing of chat requests (the optional `otel` extra): the core's Tracer
+"""OpenTelemetry tracing of metered requests (the optional `otel` extra): the core's Tracer
 (core/observe.py) as OpenTelemetry spans exported over OTLP/HTTP (protobuf).
 
 Off unless CRITIQUE_OTEL_ENDPOINT is set; this module is imported only then, so a sidecar
-without the extra never loads OpenTelemetry. Per chat request, one trace joined to the
+without the extra never loads OpenTelemetry. Per metered request, one trace joined to the
 caller's through the W3C `traceparent` header (Envoy's, or the client's, which Envoy passes
 to ext_proc):
 
-    chat <model>                   SERVER   the request at the sidecar, parent: traceparent
+    <operation> <model>            SERVER   the request at the sidecar, parent: traceparent (the
+                                            endpoint's gen_ai.operation.name: chat, text_completion,
+                                            embeddings)
       critique.admission           INTERNAL key check, parse, hold (one Lua call)
       critique.upstream            CLIENT   admission to the end of the model's response
       critique.settlement          INTERNAL the charge (one Lua call)
@@ -56,15 +58,16 @@ _GETTER = _Getter()
 
 
 class OtelRequestTrace:
-    """The spans of one chat request (core.observe.RequestTrace)."""
+    """The spans of one metered request (core.observe.RequestTrace)."""
 
-    __slots__ = ("_admission", "_root", "_settlement", "_tracer", "_upstream", "recording")
+    __slots__ = ("_admission", "_operation", "_root", "_settlement", "_tracer", "_upstream", "recording")
 
-    def __init__(self, tracer: trace.Tracer, headers: Mapping[str, str]) -> None:
+    def __init__(self, tracer: trace.Tracer, headers: Mapping[str, str], operation: str = "chat") -> None:
         self._tracer = tracer
+        self._operation = operation
         parent = _PROPAGATOR.extract(headers, getter=_GETTER)  # type: ignore[arg-type]
         self._root = tracer.start_span(
-            "chat", parent, kind=SpanKind.SERVER, attributes={"gen_ai.operation.name": "chat"}
+            operation, parent, kind=SpanKind.SERVER, attributes={"gen_ai.operation.name": operation}
         )
         self.recording = self._root.is_recording()
         self._admission: Span | None = self._child("critique.admission", SpanKind.INTERNAL) if self.recording else None
@@ -77,7 +80,7 @@ class OtelRequestTrace:
     def admitted(self, request_id: str, account: str, key_id: str, model: str, max_tokens: int, hold: int) -> None:
         # The request's attributes go on its root span once; the phase spans carry only their
         # own (each attribute costs the SDK a validation: ~1/4 of tracing's CPU was repeats).
-        self._root.update_name(f"chat {model}")
+        self._root.update_name(f"{self._operation} {model}")
         self._root.set_attributes(
             {
                 "gen_ai.provider.name": PROVIDER_NAME,
@@ -102,7 +105,7 @@ class OtelRequestTrace:
             attrs["critique.key_id"] = key_id
         if model is not None:
             attrs["gen_ai.request.model"] = model
-            self._root.update_name(f"chat {model}")
+            self._root.update_name(f"{self._operation} {model}")
         for span in (self._admission, self._root):
             if span is not None:
                 span.set_attributes(attrs)
@@ -182,8 +185,8 @@ class OtelTracer:
         self.provider = provider
         self._tracer = provider.get_tracer("critique_sidecar")
 
-    def begin(self, headers: Mapping[str, str]) -> OtelRequestTrace | UnsampledTrace:
-        trace_ = OtelRequestTrace(self._tracer, headers)
+    def begin(self, headers: Mapping[str, str], operation: str = "chat") -> OtelRequestTrace | UnsampledTrace:
+        trace_ = OtelRequestTrace(self._tracer, headers, operation)
         # Not sampled (the sampler, or a caller's traceparent that says so): its phase spans
         # would record nothing either, so skip making them.
         return trace_ if trace_.recording else UNSAMPLED

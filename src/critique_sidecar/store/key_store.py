@@ -222,6 +222,7 @@ async def watch_revocations(redis: Any, forget: Callable[[str | None], None], re
     reconnect, silent or not) the whole cache is dropped, since announcements may have been
     missed meanwhile."""
     forget_all = _ForgetAll(forget)  # held here: redis-py keeps connect callbacks by weak reference
+    interrupted = False  # warned once per outage, not once per retry
     while True:
         raise_if_cancelling()
         pubsub = redis.pubsub()
@@ -229,13 +230,18 @@ async def watch_revocations(redis: Any, forget: Callable[[str | None], None], re
             await pubsub.subscribe(REVOCATIONS_CHANNEL)
             pubsub.connection.register_connect_callback(forget_all.on_connect)
             forget(None)
+            if interrupted:
+                log.info("revocation feed resumed")
+                interrupted = False
             async for message in pubsub.listen():
                 if message.get("type") == "message":
                     data = message["data"]
                     forget(data.decode() if isinstance(data, bytes) else str(data))
         except (RedisError, OSError) as exc:
             raise_if_cancelling(exc)
-            log.warning("revocation feed interrupted (%s); key cache cleared, retrying", type(exc).__name__)
+            if not interrupted:
+                log.warning("revocation feed interrupted (%s); key cache cleared, retrying", type(exc).__name__)
+            interrupted = True
         finally:
             await pubsub.aclose()
         await asyncio.sleep(retry_s)

@@ -244,6 +244,20 @@ def model_of(body: dict[str, Any], limits: Limits, endpoint: str, required: bool
     return model, defaulted
 
 
+def _token_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(i) is int and i >= 0 for i in value)
+
+
+def text_or_tokens(value: Any) -> bool:
+    """A string, a list of strings, a list of token ids or a list of those (legacy completions'
+    `prompt`, embeddings' `input`)."""
+    if isinstance(value, str):
+        return True
+    if not isinstance(value, list) or not value:
+        return False
+    return all(isinstance(v, str) for v in value) or _token_ids(value) or all(_token_ids(v) for v in value)
+
+
 def boolean(body: dict[str, Any], name: str) -> bool:
     value = body.get(name, False)
     if value is None:
