@@ -7,6 +7,9 @@ reserve floors and hard caps. Whatever the client asks and whatever the model se
 - conservation: each account's balance change is the sum of its recorded charges;
 - one record per admitted request, no hold left open, every journal empty at the end.
 
+A quarter of the requests are Anthropic Messages (x-api-key): absurd cache counts, usage only in
+`message_start`, streams cut before `message_delta`, thinking and tool input, forged comments.
+
 Seeded: CRITIQUE_ADVERSARIAL_SEED=<n> replays a request mix (not the thread interleaving); the
 seed is in every failure message. CRITIQUE_ADVERSARIAL_REQUESTS sets how many per door."""
 
@@ -60,13 +63,48 @@ def hold_for(model: str, body_len: int, body: dict[str, Any]) -> int:
     pin, pout = PRICES[model]
     window = CONTEXT.get(model, 262_144)
     input_bound = window if "image_url" in json.dumps(body["messages"]) else min(body_len + 16, window)
+    # Messages: max_tokens is required; cache reads and writes are input at the input price.
     asked = body.get("max_completion_tokens") or body.get("max_tokens") or BUDGET
     output_bound = min(asked, BUDGET) * (body.get("n") or 1)
     usd = (input_bound * pin + output_bound * pout) / 1_000_000
     return int((usd / Decimal("0.01") * 1_000_000).to_integral_value(rounding=ROUND_CEILING))
 
 
+def random_messages_request(rng: random.Random) -> tuple[dict[str, Any], dict[str, str]]:
+    """A Messages request: the default catalog prices cache reads and writes at the input price."""
+    directives = [f"[[tokens:{rng.randint(1, 30)}]]"]
+    for name, p in (
+        (f"[[cached:{rng.randint(1, 400)}]]", 0.3),
+        (f"[[cachewrite:{rng.randint(1, 400)}]]", 0.2),
+        (f"[[cachewrite1h:{rng.randint(1, 400)}]]", 0.2),
+        (f"[[absurdcache:{rng.randint(1, 7)}]]", 0.2),
+        (f"[[absurd:{rng.randint(1, 7)}]]", 0.1),
+        ("[[startonly]]", 0.2),
+        ("[[thinking]]", 0.2),
+        ("[[tooluse]]", 0.2),
+        ("[[cut]]", 0.15),  # mid-text: before message_delta
+        ("[[forge]]", 0.2),
+        (f"[[framing:{rng.randint(1, 5)}]]", 0.3),
+    ):
+        if rng.random() < p:
+            directives.append(name)
+    text = " ".join(directives) + " " + "w" * rng.randint(0, 2000)
+    body: dict[str, Any] = {
+        "model": rng.choice(list(PRICES)),
+        "max_tokens": rng.choice([1, 64, 4000, 32_768, 500_000]),
+        "messages": [{"role": "user", "content": text}],
+        "stream": rng.random() < 0.6,
+    }
+    if rng.random() < 0.3:
+        body["system"] = "s" * rng.randint(0, 3000)
+    if body["stream"] and rng.random() < 0.15:
+        body["hang_up"] = True
+    return body, {"anthropic-version": "2023-06-01"}
+
+
 def random_request(rng: random.Random) -> tuple[dict[str, Any], dict[str, str]]:
+    if rng.random() < 0.25:
+        return random_messages_request(rng)
     model = rng.choice(list(PRICES))
     directives = []
     if rng.random() < 0.6:
@@ -133,10 +171,13 @@ def send(door: FrontDoor, key: str, account: str, body: dict[str, Any], headers:
     hang_up = body.pop("hang_up", False)
     raw = json.dumps(body).encode()
     hold = hold_for(body["model"], len(raw), body)
-    h = {"authorization": f"Bearer {key}", "content-type": "application/json", **headers}
+    messages = "anthropic-version" in headers
+    auth = {"x-api-key": key} if messages else {"authorization": f"Bearer {key}"}
+    h = {**auth, "content-type": "application/json", **headers}
+    url = door.base_url + "/api/v1/messages" if messages else door.chat_url
     status, request_id, shown = 0, None, None
     try:
-        with httpx.stream("POST", door.chat_url, content=raw, headers=h, timeout=60) as r:
+        with httpx.stream("POST", url, content=raw, headers=h, timeout=60) as r:
             status, request_id = r.status_code, r.headers.get("x-critique-request-id")
             shown = r.headers.get("x-critique-credits-charged")
             if hang_up and status == 200:
@@ -202,6 +243,8 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
 
     wait_until(settled, "every hold settled and every journal empty", timeout=30)
     holds = {s.request_id: s for s in admitted}
+    endpoints = {r["endpoint"] for a in accounts for r in ledger(stack, a).records}
+    assert endpoints == {"chat.completions", "messages"}, (why, endpoints)  # both APIs were charged
     for name, (_door, balance, floor, daily, monthly) in accounts.items():
         state = ledger(stack, name)
         assert state.held == 0 and state.holds == 0, (why, name)

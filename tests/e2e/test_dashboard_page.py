@@ -156,7 +156,11 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
     )
     top = first["data"][0]
     assert cells["credits"] == top["credits"] and cells["model"] == top["model"] and cells["key_id"] == top["key_id"]
-    assert cells["output_tokens"] == str(top["output_tokens"])
+    assert (
+        cells["output_tokens"] == str(top["output_tokens"])
+        and cells["endpoint"] == top["endpoint"] == "chat.completions"
+    )
+    assert cells["cached_input_tokens"] == str(top["cached_input_tokens"])
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"

@@ -25,10 +25,15 @@ def test_repo_envoy_yaml_validates() -> None:
     assert "OK" in out.stdout
 
 
+DEMO_MODELS = 4  # the product page's three and the demo's example embeddings model
+
+
 def test_models_list(stack: Stack, front_door: FrontDoor, account: str) -> None:
     models = client(front_door, funded_key(stack, account, "0")).models.list()
     ids = [m.id for m in models]
-    assert ids == ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"]
+    # the product page's three, then the demo's example embeddings model (the local stack adds it)
+    product = ["deepseek/deepseek-v4-flash", "tencent/hy3-preview", "nvidia/nemotron-3-ultra-550b-a55b"]
+    assert ids == [*product, "example/text-embedding-small"]
     first = models.data[0].model_dump()
     assert first["pricing"]["input_usd_per_million"] == "0.15"
     assert first["pricing"]["training_opt_in"] == {"input_usd_per_million": "0.0375", "output_usd_per_million": "0.075"}
@@ -82,7 +87,7 @@ def test_no_key_bad_key_and_revoked_key_get_401(stack: Stack, front_door: FrontD
     created = stack.create_key(account)
     stack.cli("credits", "grant", "--account", account, "--credits", "1")
     ok = client(front_door, created["key"]).models.list()
-    assert len(ok.data) == 3
+    assert len(ok.data) == DEMO_MODELS
     stack.cli("keys", "revoke", created["key_id"])
     with pytest.raises(openai.AuthenticationError):
         client(front_door, created["key"]).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
@@ -92,7 +97,7 @@ def test_no_key_bad_key_and_revoked_key_get_401(stack: Stack, front_door: FrontD
 
 def test_read_only_key_cannot_post(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, scopes="read:inference")
-    assert len(client(front_door, key).models.list().data) == 3
+    assert len(client(front_door, key).models.list().data) == DEMO_MODELS
     with pytest.raises(openai.PermissionDeniedError) as err:
         client(front_door, key).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
     assert err.value.code == "insufficient_scope"
@@ -100,7 +105,7 @@ def test_read_only_key_cannot_post(stack: Stack, front_door: FrontDoor, account:
 
 def test_builder_scopes_also_work(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, scopes="read:builder,write:builder")
-    assert len(client(front_door, key).models.list().data) == 3
+    assert len(client(front_door, key).models.list().data) == DEMO_MODELS
     assert client(front_door, key).chat.completions.create(model="tencent/hy3-preview", messages=MSG).usage is not None
 
 

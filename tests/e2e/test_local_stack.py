@@ -82,7 +82,8 @@ def test_sigterm_during_start_up_leaves_no_process_behind(tmp_path: Path, after:
     try:
         wait_until(started, f"{after} processes started", timeout=60, proc=proc)
         os.killpg(proc.pid, signal.SIGTERM)  # as a terminal or supervisor signals the group
-        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
+        rc = proc.wait(timeout=60)
+        assert rc == 0, (rc, proc.stderr.read() if proc.stderr else "")
     finally:
         if proc.poll() is None:
             proc.kill()

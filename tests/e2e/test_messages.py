@@ -186,3 +186,25 @@ def test_cache_reads_and_writes_at_their_own_prices(priced: Stack, door_name: st
     assert before - balance(priced, account) == micro / 1_000_000
     [record] = usage_records(priced, account)
     assert (record["cache_write_5m_tokens"], record["cache_write_1h_tokens"]) == ("200", "100")
+
+
+def test_the_front_doors_own_refusals_are_in_anthropics_shape(
+    stack: Stack, front_door: FrontDoor, account: str
+) -> None:
+    """What Envoy or the gateway answer themselves (a body over the metering limit, one over
+    Envoy's own buffer, a method the endpoint does not take) reach an Anthropic client in
+    Anthropic's shape with the product's code."""
+    key = funded_key(stack, account)
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    url = front_door.base_url + "/api/v1/messages"
+    for size in (5 << 20, 17 << 20):
+        big = httpx.post(url, headers=headers, content=b"w" * size, timeout=60)
+        assert big.status_code == 413, size
+        assert big.json() == {
+            "type": "error", "error": {"type": "request_too_large", "message": big.json()["error"]["message"],
+                                       "code": "request_too_large"}}, size  # fmt: skip
+    wrong = httpx.get(url, headers=headers)
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    # the same refusal on an OpenAI endpoint keeps OpenAI's shape
+    chat = httpx.post(front_door.base_url + "/api/v1/chat/completions", headers=headers, content=b"w" * (17 << 20))
+    assert chat.status_code == 413 and chat.json()["error"]["code"] == "request_too_large" and "type" not in chat.json()

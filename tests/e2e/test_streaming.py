@@ -72,9 +72,10 @@ def test_usage_chunk_shown_when_client_asked_and_charge_comment_in_band(
     raw = _sse(front_door, key, {"model": MODEL, "messages": msgs, "stream": True})
     expected, usd = expected_charge(MODEL, prompt_tokens({"messages": msgs}), 12)
     events = raw.split(b"\n\n")
-    assert events[-1] == b"" and events[-2] == b"data: [DONE]"
-    comment = events[-3].decode()
-    assert comment.startswith(": x-critique-request-id=req_")
+    # The charge is one comment line in the same block as [DONE]: no blank line of its own.
+    assert events[-1] == b""
+    comment, done = events[-2].decode().split("\n")
+    assert done == "data: [DONE]" and comment.startswith(": x-critique-request-id=req_")
     assert f"x-critique-credits-charged={expected}" in comment and f"x-critique-estimated-usd={usd}" in comment
     assert b'"usage":{' not in raw  # hidden again for the client that did not ask
 

@@ -34,16 +34,25 @@ def catalog() -> Catalog:
 def test_builtin_catalog_loads(catalog: Catalog) -> None:
     assert catalog.version == "v5.2"
     assert catalog.default_model == DEEPSEEK
-    assert [m.id for m in catalog.models] == [DEEPSEEK, TENCENT, NEMOTRON, EMBEDDINGS]
+    assert [m.id for m in catalog.models] == [DEEPSEEK, TENCENT, NEMOTRON]  # the product page's, no more
     assert catalog.model("no/such-model") is None
     for model in catalog.models:
         assert catalog.model(model.id) is model
         assert model.max_output_tokens <= model.context_window
-    # the product page's models generate; the example embeddings model only embeds
-    assert {m.id: m.endpoints for m in catalog.models} == {
-        **dict.fromkeys((DEEPSEEK, TENCENT, NEMOTRON), ("chat.completions", "responses", "completions", "messages")),
-        EMBEDDINGS: ("embeddings",),
-    }
+    # the product page's models generate; the demo's example embeddings model only embeds
+    assert {m.id: m.endpoints for m in catalog.models} == dict.fromkeys(
+        (DEEPSEEK, TENCENT, NEMOTRON), ("chat.completions", "responses", "completions", "messages")
+    )
+
+
+def test_the_demo_adds_an_example_embeddings_model(tmp_path: Path) -> None:
+    from critique_sidecar.devtools.stack import demo_catalog_text
+
+    path = tmp_path / "catalog.toml"
+    path.write_text(demo_catalog_text())
+    demo = load_catalog(path)
+    assert [m.id for m in demo.models] == [DEEPSEEK, TENCENT, NEMOTRON, EMBEDDINGS]
+    assert demo.model(EMBEDDINGS).endpoints == ("embeddings",)  # type: ignore[union-attr]
 
 
 def test_the_catalogs_endpoint_names_are_the_registrys() -> None:

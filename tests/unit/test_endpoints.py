@@ -15,14 +15,18 @@ from critique_sidecar.core.endpoints.base import TERMINAL, Limits, StreamTally
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.sse import SseMeter
 from critique_sidecar.core.tokens import TokenCounts
+from critique_sidecar.devtools.stack import demo_catalog_text
 
 DEEPSEEK = "deepseek/deepseek-v4-flash"
 EMBED = "example/text-embedding-small"
 
 
 @pytest.fixture(scope="module")
-def limits() -> Limits:
-    return Limits(load_catalog())
+def limits(tmp_path_factory: pytest.TempPathFactory) -> Limits:
+    """The demo's catalog: the built-in one and the example embeddings model."""
+    path = tmp_path_factory.mktemp("catalog") / "catalog.toml"
+    path.write_text(demo_catalog_text())
+    return Limits(load_catalog(path))
 
 
 def body(**fields: Any) -> bytes:

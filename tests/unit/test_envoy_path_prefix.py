@@ -43,6 +43,7 @@ def test_every_product_route_is_under_the_prefix_and_forwards_the_products_own_p
     assert {r["match"]["prefix"] for r in routes if "prefix" in r["match"]} == {
         "/llm/api/v1/",
         "/llm/api/v1/responses/",
+        "/llm/api/v1/messages/",
     }
     forwarded = [r for r in routes if r.get("route", {}).get("cluster") != NO_HOSTS_CLUSTER]
     to_sidecar = [r for r in forwarded if r["route"]["cluster"] == "sidecar_http"]

@@ -122,7 +122,7 @@ async def test_an_admitted_request_counts_its_decision_charge_tokens_and_store_c
     micro = core.ledger.records[0].credits
     assert micro > 0 and Decimal(charged["x-critique-credits-charged"]) == Decimal(micro) / 1_000_000
     assert value(metrics, "critique_requests_total", decision="allowed", code="ok") == 1
-    assert value(metrics, "critique_settlements_total", model=MODEL, status="ok") == 1
+    assert value(metrics, "critique_settlements_total", model=MODEL, status="ok", endpoint=CHAT.name) == 1
     assert value(metrics, "critique_charged_microcredits_total", model=MODEL) == micro
     assert value(metrics, "critique_tokens_total", model=MODEL, kind="input") == 19
     assert value(metrics, "critique_tokens_total", model=MODEL, kind="output") == 41
@@ -144,7 +144,7 @@ async def test_charges_are_counted_per_model(core: Core, metrics: Metrics) -> No
         per_model[r.model] += r.credits
     assert value(metrics, "critique_charged_microcredits_total", model=MODEL) == per_model[MODEL]
     assert value(metrics, "critique_charged_microcredits_total", model=TENCENT) == per_model[TENCENT]
-    assert value(metrics, "critique_settlements_total", model=TENCENT, status="ok") == 2
+    assert value(metrics, "critique_settlements_total", model=TENCENT, status="ok", endpoint=CHAT.name) == 2
 
 
 async def test_denials_are_counted_by_their_error_code(core: Core, metrics: Metrics) -> None:
@@ -219,7 +219,7 @@ async def test_a_metered_stream_is_open_until_its_exchange_closes(core: Core, me
     await x.close()  # a second close changes nothing
     assert value(metrics, "critique_open_streams") == 0
     assert value(metrics, "critique_inflight_requests") == 0
-    assert value(metrics, "critique_settlements_total", model=MODEL, status="interrupted") == 1
+    assert value(metrics, "critique_settlements_total", model=MODEL, status="interrupted", endpoint=CHAT.name) == 1
     assert value(metrics, "critique_estimated_charges_total", model=MODEL) == 1
 
 
@@ -258,7 +258,7 @@ async def test_metrics_and_request_log_share_one_observer(metrics: Metrics) -> N
     core = make_core(Telemetry(metrics, Spy()))
     await run_json(core, core.keys.add("acme"), chat(), completion())
     assert seen == [core.ledger.records[0].request_id]
-    assert value(metrics, "critique_settlements_total", model=MODEL, status="ok") == 1
+    assert value(metrics, "critique_settlements_total", model=MODEL, status="ok", endpoint=CHAT.name) == 1
 
 
 # --- exposition: names, the HTTP route, the separate listener ---------------------------------

@@ -167,37 +167,41 @@ class Forward:
                     url = replica.url(endpoint.suffix) + (f"?{query}" if query else "")
                     # Not client.build_request: that would add httpx's default headers (accept-encoding among them).
                     request = httpx.Request(scope["method"], url, headers=_forwarded(scope), content=body)
-                    refused, cut = await self._exchange(upstream.client, request, started.send, i == len(replicas) - 1)
+                    last = i == len(replicas) - 1
+                    refused, cut = await self._exchange(
+                        upstream.client, request, started.send, last, endpoint.error_shape
+                    )
                     if not refused:
                         break
                 tasks.cancel_scope.cancel()
         if deadline.cancelled_caught:
             if not started.started:
-                await send_error(send, ApiError("upstream_timeout", "The model server timed out"))
+                await _fail(send, endpoint.error_shape, "upstream_timeout", "The model server timed out")
                 return
             raise UpstreamCut(f"{url}: past the request deadline of {self.deadline_s:g}s")
         if cut is not None:
             raise UpstreamCut(f"{url}: {type(cut).__name__}") from cut
 
     async def _exchange(
-        self, client: httpx.AsyncClient, request: httpx.Request, send: Send, last: bool
+        self, client: httpx.AsyncClient, request: httpx.Request, send: Send, last: bool, shape: str
     ) -> tuple[bool, httpx.TransportError | None]:
         """(refused, cut): refused, the connection failed before anything was sent and another
-        replica may try (not `last`); cut, the response broke off under way."""
+        replica may try (not `last`); cut, the response broke off under way. Failures are
+        answered in the endpoint's error `shape`."""
         try:
             response = await client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             log.warning("upstream %s unreachable: %s", request.url, type(exc).__name__)
             if not last:
                 return True, None
-            await send_error(send, ApiError("upstream_error", "The model server failed to answer"))
+            await _fail(send, shape, "upstream_error", "The model server failed to answer")
             return False, None
         except httpx.TimeoutException:
-            await send_error(send, ApiError("upstream_timeout", "The model server timed out"))
+            await _fail(send, shape, "upstream_timeout", "The model server timed out")
             return False, None
         except httpx.TransportError as exc:
             log.warning("upstream %s failed: %s", request.url, type(exc).__name__)
-            await send_error(send, ApiError("upstream_error", "The model server failed to answer"))
+            await _fail(send, shape, "upstream_error", "The model server failed to answer")
             return False, None
         try:
             headers = [(k, v) for k, v in response.headers.raw if k.decode("latin-1").lower() not in _NOT_RETURNED]
@@ -210,6 +214,12 @@ class Forward:
             await response.aclose()  # back to the pool before the end goes out (then a disconnect may cancel us)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return False, None
+
+
+async def _fail(send: Send, shape: str, code: str, message: str) -> None:
+    error = ApiError(code, message)
+    error.shape = shape
+    await send_error(send, error)
 
 
 class _Started:
@@ -245,9 +255,7 @@ class Routes:
             endpoint = by_path(scope["path"])
             if endpoint is not None:
                 if scope["method"] != "POST":
-                    error = ApiError("method_not_allowed", "Use POST on this endpoint")
-                    error.shape = endpoint.error_shape
-                    await send_error(send, error)
+                    await _fail(send, endpoint.error_shape, "method_not_allowed", "Use POST on this endpoint")
                     return
                 await self.metered(scope, receive, send)
                 return

@@ -21,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,12 @@ def _http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byt
         return err.code, err.read()
 
 
+def demo_catalog_text() -> str:
+    """The built-in catalog plus the demo's example models (devtools/demo_models.toml)."""
+    builtin = resources.files("critique_sidecar").joinpath("catalog.toml").read_text("utf-8")
+    return builtin + "\n" + resources.files(__package__).joinpath("demo_models.toml").read_text("utf-8")
+
+
 @dataclass
 class Stack:
     workdir: Path
@@ -154,11 +161,12 @@ class Stack:
 
     def catalog_path(self) -> Path:
         """The catalog the stack's processes read: the one the test chose (CRITIQUE_CATALOG_PATH
-        in sidecar_env) or the built-in; one with a `local` upstream (the fake's) gets it at this
-        stack's upstream port, its credential read from UPSTREAM_KEY_ENV."""
+        in sidecar_env) or the demo's (the built-in and an example embeddings model); one with a
+        `local` upstream (the fake's) gets it at this stack's upstream port, its credential read
+        from UPSTREAM_KEY_ENV."""
         chosen = self.sidecar_env.get("CRITIQUE_CATALOG_PATH")
         source = Path(chosen) if chosen else REPO / "src/critique_sidecar/catalog.toml"
-        text = source.read_text()
+        text = source.read_text() if chosen else demo_catalog_text()
         text = text.replace("127.0.0.1:8100", f"127.0.0.1:{self.ports['upstream']}")
         text, found = re.subn(
             r"^\[upstreams\.local\]\n",
@@ -395,14 +403,20 @@ _deferring = False
 _pending = False
 
 
+class StopSignal(BaseException):
+    """`make run` was told to stop. Not KeyboardInterrupt: one raised while Python runs code it
+    compiled from a string (a dataclass being made during a lazy import) marks the interpreter,
+    and `python -m` then ends by SIGINT however the exception was handled."""
+
+
 def _stop_on_signal(signum: int, frame: Any) -> None:
-    """`make run`'s SIGINT/SIGTERM: stop (KeyboardInterrupt), but never between starting a
-    child and registering it."""
+    """`make run`'s SIGINT/SIGTERM: stop (StopSignal), but never between starting a child and
+    registering it."""
     global _pending
     if _deferring:
         _pending = True
         return
-    raise KeyboardInterrupt
+    raise StopSignal
 
 
 @contextlib.contextmanager
@@ -415,7 +429,7 @@ def _signals_deferred() -> Iterator[None]:
         _deferring = False
         if _pending:
             _pending = False
-            raise KeyboardInterrupt
+            raise StopSignal
 
 
 def banner(stack: Stack, key: dict[str, Any], operator: str) -> str:
@@ -469,7 +483,7 @@ def main() -> int:
         print(banner(stack, key, operator), flush=True)
         while True:
             signal.pause()
-    except KeyboardInterrupt:
+    except StopSignal:
         return 0
     except (PortTaken, RuntimeError, TimeoutError) as exc:
         print(f"make run: {exc} (logs in {workdir}/)", file=sys.stderr, flush=True)
@@ -480,7 +494,7 @@ def main() -> int:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 break
-            except KeyboardInterrupt:
+            except StopSignal:
                 continue
         stack_file.remove(workdir)
         stack.stop()

@@ -19,7 +19,7 @@ import yaml
 
 from ..core.catalog import Catalog
 from ..core.endpoints import ENDPOINTS, NOT_SERVED, Endpoint
-from ..core.errors import ApiError, error_body
+from ..core.errors import ApiError
 from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
@@ -390,15 +390,18 @@ def _local_reply_mapper(
     new_status: int | None = None,
     flags: tuple[str, ...] = (),
     scope: dict[str, Any] | None = None,
+    shape: str = "openai",
 ) -> dict[str, Any]:
     filters: list[dict[str, Any]] = [status_filter(status, f"{LOCAL_REPLY_RUNTIME_KEY}{status}")]
     if flags:
         filters.append({"response_flag_filter": {"flags": list(flags)}})
     if scope is not None:
         filters.append(scope)
+    error = ApiError(code, message)
+    error.shape = shape
     mapper: dict[str, Any] = {
         "filter": filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}},
-        "body": {"inline_string": error_body(code, message).decode()},
+        "body": {"inline_string": error.body().decode()},
         "body_format_override": {
             "text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
             "content_type": "application/json",
@@ -424,33 +427,36 @@ def sidecar_route_mappers(sidecar_routes: dict[str, Any]) -> list[dict[str, Any]
 
 def local_reply_mappers(opts: EnvoyOptions, *, scope: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Envoy's own error replies (body too large, sidecar or upstream unreachable, timeouts) in
-    the product's JSON error shape. `scope`: only for requests it matches (None: all)."""
-    return [
-        _local_reply_mapper(413, "request_too_large", _too_large(opts), scope=scope),
+    the product's JSON error shape; on an endpoint with its own shape (Messages: Anthropic's),
+    in that one. `scope`: only for requests it matches (None: all)."""
+    replies: list[tuple[int, str, str, int | None, tuple[str, ...]]] = [
+        (413, "request_too_large", _too_large(opts), None, ()),
         # Envoy's own (the sidecar never answers 431). No 400 mapper: it would also replace
         # the sidecar's specific invalid_request messages.
-        _local_reply_mapper(431, "invalid_request", "Request headers are too large or too many", scope=scope),
+        (431, "invalid_request", "Request headers are too large or too many", None, ()),
         # Envoy's 500 on a product route: a JSON response larger than the stream buffers (the
         # request was charged its bound; a retry would be charged again).
-        _local_reply_mapper(
+        (
             500,
             "response_too_large",
             f"The model server's response is larger than this gateway meters ({opts.max_response_bytes} bytes); "
             "ask for fewer choices, tokens or logprobs",
             502,
-            scope=scope,
+            (),
         ),
-        _local_reply_mapper(
-            503, "upstream_error", "The model server failed to answer", 502, flags=UPSTREAM_FAILURE_FLAGS, scope=scope
-        ),
-        _local_reply_mapper(503, "service_unavailable", _UNAVAILABLE, scope=scope),
+        (503, "upstream_error", "The model server failed to answer", 502, UPSTREAM_FAILURE_FLAGS),
+        (503, "service_unavailable", _UNAVAILABLE, None, ()),
         # Only Envoy's own 502s (flagged): the sidecar's 502 (the model server refused the
         # gateway's credentials) keeps its own code and message.
-        _local_reply_mapper(
-            502, "upstream_error", "The model server failed to answer", flags=UPSTREAM_502_FLAGS, scope=scope
-        ),
-        _local_reply_mapper(504, "upstream_timeout", "The model server timed out", scope=scope),
+        (502, "upstream_error", "The model server failed to answer", None, UPSTREAM_502_FLAGS),
+        (504, "upstream_timeout", "The model server timed out", None, ()),
     ]
+    mappers = []
+    for shape in sorted({e.error_shape for e in ENDPOINTS} - {"openai"}):
+        paths = path_filter([{"match": {"path": opts.public(e.path)}} for e in ENDPOINTS if e.error_shape == shape])
+        within = paths if scope is None else {"and_filter": {"filters": [scope, paths]}}
+        mappers += [_local_reply_mapper(*r, scope=within, shape=shape) for r in replies]
+    return mappers + [_local_reply_mapper(*r, scope=scope) for r in replies]
 
 
 def _product(catalog: Catalog, opts: EnvoyOptions, *, scoped: bool) -> dict[str, Any]:

@@ -50,14 +50,11 @@ def path_filter(routes: list[dict[str, Any]]) -> dict[str, Any]:
     """A request to one of these routes' paths (their other conditions aside)."""
     # One small regex per path: RE2 refuses programs past size 100 by default.
     regexes = dict.fromkeys(_path_regex(r["match"]) for r in routes)
-    return {
-        "or_filter": {
-            "filters": [
-                {"header_filter": {"header": {"name": ":path", "string_match": {"safe_regex": {"regex": rx}}}}}
-                for rx in regexes
-            ]
-        }
-    }
+    filters = [
+        {"header_filter": {"header": {"name": ":path", "string_match": {"safe_regex": {"regex": rx}}}}}
+        for rx in regexes
+    ]
+    return filters[0] if len(filters) == 1 else {"or_filter": {"filters": filters}}  # an or_filter takes two or more
 
 
 def _route_filter(match: dict[str, Any]) -> dict[str, Any]:

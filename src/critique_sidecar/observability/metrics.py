@@ -72,7 +72,7 @@ class Metrics:
             buckets=DECISION_BUCKETS,
         ).labels()
         self.settlements = LoopCounter(
-            "critique_settlements", "Admitted requests closed, by model, status (ok, estimated, interrupted, upstream_error, cancelled) and endpoint (chat.completions, responses, completions, embeddings).",
+            "critique_settlements", "Admitted requests closed, by model, status (ok, estimated, interrupted, upstream_error, cancelled) and endpoint (chat.completions, responses, completions, embeddings, messages).",
             ["model", "status", "endpoint"], registry=r,
         )  # fmt: skip
         self.charged = LoopCounter(

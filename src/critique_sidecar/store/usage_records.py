@@ -12,7 +12,12 @@ JSON shape of one record (dashboard activity log and `critique-sidecar usage exp
     {"id": "<stream id>", "ts": "2026-11-26T08:00:00.123Z", "ts_ms": 1795..., "request_id": "...",
      "account": "...", "key_id": "...", "model": "...", "input_tokens": 12, "output_tokens": 34,
      "credits": "0.000123", "usd": "0.00000123", "price_version": "...", "opt_in": false,
-     "estimated": false, "status": "ok", "latency_ms": 45}
+     "estimated": false, "status": "ok", "latency_ms": 45, "overage": 0, "endpoint": "chat",
+     "cached_input_tokens": 0, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
+     "reasoning_tokens": 0}
+
+The four dimensions are parts of their totals (cache reads and writes of `input_tokens`,
+reasoning of `output_tokens`), so a bill is explained line by line without counting twice.
 
 `credits` is the charge as an exact 6-decimal credit string (the stream holds integer
 micro-credits); `usd` is the exact decimal string as charged.

@@ -6,7 +6,8 @@ content blocks and their deltas, `message_delta` (the cumulative output), `messa
 Directives: [[cached:N]] cache reads, [[cachewrite:N]] 5-minute writes, [[cachewrite1h:N]] 1-hour
 writes (reported in `cache_creation`), [[thinking]] a thinking block before the text,
 [[tooluse]] a tool_use block streamed as input_json_delta, [[startonly]] no usage in
-`message_delta` (only `message_start`'s), [[cut]], [[forge]], [[absurd:K]], [[framing:K]]."""
+`message_delta` (only `message_start`'s), [[absurdcache:K]] cache counts that are not sane
+integers (K as [[absurd:K]]), [[cut]], [[forge]], [[absurd:K]], [[framing:K]]."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def _usage(d: dict[str, int], prompt: int, output: int) -> dict[str, Any]:
     if "absurd" in d:
         absurd = adv.absurd_usage(d["absurd"], prompt, output)
         usage.update(input_tokens=absurd.get("prompt_tokens"), output_tokens=absurd.get("completion_tokens"))
+    if "absurdcache" in d:
+        odd = adv.absurd_usage(d["absurdcache"], prompt, prompt)
+        odd_read, odd_written = odd.get("prompt_tokens"), odd.get("completion_tokens")
+        usage.update(cache_read_input_tokens=odd_read, cache_creation_input_tokens=odd_written)
+        usage["cache_creation"] = {"ephemeral_5m_input_tokens": odd_read, "ephemeral_1h_input_tokens": odd_written}
     return usage
 
 
