@@ -84,14 +84,15 @@ envoy-validate: install
 run: install-run
 	$(PY) -m critique_sidecar.devtools.stack
 
-# ruff (lint and format) and mypy --strict (pydantic plugin; config in pyproject.toml).
+# ruff (lint and format) and mypy --strict over src and tests (pydantic plugin; pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests bench deploy
 	$(VENV)/bin/ruff format --check src tests bench deploy
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy  # src and tests (pyproject.toml [tool.mypy] files)
 
+# The whole suite with coverage (floor: pyproject.toml [tool.coverage.report] fail_under).
 test: install proto-check lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --cov --cov-report=term
 
 test-quick: install
 	$(PY) -m pytest -q -m "not e2e and not slow"
@@ -132,6 +133,6 @@ lock: $(VENV)/.installed
 clean:
 	rm -rf $(VENV) $(ENVOY_VENV) .venv-litellm .run bench/out
 
-# Regenerate the README's configuration table from the settings model.
+# Regenerate the configuration table (docs/operations.md) from the settings model.
 docs: $(VENV)/.installed
-	$(PY) -c 'import re,pathlib; from critique_sidecar.config_doc import START,END,config_table; p=pathlib.Path("README.md"); t=p.read_text(); p.write_text(t.split(START)[0]+START+"\n"+config_table()+"\n"+END+t.split(END)[1])'
+	$(PY) -c 'import re,pathlib; from critique_sidecar.config_doc import START,END,config_table; p=pathlib.Path("docs/operations.md"); t=p.read_text(); p.write_text(t.split(START)[0]+START+"\n"+config_table()+"\n"+END+t.split(END)[1])'

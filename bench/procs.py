@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
-from critique_sidecar.devtools.stack import envoy_binary, wait_until
+from critique_sidecar.devtools.stack import envoy_binary, free_port, redis_binary, wait_until
 
 CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
@@ -99,3 +103,18 @@ def memory_mb(pid: int) -> dict[str, float]:
         if key in ("VmHWM", "VmRSS"):
             out[key] = int(value.split()[0]) / 1024  # kB -> MB
     return {"peak_rss_mb": out["VmHWM"], "rss_mb": out["VmRSS"]}
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[int]:
+    """A scratch redis-server on a free port (no persistence), stopped on exit; yields the port."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as workdir:
+        argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=server)
+            yield port
+        finally:
+            server.terminate()
+            server.wait()

@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 import uvloop
+from procs import redis_server
 
-from critique_sidecar.devtools.stack import REPO, free_port, redis_binary, wait_until
+from critique_sidecar.devtools.stack import REPO
 
 # As many keys and arguments as the settlement script gets; the script itself does nothing,
 # so what is measured is the client's work.
@@ -92,16 +92,8 @@ def main() -> int:
     p.add_argument("--baseline", metavar="GIT_REF", help="also measure store/batcher.py as it was at this ref")
     p.add_argument("--calls", type=int, default=3000, help="calls per caller (default 3000)")
     args = p.parse_args()
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        argv = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir]
-        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: redis.Redis(port=port).ping(), "redis", proc=server)
-            rows = uvloop.run(run(port, args.baseline, args.calls))
-        finally:
-            server.terminate()
-            server.wait()
+    with redis_server() as port:
+        rows = uvloop.run(run(port, args.baseline, args.calls))
     print(f"{'client':34} | callers | client CPU us/call")
     for label, callers, cpu in rows:
         print(f"{label:34} | {callers:7} | {cpu:6.1f}")

@@ -10,13 +10,15 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .admin import provisioning_on
 from .config import Config
 from .core.auth import Authenticator
 from .core.capture import CaptureSink
@@ -26,15 +28,20 @@ from .core.metering import Meter
 from .core.observe import ObservedKeys, ObservedLedger
 from .core.upstream import UpstreamHeader, read_credentials
 from .observability import Metrics, RequestLog, Telemetry
-from .provisioning.service import Provisioning
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
 from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore
+from .store.notify_outbox import NotifyOutbox
 from .store.redis_ledger import RedisLedger
 from .store.settings_store import RedisSettingsStore
+from .store.usage_export import RedisUsageFeeds
 from .store.usage_query import UsageQuery
 from .web.app import WebContext
+
+if TYPE_CHECKING:
+    from .workers.notify import NotifyWorker
+    from .workers.usage_push import UsagePushWorker
 
 log = logging.getLogger("critique_sidecar")
 
@@ -162,8 +169,32 @@ def web_context(c: Components, config: Config, metrics: Any = None) -> WebContex
         settings=RedisSettingsStore(c.redis),
         dashboard=UsageQuery(c.redis),
         metrics=metrics,
-        provisioning=Provisioning(
+        keys=provisioning_on(
             c.redis, known_models=frozenset(m.id for m in c.catalog.models), webhook_networks=config.notify_networks
         ),
         webhook_networks=config.notify_networks,
     )
+
+
+def notify_worker(redis: Any, config: Config, consumer: str = "") -> NotifyWorker:
+    from .workers.notify import NotifyWorker, default_consumer
+
+    return NotifyWorker(NotifyOutbox(redis, consumer or default_consumer()), config)
+
+
+def usage_push_worker(redis: Any, config: Config) -> UsagePushWorker:
+    from .workers.usage_push import UsagePushWorker
+
+    return UsagePushWorker(RedisUsageFeeds(redis, config.usage_push_group, config.usage_push_consumer), config)
+
+
+def background_workers(config: Config, redis: Any) -> list[tuple[str, Coroutine[Any, Any, None]]]:
+    """(name, coroutine) of each worker the configuration turns on (workers/), for the process
+    lifecycle (lifecycle.py) to run as tasks and cancel at shutdown."""
+    work: list[tuple[str, Coroutine[Any, Any, None]]] = []
+    if config.notify_worker:
+        # redis-py's cluster client has no pub/sub: there, only the periodic sweep finds events
+        work.append(("notify-worker", notify_worker(redis, config).run_forever(wake_channel=not config.redis_cluster)))
+    if config.usage_push_worker:
+        work.append(("usage-push", usage_push_worker(redis, config).run_forever()))
+    return work

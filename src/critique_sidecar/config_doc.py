@@ -1,5 +1,5 @@
 """The configuration reference table, generated from the Config model (so it cannot drift:
-a test compares it with the table in README.md)."""
+a test compares it with the table in docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,6 @@ def config_table() -> str:
     return "\n".join(rows)
 
 
-def readme_section(readme: str) -> str:
-    """The table as it currently stands in README text (between the markers)."""
-    return readme.split(START, 1)[1].split(END, 1)[0].strip()
+def doc_section(text: str) -> str:
+    """The table as it currently stands in a document (between the markers)."""
+    return text.split(START, 1)[1].split(END, 1)[0].strip()

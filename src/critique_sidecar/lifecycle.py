@@ -19,10 +19,10 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from .admin import admin_server
 from .app import Components
 from .config import Config
 from .observability.backlogs import sample_backlogs
-from .provisioning.server import admin_server
 from .store.key_store import watch_revocations
 from .store.usage_retention import UsageRetention
 
@@ -37,7 +37,7 @@ class Lifecycle:
         self.components = components
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._stopped = False
-        self._admin: Any = None  # provisioning.server's uvicorn server, when it runs
+        self._admin: Any = None  # admin.py's uvicorn server, when it runs
 
     def _run(self, name: str, work: Coroutine[Any, Any, None]) -> None:
         self.tasks[name] = asyncio.create_task(work, name=name)
@@ -51,8 +51,8 @@ class Lifecycle:
         if config.usage_trim_interval_s > 0:
             retention = UsageRetention(c.redis, config.usage_retention_days, warn_length=config.usage_stream_maxlen)
             self._run("usage-retention", retention.run_forever(config.usage_trim_interval_s))
-        # -- observe (issue 20): budget-notification delivery, usage push (when configured)
-        from .workers import background_workers
+        # budget-notification delivery and the usage push, when configured
+        from .app import background_workers
 
         for name, work in background_workers(config, c.redis):
             self._run(name, work)

@@ -106,7 +106,7 @@ class OtlpReceiver(Receiver):
                         attrs: dict[str, Any] = {}
                         for a in s.attributes:
                             v = a.value
-                            attrs[a.key] = getattr(v, v.WhichOneof("value"))
+                            attrs[a.key] = getattr(v, str(v.WhichOneof("value")))
                         out.append(
                             Span(
                                 s.name,

@@ -124,7 +124,7 @@ def h2_headers_then_trailers(port: int, headers: list[tuple[str, str]]) -> tuple
                 break
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[":status"])
+                    status = int(dict(event.headers)[":status"])  # type: ignore[index]  # str: header_encoding="utf-8"
                 elif isinstance(event, h2.events.DataReceived):
                     body += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, 1)

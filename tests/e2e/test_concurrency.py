@@ -208,7 +208,8 @@ async def test_concurrent_burst_admits_exactly_what_the_limits_allow(
 
         # Conservation: what left the balance = the usage records = the charged headers.
         final_balance, held = (int(v or 0) for v in await r.hmget(ks.account(account), "balance", "held"))
-        records = [fields for _, fields in await r.xrange(ks.usage_stream(account))]
+        rows: Any = await r.xrange(ks.usage_stream(account))
+        records = [fields for _, fields in rows]
         recorded = sum(int(f[b"credits"]) for f in records)
         headers = sum(parse_credits(resp.headers["x-critique-credits-charged"]) for resp in ok)
         assert held == 0 and await r.hlen(ks.holds(account)) == 0

@@ -79,7 +79,8 @@ async def save(page: Any, **fields: Any) -> None:
 async def test_each_control_takes_effect_and_keys_are_created_and_revoked_in_the_page(
     stack: Stack, account: str, page: Any
 ) -> None:
-    owner = stack.create_key(account, "read:inference,admin:inference")
+    # The page creates read+write keys by default: a key makes only keys weaker than itself.
+    owner = stack.create_key(account, "read:inference,write:inference,admin:inference")
     agent = stack.create_key(account, "read:inference,write:inference")["key"]
     stack.cli("credits", "grant", "--account", account, "--credits", "20")
     problems: list[str] = []

@@ -139,7 +139,7 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
             str(summary["limits"][name]["cap"]),
             summary["limits"][name]["percent"],
         ]
-        for name in ("daily_credit_cap", "monthly_credit_cap", "daily_request_cap")
+        for name in ("daily_request_cap", "daily_credit_cap", "monthly_credit_cap")  # the limit table's order
     ]
     assert limits == [*want, ["balance", summary["balance"]["balance"], summary["balance"]["reserve_floor"], ""]]
     fill = await page.eval_on_selector("[data-limit=daily_request_cap] .fill", "e => e.style.width")
@@ -243,7 +243,10 @@ async def test_dashboard_page_shows_rate_limits_and_each_keys_limits(stack: Stac
     rpm = summary["limits"]["requests_per_minute"]
     assert (rpm["limit"], rpm["used"], rpm["remaining"], rpm["reached"]) == (100, 3, 97, False)
     assert summary["limits"]["tokens_per_minute"]["limit"] is None
-    assert summary["limits"]["max_concurrent"] == {"limit": 10, "in_flight": 0, "reached": False}
+    assert summary["limits"]["max_concurrent"] == {
+        "mechanism": "concurrency", "label": "Requests in flight", "unit": "requests",
+        "limit": 10, "in_flight": 0, "reached": False,
+    }  # fmt: skip
     [row] = summary["by_key"]
     assert row["limits"] == agent["controls"]
 

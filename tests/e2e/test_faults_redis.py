@@ -11,6 +11,7 @@ killed and restarted on the same port keeps its data, as a production Redis with
 
 from __future__ import annotations
 
+import functools
 import signal
 import time
 from pathlib import Path
@@ -157,7 +158,9 @@ def test_sidecar_restart_replays_a_left_over_journal_once(tmp_path: Path, accoun
     it again charges nothing more (replay is idempotent by request id)."""
     with fault_stack(tmp_path) as stack:
         key = funded(stack, account)
-        inflight = [Background(lambda i=i: post(stack, key, body(f"left-over {i} [[slow:1500]]"))) for i in range(3)]
+        inflight = [
+            Background(functools.partial(post, stack, key, body(f"left-over {i} [[slow:1500]]"))) for i in range(3)
+        ]
         wait_until(
             lambda: sum(upstream_saw(stack, f"left-over {i}") for i in range(3)) == 3,
             "upstream got all three",

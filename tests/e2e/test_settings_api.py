@@ -22,7 +22,7 @@ from critique_sidecar.store import keyspace
 from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_seen
 
 MODEL = "deepseek/deepseek-v4-flash"
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "enabled": True, "monthly_credit_cap": None, "daily_credit_cap": None, "daily_request_cap": None,
     "reserve_credits_for_review": "0.000000", "block_when_cap_reached": True, "deepseek_training_opt_in": False,
     "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,

@@ -90,7 +90,7 @@ class Env:
         }
 
     async def day(self, day: str) -> dict[str, int]:
-        data = await self.redis.hgetall(ks.day(self.account, day))
+        data: dict[bytes, bytes] = await self.redis.hgetall(ks.day(self.account, day))  # type: ignore[assignment]
         return {k.decode(): int(v) for k, v in data.items() if b":" not in k}
 
 

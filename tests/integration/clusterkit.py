@@ -61,7 +61,7 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[list[int]]:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         wait_until(
-            lambda: all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in ports),
+            lambda: all(b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in ports),  # type: ignore[no-untyped-call]
             "cluster_state:ok",
             timeout=30,
         )

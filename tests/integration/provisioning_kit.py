@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from critique_sidecar.admin import provisioning
 from critique_sidecar.config import Config
 from critique_sidecar.provisioning.api import build_admin_app
-from critique_sidecar.provisioning.server import provisioning
 from critique_sidecar.store.audit import Actor, Change
 from critique_sidecar.store.operator_tokens import RedisOperatorTokens
 

@@ -43,10 +43,10 @@ def test_cli_settings_set_and_show(
     assert code == 0 and "daily_credit_cap: none" in out.splitlines()
     code, out, _ = _cli(monkeypatch, capsys, redis_url, "settings", "show", "--account", account)
     assert code == 0
-    assert out.splitlines() == [
-        "enabled: false", "monthly_credit_cap: 100.000000", "daily_credit_cap: none", "daily_request_cap: 40",
-        "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
+    assert out.splitlines() == [  # the limits in the limit table's order (core/limit_table.py)
+        "enabled: false", "daily_request_cap: 40", "daily_credit_cap: none", "monthly_credit_cap: 100.000000",
         "requests_per_minute: 600", "tokens_per_minute: none", "max_concurrent: 8",
+        "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
         "notify_webhook_url: none", "notify_thresholds_percent: none", "notify_low_balance_credits: none",
     ]  # fmt: skip
 
@@ -85,7 +85,7 @@ def test_cli_settings_bad_values_exit_2_and_change_nothing(
     assert json.loads(out)["enabled"] is True and json.loads(out)["daily_request_cap"] == 5
 
 
-# -- observe: the notification settings through the CLI ------------------------------------
+# -- the notification settings through the CLI --------------------------------------------
 
 
 def test_cli_notification_settings_and_secret(

@@ -14,11 +14,11 @@ import redis.asyncio as aioredis
 from critique_sidecar.core.auth import Authenticator
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.scopes import SETTINGS_PATH
+from critique_sidecar.json_http import MAX_BODY_BYTES
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.settings_store import RedisSettingsStore
 from critique_sidecar.web.app import WebContext, build_web_app
-from critique_sidecar.web.settings import MAX_BODY_BYTES
 
 from .account_kit import CATALOG, Env
 

@@ -39,7 +39,7 @@ async def test_monthly_window_rolls_over_at_month_end(env: Env) -> None:
     await env.settle(december)
     nov = await env.redis.hget(ks.month(env.account, "2026-11"), "credits")
     dec = await env.redis.hget(ks.month(env.account, "2026-12"), "credits")
-    assert int(nov) == charged and int(dec) == charged
+    assert nov == dec == str(charged).encode()
 
 
 async def test_a_request_settled_after_midnight_counts_in_the_day_it_started(env: Env) -> None:

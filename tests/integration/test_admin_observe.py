@@ -9,10 +9,10 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from critique_sidecar.admin import provisioning
 from critique_sidecar.config import Config
 from critique_sidecar.provisioning.api import build_admin_app
 from critique_sidecar.provisioning.observe import AdminMetrics, Observed
-from critique_sidecar.provisioning.server import provisioning
 
 from .provisioning_kit import admin_api
 

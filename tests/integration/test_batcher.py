@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,7 +29,7 @@ async def test_concurrent_commands_share_one_round_trip_and_keep_their_results(
 ) -> None:
     results = await asyncio.gather(*(batcher.execute(("INCRBY", f"{account}:n", i)) for i in range(1, 51)))
     assert sorted(int(r) for r in results) == sorted(sum(range(1, k + 1)) for k in range(1, 51))
-    assert int(await redis_client.get(f"{account}:n")) == sum(range(1, 51))
+    assert await redis_client.get(f"{account}:n") == str(sum(range(1, 51))).encode()
     assert batcher.round_trips == 1  # fifty commands, one write and one read
 
 
@@ -47,6 +48,9 @@ async def test_one_failing_command_does_not_fail_its_batch_mates(
     batcher: CommandBatcher, redis_client: aioredis.Redis, account: str
 ) -> None:
     await redis_client.set(f"{account}:s", "text")
+    ok: Any
+    bad: Any
+    after: Any
     ok, bad, after = await asyncio.gather(
         batcher.execute(("SET", f"{account}:t", "1")),
         batcher.execute(("INCR", f"{account}:s")),
@@ -71,7 +75,7 @@ async def test_a_killed_connection_is_replaced_without_failing_the_caller(
     batcher: CommandBatcher, redis_client: aioredis.Redis, account: str
 ) -> None:
     client_id = await batcher.execute(("CLIENT", "ID"))
-    assert int(await redis_client.execute_command("CLIENT", "KILL", "ID", client_id)) == 1
+    assert int(await redis_client.execute_command("CLIENT", "KILL", "ID", client_id)) == 1  # type: ignore[no-untyped-call]
     # Noticed either as the connection's end of file or when the INCR meets the dead socket
     # (then retried once on a new connection): either way the caller gets its answer.
     assert await batcher.execute(("INCR", f"{account}:k")) == 1
@@ -164,6 +168,8 @@ async def test_error_replies_keep_their_code() -> None:
 
 
 async def test_an_argument_that_cannot_be_sent_fails_only_its_own_call(batcher: CommandBatcher, account: str) -> None:
+    bad: Any
+    good: Any
     bad, good = await asyncio.gather(
         batcher.execute(("SET", f"{account}:x", None)),
         batcher.execute(("INCR", f"{account}:y")),

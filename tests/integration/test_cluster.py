@@ -90,7 +90,8 @@ def identity(account: str) -> Identity:
 
 async def state(r: RedisCluster, account: str) -> dict[str, Any]:
     balance, held = await r.hmget(ks.account(account), "balance", "held")
-    records = [f for _, f in await r.xrange(ks.usage_stream(account))]
+    rows: Any = await r.xrange(ks.usage_stream(account))
+    records = [f for _, f in rows]
     day = await r.hget(ks.day(account, "2026-11-26"), "credits")
     return {
         "balance": int(balance or 0), "held": int(held or 0), "holds": await r.hlen(ks.holds(account)),
@@ -99,7 +100,9 @@ async def state(r: RedisCluster, account: str) -> dict[str, Any]:
 
 
 def node_of(r: RedisCluster, key: str) -> str:
-    return str(r.get_node_from_key(key).name)
+    node = r.get_node_from_key(key)
+    assert node is not None
+    return str(node.name)
 
 
 def spread_accounts(r: RedisCluster, prefix: str, per_node: int = 1) -> list[str]:
@@ -216,7 +219,7 @@ async def test_a_burst_beyond_the_node_pool_queues_instead_of_failing(redis_clie
     key = ks.account(account)
     results = await asyncio.gather(*(redis_client.hincrby(key, "n", 1) for _ in range(600)), return_exceptions=True)
     assert [r for r in results if isinstance(r, Exception)] == []
-    assert int(await redis_client.hget(key, "n")) == 600
+    assert await redis_client.hget(key, "n") == b"600"
 
 
 async def test_waiting_for_a_turn_is_bounded(cluster_url: str, account: str) -> None:
@@ -229,10 +232,10 @@ async def test_waiting_for_a_turn_is_bounded(cluster_url: str, account: str) -> 
         await client.initialize()
         busy = [asyncio.ensure_future(client.blpop([f"{{a:{account}}}:empty"], timeout=1)) for _ in range(2)]
         for _ in range(200):  # until both pops hold their turns (a condition, with a deadline)
-            if client._turns.locked():
+            if client._turns.locked():  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.005)
-        assert client._turns.locked()
+        assert client._turns.locked()  # type: ignore[attr-defined]
         with pytest.raises(RedisConnectionError):
             await client.get(ks.account(account))
         assert await asyncio.gather(*busy) == [None, None]

@@ -12,8 +12,8 @@ import redis.asyncio as aioredis
 
 from critique_sidecar.core.money import format_credits
 from critique_sidecar.core.scopes import DASHBOARD_PATH
+from critique_sidecar.core.usage_schema import SCHEMA
 from critique_sidecar.store.redis_ledger import RedisLedger
-from critique_sidecar.store.usage_records import SCHEMA
 from critique_sidecar.web.dashboard import encode_cursor
 
 from .usage_kit import api_for, poll, record, stream_entries

@@ -117,13 +117,13 @@ async def test_limit_status_against_caps_and_floor(
         data["limits"][k] for k in ("daily_credit_cap", "monthly_credit_cap", "daily_request_cap")
     )
     assert daily == {
-        "unit": "credits", "window": "day", "spent": "3.000001", "cap": "4.000000", "remaining": "0.999999",
+        "mechanism": "cap", "label": "Daily credit cap", "unit": "credits", "window": "day", "spent": "3.000001", "cap": "4.000000", "remaining": "0.999999",
         "percent": "75.00", "reached": False, "resets_at": "2026-11-27T00:00:00Z",
     }  # fmt: skip
     assert monthly["spent"] == "3.500001" and monthly["cap"] == "100.500000" and monthly["remaining"] == "96.999999"
     assert monthly["percent"] == "3.48" and monthly["resets_at"] == "2026-12-01T00:00:00Z"
     assert requests == {
-        "unit": "requests", "window": "day", "spent": 3, "cap": 3, "remaining": 0,
+        "mechanism": "cap", "label": "Daily request cap", "unit": "requests", "window": "day", "spent": 3, "cap": 3, "remaining": 0,
         "percent": "100.00", "reached": True, "resets_at": "2026-11-27T00:00:00Z",
     }  # fmt: skip
     assert data["balance"] == {

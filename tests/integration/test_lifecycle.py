@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -37,7 +38,8 @@ async def test_usage_retention_runs_and_stop_drains_in_order(
             if await redis_client.xlen(stream) == 1:
                 break
             await asyncio.sleep(0.05)
-        [(_, fields)] = await redis_client.xrange(stream)
+        rows: Any = await redis_client.xrange(stream)
+        [(_, fields)] = rows
         assert fields[b"request_id"] == b"req_new"
 
         order: list[str] = []

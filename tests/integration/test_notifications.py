@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from critique_sidecar.app import notify_worker
 from critique_sidecar.config import Config
 from critique_sidecar.core.account_settings import SettingsPatch
 from critique_sidecar.core.ledger import UsageRecord
@@ -24,7 +25,6 @@ from critique_sidecar.core.webhook_signature import verify
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
-from critique_sidecar.workers.notify import NotifyWorker
 
 from ..e2e.receivers import Received, Receiver, json_body
 
@@ -69,7 +69,8 @@ async def configure(
 
 
 async def outbox(r: aioredis.Redis, account: str) -> list[dict[str, str]]:
-    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in await r.xrange(ks.notify_outbox(account))]
+    rows: Any = await r.xrange(ks.notify_outbox(account))
+    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in rows]
 
 
 async def test_concurrent_settlements_queue_each_threshold_once(r: aioredis.Redis, db_url: str, account: str) -> None:
@@ -132,7 +133,7 @@ class Hooks(Receiver):
 
 def config(**kw: Any) -> Config:
     kw.setdefault("notify_allowed_networks", "127.0.0.0/8")
-    return Config(notify_allow_http=True, notify_backoff_s=0.1, notify_max_attempts=4, **kw)  # type: ignore[call-arg]
+    return Config(notify_allow_http=True, notify_backoff_s=0.1, notify_max_attempts=4, **kw)
 
 
 async def test_worker_retries_with_backoff_then_delivers_signed(r: aioredis.Redis, account: str) -> None:
@@ -141,7 +142,7 @@ async def test_worker_retries_with_backoff_then_delivers_signed(r: aioredis.Redi
         secret = await configure(r, account, url=hooks.url + "/h", daily_credit_cap=2, notify_thresholds_percent=[50])
         assert secret is not None
         await RedisLedger(r).settle(record(account, 1))
-        worker = NotifyWorker(r, config(), consumer="t1")
+        worker = notify_worker(r, config(), consumer="t1")
         assert await worker.poll() == 1
         await worker.drain()
         assert (worker.delivered, worker.dead) == (1, 0)
@@ -171,7 +172,7 @@ async def test_undeliverable_goes_to_the_dead_letters(r: aioredis.Redis, db_url:
     try:
         await configure(r, account, url=hooks.url + "/h", daily_credit_cap=2, notify_thresholds_percent=[50])
         await RedisLedger(r).settle(record(account, 1))
-        worker = NotifyWorker(r, config(), consumer="t1")
+        worker = notify_worker(r, config(), consumer="t1")
         await worker.poll()
         await worker.drain()
         assert (worker.delivered, worker.dead) == (0, 1)
@@ -199,8 +200,8 @@ async def test_http_webhooks_refused_unless_allowed(r: aioredis.Redis, account: 
     try:
         await configure(r, account, url=hooks.url + "/h", daily_credit_cap=2, notify_thresholds_percent=[50])
         await RedisLedger(r).settle(record(account, 1))
-        strict = Config(notify_backoff_s=0.1, notify_allowed_networks="127.0.0.0/8")  # type: ignore[call-arg]
-        worker = NotifyWorker(r, strict, consumer="t1")
+        strict = Config(notify_backoff_s=0.1, notify_allowed_networks="127.0.0.0/8")
+        worker = notify_worker(r, strict, consumer="t1")
         await worker.poll()
         await worker.drain()
         assert hooks.received() == [] and worker.dead == 1
@@ -240,7 +241,7 @@ async def test_private_destinations_are_dead_lettered_and_allowed_ones_delivered
             await r.hset(ks.settings(account), "notify_url", url)  # as stored before (or resolved later)
             await RedisLedger(r).settle(record(account, 1))
         for account, (_, allowed) in cases.items():
-            worker = NotifyWorker(r, config(notify_allowed_networks=allowed), consumer="t1")
+            worker = notify_worker(r, config(notify_allowed_networks=allowed), consumer="t1")
             await worker.poll(accounts=[account])
             await worker.drain()
             await worker.client.aclose()
@@ -267,7 +268,7 @@ async def test_running_worker_is_woken_by_the_settlement(r: aioredis.Redis, acco
     hooks = Hooks(fail_first=0)
     try:
         await configure(r, account, url=hooks.url + "/h", daily_credit_cap=2, notify_thresholds_percent=[50])
-        worker = NotifyWorker(r, config(), consumer="t1")
+        worker = notify_worker(r, config(), consumer="t1")
         task = asyncio.create_task(worker.run_forever())
         try:
             await until(lambda: worker.sweeps == 1, "the first sweep")
@@ -310,5 +311,5 @@ async def test_a_wrong_type_outbox_skips_notifications_not_the_charge(r: aioredi
     await configure(r, account, daily_credit_cap=2, notify_thresholds_percent=[50])
     await r.set(ks.notify_outbox(account), "not a stream")
     result = await RedisLedger(r).settle(record(account, 1))
-    assert result.applied and int(await r.hget(ks.account(account), "balance")) == 49 * CREDIT
+    assert result.applied and await r.hget(ks.account(account), "balance") == str(49 * CREDIT).encode()
     assert await r.get(ks.notify_outbox(account)) == b"not a stream"

@@ -359,3 +359,20 @@ def test_the_cli_uses_the_same_service(
         entries = [fields for _, fields in r.xrange(ks.audit(account))]
     assert [e["action"] for e in entries] == ["credits.grant", "key.create", "key.rotate"]
     assert all(e["actor_type"] == "cli" for e in entries)
+
+
+async def test_an_account_id_with_a_trailing_newline_is_refused_not_a_second_account(
+    admin: Admin, account: str
+) -> None:
+    for path in (f"/v1/accounts/{account}%0A/credits", f"/v1/accounts/{account}%0A/keys"):
+        r = await admin.call("GET", path)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "account", r.text
+    r = await admin.call(
+        "POST", f"/v1/accounts/{account}%0A/credits/grant", json={"credits": "5"}, headers={"idempotency-key": "nl-1"}
+    )
+    assert r.status_code == 400
+    r = await admin.call(
+        "POST", f"/v1/accounts/{account}/credits/grant", json={"credits": "5\n"}, headers={"idempotency-key": "nl-2"}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "credits", r.text
+    assert not [k async for k in admin.redis.scan_iter(match=f"crt:{{a:{account}\n}}*")]

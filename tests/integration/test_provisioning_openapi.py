@@ -50,7 +50,7 @@ class _Request:
 
     @property
     def content_type(self) -> str:
-        return self.raw.headers.get("content-type", "application/json")
+        return str(self.raw.headers.get("content-type", "application/json"))
 
 
 @dataclass
@@ -63,7 +63,7 @@ class _Response:
 
     @property
     def content_type(self) -> str:
-        return self.raw.headers.get("content-type", "")
+        return str(self.raw.headers.get("content-type", ""))
 
     @property
     def headers(self) -> Headers:
@@ -102,7 +102,7 @@ class Checked:
             parts, given = pattern.split("/"), path.split("?")[0].split("/")
             same_shape = m == method and len(parts) == len(given)
             if same_shape and all(p == g or p.startswith("{") for p, g in zip(parts, given, strict=True)):
-                return op_id
+                return str(op_id)
         raise AssertionError(f"{method} {path} is not in the document")
 
 

@@ -144,17 +144,18 @@ async def test_model_allowlist_is_403_naming_the_model(lim: Limits) -> None:
 
 
 async def test_key_daily_cap_admits_exactly_what_fits_under_concurrency(lim: Limits) -> None:
-    hold = (await lim.admit()).hold
+    still_open = await lim.admit()
+    hold = still_open.hold
     await lim.meter.settle((await lim.admit()), None, "cancelled")  # released: counts nothing
     first = await lim.redis.hget(ks.limiter(lim.account), f"h:{lim.identity.key_id}")
     assert first is None  # no cap yet: nothing tracked
-    await lim.control(daily_credit_cap=5 * hold)
+    await lim.control(daily_credit_cap=5 * hold)  # the first hold is still open: it is counted now
     admitted, refused = await lim.burst()
-    assert len(admitted) == 5 and refused == {"key_daily_credit_cap_reached": BURST - 5}
+    assert len(admitted) == 4 and refused == {"key_daily_credit_cap_reached": BURST - 4}
     err = await lim.refused()
     assert err.status == 429 and err.headers["x-should-retry"] == "false"
     assert err.headers["retry-after"] == str(12 * 3600)
-    for req in admitted:  # settling charges less than the holds: the key's held credits go back
+    for req in [still_open, *admitted]:  # settling charges less than the holds: the key's held credits go back
         await lim.settle(req)
     assert f"h:{lim.identity.key_id}" not in await lim.counters()
     lim.clock.at += timedelta(days=1)

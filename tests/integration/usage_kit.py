@@ -49,7 +49,7 @@ def record(
 
 
 async def stream_entries(r: aioredis.Redis, account: str) -> list[tuple[str, dict[str, str]]]:
-    rows = await r.xrange(ks.usage_stream(account))
+    rows: Any = await r.xrange(ks.usage_stream(account))
     return [(sid.decode(), {k.decode(): v.decode() for k, v in f.items()}) for sid, f in rows]
 
 
@@ -82,7 +82,7 @@ async def api_for(
     return Api(http, key)
 
 
-async def add_old(r: aioredis.Redis, account: str, days_ago: float, n: int) -> list[str]:
+async def add_old(r: aioredis.Redis | aioredis.RedisCluster, account: str, days_ago: float, n: int) -> list[str]:
     """Records as settlement writes them, but with stream ids `days_ago` in the past."""
     base = int(time.time() * 1000) - int(days_ago * DAY_MS)
     ids = []

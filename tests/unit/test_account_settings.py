@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from critique_sidecar.core.account_settings import MAX_CREDITS, AccountSettings, SettingsPatch
+from critique_sidecar.core.account_settings import AccountSettings, SettingsPatch
 from critique_sidecar.core.errors import ApiError
-from critique_sidecar.web.settings import decode_body
+from critique_sidecar.core.limit_table import MAX_CREDITS
+from critique_sidecar.json_http import decode_body
 
 
 def patch(body: bytes) -> SettingsPatch:
@@ -117,7 +118,7 @@ def test_bad_rate_limits_name_the_field(body: bytes) -> None:
 # <<< limits
 
 
-# -- observe: budget notification settings ------------------------------------------------
+# -- budget notification settings -----------------------------------------------------------
 
 
 def test_notification_settings_round_trip() -> None:

@@ -62,6 +62,6 @@ def test_every_command_that_talks_to_redis_finds_the_local_stacks() -> None:
     from critique_sidecar.cli.run import REDIS_COMMANDS
 
     parser = build_parser()
-    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr,arg-type]
     no_redis = {"serve", "gateway", "config-table", "envoy-config", "envoy-merge"}
     assert set(REDIS_COMMANDS) == commands - no_redis

@@ -296,7 +296,7 @@ def test_metered_words_inside_messages_are_not_duplicates() -> None:
     assert parse_chat_request(raw, load_catalog()).model.id == "tencent/hy3-preview"
 
 
-# --- the output bound the upstream receives (issue 14) -------------------------------------------
+# --- the output bound the upstream receives ------------------------------------------------------
 
 
 def sent(req: MeteredBody) -> dict[str, Any]:

@@ -105,7 +105,7 @@ async def test_settled_and_denied_requests_log_one_line_each_without_payload(cap
     await run_json(
         core, key, chat(content=f"Summarize {CANARY} please"), completion(12, 7, text=f"Reply with {CANARY}")
     )
-    core.ledger.result = HoldResult("insufficient_credits", detail={"balance": 0, "floor": 0, "held": 0})
+    core.ledger.result = HoldResult("insufficient_credits", funds={"balance": 0, "floor": 0, "held": 0})
     assert (
         await refused(core, {"authorization": f"Bearer {key}", "x-request-id": "trace-9"}, chat(content=CANARY))
         == "insufficient_credits"

@@ -51,7 +51,7 @@ def chat_body(model: str | None = DEEPSEEK, **extra: object) -> bytes:
 
 def test_floor_is_named_when_only_the_floor_blocks() -> None:
     # balance 10, floor 5, nothing held; the hold of 6 fits the balance but not balance - floor
-    result = HoldResult("insufficient_credits", detail={"balance": 10_000_000, "floor": 5_000_000, "held": 0})
+    result = HoldResult("insufficient_credits", funds={"balance": 10_000_000, "floor": 5_000_000, "held": 0})
     err = hold_refusal(result, 6_000_000, NOW)
     assert (err.code, err.status) == ("insufficient_credits", 402)
     assert "reserve floor of 5.000000 credits" in err.message
@@ -61,7 +61,7 @@ def test_floor_is_named_when_only_the_floor_blocks() -> None:
 
 
 def test_floor_is_named_when_balance_minus_holds_exactly_covers() -> None:
-    result = HoldResult("insufficient_credits", detail={"balance": 10_000_000, "floor": 1, "held": 4_000_000})
+    result = HoldResult("insufficient_credits", funds={"balance": 10_000_000, "floor": 1, "held": 4_000_000})
     err = hold_refusal(result, 6_000_000, NOW)
     assert "reserve floor of 0.000001 credits" in err.message
     assert "only 5.999999 are available" in err.message
@@ -69,7 +69,7 @@ def test_floor_is_named_when_balance_minus_holds_exactly_covers() -> None:
 
 def test_balance_too_low_when_balance_minus_holds_cannot_cover() -> None:
     # even without the floor, 10 - 8 held = 2 < 6
-    result = HoldResult("insufficient_credits", detail={"balance": 10_000_000, "floor": 5_000_000, "held": 8_000_000})
+    result = HoldResult("insufficient_credits", funds={"balance": 10_000_000, "floor": 5_000_000, "held": 8_000_000})
     err = hold_refusal(result, 6_000_000, NOW)
     assert "the balance is too low" in err.message
     assert "reserve floor" not in err.message
@@ -77,7 +77,7 @@ def test_balance_too_low_when_balance_minus_holds_cannot_cover() -> None:
 
 
 def test_balance_too_low_without_floor() -> None:
-    result = HoldResult("insufficient_credits", detail={"balance": 1_000_000, "floor": 0, "held": 0})
+    result = HoldResult("insufficient_credits", funds={"balance": 1_000_000, "floor": 0, "held": 0})
     err = hold_refusal(result, 2_500_000, NOW)
     assert "the balance is too low" in err.message
     assert "reserve floor" not in err.message
@@ -288,7 +288,7 @@ async def test_admit_refused_raises_hold_refusal(catalog: Catalog) -> None:
 
 
 async def test_admit_refused_for_credits_names_the_hold(catalog: Catalog) -> None:
-    ledger = MemoryLedger(result=HoldResult("insufficient_credits", detail={"balance": 5, "floor": 0, "held": 0}))
+    ledger = MemoryLedger(result=HoldResult("insufficient_credits", funds={"balance": 5, "floor": 0, "held": 0}))
     meter = make_meter(catalog, ledger)
     with pytest.raises(ApiError) as err:
         await meter.admit(IDENT, meter.parse(CHAT, chat_body(max_tokens=1000)), False)

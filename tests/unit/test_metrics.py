@@ -155,7 +155,7 @@ async def test_denials_are_counted_by_their_error_code(core: Core, metrics: Metr
     assert await refused(core, {"authorization": f"Bearer {read_only}"}) == "insufficient_scope"
     assert await refused(core, {"authorization": f"Bearer {key}"}, chat("no/such-model")) == "model_not_found"
     assert await refused(core, {"authorization": f"Bearer {key}"}, b"{not json") == "invalid_request"
-    core.ledger.result = HoldResult("insufficient_credits", detail={"balance": 0, "floor": 0, "held": 0})
+    core.ledger.result = HoldResult("insufficient_credits", funds={"balance": 0, "floor": 0, "held": 0})
     assert await refused(core, {"authorization": f"Bearer {key}"}) == "insufficient_credits"
     core.ledger.result = HoldResult("daily_request_cap_reached")
     assert await refused(core, {"authorization": f"Bearer {key}"}) == "daily_request_cap_reached"

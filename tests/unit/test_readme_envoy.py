@@ -1,5 +1,5 @@
-"""README, "Wiring it into an existing Envoy": its example bootstrap, merged with `envoy-merge`
-and by hand from `envoy-config --fragment` as the README says, gives the same config, which the
+"""docs/envoy.md, "Wiring it into an existing Envoy": its example bootstrap, merged with `envoy-merge`
+and by hand from `envoy-config --fragment` as the document says, gives the same config, which the
 real Envoy validates."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import yaml
 from critique_sidecar import cli
 from critique_sidecar.devtools.stack import REPO, envoy_binary
 
-SECTION = (REPO / "README.md").read_text().split("## Wiring it into an existing Envoy", 1)[1].split("\n## ", 1)[0]
+SECTION = (REPO / "docs" / "envoy.md").read_text()
 
 
 def readme_bootstrap() -> str:
@@ -24,7 +24,7 @@ def readme_bootstrap() -> str:
 
 
 def by_hand(existing: dict[str, Any], fragment: dict[str, Any]) -> dict[str, Any]:
-    """What the README tells a reader to do with the fragment."""
+    """What docs/envoy.md tells a reader to do with the fragment."""
     [listener] = existing["static_resources"]["listeners"]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     router = [f["name"] for f in hcm["http_filters"]].index("envoy.filters.http.router")

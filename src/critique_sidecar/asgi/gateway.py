@@ -281,7 +281,7 @@ class Gateway:
             Routes(forward, web, list(web.routes)), components=components, max_response_bytes=config.max_response_bytes
         )
         self.lifecycle = Lifecycle(config, components)
-        self._metrics_server: Any = None  # observe: the gateway's own /metrics listener
+        self._metrics_server: Any = None  # the gateway's own /metrics listener
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -291,7 +291,7 @@ class Gateway:
 
     async def startup(self) -> None:
         await self.lifecycle.start()
-        if self.config.gateway_metrics_listen:  # observe: /metrics on its own listener, never the public port
+        if self.config.gateway_metrics_listen:  # /metrics on its own listener, never the public port
             from ..observability.metrics import start_metrics_server
 
             self._metrics_server = start_metrics_server(

@@ -8,23 +8,24 @@ import re
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from ..core.limit_table import ACCOUNT_LIMITS, Limit
 from ..core.money import format_credits
 from .common import CliError, _cli_change, _provisioning
 
 if TYPE_CHECKING:
     from ..config import Config
 
+
+def limit_flags(rows: tuple[Limit, ...]) -> dict[str, tuple[str, str, str]]:
+    """flag -> (JSON field, metavar, help) for the limits of one scope (core/limit_table.py)."""
+    return {row.flag: (row.name, "CREDITS|none" if row.credits else "N|none", row.help) for row in rows}
+
+
 # `settings set` flag -> (settings field, metavar, help). Values go through the same
 # validation as the settings API (core.account_settings.SettingsPatch).
 _SETTING_FLAGS = {
     "--enabled": ("enabled", "true|false", "turn the Inference API on or off"),
-    "--daily-credit-cap": ("daily_credit_cap", "CREDITS|none", "daily inference credit cap (UTC day); none clears it"),
-    "--monthly-credit-cap": (
-        "monthly_credit_cap",
-        "CREDITS|none",
-        "monthly inference credit cap (UTC month); none clears it",
-    ),
-    "--daily-request-cap": ("daily_request_cap", "N|none", "daily request cap (UTC day); none clears it"),
+    **limit_flags(ACCOUNT_LIMITS),
     "--reserve-floor": ("reserve_credits_for_review", "CREDITS", "balance floor inference may never spend into"),
     "--block-when-cap-reached": (
         "block_when_cap_reached",
@@ -32,10 +33,6 @@ _SETTING_FLAGS = {
         "false: over-cap requests pass with a warning",
     ),
     "--training-opt-in": ("deepseek_training_opt_in", "true|false", "DeepSeek V4 Flash training opt-in (75%% off)"),
-    "--rpm": ("requests_per_minute", "N|none", "the account's requests per minute; none clears it"),
-    "--tpm": ("tokens_per_minute", "N|none", "the account's tokens per minute (input + max output at admission)"),
-    "--max-concurrent": ("max_concurrent", "N|none", "the account's requests in flight at once; none clears it"),
-    # -- observe: budget notifications
     "--notify-webhook-url": (
         "notify_webhook_url",
         "URL|none",

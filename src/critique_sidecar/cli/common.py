@@ -39,6 +39,6 @@ def _cli_change() -> Any:
 
 
 def _provisioning(redis: Any) -> Any:
-    from ..provisioning.server import provisioning
+    from ..admin import provisioning
 
     return provisioning(Config(), redis)

@@ -8,17 +8,17 @@ import re
 from typing import Any
 
 from ..config import Config
+from ..core.limit_table import KEY_LIMITS
+from .accounts import limit_flags
 from .common import CliError, _cli_change, _provisioning
 
 # flag -> (KeyControls JSON field, metavar, help). Values go through KeyControls.patched.
 _KEY_CONTROL_FLAGS = {
     "--expires-at": ("expires_at", "TIME|none", "expiry: 2026-12-31T00:00:00Z or 2026-12-31 (UTC); none: never"),
     "--models": ("models", "M1,M2|none", "the only models the key may use; none: every model"),
-    "--daily-credit-cap": ("daily_credit_cap", "CREDITS|none", "the key's own daily credit cap (UTC day, always hard)"),
-    "--rpm": ("requests_per_minute", "N|none", "the key's requests per minute"),
-    "--tpm": ("tokens_per_minute", "N|none", "the key's tokens per minute (input + max output at admission)"),
-    "--max-concurrent": ("max_concurrent", "N|none", "the key's requests in flight at once"),
+    **limit_flags(KEY_LIMITS),
 }
+_CREDIT_FIELDS = {row.name for row in KEY_LIMITS if row.credits}
 
 
 def _add_key_control_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def _key_controls_given(args: argparse.Namespace) -> dict[str, object]:
             given[field] = None
         elif field == "models":
             given[field] = [m.strip() for m in text.split(",")]
-        elif field in ("expires_at", "daily_credit_cap"):
+        elif field == "expires_at" or field in _CREDIT_FIELDS:
             given[field] = text.strip()
         else:
             given[field] = int(low) if re.fullmatch(r"-?[0-9]+", low) else text.strip()
@@ -117,7 +117,7 @@ async def _keys(args: argparse.Namespace, redis: Any, config: Config) -> int:
                 "scopes": sorted(r.scopes),
                 "created_at": r.created_at,
                 "revoked": r.revoked,
-                "controls": (await store.controls_of(r.account, r.key_id)).to_json(),  # limits
+                "controls": (await store.controls_of(r.account, r.key_id)).to_json(),
             }
             for r in records
         ]

@@ -11,9 +11,9 @@ from .common import CliError
 
 
 async def _notify_worker(args: argparse.Namespace, redis: Any, config: Config) -> int:
-    from ..workers.notify import NotifyWorker
+    from ..app import notify_worker
 
-    worker = NotifyWorker(redis, config)
+    worker = notify_worker(redis, config)
     if not args.once:
         await worker.run_forever(wake_channel=not config.redis_cluster)
         return 0

@@ -214,13 +214,13 @@ def _usage_commands(sub: Commands) -> None:
     accounts.add_argument(
         "--rebuild", action="store_true", help="first re-register every account found by scanning Redis"
     )
-    # -- observe: usage push
+    # -- usage push
     push = usage_cmds.add_parser("push", help="push usage records as CloudEvents batches to CRITIQUE_USAGE_PUSH_URL")
     push.add_argument("--url", help="endpoint (default: CRITIQUE_USAGE_PUSH_URL)")
     push.add_argument("--once", action="store_true", help="push until nothing is left, then exit")
 
 
-def _notify_commands(sub: Commands) -> None:  # observe: budget notifications
+def _notify_commands(sub: Commands) -> None:  # budget notifications
     nworker = sub.add_parser("notify-worker", help="deliver budget notifications to the accounts' webhooks")
     nworker.add_argument("--once", action="store_true", help="deliver what is queued (with retries), then exit")
     notify = sub.add_parser("notify", help="budget notifications").add_subparsers(dest="action", required=True)

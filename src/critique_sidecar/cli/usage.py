@@ -50,13 +50,13 @@ async def _usage_cmd(args: argparse.Namespace, redis: Any, config: Config) -> in
 
 
 async def _usage_push(args: argparse.Namespace, redis: Any, config: Config) -> int:
-    from ..workers.usage_push import UsagePushWorker
+    from ..app import usage_push_worker
 
     if args.url:
         config = config.model_copy(update={"usage_push_url": args.url})
     if not config.usage_push_url:
         raise CliError("usage push: give --url or set CRITIQUE_USAGE_PUSH_URL")
-    worker = UsagePushWorker(redis, config)
+    worker = usage_push_worker(redis, config)
     if not args.once:
         await worker.run_forever()
         return 0

@@ -9,7 +9,8 @@ Wire format (JSON):
   exact decimals, >= 0 with at most 6 decimal places (whole micro-credits), at most
   `MAX_CREDITS`. They may be sent as JSON numbers (`12.5`) or decimal strings (`"12.5"`):
   responses carry them as fixed 6-decimal strings, so what GET returns PATCHes back unchanged.
-- `daily_request_cap` is a JSON integer (not `"12"`, not `12.0`), >= 0, at most `MAX_COUNT`.
+- Limits (core/limit_table.py): credits as above, counts as JSON integers (not `"12"`, not
+  `12.0`) in the row's bounds.
 - The switches are JSON booleans (not `"true"`, not `1`).
 - `null` clears a cap (no limit); the switches and the floor cannot be null (a floor of 0 is
   "no floor"). A cap of 0 blocks all inference spend (hard mode) or warns on every request.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import (
     BaseModel,
@@ -30,6 +31,7 @@ from pydantic import (
     StrictInt,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
 )
 from pydantic.functional_validators import PlainValidator
@@ -37,15 +39,12 @@ from pydantic_core import PydanticCustomError
 
 from .audit import Change
 from .errors import ApiError
+from .limit_table import ACCOUNT_LIMITS, MAX_CREDITS, Limit, stored_value
 from .money import MICRO, format_credits
 from .webhook_address import ALLOW_SETTING, Network, host_refusal, split_host_port
 
-# Lua numbers are doubles: every stored amount stays below 2**53 micro-credits.
-MAX_CREDITS = Decimal(1_000_000_000)
-MAX_COUNT = 1_000_000_000
-
 _ONE_MICRO = Decimal(1).scaleb(-6)
-_DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
+_DECIMAL_TEXT = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 _CREDITS_RULE = f"a number of credits >= 0 and <= {MAX_CREDITS} with at most 6 decimal places"
 
 
@@ -55,7 +54,7 @@ def _credits(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, Decimal, str)):
         raise PydanticCustomError("credits_type", f"must be {_CREDITS_RULE}")
     if isinstance(value, str):
-        if not _DECIMAL_TEXT.match(value):
+        if not _DECIMAL_TEXT.fullmatch(value):
             raise PydanticCustomError("credits_type", f"must be {_CREDITS_RULE}; got a non-numeric string")
         value = Decimal(value)
     amount = Decimal(value)
@@ -75,33 +74,48 @@ def _credits(value: Any) -> Decimal:
 
 
 Credits = Annotated[Decimal, PlainValidator(_credits)]
-Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
-# >>> limits: per-minute rate limits (enforced by place_hold.lua; docs/rate-limits.md)
-MAX_RATE = {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000, "max_concurrent": 100_000}
-RequestsPerMinute = Annotated[StrictInt, Field(ge=1, le=MAX_RATE["requests_per_minute"])]
-TokensPerMinute = Annotated[StrictInt, Field(ge=1, le=MAX_RATE["tokens_per_minute"])]
-MaxConcurrent = Annotated[StrictInt, Field(ge=1, le=MAX_RATE["max_concurrent"])]
-# <<< limits
 
-# Redis hash fields (read by place_hold.lua). Amounts are integer micro-credits.
+
+def limit_type(row: Limit) -> Any:
+    """The JSON type of one limit's value (core/limit_table.py): exact credits or a bounded integer."""
+    if row.credits:
+        return Credits
+    return Annotated[StrictInt, Field(ge=row.least, le=row.most)]
+
+
+def limit_from_json(row: Limit, value: Decimal | int | None) -> int | None:
+    """A validated JSON value as stored (credits as micro-credits)."""
+    if value is None:
+        return None
+    return int(value * MICRO) if row.credits else int(value)
+
+
+def limit_to_json(row: Limit, stored: int | None) -> str | int | None:
+    """A stored value as the API shows it (credits as exact 6-decimal strings)."""
+    if stored is None:
+        return None
+    return format_credits(stored) if row.credits else stored
+
+
+def limit_rule(row: Limit) -> str:
+    if row.least == 0:
+        return f"must be an integer >= 0 and <= {row.most}"
+    return f"must be an integer from {row.least} to {row.most}, or null"
+
+
+# Redis hash fields of the settings that are not limits (limits: core/limit_table.py).
 H_ENABLED = "enabled"
-H_DAILY_CREDIT_CAP = "daily_credit_cap"
-H_MONTHLY_CREDIT_CAP = "monthly_credit_cap"
-H_DAILY_REQUEST_CAP = "daily_request_cap"
 H_RESERVE_FLOOR = "reserve_floor"
 H_BLOCK = "block_when_cap_reached"
 H_OPT_IN = "training_opt_in"
-H_RPM = "rpm"  # limits
-H_TPM = "tpm"
-H_CONCURRENT = "max_concurrent"
-# -- observe (issue 20): budget notifications (read by settle.lua's notification block) --------
+# Budget notifications (read by settle.lua's notification step).
 H_NOTIFY_URL = "notify_url"
 H_NOTIFY_THRESHOLDS = "notify_thresholds"  # "50,80,100": percent of each cap
 H_NOTIFY_LOW_BALANCE = "notify_low_balance"  # micro-credits
 H_NOTIFY_SECRET = "notify_secret"  # the webhook signing secret: never in the API's settings JSON
 MAX_THRESHOLDS = 10
 MAX_URL_CHARS = 2048
-_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?(/[!-~]*)?$")
+_URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?(/[!-~]*)?")
 
 
 def _webhook_url(value: Any, info: ValidationInfo) -> str:
@@ -112,7 +126,7 @@ def _webhook_url(value: Any, info: ValidationInfo) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("url_type", "must be an http(s) URL string")
     rule = f"must be an absolute http:// or https:// URL of at most {MAX_URL_CHARS} characters, without credentials or fragment"
-    if len(value) > MAX_URL_CHARS or not _URL.match(value) or "@" in value.split("/", 3)[2] or "#" in value:
+    if len(value) > MAX_URL_CHARS or not _URL.fullmatch(value) or "@" in value.split("/", 3)[2] or "#" in value:
         raise PydanticCustomError("url_value", rule)
     allowed: tuple[Network, ...] = (info.context or {}).get("webhook_networks", ())
     reason = host_refusal(split_host_port(value), allowed)
@@ -144,69 +158,57 @@ Thresholds = Annotated[tuple[int, ...], PlainValidator(_thresholds)]
 def _thresholds_from_hash(raw: str | None) -> tuple[int, ...]:
     if not raw:
         return ()
-    return tuple(int(p) for p in raw.split(",") if p.isdigit())
+    return tuple(int(p) for p in raw.split(",") if p.isascii() and p.isdigit())
 
-
-# -- end observe ----------------------------------------------------------------------------
 
 # API field -> hash field
 HASH_FIELDS = {
     "enabled": H_ENABLED,
-    "monthly_credit_cap": H_MONTHLY_CREDIT_CAP,
-    "daily_credit_cap": H_DAILY_CREDIT_CAP,
-    "daily_request_cap": H_DAILY_REQUEST_CAP,
     "reserve_credits_for_review": H_RESERVE_FLOOR,
     "block_when_cap_reached": H_BLOCK,
     "deepseek_training_opt_in": H_OPT_IN,
-    "requests_per_minute": H_RPM,  # limits
-    "tokens_per_minute": H_TPM,
-    "max_concurrent": H_CONCURRENT,
-    # observe
+    **{row.name: row.field for row in ACCOUNT_LIMITS},
     "notify_webhook_url": H_NOTIFY_URL,
     "notify_thresholds_percent": H_NOTIFY_THRESHOLDS,
     "notify_low_balance_credits": H_NOTIFY_LOW_BALANCE,
 }
+_LIMITS = {row.name: row for row in ACCOUNT_LIMITS}
 
 
 def _micro(amount: Decimal) -> int:
     return int(amount * MICRO)
 
 
-def _flag(value: bool) -> str:
-    return "1" if value else "0"
+def _credits_or_none(raw: str | None) -> Decimal | None:
+    if raw is None or not raw.isascii() or not raw.isdigit():
+        return None  # the scripts would not count it either
+    return Decimal(int(raw)) / MICRO
 
 
-def _int_or_none(raw: str | None) -> int | None:
-    try:
-        return int(raw) if raw is not None else None
-    except ValueError:
-        return None  # place_hold.lua's tonumber() would not enforce it either
-
-
-def _rate_or_none(raw: str | None) -> int | None:
-    value = _int_or_none(raw)
-    return value if value is not None and value >= 1 else None  # place_hold.lua ignores < 1
-
-
-class AccountSettings(BaseModel):
-    """The full settings of one account; the defaults are an account nobody configured."""
-
+class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    if TYPE_CHECKING:  # the limit fields come from core/limit_table.py
+
+        def __getattr__(self, name: str) -> Any: ...
+
+
+class _AccountSettings(_Settings):
+    """The settings that are not limits; AccountSettings adds one field per account limit, so
+    its defaults are an account nobody configured."""
+
     enabled: StrictBool = True
-    monthly_credit_cap: Credits | None = None
-    daily_credit_cap: Credits | None = None
-    daily_request_cap: Count | None = None
     reserve_credits_for_review: Credits = Decimal(0)
     block_when_cap_reached: StrictBool = True
     deepseek_training_opt_in: StrictBool = False
-    requests_per_minute: RequestsPerMinute | None = None  # limits
-    tokens_per_minute: TokensPerMinute | None = None
-    max_concurrent: MaxConcurrent | None = None
-    # -- observe: budget notifications
     notify_webhook_url: WebhookUrl | None = None
     notify_thresholds_percent: Thresholds = ()
     notify_low_balance_credits: Credits | None = None
+
+    def limit(self, name: str) -> int | None:
+        """An account limit as stored (credits in micro-credits), None when not set."""
+        value: Decimal | int | None = getattr(self, name)
+        return limit_from_json(_LIMITS[name], value)
 
     def to_json(self) -> dict[str, Any]:
         """The API representation: credit amounts as exact 6-decimal strings."""
@@ -216,15 +218,10 @@ class AccountSettings(BaseModel):
 
         return {
             "enabled": self.enabled,
-            "monthly_credit_cap": credits(self.monthly_credit_cap),
-            "daily_credit_cap": credits(self.daily_credit_cap),
-            "daily_request_cap": self.daily_request_cap,
+            **{row.name: limit_to_json(row, self.limit(row.name)) for row in ACCOUNT_LIMITS},
             "reserve_credits_for_review": credits(self.reserve_credits_for_review),
             "block_when_cap_reached": self.block_when_cap_reached,
             "deepseek_training_opt_in": self.deepseek_training_opt_in,
-            "requests_per_minute": self.requests_per_minute,  # limits
-            "tokens_per_minute": self.tokens_per_minute,
-            "max_concurrent": self.max_concurrent,
             "notify_webhook_url": self.notify_webhook_url,
             "notify_thresholds_percent": list(self.notify_thresholds_percent),
             "notify_low_balance_credits": credits(self.notify_low_balance_credits),
@@ -232,46 +229,45 @@ class AccountSettings(BaseModel):
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> AccountSettings:
-        """Read the stored hash with place_hold.lua's semantics, so what is shown is what is
-        enforced: enabled and blocking unless '0', opt-in only when '1', a cap only when numeric."""
-
-        def credits(raw: str | None) -> Decimal | None:
-            micro = _int_or_none(raw)
-            return None if micro is None else Decimal(micro) / MICRO
-
-        return cls.model_construct(
+        """Read the stored hash with the admission script's semantics, so what is shown is what is
+        enforced: enabled and blocking unless '0', opt-in only when '1', a limit only when valid."""
+        limits: dict[str, Any] = {}
+        for row in ACCOUNT_LIMITS:
+            stored = stored_value(row, data.get(row.field))
+            limits[row.name] = None if stored is None else Decimal(stored) / MICRO if row.credits else stored
+        return AccountSettings.model_construct(
             enabled=data.get(H_ENABLED) != "0",
-            monthly_credit_cap=credits(data.get(H_MONTHLY_CREDIT_CAP)),
-            daily_credit_cap=credits(data.get(H_DAILY_CREDIT_CAP)),
-            daily_request_cap=_int_or_none(data.get(H_DAILY_REQUEST_CAP)),
-            reserve_credits_for_review=credits(data.get(H_RESERVE_FLOOR)) or Decimal(0),
+            reserve_credits_for_review=_credits_or_none(data.get(H_RESERVE_FLOOR)) or Decimal(0),
             block_when_cap_reached=data.get(H_BLOCK) != "0",
             deepseek_training_opt_in=data.get(H_OPT_IN) == "1",
-            requests_per_minute=_rate_or_none(data.get(H_RPM)),  # limits
-            tokens_per_minute=_rate_or_none(data.get(H_TPM)),
-            max_concurrent=_rate_or_none(data.get(H_CONCURRENT)),
             notify_webhook_url=data.get(H_NOTIFY_URL) or None,
             notify_thresholds_percent=_thresholds_from_hash(data.get(H_NOTIFY_THRESHOLDS)),
-            notify_low_balance_credits=credits(data.get(H_NOTIFY_LOW_BALANCE)),
+            notify_low_balance_credits=_credits_or_none(data.get(H_NOTIFY_LOW_BALANCE)),
+            **limits,
         )
 
 
-class SettingsPatch(BaseModel):
+def _with_limits(name: str, base: type[_Settings]) -> Any:
+    """`base` with one optional field per account limit (core/limit_table.py)."""
+    fields: dict[str, Any] = {row.name: (limit_type(row) | None, None) for row in ACCOUNT_LIMITS}
+    return create_model(name, __base__=base, **fields)
+
+
+if TYPE_CHECKING:
+    AccountSettings = _AccountSettings
+else:
+    AccountSettings = _with_limits("AccountSettings", _AccountSettings)
+    """The full settings of one account; the defaults are an account nobody configured."""
+
+
+class _SettingsPatch(_Settings):
     """A partial update: only the fields present change; `null` clears a cap."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     enabled: StrictBool | None = None
-    monthly_credit_cap: Credits | None = None
-    daily_credit_cap: Credits | None = None
-    daily_request_cap: Count | None = None
     reserve_credits_for_review: Credits | None = None
     block_when_cap_reached: StrictBool | None = None
     deepseek_training_opt_in: StrictBool | None = None
-    requests_per_minute: RequestsPerMinute | None = None  # limits
-    tokens_per_minute: TokensPerMinute | None = None
-    max_concurrent: MaxConcurrent | None = None
-    # -- observe: `null` clears each (an empty threshold list too)
+    # `null` clears each (an empty threshold list too)
     notify_webhook_url: WebhookUrl | None = None
     notify_thresholds_percent: Thresholds | None = None
     notify_low_balance_credits: Credits | None = None
@@ -293,7 +289,7 @@ class SettingsPatch(BaseModel):
         if not isinstance(data, dict):
             raise ApiError("invalid_request", "the settings PATCH body must be a JSON object")
         try:
-            return cls.model_validate(data, context={"webhook_networks": webhook_networks})
+            return SettingsPatch.model_validate(data, context={"webhook_networks": webhook_networks})
         except ValidationError as exc:
             raise _as_api_error(exc) from None
 
@@ -309,12 +305,18 @@ class SettingsPatch(BaseModel):
             elif isinstance(value, tuple):
                 to_set[field] = ",".join(str(v) for v in value)
             elif isinstance(value, bool):
-                to_set[field] = _flag(value)
+                to_set[field] = "1" if value else "0"
             elif isinstance(value, Decimal):
                 to_set[field] = str(_micro(value))
             else:
                 to_set[field] = str(value)
         return to_set, sorted(to_delete)
+
+
+if TYPE_CHECKING:
+    SettingsPatch = _SettingsPatch
+else:
+    SettingsPatch = _with_limits("SettingsPatch", _SettingsPatch)
 
 
 def _as_api_error(exc: ValidationError) -> ApiError:
@@ -323,8 +325,8 @@ def _as_api_error(exc: ValidationError) -> ApiError:
         field = str(err["loc"][0]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
             problems.append((field, f"unknown field '{field}'; known fields: {', '.join(HASH_FIELDS)}"))
-        elif field in MAX_RATE and err["type"] in ("int_type", "greater_than_equal", "less_than_equal"):
-            problems.append((field, f"'{field}' must be an integer from 1 to {MAX_RATE[field]}, or null"))
+        elif field in _LIMITS and err["type"] in ("int_type", "greater_than_equal", "less_than_equal"):
+            problems.append((field, f"'{field}' {limit_rule(_LIMITS[field])}"))
         else:
             problems.append((field, f"'{field}' {_message(err)}"))
     return ApiError("invalid_request", "Invalid settings: " + "; ".join(p[1] for p in problems), param=problems[0][0])
@@ -338,8 +340,6 @@ def _message(err: Any) -> str:
     return "must be " + {
         "bool_type": "true or false (a boolean)",
         "int_type": "an integer (not a string or a decimal)",
-        "greater_than_equal": f"an integer >= 0 and <= {MAX_COUNT}",
-        "less_than_equal": f"an integer >= 0 and <= {MAX_COUNT}",
     }.get(err["type"], f"valid: {err['msg']}")
 
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from .errors import ApiError
 from .keys import KeyDirectory, KeyRecord, bearer_token, hash_key, hashes_match, is_well_formed
 from .limits import key_expired
+from .scopes import ADMIN_INFERENCE
+
+ADMIN_SCOPES = frozenset({ADMIN_INFERENCE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,7 @@ class Identity:
     account: str
     key_id: str
     scopes: frozenset[str]
+    retiring: bool = False  # a rotated-out secret in its grace period: it may not administer
 
 
 _INVALID = "Invalid API key. Send 'Authorization: Bearer crt_...' with an active Critique key."
@@ -50,6 +54,8 @@ class Authenticator:
             raise ApiError("invalid_api_key", _ROTATED)
         if record.expires_at_ms is not None and time.time() * 1000 >= record.expires_at_ms:
             raise key_expired(record.expires_at_ms)
+        if record.retires_at_ms:  # the grace period keeps traffic flowing, not administration
+            return Identity(record.account, record.key_id, record.scopes - ADMIN_SCOPES, retiring=True)
         return Identity(record.account, record.key_id, record.scopes)
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:
@@ -70,7 +76,8 @@ class Authenticator:
 
 def authorize(identity: Identity, any_of: frozenset[str]) -> None:
     if identity.scopes.isdisjoint(any_of):
+        why = " (a rotated-out secret cannot administer: use the new secret)" if identity.retiring else ""
         raise ApiError(
             "insufficient_scope",
-            f"This key lacks the scope for this route; it needs one of: {', '.join(sorted(any_of))}",
+            f"This key lacks the scope for this route; it needs one of: {', '.join(sorted(any_of))}{why}",
         )

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from .account_settings import AccountSettings
 from .key_controls import KeyControls
+from .limit_table import Limit
 
 RECORD_ID_MAX_LEN = 41  # "<ms>-<seq>", both unsigned 64-bit
 
@@ -48,6 +49,7 @@ class DayRollup:
     day: str
     total: Counts = Counts()
     admitted: int = 0  # admissions (what the daily request cap counts)
+    counters: dict[str, int] = field(default_factory=dict)  # the hash's own counters (credits, admitted, ...)
     by_model: dict[str, Counts] = field(default_factory=dict)
     by_key: dict[str, Counts] = field(default_factory=dict)
 
@@ -59,6 +61,13 @@ class UsageSnapshot:
     balance: int
     held: int
     settings: AccountSettings
+    month_counters: dict[str, int] = field(default_factory=dict)  # the month hash's counters
+
+    def cap_usage(self, row: Limit) -> int:
+        """What an account cap (core/limit_table.py) counts in its current window: settled
+        credits, or admissions."""
+        counters = self.month_counters if row.window == "month" else self.days[-1].counters
+        return counters.get("credits" if row.credits else "admitted", 0)
 
 
 @dataclass(frozen=True, slots=True)

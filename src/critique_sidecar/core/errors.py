@@ -27,11 +27,10 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "response_too_large": (502, "api_error"),
     "upstream_timeout": (504, "api_error"),
     "service_unavailable": (503, "api_error"),
-    # >>> limits: per-key controls and per-minute rate limits
+    # per-key controls and rate limits (core/limit_table.py)
     "model_not_allowed": (403, "permission_error"),
     "key_daily_credit_cap_reached": (429, "rate_limit_error"),
     "rate_limit_exceeded": (429, "rate_limit_error"),
-    # <<< limits
     # provisioning API (operator tokens, idempotent credit changes)
     "invalid_operator_token": (401, "authentication_error"),
     "idempotency_conflict": (409, "invalid_request_error"),

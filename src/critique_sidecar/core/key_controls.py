@@ -1,4 +1,4 @@
-"""Per-key controls: expiry, model allowlist, daily credit cap and rate limits of one API key.
+"""Per-key controls: expiry, model allowlist and the key limits (core/limit_table.py) of one API key.
 
 Stored in the key's account slot (keyspace.key_controls) so the one admission script
 (store/lua/place_hold.lua) enforces them atomically with the account's caps, floor and limits.
@@ -8,9 +8,8 @@ Wire format (JSON, the same rules as the account settings):
 - `expires_at`: an RFC 3339 / ISO 8601 time with a UTC offset (`2026-12-31T00:00:00Z`) or a
   date (`2026-12-31`, midnight UTC); `null` never expires. Stored as epoch milliseconds.
 - `models`: a non-empty list of catalog model ids the key may use; `null` allows every model.
-- `daily_credit_cap`: credits per UTC day for this key (exact decimal, at most 6 places),
-  always hard (independent of the account's `block_when_cap_reached`).
-- `requests_per_minute`, `tokens_per_minute`, `max_concurrent`: JSON integers >= 1.
+- each key limit of core/limit_table.py: credits as exact decimals (at most 6 places), the
+  others as JSON integers in the row's bounds; key limits are always hard.
 Unknown fields are refused; any problem is an `invalid_request` naming the field.
 """
 
@@ -18,82 +17,95 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, fields, replace
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic.functional_validators import PlainValidator
 from pydantic_core import PydanticCustomError
 
-from .account_settings import MAX_CREDITS, Credits
+from .account_settings import limit_from_json, limit_rule, limit_to_json, limit_type
 from .errors import ApiError
-from .money import MICRO, format_credits
+from .limit_table import KEY_LIMITS, stored_value
 
 MAX_MODELS = 64
-MODEL_ID_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{1,128}$")  # never ',' (the stored list's separator)
-# Lua numbers are doubles: tokens_per_minute * 60000 stays far below 2**53.
-MAX_REQUESTS_PER_MINUTE = 1_000_000
-MAX_TOKENS_PER_MINUTE = 1_000_000_000
-MAX_CONCURRENT = 100_000
-MAX_CREDITS_MICRO = int(MAX_CREDITS * MICRO)
+MODEL_ID_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")  # never ',' (the stored list's separator)
 _LATEST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+_LIMITS = {row.name: row for row in KEY_LIMITS}
 
-# Redis hash fields (read by place_hold.lua). The model list is stored as ",a,b," so the
-# script tests membership with one plain substring search.
+# Redis hash fields (read by place_hold.lua) that are not limits. The model list is stored as
+# ",a,b," so the script tests membership with one plain substring search.
 H_EXPIRES = "expires_at_ms"
 H_MODELS = "models"
-H_DAILY_CREDIT_CAP = "daily_credit_cap"
-H_RPM = "rpm"
-H_TPM = "tpm"
-H_CONCURRENT = "max_concurrent"
 
 
-def _positive(name: str, value: int | None, most: int) -> None:
-    if value is not None and (type(value) is not int or not 1 <= value <= most):
-        raise ValueError(f"{name} must be an integer from 1 to {most}, or None")
-
-
-@dataclass(frozen=True, slots=True)
 class KeyControls:
-    """One key's controls; construction validates (ValueError), `parse` validates JSON (ApiError)."""
+    """One key's controls; construction validates (ValueError), `parse` validates JSON (ApiError).
+    `limits` holds the key limits that are set (core/limit_table.py), credits as micro-credits;
+    each is also an attribute (`controls.requests_per_minute`, None when not set)."""
 
-    expires_at_ms: int | None = None
-    models: tuple[str, ...] | None = None
-    daily_credit_cap: int | None = None  # micro-credits
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    max_concurrent: int | None = None
+    __slots__ = ("expires_at_ms", "limits", "models")
 
-    def __post_init__(self) -> None:
-        if self.expires_at_ms is not None and (
-            type(self.expires_at_ms) is not int or not 0 <= self.expires_at_ms <= _LATEST_MS
-        ):
+    def __init__(
+        self, expires_at_ms: int | None = None, models: tuple[str, ...] | None = None, **limits: int | None
+    ) -> None:
+        if expires_at_ms is not None and (type(expires_at_ms) is not int or not 0 <= expires_at_ms <= _LATEST_MS):
             raise ValueError("expires_at_ms must be epoch milliseconds (0 .. year 9999), or None")
-        if self.models is not None:
-            if not isinstance(self.models, tuple) or not 1 <= len(self.models) <= MAX_MODELS:
+        if models is not None:
+            if not isinstance(models, tuple) or not 1 <= len(models) <= MAX_MODELS:
                 raise ValueError(f"models must be a tuple of 1 to {MAX_MODELS} model ids, or None")
-            for model in self.models:
-                if not isinstance(model, str) or not MODEL_ID_RE.match(model):
+            for model in models:
+                if not isinstance(model, str) or not MODEL_ID_RE.fullmatch(model):
                     raise ValueError(f"invalid model id {str(model)[:140]!r}")
-            if len(set(self.models)) != len(self.models):
+            if len(set(models)) != len(models):
                 raise ValueError("models lists a model twice")
-        cap = self.daily_credit_cap
-        if cap is not None and (type(cap) is not int or not 0 <= cap <= MAX_CREDITS_MICRO):
-            raise ValueError("daily_credit_cap must be micro-credits >= 0 and <= the credit maximum, or None")
-        _positive("requests_per_minute", self.requests_per_minute, MAX_REQUESTS_PER_MINUTE)
-        _positive("tokens_per_minute", self.tokens_per_minute, MAX_TOKENS_PER_MINUTE)
-        _positive("max_concurrent", self.max_concurrent, MAX_CONCURRENT)
+        for name, value in limits.items():
+            row = _LIMITS.get(name)
+            if row is None:
+                raise ValueError(f"unknown key control {name!r}")
+            if value is not None and (type(value) is not int or not row.least <= value <= row.stored_most):
+                raise ValueError(f"{name} must be an integer from {row.least} to {row.stored_most}, or None")
+        object.__setattr__(self, "expires_at_ms", expires_at_ms)
+        object.__setattr__(self, "models", models)
+        set_limits = {row.name: limits[row.name] for row in KEY_LIMITS if limits.get(row.name) is not None}
+        object.__setattr__(self, "limits", set_limits)
+
+    if TYPE_CHECKING:
+        expires_at_ms: int | None
+        models: tuple[str, ...] | None
+        limits: dict[str, int]
+
+    def __getattr__(self, name: str) -> int | None:
+        if name in _LIMITS:
+            return self.limits.get(name)
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("KeyControls is immutable")
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.expires_at_ms, self.models, tuple(sorted(self.limits.items())))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KeyControls) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"KeyControls(expires_at_ms={self.expires_at_ms}, models={self.models}, limits={self.limits})"
+
+    def changed(self, **changes: Any) -> KeyControls:
+        """These controls with some fields replaced (None removes a control)."""
+        fields: dict[str, Any] = {"expires_at_ms": self.expires_at_ms, "models": self.models, **self.limits}
+        return KeyControls(**{**fields, **changes})
 
     @property
     def empty(self) -> bool:
-        return all(getattr(self, f.name) is None for f in fields(self))
+        return self.expires_at_ms is None and self.models is None and not self.limits
 
     def expired(self, now_ms: int) -> bool:
         return self.expires_at_ms is not None and now_ms >= self.expires_at_ms
-
-    def allows_model(self, model_id: str) -> bool:
-        return self.models is None or model_id in self.models
 
     # --- JSON (the API and `keys ... --json`) -----------------------------------------------
     @classmethod
@@ -116,10 +128,8 @@ class KeyControls:
                 changes["expires_at_ms"] = value
             elif name == "models":
                 changes["models"] = None if value is None else tuple(value)
-            elif name == "daily_credit_cap":
-                changes["daily_credit_cap"] = None if value is None else int(value * MICRO)
             else:
-                changes[name] = value
+                changes[name] = limit_from_json(_LIMITS[name], value)
         models = changes.get("models")
         if known_models is not None and models:
             unknown = [m for m in models if m not in known_models]
@@ -129,16 +139,13 @@ class KeyControls:
                     f"Invalid key controls: 'models' lists unknown model(s): {', '.join(unknown)}",
                     param="models",
                 )
-        return replace(self, **changes)
+        return self.changed(**changes)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "expires_at": None if self.expires_at_ms is None else iso_ms(self.expires_at_ms),
             "models": None if self.models is None else list(self.models),
-            "daily_credit_cap": None if self.daily_credit_cap is None else format_credits(self.daily_credit_cap),
-            "requests_per_minute": self.requests_per_minute,
-            "tokens_per_minute": self.tokens_per_minute,
-            "max_concurrent": self.max_concurrent,
+            **{row.name: limit_to_json(row, self.limits.get(row.name)) for row in KEY_LIMITS},
         }
 
     # --- the stored hash --------------------------------------------------------------------
@@ -149,32 +156,21 @@ class KeyControls:
             out[H_EXPIRES] = str(self.expires_at_ms)
         if self.models is not None:
             out[H_MODELS] = "," + ",".join(self.models) + ","
-        for name, value in (
-            (H_DAILY_CREDIT_CAP, self.daily_credit_cap),
-            (H_RPM, self.requests_per_minute),
-            (H_TPM, self.tokens_per_minute),
-            (H_CONCURRENT, self.max_concurrent),
-        ):
-            if value is not None:
-                out[name] = str(value)
+        for row in KEY_LIMITS:
+            if row.name in self.limits:
+                out[row.field] = str(self.limits[row.name])
         return out
 
     @classmethod
     def from_hash(cls, data: Mapping[str, str]) -> KeyControls:
         """Read the stored hash as place_hold.lua does: a field counts only when it is valid."""
-
-        def number(name: str, low: int, high: int) -> int | None:
-            raw = data.get(name)
-            return int(raw) if raw is not None and raw.isdigit() and low <= int(raw) <= high else None
-
-        listed = dict.fromkeys(m for m in data.get(H_MODELS, "").split(",") if MODEL_ID_RE.match(m))
+        raw_expiry = data.get(H_EXPIRES)
+        expires = int(raw_expiry) if raw_expiry and raw_expiry.isascii() and raw_expiry.isdigit() else None
+        listed = dict.fromkeys(m for m in data.get(H_MODELS, "").split(",") if MODEL_ID_RE.fullmatch(m))
         return cls(
-            expires_at_ms=number(H_EXPIRES, 0, _LATEST_MS),
+            expires_at_ms=expires if expires is not None and expires <= _LATEST_MS else None,
             models=tuple(listed)[:MAX_MODELS] or None,
-            daily_credit_cap=number(H_DAILY_CREDIT_CAP, 0, MAX_CREDITS_MICRO),
-            requests_per_minute=number(H_RPM, 1, MAX_REQUESTS_PER_MINUTE),
-            tokens_per_minute=number(H_TPM, 1, MAX_TOKENS_PER_MINUTE),
-            max_concurrent=number(H_CONCURRENT, 1, MAX_CONCURRENT),
+            **{row.name: stored_value(row, data.get(row.field)) for row in KEY_LIMITS},
         )
 
 
@@ -189,7 +185,7 @@ def parse_time_ms(value: Any) -> int:
     """An RFC 3339 time with an offset, or a date (midnight UTC), as epoch milliseconds."""
     if not isinstance(value, str) or len(value) > 40:
         raise PydanticCustomError("time_type", "must be a time like 2026-12-31T00:00:00Z or a date like 2026-12-31")
-    text = value.strip()
+    text = value
     try:
         if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
             at = datetime.combine(date.fromisoformat(text), datetime.min.time(), UTC)
@@ -208,7 +204,7 @@ def parse_time_ms(value: Any) -> int:
 
 
 def _model_id(value: Any) -> str:
-    if not isinstance(value, str) or not MODEL_ID_RE.match(value):
+    if not isinstance(value, str) or not MODEL_ID_RE.fullmatch(value):
         raise PydanticCustomError("model_id", "must list model ids (1-128 of A-Z a-z 0-9 . _ : / @ + -)")
     return value
 
@@ -222,17 +218,15 @@ def _model_list(value: Any) -> list[str]:
     return models
 
 
-class _ControlsIn(BaseModel):
+class _Controls(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     expires_at: Annotated[int, PlainValidator(parse_time_ms)] | None = None
     models: Annotated[list[str], PlainValidator(_model_list)] | None = None
-    daily_credit_cap: Credits | None = None
-    requests_per_minute: Annotated[StrictInt, Field(ge=1, le=MAX_REQUESTS_PER_MINUTE)] | None = None
-    tokens_per_minute: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS_PER_MINUTE)] | None = None
-    max_concurrent: Annotated[StrictInt, Field(ge=1, le=MAX_CONCURRENT)] | None = None
 
 
+_LIMIT_FIELDS: dict[str, Any] = {row.name: (limit_type(row) | None, None) for row in KEY_LIMITS}
+_ControlsIn: type[_Controls] = create_model("KeyControlsIn", __base__=_Controls, **_LIMIT_FIELDS)
 FIELDS = tuple(_ControlsIn.model_fields)
 
 
@@ -242,9 +236,8 @@ def _as_api_error(exc: ValidationError) -> ApiError:
         name = str(err["loc"][0]) if err["loc"] else None
         if err["type"] == "extra_forbidden":
             problems.append((name, f"unknown field '{name}'; known fields: {', '.join(FIELDS)}"))
-        elif err["type"] in ("int_type", "greater_than_equal", "less_than_equal"):
-            most = {"requests_per_minute": MAX_REQUESTS_PER_MINUTE, "tokens_per_minute": MAX_TOKENS_PER_MINUTE}
-            problems.append((name, f"'{name}' must be an integer from 1 to {most.get(str(name), MAX_CONCURRENT)}"))
+        elif name in _LIMITS and err["type"] in ("int_type", "greater_than_equal", "less_than_equal"):
+            problems.append((name, f"'{name}' {limit_rule(_LIMITS[name])}"))
         else:
             problems.append((name, f"'{name}' {err['msg']}"))
     return ApiError(

@@ -89,6 +89,7 @@ class KeyRecord:
     # A copy of KeyControls.expires_at_ms, so routes without the admission script (models,
     # settings, dashboard) refuse an expired key too; the chat route checks the controls.
     expires_at_ms: int | None = None
+    parent: str = ""  # the id of the key that created this one ("" for an operator's)
 
 
 class KeyDirectory(Protocol):

@@ -17,11 +17,10 @@ class HoldRequest:
     expires_ms: int
     day: str  # UTC window names, e.g. 2026-11-26 and 2026-11
     month: str
-    # >>> limits: what the per-key controls and the per-minute limits check
+    # what the per-key controls and the key and rate limits check
     key_id: str = ""
     model: str = ""
     tokens: int = 0  # input bound + output bound, counted against tokens-per-minute limits
-    # <<< limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +30,10 @@ class HoldResult:
     code: str | None
     warnings: tuple[str, ...] = ()
     training_opt_in: bool = False  # the account-wide opt-in setting
-    detail: dict[str, int] = field(default_factory=dict)
-    # >>> limits
+    funds: dict[str, int] = field(default_factory=dict)  # balance, floor, held: micro-credits at the decision
     control: str = ""  # the refusing control, e.g. key:requests_per_minute:50 (or the expiry ms)
     retry_after_ms: int = 0  # rate limits: when it would fit; -1: it never can
     rate: RateStatus | None = None  # the tightest per-minute limits, for the x-ratelimit-* headers
-    # <<< limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +51,7 @@ class UsageRecord:
     price_version: str
     opt_in: bool
     estimated: bool
-    status: str  # ok | estimated | upstream_error | client_cancelled ...
+    status: str  # ok | estimated | interrupted | upstream_error | cancelled
     latency_ms: int
     ts_ms: int
     day: str

@@ -14,6 +14,7 @@ from . import wire
 from .clock import next_month_start, seconds_to_next_utc_midnight
 from .errors import ApiError
 from .key_controls import iso_ms
+from .limit_table import REFUSALS, Limit
 
 # Header names: core/wire.py.
 LIMIT_REQUESTS = wire.LIMIT_REQUESTS_HEADER
@@ -24,19 +25,11 @@ REMAINING_TOKENS = wire.REMAINING_TOKENS_HEADER
 RESET_TOKENS = wire.RESET_TOKENS_HEADER
 RETRY_AFTER = wire.RETRY_AFTER_HEADER
 SHOULD_RETRY = wire.SHOULD_RETRY_HEADER
-REQUEST_ID = wire.SDK_REQUEST_ID_HEADER
 
-# Refusals that will not lift within a retry's wait: the SDKs are told not to retry them.
+# Refusals that will not lift within a retry's wait: the SDKs are told not to retry them (every
+# cap of core/limit_table.py, which lift at the next UTC day or month).
 NO_RETRY = frozenset(
-    {
-        "inference_disabled",
-        "insufficient_credits",
-        "daily_request_cap_reached",
-        "daily_credit_cap_reached",
-        "monthly_credit_cap_reached",
-        "key_daily_credit_cap_reached",
-        "model_not_allowed",
-    }
+    {"inference_disabled", "insufficient_credits", "model_not_allowed", "upstream_auth_failed", *REFUSALS}
 )
 
 
@@ -140,8 +133,16 @@ def key_expired(expires_at_ms: int) -> ApiError:
     )
 
 
+def cap_message(row: Limit) -> str:
+    """A cap's refusal, from its row: what, whose, and when it lifts."""
+    what = "inference credit cap" if row.credits else "request cap"
+    whose = _WHOSE[row.scope]
+    lifts = "resets on the 1st, UTC" if row.retry == "next_month" else "resets at 00:00 UTC"
+    return f"{'Monthly' if row.window == 'month' else 'Daily'} {what} reached for {whose} ({lifts})"
+
+
 def control_refusal(code: str, control: str, now: datetime) -> ApiError | None:
-    """The per-key controls' refusals (None for other codes)."""
+    """The refusals of the per-key controls and of the caps (None for other codes)."""
     if code == "key_expired":
         return key_expired(int(control))
     if code == "model_not_allowed":
@@ -150,22 +151,20 @@ def control_refusal(code: str, control: str, now: datetime) -> ApiError | None:
             f"This API key may not use the model '{control}'; ask the operator to add it to the key's models.",
             param="model",
         )
-    if code == "key_daily_credit_cap_reached":
-        return ApiError(
-            code,
-            "Daily inference credit cap reached for this API key (resets at 00:00 UTC)",
-            headers={RETRY_AFTER: str(seconds_to_next_utc_midnight(now))},
-        )
+    row = REFUSALS.get(code)
+    if row is not None:
+        return ApiError(code, cap_message(row), headers=retry_headers(code, now))
     return None
 
 
 def retry_headers(code: str, now: datetime) -> dict[str, str]:
-    """Retry-After for the daily and monthly caps, and x-should-retry: false for every refusal
-    that will not lift soon (so the SDKs' automatic retries do not hammer a closed door)."""
+    """Retry-After for the caps (the next UTC day or month), and x-should-retry: false for every
+    refusal that will not lift soon (so the SDKs' automatic retries do not hammer a closed door)."""
     out: dict[str, str] = {}
-    if code in ("daily_request_cap_reached", "daily_credit_cap_reached", "key_daily_credit_cap_reached"):
+    row = REFUSALS.get(code)
+    if row is not None and row.retry == "next_day":
         out[RETRY_AFTER] = str(seconds_to_next_utc_midnight(now))
-    elif code == "monthly_credit_cap_reached":
+    elif row is not None and row.retry == "next_month":
         out[RETRY_AFTER] = str(max(1, int((next_month_start(now) - now).total_seconds() + 0.999)))
     if code in NO_RETRY:
         out[SHOULD_RETRY] = "false"

@@ -22,11 +22,12 @@ from .clock import Clock, day_window, month_window, to_ms, utc_now
 from .endpoints.base import Endpoint, Limits, MeteredBody
 from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
-from .limits import REQUEST_ID, RateStatus, control_refusal, rate_refusal, retry_headers
+from .limits import RateStatus, control_refusal, rate_refusal, retry_headers
 from .money import format_credits, usd_for_counts, usd_to_micro_credits
 from .observe import NULL_OBSERVER, Observer, RequestTrace, Tracer
 from .settlement import NOTHING, Charge, Delivered, settlement_charge
 from .tokens import TokenCounts
+from .wire import SDK_REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,8 @@ class MeteredRequest:
     warnings: tuple[str, ...]
     settled: SettleResult | None = field(default=None)
     opt_in: bool = False  # opted in (header or account) on a model with an opt-in tier
-    rate: RateStatus | None = field(default=None)  # limits: the x-ratelimit-* state at admission
-    trace: RequestTrace | None = field(default=None)  # observe: the request's trace, if tracing is on
+    rate: RateStatus | None = field(default=None)  # the x-ratelimit-* state at admission
+    trace: RequestTrace | None = field(default=None)  # the request's trace, if tracing is on
     endpoint: str = ""  # the endpoint's name (core/endpoints/)
 
     @property
@@ -69,26 +70,23 @@ _CAP_MESSAGES = {
 def hold_refusal(result: HoldResult, hold: int, now: datetime, tokens: int = 0) -> ApiError:
     """The client-facing error for a refused hold, with the retry and x-ratelimit-* headers."""
     error = _hold_refusal(result, hold, now, tokens)
-    # >>> limits: every refusal says whether to retry, and shows the per-minute limits
+    # every refusal says whether to retry, and shows the per-minute limits
     extra = retry_headers(error.code, now)
     if result.rate is not None:
         extra.update(result.rate.headers())
     error.headers = {**extra, **error.headers}
-    # <<< limits
     return error
 
 
 def _hold_refusal(result: HoldResult, hold: int, now: datetime, tokens: int) -> ApiError:
     code = result.code or "service_unavailable"
-    # >>> limits
     if code == "rate_limit_exceeded":
         return rate_refusal(result.control, result.retry_after_ms, tokens)
     refused = control_refusal(code, result.control, now)
     if refused is not None:
         return refused
-    # <<< limits
     if code == "insufficient_credits":
-        d = result.detail
+        d = result.funds
         available = d.get("balance", 0) - d.get("floor", 0) - d.get("held", 0)
         reason = (
             f"the reserve floor of {format_credits(d['floor'])} credits is kept for review"
@@ -146,7 +144,7 @@ class Meter:
         hold_price = price_for(self.catalog, body.model, now, opt_in=False)
         bound = self.bounds(body)
         hold = self.hold_for(bound, hold_price)
-        tokens = bound.input_tokens + bound.output_tokens  # limits: counted against tokens per minute
+        tokens = bound.input_tokens + bound.output_tokens  # counted against tokens-per-minute limits
         request_id = request_id or new_request_id()
         result = await self._ledger.place_hold(
             HoldRequest(
@@ -164,14 +162,14 @@ class Meter:
         )
         if result.code is not None:
             refusal = hold_refusal(result, hold, now, tokens)
-            refusal.headers[REQUEST_ID] = request_id
+            refusal.headers[SDK_REQUEST_ID_HEADER] = request_id
             raise refusal
         opt_in = (opt_in_header or result.training_opt_in) and body.model.training_opt_in is not None
         self.observer.admitted(body.model.id, result.warnings)
         metered = MeteredRequest(
             request_id, identity, body, hold_price, hold, now, time.monotonic(), result.warnings, opt_in=opt_in
         )
-        metered.rate = result.rate  # limits
+        metered.rate = result.rate
         metered.endpoint = endpoint
         return metered
 

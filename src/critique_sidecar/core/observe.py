@@ -29,7 +29,7 @@ class Denial:
     account: str | None  # known once the key was identified
     key_id: str | None
     model: str | None  # known once the body named a catalog model
-    trace_id: str | None  # the front door's request id (Envoy's x-request-id), if it sent one
+    front_door_id: str | None  # the front door's request id (Envoy's x-request-id), if it sent one
     latency_s: float  # from the request's headers to the refusal
 
 

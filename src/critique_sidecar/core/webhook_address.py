@@ -20,7 +20,7 @@ _NAT64 = ip_network("64:ff9b::/96")
 _UNIQUE_LOCAL = ip_network("fc00::/7")  # well-known NAT64 prefix: the last 32 bits are an IPv4 address
 # What inet_aton (and so getaddrinfo) reads as IPv4: 1 to 4 parts, each decimal, 0x-hex or
 # 0-octal ("2130706433", "0x7f.1", "0177.0.0.1", "127.1").
-_LEGACY_V4 = re.compile(r"^(0[xX][0-9a-fA-F]*|[0-9]+)(\.(0[xX][0-9a-fA-F]*|[0-9]+)){0,3}$")
+_LEGACY_V4 = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)(\.(0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
 class AddressRefused(Exception):
@@ -39,7 +39,7 @@ def literal_address(host: str) -> IPAddress | None:
         return ip_address(host)
     except ValueError:
         pass
-    if _LEGACY_V4.match(host):
+    if _LEGACY_V4.fullmatch(host):
         try:
             return IPv4Address(socket.inet_aton(host))
         except OSError:

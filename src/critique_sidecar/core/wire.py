@@ -19,7 +19,7 @@ WARNING_HEADER = "x-critique-warning"
 CREDITS_CHARGED_HEADER = "x-critique-credits-charged"
 ESTIMATED_USD_HEADER = "x-critique-estimated-usd"
 
-# >>> limits: what the SDKs read (OpenAI's names): the request id, the per-minute limits, and
+# what the SDKs read (OpenAI's names): the request id, the per-minute limits, and
 # whether and when to retry a refusal (core/limits.py sets them).
 SDK_REQUEST_ID_HEADER = "x-request-id"  # the same id as REQUEST_ID_HEADER
 LIMIT_REQUESTS_HEADER = "x-ratelimit-limit-requests"
@@ -30,12 +30,10 @@ REMAINING_TOKENS_HEADER = "x-ratelimit-remaining-tokens"
 RESET_TOKENS_HEADER = "x-ratelimit-reset-tokens"
 RETRY_AFTER_HEADER = "retry-after"
 SHOULD_RETRY_HEADER = "x-should-retry"  # read by the OpenAI and Anthropic SDKs before their own rules
-# <<< limits
 
-# >>> prefix: the ext_authz context extension that names the product path a route serves, when
+# the ext_authz context extension that names the product path a route serves, when
 # Envoy serves it under a path prefix (ext_authz sees the client's prefixed path).
 ROUTE_PATH_CONTEXT = "critique_path"
-# <<< prefix
 
 # Never forwarded upstream, besides every x-critique-* header: the client's key, and
 # accept-encoding, so upstreams answer uncompressed and the body can be metered as it passes.

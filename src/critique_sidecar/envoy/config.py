@@ -23,6 +23,7 @@ from ..core.errors import ApiError
 from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
+from .identity import NAMESPACE as EXT_AUTHZ_NAMESPACE
 from .options import EnvoyOptionError, EnvoyOptions, SidecarTls, check_path_prefix, endpoint_address, listen_address
 from .replies import RUNTIME_KEY, answered_by_mappers, claim, no_hosts_cluster, path_filter, status_filter
 
@@ -31,9 +32,6 @@ from .replies import RUNTIME_KEY, answered_by_mappers, claim, no_hosts_cluster, 
 EXT_AUTHZ = "critique.ext_authz"
 EXT_PROC = "critique.ext_proc"
 BUFFER = "critique.buffer"
-# Envoy's ext_authz writes its dynamic metadata under its extension name, whatever the filter
-# is called (envoy/identity.py reads it from there).
-EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.py finds them by it)
 # The product's ext_authz and ext_proc filters count under http.<stat_prefix>.ext_authz.critique.*

@@ -7,6 +7,8 @@ from google.protobuf import struct_pb2
 
 from ..core.auth import Identity
 
+# Envoy's ext_authz writes its dynamic metadata under its extension name, whatever the filter is
+# called (the generated config forwards this namespace to ext_proc: envoy/config.py).
 NAMESPACE = "envoy.filters.http.ext_authz"
 
 

@@ -136,7 +136,7 @@ class RequestLog:
             fields = {
                 "event": "denied",
                 "request_id": None,
-                "trace_id": d.trace_id,
+                "trace_id": d.front_door_id,  # the log key request-log pipelines already read
                 "account": d.account,
                 "key_id": d.key_id,
                 "model": d.model,

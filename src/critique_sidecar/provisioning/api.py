@@ -8,36 +8,28 @@ written into the audit entry of any change it makes. Errors have the product's s
 
 from __future__ import annotations
 
-import json
-import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import orjson
 from pydantic import BaseModel
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..core import audit
 from ..core import operator_tokens as ot
 from ..core.account_settings import SettingsPatch
 from ..core.errors import ApiError, StoreUnavailable
 from ..core.keys import bearer_token
-from ..store import audit
-from ..store.operator_tokens import RedisOperatorTokens
-from ..store.usage_records import registered_accounts
+from ..core.stores import OperatorTokenCheck
+from ..json_http import decode_body, error_response, http_error, json_response, request_id_of
 from . import schemas as s
 from .service import Provisioning, page_limit
-
-MAX_BODY_BYTES = 16 * 1024
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[Request, audit.Change], Awaitable[Response]]
 
@@ -58,29 +50,8 @@ class Operation:
     idempotent: bool = False  # needs an Idempotency-Key header
 
 
-def decode_body(raw: bytes) -> Any:
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError("request_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes")
-    if not raw.strip():
-        return None
-    try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
-    except (ValueError, RecursionError):
-        raise ApiError("invalid_request", "the body is not valid JSON") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
 def reply(model: BaseModel | dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    data = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
-    return Response(
-        orjson.dumps(data),
-        status_code=status,
-        media_type="application/json",
-        headers={"cache-control": "no-store", **(headers or {})},
-    )
+    return json_response(model, status, headers)
 
 
 def build_operations() -> list[Operation]:
@@ -121,7 +92,7 @@ def build_operations() -> list[Operation]:
 OPERATIONS = build_operations()
 
 
-def build_admin_app(service: Provisioning, tokens: RedisOperatorTokens) -> Starlette:
+def build_admin_app(service: Provisioning, tokens: OperatorTokenCheck) -> Starlette:
     from .openapi import openapi_document
 
     async def authenticate(request: Request, scope: str) -> audit.Actor:
@@ -205,10 +176,7 @@ def build_admin_app(service: Provisioning, tokens: RedisOperatorTokens) -> Starl
 
     @handler
     async def listUsageAccounts(request: Request, change: audit.Change) -> Response:
-        try:
-            return reply({"data": await registered_accounts(service.redis)})
-        except RedisError as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
+        return reply({"data": await service.usage_records.accounts()})
 
     @handler
     async def accountAudit(request: Request, change: audit.Change) -> Response:
@@ -230,7 +198,7 @@ def build_admin_app(service: Provisioning, tokens: RedisOperatorTokens) -> Starl
                 response = await run(request, audit.Change(actor, request_id, int(time.time() * 1000)))
             except ApiError as exc:
                 response = error_response(exc)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:
                 response = error_response(StoreUnavailable(type(exc).__name__))
             response.headers["x-request-id"] = request_id
             return response
@@ -243,19 +211,8 @@ def build_admin_app(service: Provisioning, tokens: RedisOperatorTokens) -> Starl
         return Response(document, media_type="application/json")
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
-        return error_response(ApiError(code, getattr(exc, "detail", "") or code))
+        return error_response(http_error(exc))
 
     routes = [Route("/openapi.json", openapi, methods=["GET"])]
     routes += [Route(op.path, endpoint(op), methods=[op.method]) for op in OPERATIONS]
     return Starlette(routes=routes, exception_handlers={HTTPException: on_http_error})
-
-
-def request_id_of(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else "req_" + secrets.token_hex(12)
-
-
-def error_response(error: ApiError) -> Response:
-    return Response(error.body(), status_code=error.status, media_type="application/json", headers=error.headers)

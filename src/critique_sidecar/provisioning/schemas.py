@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import UnionType
-from typing import Annotated, Any, Optional, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union, get_args, get_origin
 
 from google.protobuf.descriptor import FieldDescriptor
 from pydantic import (
@@ -24,11 +24,12 @@ from pydantic import (
 from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 
-from ..core.account_settings import MAX_CREDITS, AccountSettings
+from ..core.account_settings import AccountSettings, limit_type
 from ..core.account_settings import _credits as settings_credits
 from ..core.errors import ApiError
+from ..core.limit_table import KEY_LIMITS, MAX_CREDITS, Limit
 from ..core.scopes import DEFAULT_KEY_SCOPES, KNOWN_SCOPES
-from ..store.usage_records import SCHEMA as RECORD_SCHEMA
+from ..core.usage_schema import SCHEMA as RECORD_SCHEMA
 
 MAX_GRACE_S = 30 * 86400
 
@@ -51,26 +52,38 @@ class _Strict(BaseModel):
 # -- requests ------------------------------------------------------------------------------
 
 
-class _Controls(_Strict):
-    """Per-key controls (core/key_controls.py validates them; these types only document them)."""
+def _key_limit_type(row: Limit) -> Any:
+    return Credits if row.credits else limit_type(row)
+
+
+class _ControlFields(_Strict):
+    """Per-key controls: expiry, allowlist, and one field per key limit (core/limit_table.py);
+    core/key_controls.py validates them again into KeyControls."""
 
     expires_at: str | None = Field(None, description="RFC 3339 time (or a date, midnight UTC) the key stops working")
     models: list[str] | None = Field(None, description="model allowlist; null: every model")
-    daily_credit_cap: Credits | None = Field(None, description="per-key daily credit cap (UTC day), always hard")
-    requests_per_minute: StrictInt | None = Field(None, ge=1)
-    tokens_per_minute: StrictInt | None = Field(None, ge=1)
-    max_concurrent: StrictInt | None = Field(None, ge=1)
 
     def controls_given(self) -> dict[str, Any]:
         """The control fields the caller sent, as KeyControls.parse/patched take them."""
         return {name: getattr(self, name) for name in CONTROL_FIELDS if name in self.model_fields_set}
 
 
-CONTROL_FIELDS = tuple(_Controls.model_fields)
+if TYPE_CHECKING:
+    _Controls = _ControlFields
+else:
+    _Controls = create_model(
+        "_Controls",
+        __base__=_ControlFields,
+        **{row.name: (_key_limit_type(row) | None, Field(None, description=row.help)) for row in KEY_LIMITS},
+    )
+CONTROL_FIELDS = ("expires_at", "models", *(row.name for row in KEY_LIMITS))
 
 
 class KeyCreate(_Controls):
     name: Name = ""
+    parent_key_id: str | None = Field(
+        None, max_length=64, description="create the key as this key's child: no stronger than it, revoked with it"
+    )
     scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_KEY_SCOPES), min_length=1, max_length=10)
 
     @field_validator("scopes")
@@ -122,19 +135,26 @@ def parse(model: type[_Strict], data: Any, what: str) -> Any:
 # -- responses -----------------------------------------------------------------------------
 
 
-class KeyView(_Strict):
+class _KeyViewFields(_Strict):
     key_id: str
     account: str
     name: str
     scopes: list[str]
     created_at: str
     revoked: bool
+    parent_key_id: str | None = None
     expires_at: str | None = None
     models: list[str] | None = None
-    daily_credit_cap: CreditText | None = None
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    max_concurrent: int | None = None
+
+
+if TYPE_CHECKING:
+    KeyView = _KeyViewFields
+else:
+    KeyView = create_model(
+        "KeyView",
+        __base__=_KeyViewFields,
+        **{row.name: ((CreditText if row.credits else int) | None, None) for row in KEY_LIMITS},
+    )
 
 
 class KeyList(_Strict):

@@ -2,27 +2,26 @@
 
 The provisioning API, the customer's key routes and the CLI all call these functions; every
 change is audited with who made it (`audit.Change`). Validation of request bodies happens in
-`schemas`; account ids are checked here (`invalid_request`, param `account`)."""
+`schemas`; account ids are checked here (`invalid_request`, param `account`). The stores are
+the core's interfaces (core/stores.py), given by the wiring (admin.py)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ..core.account_settings import SettingsPatch
+from ..core import audit
+from ..core.account_settings import SettingsPatch, SettingsStore
 from ..core.errors import ApiError
 from ..core.key_controls import KeyControls
+from ..core.key_grants import clamp, grant
 from ..core.keys import KeyRecord
 from ..core.money import MICRO, format_credits
+from ..core.scopes import DEFAULT_KEY_SCOPES
+from ..core.stores import AccountStore, AuditTrail, CreditChanges, KeyStore, UsageRecords, fingerprint
 from ..core.webhook_address import Network
-from ..store import audit
-from ..store import keyspace as ks
-from ..store.accounts import RedisAccounts, open_holds
-from ..store.credit_changes import RedisCreditChanges, fingerprint
-from ..store.key_store import RedisKeyStore
-from ..store.settings_store import RedisSettingsStore
-from ..store.usage_records import records_after
 from . import schemas as s
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
@@ -33,11 +32,16 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def check_account(account: str) -> str:
-    try:
-        return ks.check_account(account)
-    except ValueError as exc:
-        raise ApiError("invalid_request", str(exc), param="account") from None
+    """An account id, matched whole (a trailing newline is not another account)."""
+    if not ACCOUNT_RE.fullmatch(account):
+        raise ApiError(
+            "invalid_request", f"invalid account id {account[:80]!r}: use 1-64 of A-Z a-z 0-9 _ . -", param="account"
+        )
+    return account
 
 
 def check_idempotency_key(value: str | None) -> str:
@@ -55,53 +59,84 @@ def check_idempotency_key(value: str | None) -> str:
 
 
 def key_view(record: KeyRecord, controls: KeyControls) -> s.KeyView:
-    return s.KeyView(
-        key_id=record.key_id,
-        account=record.account,
-        name=record.name,
-        scopes=sorted(record.scopes),
-        created_at=iso(record.created_at * 1000),
-        revoked=record.revoked,
-        **controls.to_json(),
+    return s.KeyView.model_validate(
+        {
+            "key_id": record.key_id,
+            "account": record.account,
+            "name": record.name,
+            "scopes": sorted(record.scopes),
+            "created_at": iso(record.created_at * 1000),
+            "revoked": record.revoked,
+            "parent_key_id": record.parent or None,
+            **controls.to_json(),
+        }
     )
 
 
 @dataclass
 class Provisioning:
-    redis: Any
-    idempotency_ttl_s: int = 30 * 86400
+    keys: KeyStore
+    settings: SettingsStore
+    accounts: AccountStore
+    credit_changes: CreditChanges
+    audit_trail: AuditTrail
+    usage_records: UsageRecords
     rotation_grace_s: int = 86400
     known_models: frozenset[str] | None = None  # the catalog's ids, for model allowlists
     webhook_networks: tuple[Network, ...] = ()  # non-public networks a webhook URL may name
 
-    def __post_init__(self) -> None:
-        self.keys = RedisKeyStore(self.redis)
-        self.settings = RedisSettingsStore(self.redis)
-        self.accounts = RedisAccounts(self.redis)
-        self.credit_changes = RedisCreditChanges(self.redis, self.idempotency_ttl_s)
-
     # -- keys --------------------------------------------------------------------------------
 
+    async def create_key_from_body(self, change: audit.Change, account: str, body: Any) -> s.NewKey:
+        """A key from a decoded JSON body (the customer's key route)."""
+        return await self.create_key_from(change, account, s.parse(s.KeyCreate, body, "key"))
+
     async def create_key_from(self, change: audit.Change, account: str, spec: s.KeyCreate) -> s.NewKey:
-        """A key from an API body: name, scopes and any per-key controls."""
+        """A key from an API body: name, scopes and any per-key controls. A key calling (the
+        customer's route) or `parent_key_id` (the provisioning API) makes it that key's child:
+        no stronger than its parent (core/key_grants.py)."""
         given = spec.controls_given()
         controls = KeyControls.parse(given, self.known_models) if given else None
-        return await self.create_key(change, account, name=spec.name, scopes=tuple(spec.scopes), controls=controls)
+        parent = spec.parent_key_id or (change.actor.id if change.actor.type == "key" else "")
+        scopes = tuple(spec.scopes) if "scopes" in spec.model_fields_set else None
+        return await self.create_key(change, account, name=spec.name, scopes=scopes, controls=controls, parent=parent)
 
     async def create_key(
-        self, change: audit.Change, account: str, *, name: str, scopes: tuple[str, ...], controls: KeyControls | None
+        self,
+        change: audit.Change,
+        account: str,
+        *,
+        name: str,
+        scopes: tuple[str, ...] | None,
+        controls: KeyControls | None,
+        parent: str = "",
     ) -> s.NewKey:
+        """`scopes` None: the default scopes (for a child, those of them its parent has)."""
         check_account(account)
-        secret, record = await self.keys.create(account, scopes, name)
+        if parent:
+            creator = await self._own_key(account, parent)
+            if creator.revoked:
+                raise ApiError("invalid_request", f"key {parent} is revoked", param="parent_key_id")
+            if scopes is None:
+                scopes = tuple(sc for sc in DEFAULT_KEY_SCOPES if sc in creator.scopes)
+                if not scopes:
+                    raise ApiError(
+                        "insufficient_scope",
+                        "name the new key's scopes: the default ones exceed this key's",
+                        param="scopes",
+                    )
+            controls = grant(creator.scopes, await self.keys.controls_of(account, parent), scopes, controls)
+        scopes = DEFAULT_KEY_SCOPES if scopes is None else scopes
+        secret, record = await self.keys.create(account, scopes, name, parent)
         if controls is not None and not controls.empty:
             await self.keys.set_controls(account, record.key_id, controls)
             record = await self._own_key(account, record.key_id)
         view = key_view(record, controls or KeyControls())
-        await audit.append(
-            self.redis, ks.audit(account), change, "key.create",
+        await self.audit_trail.append(
+            change, "key.create",
             account=account, target=record.key_id, before=None, after=view.model_dump(mode="json"),
         )  # fmt: skip
-        return s.NewKey(**view.model_dump(), key=secret)
+        return s.NewKey.model_validate({**view.model_dump(), "key": secret})
 
     async def list_keys(self, account: str) -> s.KeyList:
         check_account(account)
@@ -113,15 +148,28 @@ class Provisioning:
     async def set_key_controls(
         self, change: audit.Change, account: str, key_id: str, controls: KeyControls
     ) -> KeyControls:
+        """Replace a key's controls. A key with a parent stays no stronger than it (what it asks
+        beyond its parent is refused, what it leaves out is inherited), and the keys it created
+        are tightened to match (core/key_grants.clamp; one left with no model is revoked)."""
         check_account(account)
         record = await self._own_key(account, key_id)
+        if record.parent:
+            creator = await self._own_key(account, record.parent)
+            controls = grant(creator.scopes, await self.keys.controls_of(account, record.parent), (), controls)
         before = await self._view(record)
         await self.keys.set_controls(account, key_id, controls)
         after = await self._view(await self._own_key(account, key_id))
-        await audit.append(
-            self.redis, ks.audit(account), change, "key.controls", account=account, target=key_id,
+        await self.audit_trail.append(
+            change, "key.controls", account=account, target=key_id,
             before=before.model_dump(mode="json"), after=after.model_dump(mode="json"),
         )  # fmt: skip
+        for child in await self.keys.children(account, key_id):
+            current = await self.keys.controls_of(account, child)
+            tightened = clamp(current, controls)
+            if tightened is None:
+                await self.revoke_key(change, account, child)
+            elif tightened != current:
+                await self.set_key_controls(change, account, child, tightened)
         return controls
 
     async def patch_key(self, change: audit.Change, account: str, key_id: str, spec: s.KeyControlsPatch) -> s.KeyView:
@@ -139,16 +187,33 @@ class Provisioning:
         return record
 
     async def revoke_key(self, change: audit.Change, account: str, key_id: str) -> s.KeyView:
+        """Revoke a key and the keys it created. A key calling (the customer's route) may revoke
+        itself and its descendants only."""
         check_account(account)
-        before = await self._view(await self._own_key(account, key_id))
+        target = await self._own_key(account, key_id)
+        if change.actor.type == "key" and not await self._descends(account, target, change.actor.id):
+            raise ApiError("insufficient_scope", "A key can revoke only itself and the keys it created", param="key_id")
+        before = await self._view(target)
         after = await self.keys.revoke(key_id)
         assert after is not None
         view = await self._view(after)
-        await audit.append(
-            self.redis, ks.audit(account), change, "key.revoke", account=account, target=key_id,
+        await self.audit_trail.append(
+            change, "key.revoke", account=account, target=key_id,
             before=before.model_dump(mode="json"), after=view.model_dump(mode="json"),
         )  # fmt: skip
         return view
+
+    async def _descends(self, account: str, record: KeyRecord, ancestor: str) -> bool:
+        """Whether `record` is the key `ancestor` or one it created, directly or not."""
+        seen: set[str] = set()
+        while record.key_id not in seen:
+            if record.key_id == ancestor:
+                return True
+            if not record.parent:
+                return False
+            seen.add(record.key_id)
+            record = await self._own_key(account, record.parent)
+        return False
 
     async def rotate_key(self, change: audit.Change, account: str, key_id: str, spec: s.KeyRotate) -> s.RotatedKey:
         check_account(account)
@@ -162,12 +227,12 @@ class Provisioning:
         secret, new, old = rotated
         view = await self._view(new)
         retires = iso(old.retires_at_ms)
-        await audit.append(
-            self.redis, ks.audit(account), change, "key.rotate", account=account, target=key_id,
+        await self.audit_trail.append(
+            change, "key.rotate", account=account, target=key_id,
             before=(await self._view(record)).model_dump(mode="json"),
             after={**view.model_dump(mode="json"), "previous_secret_retires_at": retires},
         )  # fmt: skip
-        return s.RotatedKey(**view.model_dump(), key=secret, previous_secret_retires_at=retires)
+        return s.RotatedKey.model_validate({**view.model_dump(), "key": secret, "previous_secret_retires_at": retires})
 
     # -- credits -----------------------------------------------------------------------------
 
@@ -210,7 +275,7 @@ class Provisioning:
     async def balance(self, account: str) -> s.Balance:
         check_account(account)
         b = await self.accounts.balance(account)
-        holds = await open_holds(self.redis, account)
+        holds = await self.accounts.open_holds(account)
         return s.Balance(
             account=account,
             balance=format_credits(b.balance),
@@ -238,7 +303,7 @@ class Provisioning:
     async def usage(self, account: str, after: str | None, limit: int) -> s.UsagePage:
         check_account(account)
         try:
-            rows, more = await records_after(self.redis, account, after, limit)
+            rows, more = await self.usage_records.records_after(account, after, limit)
         except ValueError:
             raise ApiError("invalid_request", "'after' must be a cursor this API returned", param="after") from None
         return s.UsagePage(
@@ -246,9 +311,10 @@ class Provisioning:
         )
 
     async def audit_page(self, account: str | None, before: str | None, limit: int) -> s.AuditPage:
-        stream = ks.audit(check_account(account)) if account is not None else ks.OPERATOR_AUDIT
+        if account is not None:
+            check_account(account)
         try:
-            page = await audit.read_page(self.redis, stream, before, limit)
+            page = await self.audit_trail.page(account, before, limit)
         except ValueError:
             raise ApiError("invalid_request", "'before' must be a cursor this API returned", param="before") from None
         return s.AuditPage(data=[s.AuditEntry(**e) for e in page.entries], next_cursor=page.next_cursor)
@@ -257,6 +323,6 @@ class Provisioning:
 def page_limit(raw: str | None, default: int = 100) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError("invalid_request", f"'limit' must be an integer from 1 to {MAX_PAGE}", param="limit")
     return int(raw)

@@ -16,7 +16,6 @@ before, after (JSON texts), request_id, idempotency_key. Read back as:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,12 +24,13 @@ import orjson
 from ..core.account_settings import AccountSettings
 from ..core.audit import Actor, Change
 from ..core.dashboard_source import parse_record_id as parse_stream_id
+from ..core.stores import AuditPage
 from . import keyspace as ks
 from .errors import store_call
 from .usage_records import as_text
 
 SETTINGS_PATCH = "settings.patch"
-__all__ = ["Actor", "AuditPage", "Change", "append", "entry_json", "read_page", "static_fields"]
+__all__ = ["Actor", "AuditPage", "Change", "RedisAuditTrail", "append", "entry_json", "read_page", "static_fields"]
 
 
 def static_fields(
@@ -90,12 +90,6 @@ def entry_json(entry_id: str, fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class AuditPage:
-    entries: list[dict[str, Any]]  # newest first
-    next_cursor: str | None  # pass as `before` for the next (older) page
-
-
 @store_call
 async def read_page(redis: Any, stream: str, before: str | None, limit: int) -> AuditPage:
     """Newest first; `before` is the id of the last entry of the previous page (exclusive)."""
@@ -110,3 +104,22 @@ async def read_page(redis: Any, stream: str, before: str | None, limit: int) -> 
 
 def account_stream(account: str) -> str:
     return ks.audit(ks.check_account(account))
+
+
+class RedisAuditTrail:
+    """core.stores.AuditTrail: one stream per account, one for the operator tokens."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+
+    async def append(
+        self, change: Change, action: str, *, account: str | None, target: str | None, before: Any, after: Any
+    ) -> str:
+        stream = ks.OPERATOR_AUDIT if account is None else account_stream(account)
+        return await append(
+            self._redis, stream, change, action, account=account, target=target, before=before, after=after
+        )
+
+    async def page(self, account: str | None, before: str | None, limit: int) -> AuditPage:
+        stream = ks.OPERATOR_AUDIT if account is None else account_stream(account)
+        return await read_page(self._redis, stream, before, limit)

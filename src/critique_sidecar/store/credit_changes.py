@@ -6,30 +6,18 @@ the script runs alone) and never applied without its audit entry."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ..core.stores import CreditChangeResult, fingerprint
 from . import audit
 from . import keyspace as ks
 from .errors import store_call
 from .scripts import register
 from .usage_records import as_text
 
-
-@dataclass(frozen=True, slots=True)
-class CreditChangeResult:
-    status: str  # applied | replay | conflict | insufficient
-    balance_before: int  # micro-credits (for insufficient: the balance)
-    balance_after: int  # micro-credits (for insufficient: what open holds need)
-    audit_id: str
-    ts_ms: int  # when the change was first applied
-
-
-def fingerprint(*parts: object) -> str:
-    """What makes two requests 'the same' under one Idempotency-Key."""
-    return hashlib.sha256(orjson.dumps([str(p) for p in parts])).hexdigest()
+__all__ = ["CreditChangeResult", "RedisCreditChanges", "fingerprint"]
 
 
 class RedisCreditChanges:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
 from redis.exceptions import RedisError
 
+from ..core.cancellation import raise_if_cancelling
 from ..core.errors import StoreUnavailable
+
+__all__ = ["raise_if_cancelling", "store_call"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -26,14 +28,3 @@ def store_call(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine
             raise StoreUnavailable(type(exc).__name__) from exc
 
     return wrapper
-
-
-def raise_if_cancelling(error: BaseException | None = None) -> None:
-    """For loops that run until cancelled: if this task has been asked to stop, stop. Called in
-    each round and where a loop logs an error and tries again: redis-py can swallow the
-    cancellation it receives (a command that still completes) or turn it into an error of its
-    own, and the stop request would be lost; the loop would outlive its shutdown (seen: usage
-    retention, whose round walks every account, hung the shutdown of a test)."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from redis.exceptions import RedisError
 
 from ..core.key_controls import KeyControls
 from ..core.keys import KeyRecord, generate_key, hash_key, new_key_id
+from ..core.limit_table import KEY_LIMITS
 from . import keyspace as ks
 from .errors import raise_if_cancelling, store_call
 from .scripts import register
@@ -39,6 +41,7 @@ def _record(data: dict[bytes, bytes]) -> KeyRecord:
         revoked=d.get("revoked") == "1",
         retires_at_ms=int(d.get("retires_at_ms", "0") or 0),
         expires_at_ms=int(d["expires_at_ms"]) if d.get("expires_at_ms", "").isdigit() else None,
+        parent=d.get("parent", ""),
     )
 
 
@@ -56,47 +59,83 @@ class RedisKeyStore:
         data = await self._redis.hgetall(ks.key_by_hash(key_hash))
         return _record(data) if data else None
 
-    async def create(self, account: str, scopes: tuple[str, ...], name: str = "") -> tuple[str, KeyRecord]:
-        """A new key; the caller shows it once. Returns (key, record)."""
+    @store_call
+    async def create(
+        self, account: str, scopes: tuple[str, ...], name: str = "", parent: str = ""
+    ) -> tuple[str, KeyRecord]:
+        """A new key; the caller shows it once. Returns (key, record). With `parent` (the id of
+        the key creating it) the key is recorded among the parent's children; a parent revoked
+        meanwhile takes it with it (see revoke: one of the two always sees the other)."""
         ks.check_account(account)
         key, key_id = generate_key(), new_key_id()
-        record = KeyRecord(key_id, hash_key(key), account, frozenset(scopes), name, int(time.time()))
+        record = KeyRecord(key_id, hash_key(key), account, frozenset(scopes), name, int(time.time()), parent=parent)
         await self._redis.hset(
             ks.key_by_hash(record.key_hash),
             mapping={
                 "id": key_id, "hash": record.key_hash, "account": account, "scopes": ",".join(scopes),
-                "name": name, "created_at": record.created_at, "revoked": "0",
+                "name": name, "created_at": record.created_at, "revoked": "0", "parent": parent,
             },
         )  # fmt: skip
         await self._redis.set(ks.key_by_id(key_id), record.key_hash)
         await self._redis.sadd(ks.account_keys(account), key_id)
+        if parent:
+            await self._redis.sadd(ks.key_children(account, parent), key_id)
+            creator = await self.by_id(parent)
+            if creator is None or creator.revoked:
+                await self.revoke(key_id)
+                return key, replace(record, revoked=True)
         return key, record
 
+    @store_call
     async def by_id(self, key_id: str) -> KeyRecord | None:
         key_hash = await self._redis.get(ks.key_by_id(key_id))
         return await self.find_by_hash(key_hash.decode()) if key_hash else None
 
+    @store_call
     async def list(self, account: str) -> list[KeyRecord]:
         ids = sorted(i.decode() for i in await self._redis.smembers(ks.account_keys(ks.check_account(account))))
         records = [await self.by_id(i) for i in ids]
         return [r for r in records if r is not None]
 
+    @store_call
+    async def children(self, account: str, key_id: str) -> builtins.list[str]:
+        """The ids of the keys this key created."""
+        return sorted(_text(i) for i in await self._redis.smembers(ks.key_children(account, key_id)))
+
+    @store_call
     async def revoke(self, key_id: str) -> KeyRecord | None:
+        """Revoke the key (every secret it has: the current one, one rotated out in its grace
+        period, one a concurrent rotation is adding) and, transitively, the keys it created."""
         record = await self.by_id(key_id)
         if record is None:
             return None
-        # The current secret and any rotated-out one still in its grace period.
-        key_hash: str | None = record.key_hash
-        while key_hash:
-            if not await self._redis.exists(ks.key_by_hash(key_hash)):
-                break
-            await self._redis.hset(ks.key_by_hash(key_hash), "revoked", "1")
-            await self._redis.publish(REVOCATIONS_CHANNEL, key_hash)
-            previous = await self._redis.hget(ks.key_by_hash(key_hash), "previous")
-            key_hash = previous.decode() if previous else None
+        pending, seen = [key_id], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            await self._revoke_secrets(current)
+            pending += await self.children(record.account, current)
         return await self.by_id(key_id)
 
-    # --- per-key controls (issue 17/18) ---------------------------------------------------------
+    async def _revoke_secrets(self, key_id: str) -> None:
+        marked: set[str] = set()
+        while True:  # again if a rotation moved the id to a new secret meanwhile (rotate re-checks too)
+            current = await self._redis.get(ks.key_by_id(key_id))
+            key_hash: str | None = _text(current) if current else None
+            if key_hash is None or key_hash in marked:
+                return
+            while key_hash and key_hash not in marked:
+                if not await self._redis.exists(ks.key_by_hash(key_hash)):
+                    break
+                await self._redis.hset(ks.key_by_hash(key_hash), "revoked", "1")
+                await self._redis.publish(REVOCATIONS_CHANNEL, key_hash)
+                marked.add(key_hash)
+                previous = await self._redis.hget(ks.key_by_hash(key_hash), "previous")
+                key_hash = _text(previous) if previous else None
+
+    # --- per-key controls ---------------------------------------------------------------------
     async def _own_key(self, account: str, key_id: str) -> KeyRecord:
         record = await self.by_id(key_id)
         if record is None or record.account != ks.check_account(account):
@@ -110,7 +149,12 @@ class RedisKeyStore:
         every sidecar drops the key from its cache."""
         record = await self._own_key(account, key_id)
         flat = [item for pair in sorted(controls.to_hash().items()) for item in pair]
-        await self._set_controls(keys=[ks.key_controls(account, key_id)], args=flat)
+        counts = [
+            "1" if any(r.credits and r.mechanism == "cap" and r.name in controls.limits for r in KEY_LIMITS) else "0",
+            "1" if any(r.mechanism == "concurrency" and r.name in controls.limits for r in KEY_LIMITS) else "0",
+        ]
+        keys = [ks.key_controls(account, key_id), ks.hold_info(account), ks.holds(account), ks.limiter(account)]
+        await self._set_controls(keys=keys, args=[key_id, *counts, *flat])
         if controls.expires_at_ms is None:
             await self._redis.hdel(ks.key_by_hash(record.key_hash), "expires_at_ms")
         else:
@@ -150,6 +194,9 @@ class RedisKeyStore:
         data.pop("retires_at_ms", None)
         await self._redis.hset(ks.key_by_hash(new_hash), mapping={**data, "hash": new_hash, "previous": old.key_hash})
         await self._redis.set(ks.key_by_id(key_id), new_hash)
+        if _text(await self._redis.hget(ks.key_by_hash(old.key_hash), "revoked") or "") == "1":
+            await self._revoke_secrets(key_id)  # revoked meanwhile: the new secret goes too
+            return None
         retires = now_ms + grace_s * 1000
         await self._redis.hset(ks.key_by_hash(old.key_hash), "retires_at_ms", str(retires))
         await self._redis.pexpireat(ks.key_by_hash(old.key_hash), retires)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 
-ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ACCOUNT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def check_account(account: str) -> str:
-    if not ACCOUNT_RE.match(account):
+    """An account id, matched whole: `demo\n` is not a second account named demo."""
+    if not ACCOUNT_RE.fullmatch(account):
         raise ValueError(f"invalid account id {account!r}: use 1-64 of A-Z a-z 0-9 _ . -")
     return account
 
@@ -29,7 +30,7 @@ def settings(account: str) -> str:
 
 
 def holds(account: str) -> str:
-    """Hash: request id -> held micro-credits."""
+    """Hash: request id -> "<held micro-credits>:<key id>" (store/lua/lib/hold_counters.lua)."""
     return f"{_tag(account)}:holds"
 
 
@@ -69,27 +70,32 @@ def key_by_id(key_id: str) -> str:
     return f"crt:keyid:{key_id}"
 
 
+def key_children(account: str, key_id: str) -> str:
+    """Set of the ids of the keys one key created (revoked with it)."""
+    return f"{_tag(account)}:keychildren:{key_id}"
+
+
 def capture_stream(account: str) -> str:
     """Stream of opted-in training captures (payloads; only for opted-in requests)."""
     return f"{_tag(account)}:capture"
 
 
-# --- per-key controls and rate limits (issue 18); all in the account's slot ---------------------
+# --- per-key controls and limits; all in the account's slot -------------------------------------
 def key_controls(account: str, key_id: str) -> str:
     """Hash: one key's controls (core/key_controls.py), read by place_hold.lua."""
     return f"{_tag(account)}:keyctl:{key_id}"
 
 
 def limiter(account: str) -> str:
-    """Hash: live limiter state. r, t (+ ':at'): the account's requests / tokens buckets;
-    r:<key>, t:<key> (+ ':at'): a key's; n:<key> a key's requests in flight; h:<key> a key's
-    held micro-credits (place_hold.lua documents the units)."""
+    """Hash: live limiter state. tw, tw:<key>: the tokens in the account's and a key's minute
+    window; n:<key>: a key's requests in flight and h:<key>: its held micro-credits, counted
+    while the key has a concurrency limit or a credit cap (removed at zero)."""
     return f"{_tag(account)}:lim"
 
 
 def hold_info(account: str) -> str:
-    """Hash: request id -> what its admission counted per key and per token bucket, so
-    settlement and the expiry sweep undo exactly that (place_hold.lua)."""
+    """Hash: request id -> its key and what its admission counted for it (store/lua/lib/
+    hold_counters.lua), so settlement and the expiry sweep undo exactly that."""
     return f"{_tag(account)}:holdinfo"
 
 
@@ -115,7 +121,7 @@ def account_of_notify_outbox(key: str) -> str | None:
     prefix, suffix = "crt:{a:", "}:notify"
     if key.startswith(prefix) and key.endswith(suffix):
         account = key[len(prefix) : -len(suffix)]
-        if ACCOUNT_RE.match(account):
+        if ACCOUNT_RE.fullmatch(account):
             return account
     return None
 

@@ -9,71 +9,31 @@ once they have been idle `min_idle_ms` (a worker retrying an event refreshes its
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import logging
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from redis.exceptions import ResponseError
 
 from ..core.account_settings import H_NOTIFY_SECRET, H_NOTIFY_URL
-from ..core.money import format_credits
+from ..core.cancellation import raise_if_cancelling
+from ..core.stores import Notification
 from . import keyspace as ks
 from .usage_records import as_text, registered_accounts
+
+__all__ = ["DEAD_MAX", "GROUP", "Notification", "NotifyOutbox", "dead_letters"]
+log = logging.getLogger(__name__)
 
 GROUP = "webhooks"
 DEAD_MAX = 10_000  # dead letters kept (newest first)
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
-    account: str
-    stream_id: str
-    fields: dict[str, str]
-
-    @property
-    def event_id(self) -> str:
-        """Stable per threshold, window and account (the same on every retry)."""
-        f = self.fields
-        if f.get("kind") == "low_balance":  # once per fall below the level: the stream id tells falls apart
-            key = f"{self.account}|low_balance|{self.stream_id}"
-        else:
-            key = f"{self.account}|{f.get('kind')}|{f.get('window')}|{f.get('threshold_percent')}"
-        return "evt_" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-    def payload(self) -> dict[str, Any]:
-        """The webhook body (JSON). Credit amounts are exact 6-decimal strings; the daily
-        request cap counts requests (integers)."""
-        f = self.fields
-        kind = f.get("kind", "")
-        body: dict[str, Any] = {
-            "id": self.event_id,
-            "type": "budget.low_balance" if kind == "low_balance" else "budget.threshold_crossed",
-            "account": self.account,
-            "kind": kind,
-            "balance": format_credits(int(f.get("balance") or 0)),
-            "request_id": f.get("request_id"),
-            "created_at_ms": int(f.get("ts_ms") or 0),
-        }
-        used, limit = int(f.get("used") or 0), int(f.get("limit") or 0)
-        if kind == "low_balance":
-            body["level"] = format_credits(limit)
-        else:
-            amount = (lambda v: v) if kind == "daily_request_cap" else format_credits
-            body.update(
-                window=f.get("window"),
-                threshold_percent=int(f.get("threshold_percent") or 0),
-                used=amount(used),
-                limit=amount(limit),
-            )
-        return body
-
-
 class NotifyOutbox:
     def __init__(self, redis: Any, consumer: str, min_idle_ms: int = 15 * 60_000) -> None:
         self._redis = redis
-        self.redis = redis
         self.consumer = consumer
         self.min_idle_ms = min_idle_ms
         self._groups: set[str] = set()
@@ -136,6 +96,30 @@ class NotifyOutbox:
         await self._redis.lpush(ks.NOTIFY_DEAD, orjson.dumps(entry))
         await self._redis.ltrim(ks.NOTIFY_DEAD, 0, DEAD_MAX - 1)
         await self.ack(n)
+
+    async def wakeups(self) -> AsyncIterator[str | None]:
+        """Accounts settle.lua announces on NOTIFY_WAKE as it queues their events; None after each
+        (re)subscription, since announcements may have been missed meanwhile."""
+        while True:
+            raise_if_cancelling()
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(ks.NOTIFY_WAKE)
+                yield None
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        data = message["data"]
+                        account = ks.account_of_notify_outbox(data.decode() if isinstance(data, bytes) else str(data))
+                        if account:
+                            yield account
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the worker's periodic sweep covers what is missed meanwhile
+                raise_if_cancelling(exc)
+                log.warning("notification wake-ups interrupted (%s); retrying", type(exc).__name__)
+            finally:
+                await pubsub.aclose()
+            await asyncio.sleep(1.0)
 
 
 async def dead_letters(redis: Any, count: int) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""The Redis ledger: admission and settlement as one Lua script each (one round trip)."""
+"""The Redis ledger: admission and settlement as one Lua script each (one round trip); their
+KEYS, ARGV and replies are named in store/lua_contract.py."""
 
 from __future__ import annotations
 
@@ -12,17 +13,12 @@ from ..core.limits import rate_status
 from . import keyspace as ks
 from .batcher import CommandBatcher, Script
 from .errors import store_call
+from .lua_contract import HoldArgs, HoldKeys, HoldReply, SettleArgs, SettleKeys, SettleReply
 from .scripts import lua_source, register
 from .usage_records import register_account
 
 # Day/month windows outlive the longest dashboard view (90 days).
 WINDOW_TTL_S = 100 * 86400
-
-
-def _limit_keys(a: str, key_id: str) -> tuple[str, str, str, str]:
-    """The limiter keys both scripts take, in this order (place_hold.lua KEYS[8..11], settle.lua
-    KEYS[8..11])."""
-    return ks.limiter(a), ks.hold_info(a), ks.minute_window(a), ks.minute_window(a, key_id)
 
 
 def _s(value: Any) -> str:
@@ -50,31 +46,46 @@ class RedisLedger:
     @store_call
     async def place_hold(self, hold: HoldRequest) -> HoldResult:
         a = hold.account
-        keys = [
-            ks.account(a),
-            ks.settings(a),
-            ks.holds(a),
-            ks.hold_expiry(a),
-            ks.day(a, hold.day),
-            ks.month(a, hold.month),
-            # >>> limits
-            ks.key_controls(a, hold.key_id),
-            *_limit_keys(a, hold.key_id),
-            # <<< limits
-        ]
-        args = [hold.request_id, hold.amount, hold.now_ms, hold.expires_ms, WINDOW_TTL_S]
-        args += [hold.key_id, hold.model, hold.tokens]
-        r = await self._place_hold(keys=keys, args=args)
-        code = _s(r[0])
-        warnings_s = _s(r[1])
+        keys = HoldKeys(
+            account=ks.account(a),
+            settings=ks.settings(a),
+            holds=ks.holds(a),
+            hold_expiry=ks.hold_expiry(a),
+            day=ks.day(a, hold.day),
+            month=ks.month(a, hold.month),
+            key_controls=ks.key_controls(a, hold.key_id),
+            limiter=ks.limiter(a),
+            hold_info=ks.hold_info(a),
+            account_window=ks.minute_window(a),
+            key_window=ks.minute_window(a, hold.key_id),
+        )
+        args = HoldArgs(
+            request_id=hold.request_id,
+            amount=hold.amount,
+            now_ms=hold.now_ms,
+            expires_ms=hold.expires_ms,
+            window_ttl_s=WINDOW_TTL_S,
+            key_id=hold.key_id,
+            model=hold.model,
+            tokens=hold.tokens,
+        )
+        r = HoldReply(*await self._place_hold(keys=list(keys), args=list(args)))
+        code = _s(r.code)
         return HoldResult(
             code=None if code == "ok" else code,
-            warnings=tuple(w for w in warnings_s.split(",") if w),
-            training_opt_in=bool(int(r[2])),
-            detail={"balance": int(r[3]), "floor": int(r[4]), "held": int(r[5])},
-            control=_s(r[6]),
-            retry_after_ms=int(r[7]),
-            rate=rate_status(*(int(v) for v in r[8:14])),
+            warnings=tuple(w for w in _s(r.warnings).split(",") if w),
+            training_opt_in=bool(int(r.training_opt_in)),
+            funds={"balance": int(r.balance), "floor": int(r.floor), "held": int(r.held)},
+            control=_s(r.control),
+            retry_after_ms=int(r.retry_ms),
+            rate=rate_status(
+                int(r.requests_limit),
+                int(r.requests_remaining),
+                int(r.requests_reset_ms),
+                int(r.tokens_limit),
+                int(r.tokens_remaining),
+                int(r.tokens_reset_ms),
+            ),
         )
 
     @store_call
@@ -83,31 +94,43 @@ class RedisLedger:
         if a not in self._registered:  # once per account and process: how consumers find streams
             await register_account(self._redis, a)
             self._registered.add(a)
-        keys = [
-            ks.account(a),
-            ks.holds(a),
-            ks.hold_expiry(a),
-            ks.day(a, record.day),
-            ks.month(a, record.month),
-            ks.settled(a, record.request_id),
-            ks.usage_stream(a),
-            # >>> limits
-            *_limit_keys(a, record.key_id),
-            # <<< limits
-            ks.settings(a),  # observe: notification thresholds
-            ks.notify_outbox(a),
-        ]
-        fields = orjson.dumps([str(v) for v in record_fields(record)])
-        args = [record.request_id, record.credits, WINDOW_TTL_S, self._settled_ttl, fields]
-        args += [record.model, record.key_id, record.input_tokens, record.output_tokens]
-        args += [record.day, record.month, record.ts_ms]  # observe: notification windows
+        keys = SettleKeys(
+            account=ks.account(a),
+            holds=ks.holds(a),
+            hold_expiry=ks.hold_expiry(a),
+            day=ks.day(a, record.day),
+            month=ks.month(a, record.month),
+            done=ks.settled(a, record.request_id),
+            usage=ks.usage_stream(a),
+            limiter=ks.limiter(a),
+            hold_info=ks.hold_info(a),
+            account_window=ks.minute_window(a),
+            key_window=ks.minute_window(a, record.key_id),
+            settings=ks.settings(a),
+            notify_outbox=ks.notify_outbox(a),
+        )
+        args = SettleArgs(
+            request_id=record.request_id,
+            charge=record.credits,
+            window_ttl_s=WINDOW_TTL_S,
+            done_ttl_s=self._settled_ttl,
+            # One argument, not one per field: each argument costs the client packing time.
+            record=orjson.dumps([str(v) for v in record_fields(record)]),
+            model=record.model,
+            key_id=record.key_id,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            day=record.day,
+            month=record.month,
+            now_ms=record.ts_ms,
+        )
         try:
-            applied, charged = await self._settle(keys=keys, args=args)
+            reply = SettleReply(*await self._settle(keys=list(keys), args=list(args)))
         except ResponseError as exc:
             if is_rejection(exc):
                 raise SettlementRejected(str(exc)[:200]) from exc
             raise  # store_call: the store is unavailable (read-only replica, loading, OOM, ...)
-        return SettleResult(credits=int(charged), applied=bool(int(applied)))
+        return SettleResult(credits=int(reply.charged), applied=bool(int(reply.applied)))
 
 
 # Error replies that mean "not now" (failover, loading, memory, cluster moves): the store is

@@ -45,7 +45,7 @@ class RedisSettingsStore:
         flat = await self._patch(keys=[ks.settings(account), ks.audit(account)], args=[entry, *args])
         return AccountSettings.from_hash({_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)})
 
-    # -- observe: the webhook signing secret (a settings hash field the API never returns) -----
+    # -- the webhook signing secret (a settings hash field the API never returns) -------------
     @store_call
     async def ensure_webhook_secret(self, account: str) -> str | None:
         secret = new_webhook_secret()

@@ -25,21 +25,16 @@ once per account (`ensure_group`, done by `critique-sidecar usage export` too).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
 
+from ..core.stores import Delivery
 from . import keyspace as ks
 from .errors import store_call
-from .usage_records import as_text, record_json
+from .usage_records import as_text, record_json, registered_accounts
 
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    id: str
-    record: dict[str, Any]  # usage_records.record_json shape
-    redelivered: bool  # delivered before (own pending or claimed from another consumer)
+__all__ = ["Delivery", "RedisUsageFeeds", "UsageExporter"]
 
 
 class UsageExporter:
@@ -125,3 +120,18 @@ class UsageExporter:
     async def pending_count(self) -> int:
         summary = await self._redis.xpending(self.stream, self.group)
         return int(summary["pending"])
+
+
+class RedisUsageFeeds:
+    """core.stores.UsageFeeds: every account's usage stream, read by one consumer group."""
+
+    def __init__(self, redis: Any, group: str, consumer: str) -> None:
+        self._redis = redis
+        self._group = group
+        self._consumer = consumer
+
+    async def accounts(self) -> list[str]:
+        return await registered_accounts(self._redis)
+
+    def feed(self, account: str) -> UsageExporter:
+        return UsageExporter(self._redis, account, self._group, self._consumer)

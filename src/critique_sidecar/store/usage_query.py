@@ -49,9 +49,15 @@ def parse_day(day: str, data: dict[str, str]) -> DayRollup:
         day=day,
         total=Counts(**totals),
         admitted=_int(data.get("admitted")),
+        counters=_own_counters(data),
         by_model={m: Counts(**c) for m, c in groups["m"].items()},
         by_key={k: Counts(**c) for k, c in groups["k"].items()},
     )
+
+
+def _own_counters(data: dict[str, str]) -> dict[str, int]:
+    """A window hash's own counters (not per model or key, not notification markers)."""
+    return {name: _int(raw) for name, raw in data.items() if ":" not in name}
 
 
 class UsageQuery:
@@ -65,13 +71,15 @@ class UsageQuery:
         ks.check_account(account)
         keys = [ks.account(account), ks.settings(account), ks.month(account, month)]
         keys += [ks.day(account, d) for d in days]
-        acct, settings, month_credits, *day_data = await self._snapshot(keys=keys, args=[])
+        acct, settings, month_data, *day_data = await self._snapshot(keys=keys, args=[])
+        month_counters = _own_counters(_pairs(month_data))
         return UsageSnapshot(
             days=[parse_day(d, _pairs(flat)) for d, flat in zip(days, day_data, strict=True)],
-            month_credits=_int(month_credits),
+            month_credits=month_counters.get("credits", 0),
             balance=_int(acct[0]),
             held=_int(acct[1]),
             settings=AccountSettings.from_hash(_pairs(settings)),
+            month_counters=month_counters,
         )
 
     @store_call
@@ -103,7 +111,7 @@ class UsageQuery:
         pipe = self._redis.pipeline(transaction=False)
         for _, key_hash in found:
             pipe.hmget(ks.key_by_hash(key_hash), "name", "revoked", "account")
-        for key_id, _ in found:  # limits: each key's controls (in the account's slot)
+        for key_id, _ in found:  # each key's controls (in the account's slot)
             pipe.hgetall(ks.key_controls(account, key_id))
         replies = await pipe.execute()
         out: dict[str, KeyInfo] = {}
@@ -119,7 +127,6 @@ class UsageQuery:
                 )
         return out
 
-    # >>> limits
     @store_call
     async def rates(self, account: str, now_ms: int) -> RateUsage:
         """The account's live rate-limit counters (one slot; not atomic with the snapshot)."""
@@ -133,5 +140,3 @@ class UsageQuery:
         requests, tokens, stale, in_flight = await pipe.execute()
         gone = sum(_int(as_text(m).rpartition(":")[2]) for m in stale)
         return RateUsage(int(requests), max(_int(tokens) - gone, 0) if requests else 0, int(in_flight))
-
-    # <<< limits

@@ -41,6 +41,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from .._generated.usage_record_pb2 import UsageRecord as UsageRecordPb
 from ..core.dashboard_source import parse_record_id
 from ..core.money import format_credits
+from ..core.usage_schema import SCHEMA
 from . import keyspace as ks
 from .errors import store_call
 
@@ -53,7 +54,6 @@ _INT_TYPES = (
     FieldDescriptor.TYPE_UINT64,
     FieldDescriptor.TYPE_UINT32,
 )
-SCHEMA: tuple[tuple[str, int], ...] = tuple((f.name, f.type) for f in UsageRecordPb.DESCRIPTOR.fields)
 
 
 def as_text(value: Any) -> str:
@@ -110,7 +110,7 @@ def _account_of_stream(key: str) -> str | None:
     prefix, suffix = "crt:{a:", "}:usage"
     if key.startswith(prefix) and key.endswith(suffix):
         account = key[len(prefix) : -len(suffix)]
-        if ks.usage_stream(account) == key and ks.ACCOUNT_RE.match(account):
+        if ks.usage_stream(account) == key and ks.ACCOUNT_RE.fullmatch(account):
             return account
     return None
 
@@ -141,3 +141,17 @@ async def records_after(redis: Any, account: str, after: str | None, limit: int)
         ks.usage_stream(ks.check_account(account)), min=f"({after}" if after else "-", count=limit + 1
     )
     return [record_json(sid, fields) for sid, fields in rows[:limit]], len(rows) > limit
+
+
+class RedisUsageRecords:
+    """core.stores.UsageRecords on the per-account usage streams."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+
+    async def records_after(self, account: str, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        return await records_after(self._redis, account, after, limit)
+
+    @store_call
+    async def accounts(self) -> list[str]:
+        return await registered_accounts(self._redis)

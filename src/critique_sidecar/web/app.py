@@ -19,8 +19,9 @@ from ..core.clock import Clock, utc_now
 from ..core.dashboard_source import DashboardSource
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
+from ..core.stores import KeyAdmin
 from ..core.webhook_address import Network
-from ..provisioning.service import Provisioning
+from ..json_http import error_response, http_error
 from .dashboard import dashboard_routes
 from .keys import key_routes
 from .models import model_list
@@ -38,18 +39,9 @@ class WebContext:
     # listener sets it; Envoy never routes /metrics, and the ASGI gateway leaves it unset.
     metrics: Callable[[], bytes] | None = None
     # The customer's key routes (Settings -> Connections); None: not served.
-    provisioning: Provisioning | None = None
+    keys: KeyAdmin | None = None
     # Non-public networks a budget webhook URL may name (Config.notify_networks).
     webhook_networks: tuple[Network, ...] = ()
-
-
-def json_response(data: object, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def error_response(error: ApiError) -> Response:
-    """The one place a web-route denial becomes an HTTP response."""
-    return Response(error.body(), status_code=error.status, media_type="application/json", headers=error.headers)
 
 
 async def identify(ctx: WebContext, request: Request, any_of: frozenset[str]) -> Identity:
@@ -62,16 +54,14 @@ async def identify(ctx: WebContext, request: Request, any_of: frozenset[str]) ->
 def build_web_app(ctx: WebContext) -> Starlette:
     async def models(request: Request) -> Response:
         await identify(ctx, request, MODELS)
-        return json_response(model_list(ctx.catalog, ctx.clock()))
+        return Response(orjson.dumps(model_list(ctx.catalog, ctx.clock())), media_type="application/json")
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return error_response(exc)
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
-        return error_response(ApiError(code, getattr(exc, "detail", "") or code))
+        return error_response(http_error(exc))
 
     routes = [Route(MODELS_PATH, models, methods=["GET"])]
     if ctx.settings is not None:
@@ -80,8 +70,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
         )
     if ctx.dashboard is not None:
         routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
-    if ctx.provisioning is not None:
-        routes += key_routes(ctx.provisioning, lambda request, any_of: identify(ctx, request, any_of))
+    if ctx.keys is not None:
+        routes += key_routes(ctx.keys, lambda request, any_of: identify(ctx, request, any_of))
     if ctx.metrics is not None:
         exposition = ctx.metrics
 

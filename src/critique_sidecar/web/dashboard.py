@@ -29,7 +29,6 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -46,8 +45,10 @@ from ..core.dashboard_source import (
     parse_record_id,
 )
 from ..core.errors import ApiError
+from ..core.limit_table import ACCOUNT_LIMITS, KEY_LIMITS, Limit
 from ..core.money import format_credits
 from ..core.scopes import DASHBOARD, DASHBOARD_PATH
+from ..json_http import json_response
 
 PAGE_PATH = "/inference-dashboard"
 DAYS = (7, 30, 90)
@@ -69,7 +70,7 @@ def _bad(param: str, message: str) -> ApiError:
 def parse_days(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_DAYS
-    if raw in ("7", "30", "90"):
+    if raw in {str(d) for d in DAYS}:
         return int(raw)
     raise _bad("days", "'days' must be 7, 30 or 90")
 
@@ -119,17 +120,25 @@ def percent(spent: int, cap: int) -> str:
     return str((Decimal(spent) * 100 / Decimal(cap)).quantize(Decimal("0.01"), rounding=ROUND_DOWN))
 
 
-def _limit(spent: int, cap: int | None, resets_at: datetime, window: str, credits: bool) -> dict[str, Any]:
-    show = format_credits if credits else (lambda v: v)
+def _resets_at(row: Limit, now: datetime) -> datetime:
+    if row.window == "month":
+        return next_month_start(now)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
+def _cap(row: Limit, spent: int, cap: int | None, now: datetime) -> dict[str, Any]:
+    show = format_credits if row.credits else (lambda v: v)
     return {
-        "unit": "credits" if credits else "requests",
-        "window": window,
+        "mechanism": row.mechanism,
+        "label": row.label,
+        "unit": row.unit,
+        "window": row.window,
         "spent": show(spent),
         "cap": None if cap is None else show(cap),
         "remaining": None if cap is None else show(max(cap - spent, 0)),
         "percent": None if cap is None else percent(spent, cap),
         "reached": cap is not None and spent >= cap,
-        "resets_at": _iso(resets_at),
+        "resets_at": _iso(_resets_at(row, now)),
     }
 
 
@@ -151,10 +160,12 @@ def window_days(now: datetime, days: int) -> list[str]:
     return [day_window(today - timedelta(days=i)) for i in range(days - 1, -1, -1)]
 
 
-# >>> limits
-def _rate(limit: int | None, used: int) -> dict[str, Any]:
+def _rate(row: Limit, limit: int | None, used: int) -> dict[str, Any]:
     """A per-minute limit's status: what the last 60 seconds used (counted while a limit is set)."""
     return {
+        "mechanism": row.mechanism,
+        "label": row.label,
+        "unit": row.unit,
         "limit": limit,
         "used": used,
         "remaining": None if limit is None else max(limit - used, 0),
@@ -163,19 +174,43 @@ def _rate(limit: int | None, used: int) -> dict[str, Any]:
     }
 
 
-def rate_limits(s: Any, rates: RateUsage) -> dict[str, Any]:
+def _concurrency(row: Limit, limit: int | None, in_flight: int) -> dict[str, Any]:
     return {
-        "requests_per_minute": _rate(s.requests_per_minute, rates.requests),
-        "tokens_per_minute": _rate(s.tokens_per_minute, rates.tokens),
-        "max_concurrent": {
-            "limit": s.max_concurrent,
-            "in_flight": rates.in_flight,
-            "reached": s.max_concurrent is not None and rates.in_flight >= s.max_concurrent,
-        },
+        "mechanism": row.mechanism,
+        "label": row.label,
+        "unit": row.unit,
+        "limit": limit,
+        "in_flight": in_flight,
+        "reached": limit is not None and in_flight >= limit,
     }
 
 
-# <<< limits
+def account_limits(snap: UsageSnapshot, rates: RateUsage, now: datetime) -> dict[str, Any]:
+    """One entry per account limit of core/limit_table.py, in its order."""
+    s = snap.settings
+    out: dict[str, Any] = {}
+    for row in ACCOUNT_LIMITS:
+        value = s.limit(row.name)
+        if row.mechanism == "cap":
+            out[row.name] = _cap(row, snap.cap_usage(row), value, now)
+        elif row.mechanism == "rate":
+            out[row.name] = _rate(row, value, rates.requests if row.unit == "requests" else rates.tokens)
+        else:
+            out[row.name] = _concurrency(row, value, rates.in_flight)
+    return out
+
+
+def key_limit_legend() -> list[dict[str, str]]:
+    """How the page words each key limit: the JSON field and its unit."""
+    units = {"cap": "{unit}/{window}", "rate": "{short}/min", "concurrency": "in flight"}
+    short = {"requests": "req", "tokens": "tokens", "credits": "credits"}
+    return [
+        {
+            "name": row.name,
+            "suffix": units[row.mechanism].format(unit=row.unit, window=row.window, short=short[row.unit]),
+        }
+        for row in KEY_LIMITS
+    ]
 
 
 def build_summary(
@@ -202,7 +237,6 @@ def build_summary(
 
     s = snap.settings
     today = snap.days[-1]
-    tomorrow = now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     floor = _micro(s.reserve_credits_for_review) or 0
     available = snap.balance - floor - snap.held
     return {
@@ -228,13 +262,9 @@ def build_summary(
         "limits": {
             "enabled": s.enabled,
             "block_when_cap_reached": s.block_when_cap_reached,
-            "daily_credit_cap": _limit(today.total.credits, _micro(s.daily_credit_cap), tomorrow, "day", True),
-            "monthly_credit_cap": _limit(
-                snap.month_credits, _micro(s.monthly_credit_cap), next_month_start(now), "month", True
-            ),
-            "daily_request_cap": _limit(today.admitted, s.daily_request_cap, tomorrow, "day", False),
-            **rate_limits(s, rates or RateUsage()),
+            **account_limits(snap, rates or RateUsage(), now),
         },
+        "key_limits": key_limit_legend(),
         "balance": {
             "balance": format_credits(snap.balance),
             "held": format_credits(snap.held),
@@ -279,8 +309,8 @@ def page() -> tuple[bytes, str]:
 # -- routes ----------------------------------------------------------------------------
 
 
-def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json", headers={"cache-control": "no-store"})
+def _json(data: dict[str, Any]) -> Response:
+    return json_response(data)
 
 
 def dashboard_routes(source: DashboardSource, identify: Identify, clock: Clock) -> list[Route]:

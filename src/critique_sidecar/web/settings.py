@@ -8,13 +8,9 @@ to the account's audit trail (actor: the calling key) by the same script that ap
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
-from decimal import Decimal
-from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,37 +18,11 @@ from starlette.routing import Route
 from ..core.account_settings import SettingsPatch, SettingsStore
 from ..core.audit import Actor, Change
 from ..core.auth import Identity
-from ..core.errors import ApiError
 from ..core.scopes import SETTINGS_PATH, SETTINGS_READ, SETTINGS_WRITE
 from ..core.webhook_address import Network
-from ..provisioning.api import request_id_of
-
-MAX_BODY_BYTES = 16 * 1024
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
+from ..json_http import decode_body, json_response, request_id_of
 
 Identify = Callable[[Request, frozenset[str]], Awaitable[Identity]]
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
-def decode_body(raw: bytes) -> Any:
-    """JSON with exact decimals; NaN/Infinity and malformed text are invalid_request."""
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError("request_too_large", f"the settings body must be at most {MAX_BODY_BYTES} bytes")
-    try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        raise ApiError("invalid_request", "the settings PATCH body is not valid JSON") from None
-
-
-def _json(data: Any) -> Response:
-    return Response(orjson.dumps(data), media_type="application/json", headers={"cache-control": "no-store"})
 
 
 def settings_routes(
@@ -60,18 +30,20 @@ def settings_routes(
 ) -> list[Route]:
     async def get_settings(request: Request) -> Response:
         identity = await identify(request, SETTINGS_READ)
-        return _json((await store.get(identity.account)).to_json())
+        return json_response((await store.get(identity.account)).to_json())
 
     async def patch_settings(request: Request) -> Response:
         identity = await identify(request, SETTINGS_WRITE)
-        patch = SettingsPatch.parse(decode_body(await request.body()), webhook_networks)
-        change = Change(Actor("key", identity.key_id), request_id_of(request), now_ms())
+        patch = SettingsPatch.parse(
+            decode_body(await request.body(), "settings PATCH", empty_ok=False), webhook_networks
+        )
+        change = Change(Actor("key", identity.key_id), request_id_of(request), int(time.time() * 1000))
         updated = (await store.patch(identity.account, patch, change)).to_json()
-        if updated.get("notify_webhook_url"):  # observe: the signing secret, shown once when created
+        if updated.get("notify_webhook_url"):  # the signing secret, shown once when created
             secret = await store.ensure_webhook_secret(identity.account)
             if secret is not None:
                 updated["notify_webhook_secret"] = secret
-        return _json(updated)
+        return json_response(updated)
 
     return [
         Route(SETTINGS_PATH, get_settings, methods=["GET"]),

@@ -26,11 +26,10 @@ import httpx
 import orjson
 
 from ..config import Config
+from ..core.cancellation import raise_if_cancelling
+from ..core.stores import Notification, NotificationQueue
 from ..core.webhook_address import AddressRefused, IPAddress, Network, literal_address, refusal
 from ..core.webhook_signature import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, signature
-from ..store import keyspace as ks
-from ..store.errors import raise_if_cancelling
-from ..store.notify_outbox import Notification, NotifyOutbox
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +122,8 @@ def default_consumer() -> str:
 
 
 class NotifyWorker:
-    def __init__(self, redis: Any, config: Config, client: httpx.AsyncClient | None = None, consumer: str = "") -> None:
-        self.outbox = NotifyOutbox(redis, consumer or default_consumer())
+    def __init__(self, outbox: NotificationQueue, config: Config, client: httpx.AsyncClient | None = None) -> None:
+        self.outbox = outbox
         self.config = config
         self.client = client or webhook_client(config)
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -172,25 +171,9 @@ class NotifyWorker:
             await self.client.aclose()
 
     async def _listen(self, woken: asyncio.Queue[str]) -> None:
-        while True:
-            raise_if_cancelling()
-            pubsub = self.outbox.redis.pubsub()
-            try:
-                await pubsub.subscribe(ks.NOTIFY_WAKE)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        data = message["data"]
-                        account = ks.account_of_notify_outbox(data.decode() if isinstance(data, bytes) else str(data))
-                        if account:
-                            woken.put_nowait(account)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the periodic sweep covers what is missed meanwhile
-                raise_if_cancelling(exc)
-                log.warning("notification wake-ups interrupted (%s); retrying", type(exc).__name__)
-            finally:
-                await pubsub.aclose()
-            await asyncio.sleep(1.0)
+        async for account in self.outbox.wakeups():
+            if account is not None:  # None: a gap; the periodic sweep covers what was missed
+                woken.put_nowait(account)
 
     async def poll(self, pending: bool = False, accounts: list[str] | None = None) -> int:
         """Start delivering what is waiting (every account's, or `accounts`'); returns how many

@@ -21,9 +21,8 @@ import httpx
 import orjson
 
 from ..config import Config
-from ..store.errors import raise_if_cancelling
-from ..store.usage_export import Delivery, UsageExporter
-from ..store.usage_records import registered_accounts
+from ..core.cancellation import raise_if_cancelling
+from ..core.stores import Delivery, UsageFeed, UsageFeeds
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +47,20 @@ def cloudevent(record: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 class UsagePushWorker:
-    def __init__(self, redis: Any, config: Config, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, feeds: UsageFeeds, config: Config, client: httpx.AsyncClient | None = None) -> None:
         if not config.usage_push_url:
             raise ValueError("usage push needs CRITIQUE_USAGE_PUSH_URL")
-        self.redis = redis
+        self.feeds = feeds
         self.config = config
         self.client = client or httpx.AsyncClient(timeout=30.0, trust_env=False, follow_redirects=False)
-        self._exporters: dict[str, UsageExporter] = {}
+        self._exporters: dict[str, UsageFeed] = {}
         self._turn = 0  # which account goes first this round (fairness between accounts)
         self.pushed = 0
 
-    async def _exporter(self, account: str) -> UsageExporter:
+    async def _exporter(self, account: str) -> UsageFeed:
         exporter = self._exporters.get(account)
         if exporter is None:
-            c = self.config
-            exporter = UsageExporter(self.redis, account, c.usage_push_group, c.usage_push_consumer)
+            exporter = self.feeds.feed(account)
             await exporter.ensure_group("0")
             self._exporters[account] = exporter
         return exporter
@@ -70,11 +68,11 @@ class UsagePushWorker:
     async def push_once(self) -> int:
         """Read up to one batch, POST it, acknowledge it after a 2xx; returns the records sent.
         Raises on a failed POST (nothing acknowledged: the batch comes back next time)."""
-        accounts = await registered_accounts(self.redis)
+        accounts = await self.feeds.accounts()
         if not accounts:
             return 0
         self._turn = (self._turn + 1) % len(accounts)
-        batch: list[tuple[UsageExporter, Delivery]] = []
+        batch: list[tuple[UsageFeed, Delivery]] = []
         for account in accounts[self._turn :] + accounts[: self._turn]:
             room = self.config.usage_push_batch - len(batch)
             if room <= 0:
@@ -89,7 +87,7 @@ class UsagePushWorker:
         )
         if not 200 <= response.status_code < 300:
             raise RuntimeError(f"usage push endpoint answered HTTP {response.status_code}")
-        by_exporter: dict[int, tuple[UsageExporter, list[str]]] = {}
+        by_exporter: dict[int, tuple[UsageFeed, list[str]]] = {}
         for exporter, d in batch:
             by_exporter.setdefault(id(exporter), (exporter, []))[1].append(d.id)
         for exporter, ids in by_exporter.values():

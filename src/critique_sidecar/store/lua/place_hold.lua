@@ -1,88 +1,83 @@
--- Admission, atomically: expire stale holds, check settings, caps and balance, then hold.
--- KEYS: 1 acct  2 settings  3 holds  4 holdexp  5 day  6 month
---       7 the key's controls  8 limiter state  9 hold info  10 the account's minute window
---       11 the key's minute window   (7-11: per-key controls and rate limits)
--- ARGV: 1 request id  2 amount (micro-credits)  3 now ms  4 hold expiry ms  5 window ttl s
---       6 key id  7 model id  8 token bound (input bound + output bound)
--- Returns {code, warnings (comma list), training_opt_in, balance, floor, held,
---          detail, retry ms, requests limit, remaining, reset ms, tokens limit, remaining, reset ms}
--- (a limit of -1: no such limit applies; detail names the refusing control, e.g.
---  key:requests_per_minute:50; retry -1: it can never fit)
-local rid, amount, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local kid, model, tokens = ARGV[6] or '', ARGV[7] or '', tonumber(ARGV[8]) or 0
+-- Admission, atomically: release expired holds, check the key's controls, the account's switch,
+-- every limit that is set (core/limit_table.py, one loop per mechanism) and the balance over the
+-- floor, then hold the request's maximum cost. K_*, A_*, REPLY and the limit table:
+-- store/lua_contract.py.
+-- Nothing is read or written for a limit that is not set.
+local rid, amount, now = A_request_id, tonumber(A_amount), tonumber(A_now_ms)
+local kid, model, tokens = A_key_id or '', A_model or '', tonumber(A_tokens) or 0
 local PER_MIN = 60000  -- the rate limits' window, ms
 
--- >>> limits: per-key counters a hold took
--- (hold info "key|held micro-credits|in flight 1/0|in account window 1/0|in key window 1/0|tokens|at ms")
-local function untrack(info)
-  local k, h, n = string.match(info, '^(.-)|(%d+)|(%d+)|')
-  if not k then return end
-  if tonumber(h) > 0 and redis.call('HINCRBY', KEYS[8], 'h:' .. k, -tonumber(h)) <= 0 then
-    redis.call('HDEL', KEYS[8], 'h:' .. k)
-  end
-  if n == '1' and redis.call('HINCRBY', KEYS[8], 'n:' .. k, -1) <= 0 then
-    redis.call('HDEL', KEYS[8], 'n:' .. k)
-  end
-end
--- <<< limits
+--#include hold_counters
 
 -- Release holds whose owner never settled (bounded per call; every admission sweeps).
-local stale = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 100)
+local stale = redis.call('ZRANGEBYSCORE', K_hold_expiry, '-inf', now, 'LIMIT', 0, 100)
 for _, old in ipairs(stale) do
-  local amt = redis.call('HGET', KEYS[3], old)
+  local amt = hold_amount(redis.call('HGET', K_holds, old))
   if amt then
-    redis.call('HINCRBY', KEYS[1], 'held', -tonumber(amt))
-    redis.call('HDEL', KEYS[3], old)
+    redis.call('HINCRBY', K_account, 'held', -amt)
+    redis.call('HDEL', K_holds, old)
   end
-  redis.call('ZREM', KEYS[4], old)
-  local info = redis.call('HGET', KEYS[9], old)  -- limits: an expired hold leaves the key's counters
+  redis.call('ZREM', K_hold_expiry, old)
+  local info = redis.call('HGET', K_hold_info, old)
   if info then
-    untrack(info)
-    redis.call('HDEL', KEYS[9], old)
+    local k, h, n = read_hold_info(info)
+    if k then release_counters(k, h, n) end
+    redis.call('HDEL', K_hold_info, old)
   end
 end
 
-local s = redis.call('HMGET', KEYS[2], 'enabled', 'daily_credit_cap', 'monthly_credit_cap',
-  'daily_request_cap', 'reserve_floor', 'block_when_cap_reached', 'training_opt_in',
-  'rpm', 'tpm', 'max_concurrent')
-local optin = (s[7] == '1') and 1 or 0
-local a = redis.call('HMGET', KEYS[1], 'balance', 'held')
+local s = redis.call('HMGET', K_settings, 'enabled', 'reserve_floor', 'block_when_cap_reached',
+  'training_opt_in', unpack(ACCOUNT_LIMIT_FIELDS))
+local kc = redis.call('HMGET', K_key_controls, 'expires_at_ms', 'models', unpack(KEY_LIMIT_FIELDS))
+local optin = (s[4] == '1') and 1 or 0
+local a = redis.call('HMGET', K_account, 'balance', 'held')
 local balance, held = tonumber(a[1]) or 0, tonumber(a[2]) or 0
-local floor = tonumber(s[5]) or 0
-local kc = redis.call('HMGET', KEYS[7], 'expires_at_ms', 'models', 'daily_credit_cap', 'rpm', 'tpm',
-  'max_concurrent')
+local floor = tonumber(s[2]) or 0
 
--- >>> limits: sliding-window logs. Per scope (the account; the key) a sorted set holds every
--- request admitted in the last minute while a per-minute limit was set: member
--- "<request id>:<tokens>", scored by admission time (ms); the lim hash keeps the tokens' sum.
--- Requests in the window = the set's size; exact at any concurrency (one script at a time).
-local function limit_of(raw)  -- a limit counts only when it is a number >= 1 (as the API stores it)
-  local v = tonumber(raw)
-  if v and v >= 1 then return math.floor(v) end
-  return nil
+-- The limits that are set, by their position in the table (the order they are checked in): a
+-- stored value counts only when it is an integer >= the row's least.
+local rows, values = {}, {}
+local function collect(stored, first, count, row_of)
+  for i = 1, count do
+    local raw = stored[first + i]
+    if raw and string.find(raw, '^%d+$') then
+      local row = row_of(i)
+      if tonumber(raw) >= row.least then rows[row.position], values[row.position] = row, tonumber(raw) end
+    end
+  end
 end
-local function window(zkey, sumfield, rpm, tpm, scope)
-  rpm, tpm = limit_of(rpm), limit_of(tpm)
-  if not rpm and not tpm then return nil end
-  local sum = tonumber(redis.call('HGET', KEYS[8], sumfield)) or 0
+collect(s, 4, #ACCOUNT_LIMIT_FIELDS, ACCOUNT_LIMIT)
+collect(kc, 2, #KEY_LIMIT_FIELDS, KEY_LIMIT)
+
+-- Sliding-window logs, per scope with a rate limit set: a sorted set of every request admitted
+-- in the last minute ("<request id>:<tokens>" scored by admission ms); the limiter hash keeps
+-- the tokens' sum. Requests in the window = the set's size; exact at any concurrency.
+local windows, by_scope = {}, {}
+local function window(scope)
+  if by_scope[scope] then return by_scope[scope] end
+  local zkey = scope == 'key' and K_key_window or K_account_window
+  local sumfield = scope == 'key' and ('tw:' .. kid) or 'tw'
+  local sum = tonumber(redis.call('HGET', K_limiter, sumfield)) or 0
   -- Entries leave the window here (bounded per call; each is removed once: amortised O(1)).
   local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - PER_MIN, 'LIMIT', 0, 500)
   if #old > 0 then
     for _, m in ipairs(old) do sum = sum - (tonumber(string.match(m, ':(%d+)$')) or 0) end
     if sum < 0 then sum = 0 end
     redis.call('ZREMRANGEBYRANK', zkey, 0, #old - 1)
-    redis.call('HSET', KEYS[8], sumfield, string.format('%d', sum))
+    redis.call('HSET', K_limiter, sumfield, string.format('%d', sum))
   end
   local count = redis.call('ZCARD', zkey)
   if count == 0 then sum = 0 end  -- the set expired (idle two minutes): its sum went with it
   local oldest = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
   local reset = oldest[2] and math.max(tonumber(oldest[2]) + PER_MIN - now, 0) or 0
-  return {zkey = zkey, sumfield = sumfield, rpm = rpm, tpm = tpm, scope = scope,
-          count = count, sum = sum, reset = reset}
+  local w = {zkey = zkey, sumfield = sumfield, scope = scope, count = count, sum = sum, reset = reset}
+  by_scope[scope] = w
+  windows[#windows + 1] = w
+  return w
 end
-local windows = {}
-windows[#windows + 1] = window(KEYS[10], 'tw', s[8], s[9], 'account')
-windows[#windows + 1] = window(KEYS[11], 'tw:' .. kid, kc[4], kc[5], 'key')
+for p = 1, LIMIT_COUNT do
+  if rows[p] and rows[p].mechanism == 'rate' then window(rows[p].scope)[rows[p].unit] = values[p] end
+end
 
 -- The tightest requests and tokens limit (least remaining), as the x-ratelimit-* headers show it.
 local function status(admitted)
@@ -90,148 +85,146 @@ local function status(admitted)
   local extra = admitted and 1 or 0
   for _, w in ipairs(windows) do
     local reset = (admitted and w.count == 0) and PER_MIN or w.reset
-    if w.rpm then
-      local left = math.max(w.rpm - w.count - extra, 0)
-      if out[1] < 0 or left < out[2] or (left == out[2] and w.rpm < out[1]) then
-        out[1], out[2], out[3] = w.rpm, left, reset
+    if w.requests then
+      local left = math.max(w.requests - w.count - extra, 0)
+      if out[1] < 0 or left < out[2] or (left == out[2] and w.requests < out[1]) then
+        out[1], out[2], out[3] = w.requests, left, reset
       end
     end
-    if w.tpm then
-      local left = math.max(w.tpm - w.sum - extra * tokens, 0)
-      if out[4] < 0 or left < out[5] or (left == out[5] and w.tpm < out[4]) then
-        out[4], out[5], out[6] = w.tpm, left, reset
+    if w.tokens then
+      local left = math.max(w.tokens - w.sum - extra * tokens, 0)
+      if out[4] < 0 or left < out[5] or (left == out[5] and w.tokens < out[4]) then
+        out[4], out[5], out[6] = w.tokens, left, reset
       end
     end
   end
   return out
 end
 
-local function answer(code, warnings, detail, retry, admitted)
+local function answer(code, warnings, control, retry, admitted)
   local st = status(admitted)
-  return {code, warnings, optin, balance, floor, held, detail, retry,
-          st[1], st[2], st[3], st[4], st[5], st[6]}
-end
--- <<< limits
-
-local function refuse(code, detail)
-  return answer(code, '', detail or '', 0, false)
+  return REPLY{code = code, warnings = warnings, training_opt_in = optin, balance = balance, floor = floor,
+    held = held, control = control, retry_ms = retry, requests_limit = st[1], requests_remaining = st[2],
+    requests_reset_ms = st[3], tokens_limit = st[4], tokens_remaining = st[5], tokens_reset_ms = st[6]}
 end
 
-if redis.call('HEXISTS', KEYS[3], rid) == 1 then
+local function refuse(code, control)
+  return answer(code, '', control or '', 0, false)
+end
+
+if redis.call('HEXISTS', K_holds, rid) == 1 then
   return refuse('ok')  -- a repeated admission: already held
 end
 
--- >>> limits: the key's own controls come first (a dead or restricted key explains itself)
+-- The key's own controls come first (a dead or restricted key explains itself).
 local expires = tonumber(kc[1])
 if expires and now >= expires then return refuse('key_expired', kc[1]) end
 if kc[2] and #kc[2] > 2 and not string.find(kc[2], ',' .. model .. ',', 1, true) then
   return refuse('model_not_allowed', model)
 end
--- <<< limits
 
 if s[1] == '0' then return refuse('inference_disabled') end
 
-local hard = s[6] ~= '0'
+-- Caps: the window's counter plus what is in flight plus this request, against the cap.
+local hard = s[3] ~= '0'
 local warnings = {}
-local function over(code)
-  if hard then return true end
-  warnings[#warnings + 1] = code
-  return false
+local function prefix(scope) return scope == 'key' and ('k:' .. kid .. ':') or '' end
+local key_held = nil  -- the key's open holds, read once when a key credit cap is set
+for p = 1, LIMIT_COUNT do
+  local row = rows[p]
+  if row and row.mechanism == 'cap' then
+    local counters = row.window == 'month' and K_month or K_day
+    local used
+    if row.unit == 'credits' then
+      local open = held
+      if row.scope == 'key' then
+        key_held = key_held or tonumber(redis.call('HGET', K_limiter, 'h:' .. kid)) or 0
+        open = key_held
+      end
+      used = (tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'credits')) or 0) + open + amount
+    else
+      used = (tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'admitted')) or 0) + 1
+    end
+    if used > values[p] then
+      if hard or not row.soft then return refuse(row.code) end
+      warnings[#warnings + 1] = row.code
+    end
+  end
 end
-
-local d = redis.call('HMGET', KEYS[5], 'admitted', 'credits')
-local admitted, day_spent = tonumber(d[1]) or 0, tonumber(d[2]) or 0
-local month_spent = tonumber(redis.call('HGET', KEYS[6], 'credits')) or 0
-
-local req_cap = tonumber(s[4])
-if req_cap and admitted + 1 > req_cap and over('daily_request_cap_reached') then
-  return refuse('daily_request_cap_reached')
-end
--- Open holds count against the caps, so concurrent requests can never overshoot them.
-local day_cap = tonumber(s[2])
-if day_cap and day_spent + held + amount > day_cap and over('daily_credit_cap_reached') then
-  return refuse('daily_credit_cap_reached')
-end
-local month_cap = tonumber(s[3])
-if month_cap and month_spent + held + amount > month_cap and over('monthly_credit_cap_reached') then
-  return refuse('monthly_credit_cap_reached')
-end
-
--- >>> limits: the key's daily credit cap (always hard), against its spend and its own open holds
-local key_cap = tonumber(kc[3])
-if key_cap then
-  local key_spent = tonumber(redis.call('HGET', KEYS[5], 'k:' .. kid .. ':credits')) or 0
-  local key_held = tonumber(redis.call('HGET', KEYS[8], 'h:' .. kid)) or 0
-  if key_spent + key_held + amount > key_cap then return refuse('key_daily_credit_cap_reached') end
-end
--- <<< limits
 
 -- The floor and the balance are always hard.
 if balance - floor - held < amount then return refuse('insufficient_credits') end
 
--- >>> limits: rate limits, always hard. Refused with the control that needs the longest wait.
+-- Rate and concurrency limits, always hard: refused with the control that needs the longest wait.
 local worst, worst_wait = nil, -1
-local function limited(name, wait)  -- wait: ms until it fits; -2: it never can
+local function limited(row, limit, wait)  -- wait: ms until it fits; -2: it never can
   if wait == -2 then wait = math.huge end
-  if wait > worst_wait then worst, worst_wait = name, wait end
+  if wait > worst_wait then worst, worst_wait = row.scope .. ':' .. row.name .. ':' .. limit, wait end
 end
-local acct_conc = limit_of(s[10])
-if acct_conc and redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') + 1 > acct_conc then
-  limited('account:max_concurrent:' .. acct_conc, 1000)
-end
-local key_conc = limit_of(kc[6])
-local key_inflight = 0
-if key_conc then
-  key_inflight = tonumber(redis.call('HGET', KEYS[8], 'n:' .. kid)) or 0
-  if key_inflight + 1 > key_conc then limited('key:max_concurrent:' .. key_conc, 1000) end
-end
-for _, w in ipairs(windows) do
-  -- Wait until enough of the oldest entries have left the window.
-  if w.rpm and w.count + 1 > w.rpm then
-    local e = redis.call('ZRANGE', w.zkey, w.count - w.rpm, w.count - w.rpm, 'WITHSCORES')
-    limited(w.scope .. ':requests_per_minute:' .. w.rpm, math.max(tonumber(e[2]) + PER_MIN - now, 1))
-  end
-  if w.tpm and tokens > w.tpm then
-    limited(w.scope .. ':tokens_per_minute:' .. w.tpm, -2)
-  elseif w.tpm and w.sum + tokens > w.tpm then
-    local wait, freed = PER_MIN, 0
-    local e = redis.call('ZRANGE', w.zkey, 0, 199, 'WITHSCORES')
-    for i = 1, #e, 2 do
-      freed = freed + (tonumber(string.match(e[i], ':(%d+)$')) or 0)
-      if w.sum - freed + tokens <= w.tpm then
-        wait = math.max(tonumber(e[i + 1]) + PER_MIN - now, 1)
-        break
-      end
+local key_in_flight = false  -- count this request in the key's in-flight counter
+for p = 1, LIMIT_COUNT do
+  local row, limit = rows[p], values[p]
+  if not row then  -- nothing set at this position
+  elseif row.mechanism == 'concurrency' then
+    local in_flight
+    if row.scope == 'key' then
+      key_in_flight = true
+      in_flight = tonumber(redis.call('HGET', K_limiter, 'n:' .. kid)) or 0
+    else
+      in_flight = redis.call('ZCOUNT', K_hold_expiry, '(' .. now, '+inf')
     end
-    limited(w.scope .. ':tokens_per_minute:' .. w.tpm, wait)
+    if in_flight + 1 > limit then limited(row, limit, 1000) end
+  elseif row.mechanism == 'rate' then
+    local w = by_scope[row.scope]
+    if row.unit == 'requests' and w.count + 1 > limit then
+      -- Wait until enough of the oldest entries have left the window.
+      local e = redis.call('ZRANGE', w.zkey, w.count - limit, w.count - limit, 'WITHSCORES')
+      limited(row, limit, math.max(tonumber(e[2]) + PER_MIN - now, 1))
+    elseif row.unit == 'tokens' and tokens > limit then
+      limited(row, limit, -2)
+    elseif row.unit == 'tokens' and w.sum + tokens > limit then
+      local wait, freed = PER_MIN, 0
+      local e = redis.call('ZRANGE', w.zkey, 0, 199, 'WITHSCORES')
+      for i = 1, #e, 2 do
+        freed = freed + (tonumber(string.match(e[i], ':(%d+)$')) or 0)
+        if w.sum - freed + tokens <= limit then
+          wait = math.max(tonumber(e[i + 1]) + PER_MIN - now, 1)
+          break
+        end
+      end
+      limited(row, limit, wait)
+    end
   end
 end
 if worst then
   return answer('rate_limit_exceeded', '', worst, worst_wait == math.huge and -1 or worst_wait, false)
 end
--- <<< limits
 
-redis.call('HSET', KEYS[3], rid, amount)
-redis.call('ZADD', KEYS[4], tonumber(ARGV[4]), rid)
-redis.call('HINCRBY', KEYS[1], 'held', amount)
-redis.call('HINCRBY', KEYS[5], 'admitted', 1)
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[5]))
+redis.call('HSET', K_holds, rid, string.format('%d', amount) .. ':' .. kid)  -- names its key: set_key_controls.lua
+redis.call('ZADD', K_hold_expiry, tonumber(A_expires_ms), rid)
+redis.call('HINCRBY', K_account, 'held', amount)
+-- The request counters of every request cap in the table (set or not: a cap set mid-window
+-- sees the window's admissions); credit counters are written by settlement.
+for _, c in ipairs(REQUEST_COUNTERS) do
+  local counters = c[1] == 'month' and K_month or K_day
+  redis.call('HINCRBY', counters, prefix(c[2]) .. 'admitted', 1)
+  redis.call('EXPIRE', counters, tonumber(A_window_ttl_s))
+end
 
--- >>> limits: enter the windows, count the key's hold; remember what for settlement
+-- Enter the minute windows and the key's counters; remember what for settlement.
 for _, w in ipairs(windows) do
   redis.call('ZADD', w.zkey, now, rid .. ':' .. string.format('%d', tokens))
   redis.call('PEXPIRE', w.zkey, 2 * PER_MIN)
-  redis.call('HSET', KEYS[8], w.sumfield, string.format('%d', w.sum + tokens))
+  redis.call('HSET', K_limiter, w.sumfield, string.format('%d', w.sum + tokens))
 end
-local in_acct = (windows[1] and windows[1].scope == 'account') and 1 or 0
-local in_key = (windows[#windows] and windows[#windows].scope == 'key') and 1 or 0
-local key_held = key_cap and amount or 0
-if key_held > 0 then redis.call('HINCRBY', KEYS[8], 'h:' .. kid, key_held) end
-if key_conc then redis.call('HINCRBY', KEYS[8], 'n:' .. kid, 1) end
-if key_held > 0 or key_conc or in_acct + in_key > 0 then
-  redis.call('HSET', KEYS[9], rid, table.concat({kid, string.format('%d', key_held), key_conc and 1 or 0,
-    in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
+local in_acct = by_scope['account'] and 1 or 0
+local in_key = by_scope['key'] and 1 or 0
+local key_hold = key_held and amount or 0
+if key_hold > 0 then redis.call('HINCRBY', K_limiter, 'h:' .. kid, key_hold) end
+if key_in_flight then redis.call('HINCRBY', K_limiter, 'n:' .. kid, 1) end
+if key_hold > 0 or key_in_flight or in_acct + in_key > 0 then
+  redis.call('HSET', K_hold_info, rid, table.concat({kid, string.format('%d', key_hold),
+    key_in_flight and 1 or 0, in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
 end
--- <<< limits
 held = held + amount
 return answer('ok', table.concat(warnings, ','), '', 0, true)

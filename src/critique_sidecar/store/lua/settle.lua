@@ -1,148 +1,140 @@
 -- Settlement, atomically and once per request id: release the hold, charge, roll up, record.
--- KEYS: 1 acct  2 holds  3 holdexp  4 day  5 month  6 done marker  7 usage stream
---       8 limiter state  9 hold info  10 the account's minute window  11 the key's (limits)
---       12 settings  13 notification outbox (observe)
--- ARGV: 1 request id  2 charge (micro-credits)  3 window ttl s  4 done ttl s
---       5 the usage record: a JSON array of field/value strings (one argument, not 28: each
---         argument costs the client packing time on every request)
---       6 model  7 key id  8 input tokens  9 output tokens
---       10 day  11 month  12 now ms (observe: notification windows)
--- Returns {applied (1|0), charged micro-credits}
+-- K_*, A_*, REPLY and the limit table: store/lua_contract.py.
+local rid = A_request_id
+local done = redis.call('GET', K_done)
+if done then return REPLY{applied = 0, charged = tonumber(done)} end
 
--- Validation (issue 14): everything is checked before anything changes, so a settlement Redis
--- cannot apply fails whole, with an error naming why (store/redis_ledger.py turns it into a
--- rejection, not an outage), never half way (a hold released without its charge).
-do
-  local function reject(why) return redis.error_reply('CRITIQUE_REJECTED ' .. why) end
-  -- Non-negative integers below 2^53 (exact in a Lua number, safe for HINCRBY).
-  local function count(v) return type(v) == 'string' and #v <= 15 and v:match('^%d+$') ~= nil end
-  for i, name in pairs({[2] = 'charge', [3] = 'window ttl', [4] = 'done ttl', [8] = 'input tokens', [9] = 'output tokens'}) do
-    if not count(ARGV[i]) then return reject(name .. ' is not a non-negative integer below 2^53') end
-  end
-  local ok, fields = pcall(cjson.decode, ARGV[5])
-  if not ok or type(fields) ~= 'table' or #fields == 0 or #fields % 2 ~= 0 then
-    return reject('usage record is not a field/value list')
-  end
-  for _, v in ipairs(fields) do
-    if type(v) ~= 'string' then return reject('usage record values must be strings') end
-  end
-  local want = {'hash', 'hash', 'zset', 'hash', 'hash', 'string', 'stream'}
-  for i, kind in ipairs(want) do
-    local t = redis.call('TYPE', KEYS[i])['ok']
-    if t ~= 'none' and t ~= kind then return reject('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. t) end
-  end
-  local a = redis.call('HMGET', KEYS[1], 'balance', 'held')
-  for i = 1, 2 do
-    if a[i] and not tostring(a[i]):match('^%-?%d+$') then return reject('account hash holds a non-integer') end
-  end
-  local balance = tonumber(a[1]) or 0
-  if balance - tonumber(ARGV[2]) < -9007199254740991 then return reject('balance would underflow') end
+--#include hold_counters
+
+-- Validation: everything is checked before anything changes, so a settlement Redis cannot apply
+-- fails whole, with an error naming why (store/redis_ledger.py turns it into a rejection, not an
+-- outage), never half way (a hold released without its charge). Keys that are read before the
+-- first write need no type check: the read itself fails first.
+local function reject(why) return redis.error_reply('CRITIQUE_REJECTED ' .. why) end
+-- Non-negative integers below 2^53 (exact in a Lua number, safe for HINCRBY).
+local function count(v) return type(v) == 'string' and #v <= 15 and v:match('^%d+$') ~= nil end
+for name, value in pairs({charge = A_charge, window_ttl_s = A_window_ttl_s, done_ttl_s = A_done_ttl_s,
+                          input_tokens = A_input_tokens, output_tokens = A_output_tokens}) do
+  if not count(value) then return reject(name .. ' is not a non-negative integer below 2^53') end
 end
+local ok, fields = pcall(cjson.decode, A_record)
+if not ok or type(fields) ~= 'table' or #fields == 0 or #fields % 2 ~= 0 then
+  return reject('usage record is not a field/value list')
+end
+for _, v in ipairs(fields) do
+  if type(v) ~= 'string' then return reject('usage record values must be strings') end
+end
+local a = redis.call('HMGET', K_account, 'balance', 'held')
+for i = 1, 2 do
+  if a[i] and not tostring(a[i]):match('^%-?%d+$') then return reject('account hash holds a non-integer') end
+end
+local charge = tonumber(A_charge)
+if (tonumber(a[1]) or 0) - charge < -9007199254740991 then return reject('balance would underflow') end
+local amt = hold_amount(redis.call('HGET', K_holds, rid))
+local info = redis.call('HGET', K_hold_info, rid)
+local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'}}
+if info then written[#written + 1] = {K_limiter, 'hash'} end
+local function typed(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind, t end
+for _, w in ipairs(written) do
+  local fits, t = typed(w[1], w[2])
+  if not fits then return reject('WRONGTYPE ' .. w[1] .. ' is a ' .. t) end
+end
+-- Notifications never fail a charge: keys of the wrong type skip them (nothing is queued).
+local notify = redis.pcall('HMGET', K_settings, 'notify_url', 'notify_thresholds', 'notify_low_balance')
+if notify.err or (notify[1] and not typed(K_notify_outbox, 'stream')) then notify = {} end
 
-local done = redis.call('GET', KEYS[6])
-if done then return {0, tonumber(done)} end
-
-local rid, charge = ARGV[1], tonumber(ARGV[2])
-local amt = redis.call('HGET', KEYS[2], rid)
+-- The charge: release the hold, take the credits.
 if amt then
-  redis.call('HINCRBY', KEYS[1], 'held', -tonumber(amt))
-  redis.call('HDEL', KEYS[2], rid)
+  redis.call('HINCRBY', K_account, 'held', -amt)
+  redis.call('HDEL', K_holds, rid)
 end
-redis.call('ZREM', KEYS[3], rid)
-if charge ~= 0 then redis.call('HINCRBY', KEYS[1], 'balance', -charge) end
+redis.call('ZREM', K_hold_expiry, rid)
+if charge ~= 0 then redis.call('HINCRBY', K_account, 'balance', -charge) end
 
-local inp, out = tonumber(ARGV[8]), tonumber(ARGV[9])
-local m, k = 'm:' .. ARGV[6] .. ':', 'k:' .. ARGV[7] .. ':'
-for _, p in ipairs({'', m, k}) do
-  redis.call('HINCRBY', KEYS[4], p .. 'credits', charge)
-  redis.call('HINCRBY', KEYS[4], p .. 'requests', 1)
-  redis.call('HINCRBY', KEYS[4], p .. 'in', inp)
-  redis.call('HINCRBY', KEYS[4], p .. 'out', out)
+-- The day's rollups (the dashboard's totals, per model and per key; key caps count these).
+local inp, out = tonumber(A_input_tokens), tonumber(A_output_tokens)
+for _, p in ipairs({'', 'm:' .. A_model .. ':', 'k:' .. A_key_id .. ':'}) do
+  redis.call('HINCRBY', K_day, p .. 'credits', charge)
+  redis.call('HINCRBY', K_day, p .. 'requests', 1)
+  redis.call('HINCRBY', K_day, p .. 'in', inp)
+  redis.call('HINCRBY', K_day, p .. 'out', out)
 end
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]))
-redis.call('HINCRBY', KEYS[5], 'credits', charge)
-redis.call('EXPIRE', KEYS[5], tonumber(ARGV[3]))
+redis.call('EXPIRE', K_day, tonumber(A_window_ttl_s))
+-- The credit counters of the table's credit caps in other windows (the day's are the rollups).
+for _, c in ipairs(CREDIT_COUNTERS) do
+  if c[1] ~= 'day' then
+    redis.call('HINCRBY', K_month, (c[2] == 'key' and ('k:' .. A_key_id .. ':') or '') .. 'credits', charge)
+    redis.call('EXPIRE', K_month, tonumber(A_window_ttl_s))
+  end
+end
 
--- >>> limits: undo what admission counted for this hold (place_hold.lua's hold info): the
--- key's held credits and in-flight count; in the minute windows, the token bound becomes the
--- tokens actually used (if the entry is still in its window).
-if KEYS[9] then
-  local info = redis.call('HGET', KEYS[9], rid)
-  if info then
-    local k, h, n, wa, wk, bound = string.match(info, '^(.-)|(%d+)|(%d+)|(%d)|(%d)|(%d+)|')
-    if k then
-      if tonumber(h) > 0 and redis.call('HINCRBY', KEYS[8], 'h:' .. k, -tonumber(h)) <= 0 then
-        redis.call('HDEL', KEYS[8], 'h:' .. k)
-      end
-      if n == '1' and redis.call('HINCRBY', KEYS[8], 'n:' .. k, -1) <= 0 then
-        redis.call('HDEL', KEYS[8], 'n:' .. k)
-      end
-      local used = string.format('%d', inp + out)
-      for _, w in ipairs({{wa, KEYS[10], 'tw'}, {wk, KEYS[11], 'tw:' .. k}}) do
-        local entry = rid .. ':' .. bound
-        local at = w[1] == '1' and redis.call('ZSCORE', w[2], entry)
-        if at then
-          redis.call('ZREM', w[2], entry)
-          redis.call('ZADD', w[2], at, rid .. ':' .. used)
-          local sum = (tonumber(redis.call('HGET', KEYS[8], w[3])) or 0) + (inp + out) - tonumber(bound)
-          redis.call('HSET', KEYS[8], w[3], string.format('%d', math.max(sum, 0)))
-        end
+-- Undo what admission counted for this hold: the key's held credits and in-flight count; in
+-- the minute windows, the token bound becomes the tokens used (if the entry is still there).
+if info then
+  local k, h, n, wa, wk, bound = read_hold_info(info)
+  if k then
+    release_counters(k, h, n)
+    local used = string.format('%d', inp + out)
+    for _, w in ipairs({{wa, K_account_window, 'tw'}, {wk, K_key_window, 'tw:' .. k}}) do
+      local entry = rid .. ':' .. bound
+      local at = w[1] == '1' and redis.call('ZSCORE', w[2], entry)
+      if at then
+        redis.call('ZREM', w[2], entry)
+        redis.call('ZADD', w[2], at, rid .. ':' .. used)
+        local sum = (tonumber(redis.call('HGET', K_limiter, w[3])) or 0) + (inp + out) - tonumber(bound)
+        redis.call('HSET', K_limiter, w[3], string.format('%d', math.max(sum, 0)))
       end
     end
-    redis.call('HDEL', KEYS[9], rid)
   end
+  redis.call('HDEL', K_hold_info, rid)
 end
--- <<< limits
 
 -- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
 -- Retention trims instead (store/usage_retention.py).
-redis.call('XADD', KEYS[7], '*', unpack(cjson.decode(ARGV[5])))
+redis.call('XADD', K_usage, '*', unpack(fields))
 
--- observe (issue 20): budget notifications. KEYS: 12 settings  13 notification outbox stream
--- ARGV: 10 day  11 month  12 now ms. Once per threshold, window and account: the marker is a
--- field of the window's own rollup hash (HSETNX, in this same atomic script), so several
--- sidecars settling at once queue one event, and the marker expires with its window.
--- The charge is already written above: a key of the wrong type here must not fail the script
--- half way, so notifications are skipped instead (nothing is queued; the charge stands).
-local function is(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind end
-local ns = {}
-if is(KEYS[12], 'hash') and is(KEYS[13], 'stream') then
-  ns = redis.call('HMGET', KEYS[12], 'notify_url', 'notify_thresholds', 'notify_low_balance',
-    'daily_credit_cap', 'monthly_credit_cap', 'daily_request_cap')
-end
-if ns[1] then
-  local bal = tonumber(redis.call('HGET', KEYS[1], 'balance')) or 0
-  local function notify(kind, window, pct, used, limit, marker_key, marker)
+-- Budget notifications, only for accounts that set a webhook. Once per threshold, window and
+-- account: the marker is a field of the window's counter hash (HSETNX, in this same atomic
+-- script), so several sidecars settling at once queue one event, and it expires with its window.
+if notify[1] then
+  local bal = tonumber(redis.call('HGET', K_account, 'balance')) or 0
+  local function queue(kind, window, pct, used, limit, marker_key, marker)
     if redis.call('HSETNX', marker_key, marker, 1) == 1 then
-      redis.call('XADD', KEYS[13], 'MAXLEN', '~', 10000, '*', 'kind', kind, 'window', window,
+      redis.call('XADD', K_notify_outbox, 'MAXLEN', '~', 10000, '*', 'kind', kind, 'window', window,
         'threshold_percent', pct, 'used', used, 'limit', limit, 'balance', bal,
-        'request_id', rid, 'ts_ms', ARGV[12])
-      redis.call('PUBLISH', 'crt:notify:wake', KEYS[13])  -- wakes the delivery workers at once
+        'request_id', rid, 'ts_ms', A_now_ms)
+      redis.call('PUBLISH', 'crt:notify:wake', K_notify_outbox)  -- wakes the delivery workers at once
     end
   end
-  if ns[2] then
-    local caps = {
-      {'daily_credit_cap', tonumber(ns[4]), KEYS[4], 'credits', ARGV[10]},
-      {'monthly_credit_cap', tonumber(ns[5]), KEYS[5], 'credits', ARGV[11]},
-      {'daily_request_cap', tonumber(ns[6]), KEYS[4], 'requests', ARGV[10]},
-    }
-    for _, c in ipairs(caps) do
-      if c[2] and c[2] > 0 then
-        local used = tonumber(redis.call('HGET', c[3], c[4])) or 0
-        for p in string.gmatch(ns[2], '%d+') do
-          if used * 100 >= c[2] * tonumber(p) then
-            notify(c[1], c[5], p, used, c[2], c[3], 'notified:' .. c[1] .. ':' .. p)
+  if notify[2] then  -- thresholds: percent of each account cap that is set
+    local caps = {}
+    for i = 1, #ACCOUNT_LIMIT_FIELDS do
+      local row = ACCOUNT_LIMIT(i)
+      if row.mechanism == 'cap' then caps[#caps + 1] = row end
+    end
+    local fields_ = {}
+    for i, row in ipairs(caps) do fields_[i] = row.field end
+    local values = redis.call('HMGET', K_settings, unpack(fields_))
+    for i, row in ipairs(caps) do
+      local cap = tonumber(values[i])
+      if cap and cap > 0 then
+        local counters = row.window == 'month' and K_month or K_day
+        local window = row.window == 'month' and A_month or A_day
+        local used = tonumber(redis.call('HGET', counters, row.unit == 'credits' and 'credits' or 'requests')) or 0
+        for p in string.gmatch(notify[2], '%d+') do
+          if used * 100 >= cap * tonumber(p) then
+            queue(row.name, window, p, used, cap, counters, 'notified:' .. row.name .. ':' .. p)
           end
         end
       end
     end
   end
-  local low = tonumber(ns[3])
+  local low = tonumber(notify[3])
   if low then  -- once per fall to the level; re-armed when a settlement finds the balance above it
-    if bal <= low then notify('low_balance', '', '', bal, low, KEYS[1], 'notified:low_balance')
-    else redis.call('HDEL', KEYS[1], 'notified:low_balance') end
+    if bal <= low then queue('low_balance', '', '', bal, low, K_account, 'notified:low_balance')
+    else redis.call('HDEL', K_account, 'notified:low_balance') end
   end
 end
--- end observe
-redis.call('SET', KEYS[6], charge, 'EX', tonumber(ARGV[4]))
-return {1, charge}
+
+redis.call('SET', K_done, charge, 'EX', tonumber(A_done_ttl_s))
+return REPLY{applied = 1, charged = charge}

@@ -1,11 +1,11 @@
 -- Dashboard snapshot, read-only and atomic: the rollups, the balance and the settings the
 -- dashboard shows all come from one instant, so they can never disagree with each other.
 -- KEYS: 1 acct  2 settings  3 month  4.. day hashes (oldest first)
--- Returns {{balance, held}, settings field/value list, month credits, day1 field/value list, ...}
+-- Returns {{balance, held}, settings field/value list, month field/value list, day1 field/value list, ...}
 local out = {
   redis.call('HMGET', KEYS[1], 'balance', 'held'),
   redis.call('HGETALL', KEYS[2]),
-  redis.call('HGET', KEYS[3], 'credits') or false,
+  redis.call('HGETALL', KEYS[3]),
 }
 for i = 4, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end
 return out

@@ -1,5 +1,7 @@
-"""Import rules that keep the layers apart: the core is transport-free and storage-free, the
-HTTP routes reach storage only through the core's interfaces. Every import counts, including
+"""Import rules that keep the layers apart: the core is transport-free and storage-free; the
+HTTP routes, the operator actions (provisioning/) and the background workers reach storage only
+through the core's interfaces (core/stores.py and the other Protocols), and the customer's routes
+reach the operator actions only through core.stores.KeyAdmin. Every import counts, including
 those inside functions."""
 
 from __future__ import annotations
@@ -13,10 +15,25 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "critique_sidecar"
 
+_STORAGE_AND_DOORS = (
+    "critique_sidecar.store",
+    "critique_sidecar.envoy",
+    "critique_sidecar.asgi",
+    "critique_sidecar.app",
+    "critique_sidecar.admin",
+    "critique_sidecar.lifecycle",
+    "redis",
+    "grpc",
+    "envoy",
+)
 RULES = {
     "core": ("critique_sidecar.store", "critique_sidecar.envoy", "critique_sidecar.asgi", "critique_sidecar.web",
-             "critique_sidecar.app", "critique_sidecar.lifecycle", "grpc", "envoy", "starlette", "redis", "uvicorn"),
-    "web": ("critique_sidecar.store", "critique_sidecar.envoy", "critique_sidecar.asgi", "redis", "grpc", "envoy"),
+             "critique_sidecar.app", "critique_sidecar.lifecycle", "critique_sidecar.provisioning",
+             "critique_sidecar.workers", "critique_sidecar.json_http", "grpc", "envoy", "starlette", "redis", "uvicorn"),
+    "web": (*_STORAGE_AND_DOORS, "critique_sidecar.provisioning", "critique_sidecar.workers"),
+    "provisioning": (*_STORAGE_AND_DOORS, "critique_sidecar.web", "critique_sidecar.workers", "uvicorn"),
+    "workers": (*_STORAGE_AND_DOORS, "critique_sidecar.web", "critique_sidecar.provisioning", "starlette"),
+    "json_http.py": (*_STORAGE_AND_DOORS, "critique_sidecar.web", "critique_sidecar.provisioning"),
     "app.py": ("grpc", "envoy", "critique_sidecar.envoy", "critique_sidecar.asgi"),  # wiring only: no transport
     "asgi": ("grpc", "envoy", "critique_sidecar.envoy"),
 }  # fmt: skip

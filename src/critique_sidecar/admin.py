@@ -1,4 +1,5 @@
-"""The admin listener: the provisioning API served by its own uvicorn server."""
+"""Wiring of the operator side: the operator actions (provisioning.service.Provisioning) on the
+Redis stores, and the admin listener that serves the provisioning API with its own uvicorn."""
 
 from __future__ import annotations
 
@@ -9,16 +10,44 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from ..config import Config
-from ..core.catalog import load_catalog
-from ..store.operator_tokens import RedisOperatorTokens
-from .api import build_admin_app
-from .observe import AdminMetrics, Observed
-from .service import Provisioning
+from .config import Config
+from .core.catalog import load_catalog
+from .provisioning.api import build_admin_app
+from .provisioning.observe import AdminMetrics, Observed
+from .provisioning.service import Provisioning
+from .store.accounts import RedisAccounts
+from .store.audit import RedisAuditTrail
+from .store.credit_changes import RedisCreditChanges
+from .store.key_store import RedisKeyStore
+from .store.operator_tokens import RedisOperatorTokens
+from .store.settings_store import RedisSettingsStore
+from .store.usage_records import RedisUsageRecords
+
+
+def provisioning_on(
+    redis: Any,
+    *,
+    idempotency_ttl_s: int = 30 * 86400,
+    rotation_grace_s: int = 86400,
+    known_models: frozenset[str] | None = None,
+    webhook_networks: tuple[Any, ...] = (),
+) -> Provisioning:
+    """The operator actions on one Redis (or Cluster)."""
+    return Provisioning(
+        keys=RedisKeyStore(redis),
+        settings=RedisSettingsStore(redis),
+        accounts=RedisAccounts(redis),
+        credit_changes=RedisCreditChanges(redis, idempotency_ttl_s),
+        audit_trail=RedisAuditTrail(redis),
+        usage_records=RedisUsageRecords(redis),
+        rotation_grace_s=rotation_grace_s,
+        known_models=known_models,
+        webhook_networks=webhook_networks,
+    )
 
 
 def provisioning(config: Config, redis: Any) -> Provisioning:
-    return Provisioning(
+    return provisioning_on(
         redis,
         idempotency_ttl_s=config.idempotency_ttl_s,
         rotation_grace_s=config.key_rotation_grace_s,
