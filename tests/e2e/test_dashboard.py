@@ -74,9 +74,13 @@ def test_dashboard_agrees_with_the_balance_change_and_the_usage_records(stack: S
         model=FLASH, messages=[{"role": "user", "content": PROMPT}], max_tokens=40, stream=True
     )
     assert "".join((c.choices[0].delta.content or "") for c in stream if c.choices)
+    answer = sdk(stack, agent_a["key"]).responses.with_raw_response.create(
+        model=FLASH, input=PROMPT, max_output_tokens=40
+    )
+    charged[answer.headers["x-critique-request-id"]] = Decimal(answer.headers["x-critique-credits-charged"])
 
-    entries = wait_records(stack, account, len(plan) + 1)
-    assert len(entries) == len(plan) + 1
+    entries = wait_records(stack, account, len(plan) + 2)
+    assert len(entries) == len(plan) + 2
     spent = before - balance(stack, account)
     assert spent > 0
 
@@ -105,6 +109,8 @@ def test_dashboard_agrees_with_the_balance_change_and_the_usage_records(stack: S
     assert {m["model"]: counts(m) for m in data["by_model"]} == grouped("model")
     assert set(grouped("model")) == {FLASH, HY3, NEMOTRON}
     assert {k["key_id"]: counts(k) for k in data["by_key"]} == grouped("key_id")
+    assert {e["endpoint"]: counts(e) for e in data["by_endpoint"]} == grouped("endpoint")
+    assert set(grouped("endpoint")) == {"chat.completions", "responses"}
     assert {k["key_id"] for k in data["by_key"]} == {agent_a["key_id"], agent_b["key_id"]}
     assert data["balance"]["balance"] == format_credits(int(balance(stack, account) * 1_000_000))
     assert data["limits"]["daily_request_cap"]["spent"] >= len(entries)  # admissions today

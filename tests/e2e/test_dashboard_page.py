@@ -120,6 +120,11 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
         "rows => rows.map(r => [r.dataset.model, r.querySelector('[data-col=credits]').textContent, r.querySelector('[data-col=requests]').dataset.value])",
     )
     assert models == [[m["model"], m["credits"], str(m["requests"])] for m in summary["by_model"]]
+    endpoints = await page.eval_on_selector_all(
+        "#endpoints-table tbody tr",
+        "rows => rows.map(r => [r.dataset.endpoint, r.querySelector('[data-col=credits]').textContent])",
+    )
+    assert endpoints == [[e["endpoint"], e["credits"]] for e in summary["by_endpoint"]] and endpoints
     keys = await page.eval_on_selector_all(
         "#keys-table tbody tr",
         "rows => rows.map(r => [r.dataset.keyId, r.querySelector('[data-col=credits]').textContent])",

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
+from critique_sidecar.core.endpoints import NAMES
 from critique_sidecar.core.money import format_credits
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import RedisKeyStore
@@ -36,7 +37,8 @@ async def test_rollups_equal_the_sum_of_the_records(
     for _ in range(400):
         at = NOW - timedelta(days=rng.randrange(0, 7), minutes=rng.randrange(0, 600))
         rec = record(account, at=at, model=rng.choice(MODELS), key_id=rng.choice(keys),
-                     inp=rng.randrange(0, 5000), out=rng.randrange(0, 3000), credits=rng.randrange(0, 10**7))  # fmt: skip
+                     inp=rng.randrange(0, 5000), out=rng.randrange(0, 3000), credits=rng.randrange(0, 10**7),
+                     endpoint=rng.choice(NAMES))  # fmt: skip
         assert (await ledger.settle(rec)).applied
         written.append(rec)
         if rng.random() < 0.1:  # a repeated settlement is neither recorded nor rolled up twice
@@ -48,10 +50,11 @@ async def test_rollups_equal_the_sum_of_the_records(
     per_day: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     per_model: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     per_key: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    per_endpoint: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for _, f in entries:
         day = datetime.fromtimestamp(int(f["ts_ms"]) / 1000, UTC).strftime("%Y-%m-%d")
         row = [int(f["credits"]), 1, int(f["input_tokens"]), int(f["output_tokens"])]
-        for bucket in (per_day[day], per_model[f["model"]], per_key[f["key_id"]]):
+        for bucket in (per_day[day], per_model[f["model"]], per_key[f["key_id"]], per_endpoint[f["endpoint"]]):
             for i, v in enumerate(row):
                 bucket[i] += v
 
@@ -72,6 +75,11 @@ async def test_rollups_equal_the_sum_of_the_records(
     assert {
         k["key_id"]: {f: k[f] for f in ("credits", "requests", "input_tokens", "output_tokens")} for k in data["by_key"]
     } == {k: shape(v) for k, v in per_key.items()}
+    assert {
+        e["endpoint"]: {f: e[f] for f in ("credits", "requests", "input_tokens", "output_tokens")}
+        for e in data["by_endpoint"]
+    } == {e: shape(v) for e, v in per_endpoint.items()}
+    assert len(per_endpoint) == len(NAMES)  # every endpoint charged, each its own row
     assert {k["key_id"]: k["name"] for k in data["by_key"]} == {k: f"agent-{i}" for i, k in enumerate(keys)}
     # Credits are exact: the decimal strings add up to the micro-credit sum.
     assert sum(Decimal(d["credits"]) for d in data["daily"]) == Decimal(grand[0]) / 10**6

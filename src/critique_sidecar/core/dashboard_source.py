@@ -52,6 +52,7 @@ class DayRollup:
     counters: dict[str, int] = field(default_factory=dict)  # the hash's own counters (credits, admitted, ...)
     by_model: dict[str, Counts] = field(default_factory=dict)
     by_key: dict[str, Counts] = field(default_factory=dict)
+    by_endpoint: dict[str, Counts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,6 +80,7 @@ class SettleArgs(NamedTuple):
     record: bytes  # the usage record: a JSON array of field/value strings, one argument
     model: str
     key_id: str
+    endpoint: str  # core/endpoints' name: the dashboard's usage by endpoint
     input_tokens: int
     output_tokens: int
     day: str  # window names, for notifications

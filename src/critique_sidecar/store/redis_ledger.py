@@ -118,6 +118,7 @@ class RedisLedger:
             record=orjson.dumps([str(v) for v in record_fields(record)]),
             model=record.model,
             key_id=record.key_id,
+            endpoint=record.endpoint,
             input_tokens=record.input_tokens,
             output_tokens=record.output_tokens,
             day=record.day,

@@ -3,7 +3,7 @@ the activity log (the usage stream, newest first).
 
 The rollups are the per-day hashes `settle.lua` increments atomically with each charge:
 fields `credits requests in out` (and `admitted`, counted by admission), `m:<model>:<field>`
-per model and `k:<key id>:<field>` per API key. A dashboard view of N days reads N hashes,
+per model, `k:<key id>:<field>` per API key and `e:<endpoint>:<field>` per endpoint. A dashboard view of N days reads N hashes,
 whatever the traffic was."""
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def _int(raw: Any) -> int:
 
 
 def parse_day(day: str, data: dict[str, str]) -> DayRollup:
-    """A day hash -> totals, per model and per key."""
+    """A day hash -> totals, per model, per key and per endpoint."""
     totals: dict[str, int] = {}
-    groups: dict[str, dict[str, dict[str, int]]] = {"m": {}, "k": {}}
+    groups: dict[str, dict[str, dict[str, int]]] = {"m": {}, "k": {}, "e": {}}
     for name, raw in data.items():
         if name in _COUNTERS:
             totals[_COUNTERS[name]] = _int(raw)
@@ -52,6 +52,7 @@ def parse_day(day: str, data: dict[str, str]) -> DayRollup:
         counters=_own_counters(data),
         by_model={m: Counts(**c) for m, c in groups["m"].items()},
         by_key={k: Counts(**c) for k, c in groups["k"].items()},
+        by_endpoint={e: Counts(**c) for e, c in groups["e"].items()},
     )
 
 

@@ -225,12 +225,15 @@ def build_summary(
     total = Counts()
     by_model: dict[str, Counts] = {}
     by_key: dict[str, Counts] = {}
+    by_endpoint: dict[str, Counts] = {}
     for day in snap.days:
         total += day.total
         for model, c in day.by_model.items():
             by_model[model] = by_model.get(model, Counts()) + c
         for key_id, c in day.by_key.items():
             by_key[key_id] = by_key.get(key_id, Counts()) + c
+        for endpoint, c in day.by_endpoint.items():
+            by_endpoint[endpoint] = by_endpoint.get(endpoint, Counts()) + c
 
     def ranked(items: dict[str, Counts]) -> list[tuple[str, Counts]]:
         return sorted(items.items(), key=lambda kv: (-kv[1].credits, -kv[1].requests, kv[0]))
@@ -249,6 +252,7 @@ def build_summary(
         "daily": [{"date": d.day, **_counts(d.total)} for d in snap.days],
         "totals": _counts(total),
         "by_model": [{"model": m, **_counts(c)} for m, c in ranked(by_model)],
+        "by_endpoint": [{"endpoint": e, **_counts(c)} for e, c in ranked(by_endpoint)],
         "by_key": [
             {
                 "key_id": k,

@@ -51,9 +51,10 @@ end
 redis.call('ZREM', K_hold_expiry, rid)
 if charge ~= 0 then redis.call('HINCRBY', K_account, 'balance', -charge) end
 
--- The day's rollups (the dashboard's totals, per model and per key; key caps count these).
+-- The day's rollups (the dashboard's totals, per model, per key and per endpoint; key caps
+-- count these).
 local inp, out = tonumber(A_input_tokens), tonumber(A_output_tokens)
-for _, p in ipairs({'', 'm:' .. A_model .. ':', 'k:' .. A_key_id .. ':'}) do
+for _, p in ipairs({'', 'm:' .. A_model .. ':', 'k:' .. A_key_id .. ':', 'e:' .. A_endpoint .. ':'}) do
   redis.call('HINCRBY', K_day, p .. 'credits', charge)
   redis.call('HINCRBY', K_day, p .. 'requests', 1)
   redis.call('HINCRBY', K_day, p .. 'in', inp)
