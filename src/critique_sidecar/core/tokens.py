@@ -66,6 +66,23 @@ def part(details: Any, name: str) -> int:
     return count(details.get(name)) or 0
 
 
+def openai_usage(u: Any, input_name: str, output_name: str) -> TokenCounts | None:
+    """An OpenAI usage object: totals `<input_name>` and `<output_name>` with their cached and
+    reasoning parts in `<name>_details` (chat's prompt/completion_tokens, the Responses API's
+    input/output_tokens); None unless both totals are counts."""
+    if not isinstance(u, dict):
+        return None
+    inp, out = count(u.get(input_name)), count(u.get(output_name))
+    if inp is None or out is None:
+        return None
+    return counts(
+        inp,
+        out,
+        cached=part(u.get(input_name + "_details"), "cached_tokens"),
+        reasoning=part(u.get(output_name + "_details"), "reasoning_tokens"),
+    )
+
+
 def decode_body(raw: bytes, content_encoding: str, limit: int = 64 << 20) -> bytes:
     """The body as the upstream meant it: gzip/deflate undone (bounded), others as they are.
     Used for metering only; the client still receives what the upstream sent."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import scopes
-from ..tokens import TokenCounts, count, counts, part
+from ..tokens import TokenCounts, openai_usage
 from . import openai_stream
 from .base import (
     Endpoint,
@@ -84,20 +84,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
 def usage(obj: Any) -> TokenCounts | None:
     """`usage` of a chat completion or chunk (prompt_tokens includes cached_tokens;
     completion_tokens includes reasoning_tokens), if well-formed."""
-    if not isinstance(obj, dict):
-        return None
-    u = obj.get("usage")
-    if not isinstance(u, dict):
-        return None
-    prompt, completion = count(u.get("prompt_tokens")), count(u.get("completion_tokens"))
-    if prompt is None or completion is None:
-        return None
-    return counts(
-        prompt,
-        completion,
-        cached=part(u.get("prompt_tokens_details"), "cached_tokens"),
-        reasoning=part(u.get("completion_tokens_details"), "reasoning_tokens"),
-    )
+    return openai_usage(obj.get("usage"), "prompt_tokens", "completion_tokens") if isinstance(obj, dict) else None
 
 
 ENDPOINT = Endpoint(

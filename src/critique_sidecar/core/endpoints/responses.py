@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .. import scopes
-from ..tokens import TokenCounts, count, counts, part
+from ..tokens import TokenCounts, openai_usage
 from .base import (
     KEEP,
     TERMINAL,
@@ -84,17 +84,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
 
 
 def _usage_of(u: Any) -> TokenCounts | None:
-    if not isinstance(u, dict):
-        return None
-    inp, out = count(u.get("input_tokens")), count(u.get("output_tokens"))
-    if inp is None or out is None:
-        return None
-    return counts(
-        inp,
-        out,
-        cached=part(u.get("input_tokens_details"), "cached_tokens"),
-        reasoning=part(u.get("output_tokens_details"), "reasoning_tokens"),
-    )
+    return openai_usage(u, "input_tokens", "output_tokens")
 
 
 def usage(obj: Any) -> TokenCounts | None:
