@@ -452,7 +452,7 @@ def test_merged_under_a_path_prefix_serves_the_product_there_and_nowhere_else(
         assert page["status"] == 200 and b'"api/dashboard/inference-api"' in page["body"]
         # The page in a browser: it calls the product under the prefix only, never the edge's /api/.
         edge["seen"].clear()
-        owner = stack.create_key(account, "read:inference,admin:inference")
+        owner = stack.create_key(account, "read:inference,write:inference,admin:inference")
         calls = drive_the_page(f"http://127.0.0.1:{ports.http}/llm/inference-dashboard", owner["key"])
         assert calls["requests"] and all(u.startswith(f"http://127.0.0.1:{ports.http}/llm/") for u in calls["requests"])
         assert not [seen for seen in edge["seen"] if "crt_" in seen[1]]  # no key ever reached their backend
