@@ -28,13 +28,14 @@ def test_cli_settings_set_and_show(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--enabled", "false",
         "--daily-credit-cap", "12.5", "--monthly-credit-cap", "100", "--daily-request-cap", "40",
         "--reserve-floor", "2.25", "--block-when-cap-reached", "false", "--training-opt-in", "true", "--json",
-        "--rpm", "600", "--max-concurrent", "8",
+        "--rpm", "600", "--max-concurrent", "8", "--credits-per-minute", "0.5",
     )  # fmt: skip
     assert code == 0
     assert json.loads(out) == {
         "enabled": False, "monthly_credit_cap": "100.000000", "daily_credit_cap": "12.500000", "daily_request_cap": 40,
         "reserve_credits_for_review": "2.250000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
         "requests_per_minute": 600, "tokens_per_minute": None, "max_concurrent": 8,
+        "credits_per_minute": "0.500000", "credits_per_hour": None,
         "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     code, out, _ = _cli(
@@ -45,7 +46,7 @@ def test_cli_settings_set_and_show(
     assert code == 0
     assert out.splitlines() == [  # the limits in the limit table's order (core/limit_table.py)
         "enabled: false", "daily_request_cap: 40", "daily_credit_cap: none", "monthly_credit_cap: 100.000000",
-        "requests_per_minute: 600", "tokens_per_minute: none", "max_concurrent: 8",
+        "credits_per_minute: 0.500000", "credits_per_hour: none", "requests_per_minute: 600", "tokens_per_minute: none", "max_concurrent: 8",
         "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
         "notify_webhook_url: none", "notify_thresholds_percent: none", "notify_low_balance_credits: none",
     ]  # fmt: skip

@@ -31,6 +31,7 @@ async def test_defaults_for_an_unconfigured_account(env: Env) -> None:
         "enabled": True, "monthly_credit_cap": None, "daily_credit_cap": None, "daily_request_cap": None,
         "reserve_credits_for_review": "0.000000", "block_when_cap_reached": True, "deepseek_training_opt_in": False,
     "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
+    "credits_per_minute": None, "credits_per_hour": None,
     "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     assert await env.redis.exists(ks.settings(env.account)) == 0  # reading writes nothing

@@ -396,3 +396,18 @@ __all__ += [
     "test_requests_per_minute_admit_exactly_the_limit_of_a_burst",
     "test_tokens_per_minute_admit_exactly_what_fits_and_settlement_corrects",
 ]
+
+
+# -- spend rates (tests/integration/test_spend_rates.py), on the Cluster --------------------------
+
+from .test_spend_rates import (  # noqa: E402 - collected here, with the Cluster `redis_client`
+    keyed,
+    test_a_key_spend_rate_stops_that_key_only,
+    test_a_runaway_loop_is_stopped_within_the_minute_and_resumes_in_the_next,
+)
+
+__all__ += [
+    "keyed",
+    "test_a_key_spend_rate_stops_that_key_only",
+    "test_a_runaway_loop_is_stopped_within_the_minute_and_resumes_in_the_next",
+]

@@ -114,7 +114,8 @@ async def test_setting_a_key_limit_twice_counts_open_holds_once(env: Env) -> Non
     lim: Any = await env.redis.hgetall(ks.limiter(env.account))
     assert (int(lim[f"h:{key.key_id}".encode()]), int(lim[f"n:{key.key_id}".encode()])) == (env.hold, 1)
     await settle(env, req)
-    assert not {k for k in await env.redis.hkeys(ks.limiter(env.account)) if key.key_id.encode() in k}
+    left = {k for k in await env.redis.hkeys(ks.limiter(env.account)) if key.key_id.encode() in k}
+    assert left == {f"sp:{key.key_id}".encode()}  # only the key's spend in this minute and hour
 
 
 # -- a promotion's boundary instants -------------------------------------------------------

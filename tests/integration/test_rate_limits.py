@@ -90,7 +90,7 @@ class Limits:
 
     async def counters(self) -> dict[str, int]:
         data = await self.redis.hgetall(ks.limiter(self.account))
-        return {k.decode(): int(v) for k, v in data.items() if not k.endswith(b":at")}
+        return {k.decode(): int(v) for k, v in data.items() if not k.endswith(b":at") and not k.startswith(b"sp")}
 
 
 @pytest.fixture

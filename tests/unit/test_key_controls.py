@@ -19,15 +19,18 @@ def parse(raw: bytes, known: set[str] | None = None) -> KeyControls:
 def test_full_controls_round_trip_through_json_and_the_hash() -> None:
     c = parse(
         b'{"expires_at": "2026-12-31T10:00:00+02:00", "models": ["a/b", "c"], "daily_credit_cap": 0.1,'
-        b' "requests_per_minute": 60, "tokens_per_minute": 100000, "max_concurrent": 4}'
+        b' "requests_per_minute": 60, "tokens_per_minute": 100000, "max_concurrent": 4,'
+        b' "credits_per_minute": "0.25", "credits_per_hour": 3}'
     )
     assert c.expires_at_ms == 1798704000000 and c.daily_credit_cap == 100_000  # exact, never a float
     assert c.to_json() == {
         "expires_at": "2026-12-31T08:00:00Z", "models": ["a/b", "c"], "daily_credit_cap": "0.100000",
         "requests_per_minute": 60, "tokens_per_minute": 100000, "max_concurrent": 4,
+        "credits_per_minute": "0.250000", "credits_per_hour": "3.000000",
     }  # fmt: skip
     assert c.to_hash() == {"expires_at_ms": "1798704000000", "models": ",a/b,c,", "daily_credit_cap": "100000",
-                           "rpm": "60", "tpm": "100000", "max_concurrent": "4"}  # fmt: skip
+                           "rpm": "60", "tpm": "100000", "max_concurrent": "4",
+                           "credits_per_minute": "250000", "credits_per_hour": "3000000"}  # fmt: skip
     assert KeyControls.from_hash(c.to_hash()) == c
     assert KeyControls.parse(c.to_json()) == c  # what is shown can be sent back unchanged
 

@@ -25,6 +25,17 @@ def seconds_to_next_utc_midnight(at: datetime) -> int:
     return max(1, int((tomorrow - at).total_seconds() + 0.999))
 
 
+def window_end(window: str, at: datetime) -> datetime:
+    """When the UTC window (day, month, hour, minute) that holds `at` ends."""
+    if window == "month":
+        return next_month_start(at)
+    if window == "hour":
+        return at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if window == "minute":
+        return at.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return at.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+
+
 def next_month_start(at: datetime) -> datetime:
     first = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return (first + timedelta(days=32)).replace(day=1)

@@ -56,6 +56,30 @@ class DayRollup:
 
 
 @dataclass(frozen=True, slots=True)
+class SpendWindows:
+    """The spend rates' settled credits: the UTC minute and hour (counted from the epoch) the
+    account last settled in, and the micro-credits settled in each (store/lua/lib/spend_rate.lua)."""
+
+    minute: int = 0
+    minute_credits: int = 0
+    hour: int = 0
+    hour_credits: int = 0
+
+    @classmethod
+    def parse(cls, raw: str) -> SpendWindows:
+        parts = raw.split("|")
+        if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts):
+            return cls()
+        return cls(*(int(p) for p in parts))
+
+    def spent(self, window: str, now_ms: int) -> int:
+        """Settled in the window that holds `now_ms` (0 once the stored window has passed)."""
+        if window == "minute":
+            return self.minute_credits if self.minute >= now_ms // 60_000 else 0
+        return self.hour_credits if self.hour >= now_ms // 3_600_000 else 0
+
+
+@dataclass(frozen=True, slots=True)
 class UsageSnapshot:
     days: list[DayRollup]  # as asked, oldest first
     month_credits: int  # micro-credits settled in the month asked
@@ -63,10 +87,13 @@ class UsageSnapshot:
     held: int
     settings: AccountSettings
     month_counters: dict[str, int] = field(default_factory=dict)  # the month hash's counters
+    spend: SpendWindows = SpendWindows()
 
-    def cap_usage(self, row: Limit) -> int:
+    def cap_usage(self, row: Limit, now_ms: int = 0) -> int:
         """What an account cap (core/limit_table.py) counts in its current window: settled
-        credits, or admissions."""
+        credits, or admissions (the spend rates: in the UTC minute or hour of `now_ms`)."""
+        if row.window in ("minute", "hour"):
+            return self.spend.spent(row.window, now_ms)
         counters = self.month_counters if row.window == "month" else self.days[-1].counters
         return counters.get("credits" if row.credits else "admitted", 0)
 

@@ -30,6 +30,10 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     # per-key controls and rate limits (core/limit_table.py)
     "model_not_allowed": (403, "permission_error"),
     "key_daily_credit_cap_reached": (429, "rate_limit_error"),
+    "credits_per_minute_reached": (429, "rate_limit_error"),
+    "credits_per_hour_reached": (429, "rate_limit_error"),
+    "key_credits_per_minute_reached": (429, "rate_limit_error"),
+    "key_credits_per_hour_reached": (429, "rate_limit_error"),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     # provisioning API (operator tokens, idempotent credit changes)
     "invalid_operator_token": (401, "authentication_error"),

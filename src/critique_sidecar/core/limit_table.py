@@ -4,9 +4,11 @@ and settlement scripts' limit loops (store/lua_contract.py renders this table in
 read this table. A new limit of an existing mechanism is one row here.
 
 Mechanisms (how store/lua/place_hold.lua counts; each is one generic loop there):
-- `cap`: a counter in a UTC window (day, month) plus what is in flight, against the cap. Credit
-  caps count settled credits plus open holds plus this request's hold; request caps count
-  admissions including this one. Soft caps follow the account's `block_when_cap_reached`.
+- `cap`: a counter in a UTC window (day, month; the spend rates' minute and hour) plus what is
+  in flight, against the cap. Credit caps count settled credits plus open holds plus this
+  request's hold; request caps count admissions including this one. Soft caps follow the
+  account's `block_when_cap_reached`. The spend rates (credits per minute, per hour) are credit
+  caps in fixed UTC windows, always hard: a runaway loop is stopped within one window.
 - `rate`: a sliding one-minute window per scope (requests, or tokens as admitted: input bound +
   output bound). Always hard; refused with the wait until the request fits.
 - `concurrency`: requests in flight (open, unexpired holds) per scope. Always hard.
@@ -24,10 +26,11 @@ from typing import Literal
 Scope = Literal["account", "key"]
 Mechanism = Literal["cap", "rate", "concurrency"]
 Unit = Literal["credits", "requests", "tokens"]
-Window = Literal["day", "month", "minute", "now"]
-# When a refused request may succeed: the next UTC day or month, when the minute window frees
-# enough, or when a request in flight finishes.
-Retry = Literal["next_day", "next_month", "window", "in_flight"]
+Window = Literal["day", "month", "hour", "minute", "now"]
+# When a refused request may succeed: the next UTC day, month, hour or minute, when the sliding
+# minute window frees enough, or when a request in flight finishes.
+Retry = Literal["next_day", "next_month", "next_hour", "next_minute", "window", "in_flight"]
+NEXT: dict[Window, Retry] = {"day": "next_day", "month": "next_month", "hour": "next_hour", "minute": "next_minute"}
 
 # Lua numbers are doubles: every stored value stays below 2**53.
 MAX_CREDITS = Decimal(1_000_000_000)
@@ -67,9 +70,8 @@ class Limit:
 
 def _cap(scope: Scope, name: str, unit: Unit, window: Window, code: str, label: str, help: str, soft: bool) -> Limit:
     most = int(MAX_CREDITS) if unit == "credits" else MAX_COUNT
-    retry: Retry = "next_month" if window == "month" else "next_day"
     flag = "--" + name.replace("_", "-")
-    return Limit(scope, name, "cap", unit, window, name, most, code, retry, flag, label, help, soft)
+    return Limit(scope, name, "cap", unit, window, name, most, code, NEXT[window], flag, label, help, soft)
 
 
 def _rate(scope: Scope, name: str, unit: Unit, field: str, flag: str, most: int, label: str, help: str) -> Limit:
@@ -92,6 +94,16 @@ LIMITS: tuple[Limit, ...] = (
          "monthly inference credit cap (UTC month); none clears it", soft=True),
     _cap("key", "daily_credit_cap", "credits", "day", "key_daily_credit_cap_reached", "Daily credit cap",
          "the key's own daily credit cap (UTC day, always hard)", soft=False),
+    _cap("account", "credits_per_minute", "credits", "minute", "credits_per_minute_reached", "Credits per minute",
+         "the account's spend rate: credits per UTC minute, held ones included (always hard); none clears it",
+         soft=False),
+    _cap("account", "credits_per_hour", "credits", "hour", "credits_per_hour_reached", "Credits per hour",
+         "the account's spend rate: credits per UTC hour, held ones included (always hard); none clears it",
+         soft=False),
+    _cap("key", "credits_per_minute", "credits", "minute", "key_credits_per_minute_reached", "Credits per minute",
+         "the key's spend rate: credits per UTC minute, held ones included (always hard)", soft=False),
+    _cap("key", "credits_per_hour", "credits", "hour", "key_credits_per_hour_reached", "Credits per hour",
+         "the key's spend rate: credits per UTC hour, held ones included (always hard)", soft=False),
     _rate("account", "requests_per_minute", "requests", "rpm", "--rpm", 1_000_000, "Requests per minute",
           "the account's requests per minute; none clears it"),
     _rate("account", "tokens_per_minute", "tokens", "tpm", "--tpm", 1_000_000_000, "Tokens per minute",

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import wire
-from .clock import next_month_start, seconds_to_next_utc_midnight
+from .clock import window_end
 from .errors import ApiError
 from .key_controls import iso_ms
 from .limit_table import REFUSALS, Limit
+from .money import format_credits
 
 # Header names: core/wire.py.
 LIMIT_REQUESTS = wire.LIMIT_REQUESTS_HEADER
@@ -27,9 +28,15 @@ RETRY_AFTER = wire.RETRY_AFTER_HEADER
 SHOULD_RETRY = wire.SHOULD_RETRY_HEADER
 
 # Refusals that will not lift within a retry's wait: the SDKs are told not to retry them (every
-# cap of core/limit_table.py, which lift at the next UTC day or month).
+# cap of core/limit_table.py but the per-minute spend rates, which lift at the next UTC minute).
 NO_RETRY = frozenset(
-    {"inference_disabled", "insufficient_credits", "model_not_allowed", "upstream_auth_failed", *REFUSALS}
+    {
+        "inference_disabled",
+        "insufficient_credits",
+        "model_not_allowed",
+        "upstream_auth_failed",
+        *(code for code, row in REFUSALS.items() if row.retry != "next_minute"),
+    }
 )
 
 
@@ -133,12 +140,37 @@ def key_expired(expires_at_ms: int) -> ApiError:
     )
 
 
-def cap_message(row: Limit) -> str:
-    """A cap's refusal, from its row: what, whose, and when it lifts."""
-    what = "inference credit cap" if row.credits else "request cap"
+_LIFTS = {
+    "month": "resets on the 1st, UTC",
+    "day": "resets at 00:00 UTC",
+    "hour": "resets at the next full hour, UTC",
+    "minute": "resets at the next full minute",
+}
+
+
+def cap_message(row: Limit, limit: str = "") -> str:
+    """A cap's refusal, from its row: what, whose, and when it lifts (`limit`: its value, as the
+    script names it, for the spend rates)."""
     whose = _WHOSE[row.scope]
-    lifts = "resets on the 1st, UTC" if row.retry == "next_month" else "resets at 00:00 UTC"
+    lifts = _LIFTS[row.window]
+    if row.window in ("minute", "hour"):
+        of = f" of {format_credits(int(limit))} credits" if limit.isdigit() else ""
+        return f"Spend rate limit{of} per {row.window} reached for {whose} ({row.name}, held credits included; {lifts})"
+    what = "inference credit cap" if row.credits else "request cap"
     return f"{'Monthly' if row.window == 'month' else 'Daily'} {what} reached for {whose} ({lifts})"
+
+
+def limit_named(code: str, control: str, funds: dict[str, int]) -> str | None:
+    """The limit behind a 402/429, as `<scope>:<limit>` (error.param and X-Critique-Limit)."""
+    if code == "rate_limit_exceeded":
+        scope, _, rest = control.partition(":")
+        return f"{scope}:{rest.partition(':')[0]}" if rest else None
+    row = REFUSALS.get(code)
+    if row is not None:
+        return f"{row.scope}:{row.name}"
+    if code == "insufficient_credits":
+        return "account:reserve_floor" if funds.get("floor", 0) > 0 else "account:balance"
+    return None
 
 
 def control_refusal(code: str, control: str, now: datetime) -> ApiError | None:
@@ -153,19 +185,17 @@ def control_refusal(code: str, control: str, now: datetime) -> ApiError | None:
         )
     row = REFUSALS.get(code)
     if row is not None:
-        return ApiError(code, cap_message(row), headers=retry_headers(code, now))
+        return ApiError(code, cap_message(row, control), headers=retry_headers(code, now))
     return None
 
 
 def retry_headers(code: str, now: datetime) -> dict[str, str]:
-    """Retry-After for the caps (the next UTC day or month), and x-should-retry: false for every
+    """Retry-After for the caps (the end of their UTC window), and x-should-retry: false for every
     refusal that will not lift soon (so the SDKs' automatic retries do not hammer a closed door)."""
     out: dict[str, str] = {}
     row = REFUSALS.get(code)
-    if row is not None and row.retry == "next_day":
-        out[RETRY_AFTER] = str(seconds_to_next_utc_midnight(now))
-    elif row is not None and row.retry == "next_month":
-        out[RETRY_AFTER] = str(max(1, int((next_month_start(now) - now).total_seconds() + 0.999)))
+    if row is not None:
+        out[RETRY_AFTER] = str(max(1, int((window_end(row.window, now) - now).total_seconds() + 0.999)))
     if code in NO_RETRY:
         out[SHOULD_RETRY] = "false"
     return out

@@ -22,12 +22,12 @@ from .clock import Clock, day_window, month_window, to_ms, utc_now
 from .endpoints.base import Endpoint, Limits, MeteredBody
 from .errors import ApiError
 from .ledger import HoldRequest, HoldResult, Ledger, SettleResult, UsageRecord
-from .limits import RateStatus, control_refusal, rate_refusal, retry_headers
+from .limits import RateStatus, control_refusal, limit_named, rate_refusal, retry_headers
 from .money import format_credits, usd_for_counts, usd_to_micro_credits
 from .observe import NULL_OBSERVER, Observer, RequestTrace, Tracer
 from .settlement import NOTHING, Charge, Delivered, settlement_charge
 from .tokens import TokenCounts
-from .wire import SDK_REQUEST_ID_HEADER
+from .wire import LIMIT_HEADER, SDK_REQUEST_ID_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,10 @@ def hold_refusal(result: HoldResult, hold: int, now: datetime, tokens: int = 0) 
     extra = retry_headers(error.code, now)
     if result.rate is not None:
         extra.update(result.rate.headers())
+    named = limit_named(error.code, result.control, result.funds)
+    if named is not None:  # which limit refused, for code as well as people
+        error.param = named
+        extra[LIMIT_HEADER] = named
     error.headers = {**extra, **error.headers}
     return error
 

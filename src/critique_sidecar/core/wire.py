@@ -18,6 +18,7 @@ REQUEST_ID_HEADER = "x-critique-request-id"
 WARNING_HEADER = "x-critique-warning"
 CREDITS_CHARGED_HEADER = "x-critique-credits-charged"
 ESTIMATED_USD_HEADER = "x-critique-estimated-usd"
+LIMIT_HEADER = "x-critique-limit"  # on a 402/429: the limit that refused, <scope>:<limit>
 
 # what the SDKs read (OpenAI's names): the request id, the per-minute limits, and
 # whether and when to retry a refusal (core/limits.py sets them).

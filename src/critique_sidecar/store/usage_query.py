@@ -12,7 +12,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.account_settings import AccountSettings
-from ..core.dashboard_source import ActivityPage, Counts, DayRollup, KeyInfo, RateUsage, UsageSnapshot, parse_record_id
+from ..core.dashboard_source import (
+    ActivityPage,
+    Counts,
+    DayRollup,
+    KeyInfo,
+    RateUsage,
+    SpendWindows,
+    UsageSnapshot,
+    parse_record_id,
+)
 from ..core.key_controls import KeyControls
 from . import keyspace as ks
 from .errors import store_call
@@ -70,9 +79,9 @@ class UsageQuery:
     async def snapshot(self, account: str, days: Sequence[str], month: str) -> UsageSnapshot:
         """The given UTC days' rollups, the month's spend, balance and settings, atomically."""
         ks.check_account(account)
-        keys = [ks.account(account), ks.settings(account), ks.month(account, month)]
+        keys = [ks.account(account), ks.settings(account), ks.month(account, month), ks.limiter(account)]
         keys += [ks.day(account, d) for d in days]
-        acct, settings, month_data, *day_data = await self._snapshot(keys=keys, args=[])
+        acct, settings, month_data, spend, *day_data = await self._snapshot(keys=keys, args=[])
         month_counters = _own_counters(_pairs(month_data))
         return UsageSnapshot(
             days=[parse_day(d, _pairs(flat)) for d, flat in zip(days, day_data, strict=True)],
@@ -81,6 +90,7 @@ class UsageQuery:
             held=_int(acct[1]),
             settings=AccountSettings.from_hash(_pairs(settings)),
             month_counters=month_counters,
+            spend=SpendWindows.parse(as_text(spend) if spend else ""),
         )
 
     @store_call

@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..core.auth import Identity
-from ..core.clock import Clock, day_window, month_window, next_month_start, to_ms
+from ..core.clock import Clock, day_window, month_window, to_ms, window_end
 from ..core.dashboard_source import (
     ActivityPage,
     Counts,
@@ -120,12 +120,6 @@ def percent(spent: int, cap: int) -> str:
     return str((Decimal(spent) * 100 / Decimal(cap)).quantize(Decimal("0.01"), rounding=ROUND_DOWN))
 
 
-def _resets_at(row: Limit, now: datetime) -> datetime:
-    if row.window == "month":
-        return next_month_start(now)
-    return now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-
-
 def _cap(row: Limit, spent: int, cap: int | None, now: datetime) -> dict[str, Any]:
     show = format_credits if row.credits else (lambda v: v)
     return {
@@ -138,7 +132,7 @@ def _cap(row: Limit, spent: int, cap: int | None, now: datetime) -> dict[str, An
         "remaining": None if cap is None else show(max(cap - spent, 0)),
         "percent": None if cap is None else percent(spent, cap),
         "reached": cap is not None and spent >= cap,
-        "resets_at": _iso(_resets_at(row, now)),
+        "resets_at": _iso(window_end(row.window, now)),
     }
 
 
@@ -192,7 +186,7 @@ def account_limits(snap: UsageSnapshot, rates: RateUsage, now: datetime) -> dict
     for row in ACCOUNT_LIMITS:
         value = s.limit(row.name)
         if row.mechanism == "cap":
-            out[row.name] = _cap(row, snap.cap_usage(row), value, now)
+            out[row.name] = _cap(row, snap.cap_usage(row, to_ms(now)), value, now)
         elif row.mechanism == "rate":
             out[row.name] = _rate(row, value, rates.requests if row.unit == "requests" else rates.tokens)
         else:

@@ -8,6 +8,7 @@ local kid, model, tokens = A_key_id or '', A_model or '', tonumber(A_tokens) or 
 local PER_MIN = 60000  -- the rate limits' window, ms
 
 --#include hold_counters
+--#include spend_rate
 
 -- Release holds whose owner never settled (bounded per call; every admission sweeps).
 local stale = redis.call('ZRANGEBYSCORE', K_hold_expiry, '-inf', now, 'LIMIT', 0, 100)
@@ -141,12 +142,18 @@ for p = 1, LIMIT_COUNT do
         key_held = key_held or tonumber(redis.call('HGET', K_limiter, 'h:' .. kid)) or 0
         open = key_held
       end
-      used = (tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'credits')) or 0) + open + amount
+      local settled
+      if row.window == 'minute' or row.window == 'hour' then  -- a spend rate
+        settled = spent_in(row.scope == 'key' and ('sp:' .. kid) or 'sp', row.window, now)
+      else
+        settled = tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'credits')) or 0
+      end
+      used = settled + open + amount
     else
       used = (tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'admitted')) or 0) + 1
     end
     if used > values[p] then
-      if hard or not row.soft then return refuse(row.code) end
+      if hard or not row.soft then return refuse(row.code, string.format('%d', values[p])) end
       warnings[#warnings + 1] = row.code
     end
   end

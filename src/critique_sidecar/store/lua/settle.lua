@@ -5,6 +5,7 @@ local done = redis.call('GET', K_done)
 if done then return REPLY{applied = 0, charged = tonumber(done)} end
 
 --#include hold_counters
+--#include spend_rate
 
 -- Validation: everything is checked before anything changes, so a settlement Redis cannot apply
 -- fails whole, with an error naming why (store/redis_ledger.py turns it into a rejection, not an
@@ -14,7 +15,7 @@ local function reject(why) return redis.error_reply('CRITIQUE_REJECTED ' .. why)
 -- Non-negative integers below 2^53 (exact in a Lua number, safe for HINCRBY).
 local function count(v) return type(v) == 'string' and #v <= 15 and v:match('^%d+$') ~= nil end
 for name, value in pairs({charge = A_charge, window_ttl_s = A_window_ttl_s, done_ttl_s = A_done_ttl_s,
-                          input_tokens = A_input_tokens, output_tokens = A_output_tokens}) do
+                          input_tokens = A_input_tokens, output_tokens = A_output_tokens, now_ms = A_now_ms}) do
   if not count(value) then return reject(name .. ' is not a non-negative integer below 2^53') end
 end
 local ok, fields = pcall(cjson.decode, A_record)
@@ -33,7 +34,7 @@ if (tonumber(a[1]) or 0) - charge < -9007199254740991 then return reject('balanc
 local amt = hold_amount(redis.call('HGET', K_holds, rid))
 local info = redis.call('HGET', K_hold_info, rid)
 local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'}}
-if info then written[#written + 1] = {K_limiter, 'hash'} end
+if info or charge > 0 then written[#written + 1] = {K_limiter, 'hash'} end
 local function typed(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind, t end
 for _, w in ipairs(written) do
   local fits, t = typed(w[1], w[2])
@@ -61,12 +62,19 @@ for _, p in ipairs({'', 'm:' .. A_model .. ':', 'k:' .. A_key_id .. ':', 'e:' ..
   redis.call('HINCRBY', K_day, p .. 'out', out)
 end
 redis.call('EXPIRE', K_day, tonumber(A_window_ttl_s))
--- The credit counters of the table's credit caps in other windows (the day's are the rollups).
+-- The credit counters of the table's monthly credit caps (the day's are the rollups).
 for _, c in ipairs(CREDIT_COUNTERS) do
-  if c[1] ~= 'day' then
+  if c[1] == 'month' then
     redis.call('HINCRBY', K_month, (c[2] == 'key' and ('k:' .. A_key_id .. ':') or '') .. 'credits', charge)
     redis.call('EXPIRE', K_month, tonumber(A_window_ttl_s))
   end
+end
+
+-- The spend rates' minute and hour, the account's and the key's (counted whether a rate is set
+-- or not, so one set mid-window sees the window's spend).
+if charge > 0 then
+  add_spend('sp', charge, tonumber(A_now_ms))
+  if A_key_id ~= '' then add_spend('sp:' .. A_key_id, charge, tonumber(A_now_ms)) end
 end
 
 -- Undo what admission counted for this hold: the key's held credits and in-flight count; in
@@ -111,7 +119,7 @@ if notify[1] then
     local caps = {}
     for i = 1, #ACCOUNT_LIMIT_FIELDS do
       local row = ACCOUNT_LIMIT(i)
-      if row.mechanism == 'cap' then caps[#caps + 1] = row end
+      if row.mechanism == 'cap' and (row.window == 'day' or row.window == 'month') then caps[#caps + 1] = row end
     end
     local fields_ = {}
     for i, row in ipairs(caps) do fields_[i] = row.field end
