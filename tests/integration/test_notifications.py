@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,10 +20,12 @@ import redis.asyncio as aioredis
 from critique_sidecar.app import notify_worker
 from critique_sidecar.config import Config
 from critique_sidecar.core.account_settings import SettingsPatch
-from critique_sidecar.core.ledger import UsageRecord
+from critique_sidecar.core.key_controls import KeyControls
+from critique_sidecar.core.ledger import HoldRequest, UsageRecord
 from critique_sidecar.core.webhook_address import parse_networks
 from critique_sidecar.core.webhook_signature import verify
 from critique_sidecar.store import keyspace as ks
+from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
 
@@ -313,3 +316,68 @@ async def test_a_wrong_type_outbox_skips_notifications_not_the_charge(r: aioredi
     result = await RedisLedger(r).settle(record(account, 1))
     assert result.applied and await r.hget(ks.account(account), "balance") == str(49 * CREDIT).encode()
     assert await r.get(ks.notify_outbox(account)) == b"not a stream"
+
+
+async def test_a_tripped_spend_rate_is_announced_once_per_window_and_delivered_signed(
+    r: aioredis.Redis, account: str
+) -> None:
+    """A runaway loop hits its spend rate many times a second; the webhook hears of it once per
+    limit, key and window, signed, naming the limit."""
+    hooks = Hooks(fail_first=0)
+    ledger = RedisLedger(r)
+    try:
+        secret = await configure(r, account, url=hooks.url + "/h", credits_per_minute=2)
+        assert secret is not None
+        keys = RedisKeyStore(r)
+        _, key = await keys.create(account, ("write:inference",))
+        await keys.set_controls(account, key.key_id, KeyControls(credits_per_hour=3 * CREDIT))
+        minute = 1_796_000_040_000  # 2026-11-30 00:54:00 UTC, a minute's start
+        hour = minute - 54 * 60_000
+        codes = []
+        for i in range(30):  # ten requests a minute, each held at 1.5 credits and charged 1
+            at = minute + (i // 10) * 60_000 + i
+            hold = HoldRequest(
+                account, f"req_{i}", 3 * CREDIT // 2, at, at + 60_000, "2026-11-30", "2026-11", key.key_id
+            )
+            result = await ledger.place_hold(hold)
+            codes.append(result.code)
+            if result.code is None:
+                charged = replace(record(account, i), request_id=hold.request_id, key_id=key.key_id, ts_ms=at)
+                await ledger.settle(charged)
+        # Per minute: the first is admitted, the second trips the account's rate (1 + 1.5 > 2);
+        # in the third minute the key's hour is full (1 + 1 + 1.5 > 3).
+        assert codes == (
+            [None] + ["credits_per_minute_reached"] * 9
+            + [None] + ["credits_per_minute_reached"] * 9
+            + ["key_credits_per_hour_reached"] * 10
+        )  # fmt: skip
+        events = await outbox(r, account)
+        assert sorted((e["scope"], e["kind"], e["window"]) for e in events) == [
+            ("account", "credits_per_minute", str(minute)),
+            ("account", "credits_per_minute", str(minute + 60_000)),
+            ("key", "credits_per_hour", str(hour)),
+        ]
+        worker = notify_worker(r, config(), consumer="t1")
+        assert await worker.poll() == 3
+        await worker.drain()
+        assert (worker.delivered, worker.dead) == (3, 0)
+        bodies = {}
+        for got in hooks.received():
+            signature = got.headers["critique-webhook-signature"]
+            assert verify(secret, got.headers["critique-webhook-timestamp"], got.body, signature)
+            body = json_body(got)
+            bodies[body["limit_name"], body["window_start"]] = body
+        first = bodies["account:credits_per_minute", "2026-11-30T00:54:00Z"]
+        assert (first["type"], first["limit"], first["used"], first["key_id"]) == (
+            "limit.tripped",
+            "2.000000",
+            "2.500000",
+            None,
+        )  # used: the minute's settled credit plus the refused request's hold
+        hourly = bodies["key:credits_per_hour", "2026-11-30T00:00:00Z"]
+        assert (hourly["key_id"], hourly["limit"], hourly["used"]) == (key.key_id, "3.000000", "3.500000")
+        assert len({b["id"] for b in bodies.values()}) == 3
+        await worker.client.aclose()
+    finally:
+        await ledger.aclose()
+        hooks.close()

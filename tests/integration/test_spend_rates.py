@@ -9,20 +9,26 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from critique_sidecar.core.auth import Identity
+from critique_sidecar.core.auth import Authenticator, Identity
+from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.errors import ApiError
 from critique_sidecar.core.key_controls import KeyControls
+from critique_sidecar.core.limit_table import ACCOUNT_LIMITS, KEY_LIMITS
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.money import MICRO, format_credits
+from critique_sidecar.core.scopes import LIMITS_PATH
 from critique_sidecar.core.tokens import TokenCounts
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.redis_ledger import RedisLedger
+from critique_sidecar.store.usage_query import UsageQuery
+from critique_sidecar.web.app import WebContext, build_web_app
 
-from .account_kit import CATALOG, HOLD_TTL_S, NOON, USD_PER_CREDIT, Env
+from .account_kit import BODY, CATALOG, HOLD_TTL_S, NOON, USD_PER_CREDIT, Env
 
 USED = TokenCounts(10, 100)  # what every settled request below used
 
@@ -146,3 +152,65 @@ async def test_a_key_spend_rate_stops_that_key_only(keyed: tuple[Env, Env, Redis
     assert (await one.refused()).code == "key_credits_per_minute_reached"
     one.clock.at = NOON + timedelta(minutes=1)  # the next minute: the settled charge is behind
     await one.admit()
+
+
+async def test_the_limits_route_shows_each_limit_of_the_account_and_the_calling_key(
+    env: Env, redis_client: aioredis.Redis
+) -> None:
+    """GET /api/settings/inference-api/limits: each limit's use and what is left, keyed by the
+    names a refusal gives in X-Critique-Limit."""
+    keys = RedisKeyStore(redis_client)
+    secret, record = await keys.create(env.account, ("read:inference", "write:inference"))
+    reader, _ = await keys.create(env.account, ("write:inference",))
+    await keys.set_controls(
+        env.account, record.key_id,
+        KeyControls(credits_per_minute=5 * MICRO, daily_credit_cap=3 * MICRO, requests_per_minute=10, max_concurrent=4),
+    )  # fmt: skip
+    await env.accounts.grant(env.account, 100 * MICRO)
+    await env.configure(credits_per_hour=50, daily_credit_cap=20, requests_per_minute=100)
+    meter = Meter(CATALOG, RedisLedger(redis_client), USD_PER_CREDIT, hold_ttl_s=HOLD_TTL_S, clock=env.clock)
+    me = Identity(env.account, record.key_id, record.scopes)
+    admit = [await meter.admit(me, meter.parse(CHAT, BODY), False) for _ in range(3)]
+    spent = 0
+    for req in admit[:2]:
+        spent += (await meter.settle(req, meter.charge(req, USED), "ok")).credits
+    app = build_web_app(
+        WebContext(
+            Authenticator(keys, cache_ttl_s=0),
+            CATALOG,
+            clock=env.clock,
+            settings=env.settings,
+            dashboard=UsageQuery(redis_client),
+        )
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sidecar") as http:
+        got = await http.get(LIMITS_PATH, headers={"authorization": f"Bearer {secret}"})
+        denied = await http.get(LIMITS_PATH, headers={"authorization": f"Bearer {reader}"})
+    assert got.status_code == 200, got.text
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "insufficient_scope"
+    body = got.json()
+    assert (body["object"], body["account"], body["key_id"]) == ("inference_limits", env.account, record.key_id)
+    account, key = body["account_limits"], body["key_limits"]
+    assert set(account) == {row.name for row in ACCOUNT_LIMITS} and set(key) == {row.name for row in KEY_LIMITS}
+    hour = account["credits_per_hour"]
+    assert (hour["spent"], hour["cap"], hour["remaining"]) == (
+        format_credits(spent),
+        "50.000000",
+        format_credits(50 * MICRO - spent),
+    )
+    assert hour["resets_at"] == "2026-11-26T13:00:00Z" and not hour["reached"]
+    assert account["daily_credit_cap"]["spent"] == format_credits(spent)
+    assert account["credits_per_minute"]["cap"] is None  # not set: shown, with its use
+    assert account["requests_per_minute"]["used"] == 3 and account["max_concurrent"]["in_flight"] == 1
+    minute = key["credits_per_minute"]
+    assert (minute["spent"], minute["cap"], minute["resets_at"]) == (
+        format_credits(spent),
+        "5.000000",
+        "2026-11-26T12:01:00Z",
+    )
+    assert key["daily_credit_cap"]["spent"] == format_credits(spent) and key["daily_credit_cap"]["cap"] == "3.000000"
+    assert (key["requests_per_minute"]["used"], key["requests_per_minute"]["limit"]) == (3, 10)
+    assert (key["max_concurrent"]["in_flight"], key["max_concurrent"]["limit"]) == (1, 4)
+    assert key["tokens_per_minute"]["limit"] is None and key["credits_per_hour"]["cap"] is None
+    assert body["balance"]["held"] == format_credits(admit[2].hold)
+    assert body["balance"]["balance"] == format_credits(100 * MICRO - spent)

@@ -61,6 +61,7 @@ SIDECAR_HTTP_PATHS = {
     "/api/settings/inference-api",
     "/api/dashboard/inference-api",
     "/api/settings/inference-api/keys",
+    "/api/settings/inference-api/limits",
     "/inference-dashboard",
 }
 

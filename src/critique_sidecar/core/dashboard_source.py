@@ -122,6 +122,20 @@ class RateUsage:
     in_flight: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    """One key's live counters, as its limits count them: credits settled today, credits held
+    and requests in flight (tracked while the key has a credit cap or a concurrency limit),
+    requests and tokens in the last minute (while it has a per-minute limit), its spend rates."""
+
+    day_credits: int = 0
+    held: int = 0
+    in_flight: int = 0
+    requests: int = 0
+    tokens: int = 0
+    spend: SpendWindows = SpendWindows()
+
+
 class DashboardSource(Protocol):
     async def snapshot(self, account: str, days: Sequence[str], month: str) -> UsageSnapshot: ...
 
@@ -130,3 +144,5 @@ class DashboardSource(Protocol):
     async def keys(self, account: str, key_ids: Sequence[str]) -> dict[str, KeyInfo]: ...
 
     async def rates(self, account: str, now_ms: int) -> RateUsage: ...
+
+    async def key_usage(self, account: str, key_id: str, day: str, now_ms: int) -> KeyUsage: ...

@@ -27,6 +27,8 @@ DASHBOARD_PATH = "/api/dashboard/inference-api"
 # `?key_id=` (admin; Envoy routes the sidecar's pages by exact path, so no /keys/{id}).
 KEYS_PATH = "/api/settings/inference-api/keys"
 KEYS_MANAGE = frozenset({ADMIN_INFERENCE})
+# Each limit's use and what is left, for the caller's account and key.
+LIMITS_PATH = "/api/settings/inference-api/limits"
 
 _ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", MODELS_PATH): MODELS,
@@ -36,6 +38,7 @@ _ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", KEYS_PATH): SETTINGS_READ,  # the list never holds a secret
     ("POST", KEYS_PATH): KEYS_MANAGE,
     ("DELETE", KEYS_PATH): KEYS_MANAGE,
+    ("GET", LIMITS_PATH): SETTINGS_READ,
 }
 
 

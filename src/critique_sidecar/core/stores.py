@@ -8,6 +8,7 @@ import builtins
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -163,6 +164,8 @@ class Notification:
         f = self.fields
         if f.get("kind") == "low_balance":  # once per fall below the level: the stream id tells falls apart
             key = f"{self.account}|low_balance|{self.stream_id}"
+        elif f.get("scope"):  # a spend rate's trip: once per limit, key and window
+            key = f"{self.account}|{f['scope']}:{f.get('kind')}|{f.get('key_id')}|{f.get('window')}"
         else:
             key = f"{self.account}|{f.get('kind')}|{f.get('window')}|{f.get('threshold_percent')}"
         return "evt_" + hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -184,7 +187,17 @@ class Notification:
             "created_at_ms": int(f.get("ts_ms") or 0),
         }
         used, limit = int(f.get("used") or 0), int(f.get("limit") or 0)
-        if kind == "low_balance":
+        if f.get("scope"):  # place_hold.lua: a spend rate refused a request
+            start = int(f.get("window") or 0)
+            body.update(
+                type="limit.tripped",
+                limit_name=f"{f['scope']}:{kind}",
+                key_id=f.get("key_id") or None,
+                window_start=datetime.fromtimestamp(start / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                used=format_credits(used),
+                limit=format_credits(limit),
+            )
+        elif kind == "low_balance":
             body["level"] = format_credits(limit)
         else:
             counts = {row.name for row in ACCOUNT_LIMITS if not row.credits}

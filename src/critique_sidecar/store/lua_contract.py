@@ -26,6 +26,7 @@ class HoldKeys(NamedTuple):
     hold_info: str  # hash: request id -> what its admission counted (for settlement and expiry)
     account_window: str  # sorted set: the account's last minute of admissions
     key_window: str  # sorted set: the key's
+    notify_outbox: str  # stream: a spend rate's trip is announced here (accounts with a webhook)
 
 
 class HoldArgs(NamedTuple):

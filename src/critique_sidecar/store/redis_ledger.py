@@ -58,6 +58,7 @@ class RedisLedger:
             hold_info=ks.hold_info(a),
             account_window=ks.minute_window(a),
             key_window=ks.minute_window(a, hold.key_id),
+            notify_outbox=ks.notify_outbox(a),
         )
         args = HoldArgs(
             request_id=hold.request_id,

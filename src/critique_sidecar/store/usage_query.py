@@ -17,6 +17,7 @@ from ..core.dashboard_source import (
     Counts,
     DayRollup,
     KeyInfo,
+    KeyUsage,
     RateUsage,
     SpendWindows,
     UsageSnapshot,
@@ -151,3 +152,24 @@ class UsageQuery:
         requests, tokens, stale, in_flight = await pipe.execute()
         gone = sum(_int(as_text(m).rpartition(":")[2]) for m in stale)
         return RateUsage(int(requests), max(_int(tokens) - gone, 0) if requests else 0, int(in_flight))
+
+    @store_call
+    async def key_usage(self, account: str, key_id: str, day: str, now_ms: int) -> KeyUsage:
+        """One key's live counters (one slot; not atomic with the account's)."""
+        ks.check_account(account)
+        window, start = ks.minute_window(account, key_id), now_ms - 60_000
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hget(ks.day(account, day), f"k:{key_id}:credits")
+        pipe.hmget(ks.limiter(account), f"h:{key_id}", f"n:{key_id}", f"tw:{key_id}", f"sp:{key_id}")
+        pipe.zcount(window, f"({start}", "+inf")
+        pipe.zrangebyscore(window, "-inf", start)
+        credits, (held, in_flight, tokens, spend), requests, stale = await pipe.execute()
+        gone = sum(_int(as_text(m).rpartition(":")[2]) for m in stale)
+        return KeyUsage(
+            day_credits=_int(credits),
+            held=_int(held),
+            in_flight=_int(in_flight),
+            requests=int(requests),
+            tokens=max(_int(tokens) - gone, 0) if requests else 0,
+            spend=SpendWindows.parse(as_text(spend) if spend else ""),
+        )

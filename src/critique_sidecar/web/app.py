@@ -24,6 +24,7 @@ from ..core.webhook_address import Network
 from ..json_http import error_response, http_error
 from .dashboard import dashboard_routes
 from .keys import key_routes
+from .limits import limits_routes
 from .models import model_list
 from .settings import settings_routes
 
@@ -70,6 +71,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
         )
     if ctx.dashboard is not None:
         routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
+        routes += limits_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)
     if ctx.keys is not None:
         routes += key_routes(ctx.keys, lambda request, any_of: identify(ctx, request, any_of))
     if ctx.metrics is not None:

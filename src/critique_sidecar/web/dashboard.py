@@ -24,7 +24,6 @@ import hashlib
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, Decimal
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -34,7 +33,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..core.auth import Identity
-from ..core.clock import Clock, day_window, month_window, to_ms, window_end
+from ..core.clock import Clock, day_window, month_window, to_ms
 from ..core.dashboard_source import (
     ActivityPage,
     Counts,
@@ -45,10 +44,10 @@ from ..core.dashboard_source import (
     parse_record_id,
 )
 from ..core.errors import ApiError
-from ..core.limit_table import ACCOUNT_LIMITS, KEY_LIMITS, Limit
 from ..core.money import format_credits
 from ..core.scopes import DASHBOARD, DASHBOARD_PATH
 from ..json_http import json_response
+from .limits import account_limits, balance_row, iso, key_limit_legend
 
 PAGE_PATH = "/inference-dashboard"
 DAYS = (7, 30, 90)
@@ -109,37 +108,6 @@ def decode_cursor(raw: str | None) -> str | None:
 # -- the summary -----------------------------------------------------------------------
 
 
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def percent(spent: int, cap: int) -> str:
-    """spent/cap as a percentage with 2 decimals, rounded down (never shows 100% early)."""
-    if cap <= 0:
-        return "100.00"
-    return str((Decimal(spent) * 100 / Decimal(cap)).quantize(Decimal("0.01"), rounding=ROUND_DOWN))
-
-
-def _cap(row: Limit, spent: int, cap: int | None, now: datetime) -> dict[str, Any]:
-    show = format_credits if row.credits else (lambda v: v)
-    return {
-        "mechanism": row.mechanism,
-        "label": row.label,
-        "unit": row.unit,
-        "window": row.window,
-        "spent": show(spent),
-        "cap": None if cap is None else show(cap),
-        "remaining": None if cap is None else show(max(cap - spent, 0)),
-        "percent": None if cap is None else percent(spent, cap),
-        "reached": cap is not None and spent >= cap,
-        "resets_at": _iso(window_end(row.window, now)),
-    }
-
-
-def _micro(value: Decimal | None) -> int | None:
-    return None if value is None else int(value * 1_000_000)
-
-
 def _counts(c: Counts) -> dict[str, Any]:
     return {
         "credits": format_credits(c.credits),
@@ -152,59 +120,6 @@ def _counts(c: Counts) -> dict[str, Any]:
 def window_days(now: datetime, days: int) -> list[str]:
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     return [day_window(today - timedelta(days=i)) for i in range(days - 1, -1, -1)]
-
-
-def _rate(row: Limit, limit: int | None, used: int) -> dict[str, Any]:
-    """A per-minute limit's status: what the last 60 seconds used (counted while a limit is set)."""
-    return {
-        "mechanism": row.mechanism,
-        "label": row.label,
-        "unit": row.unit,
-        "limit": limit,
-        "used": used,
-        "remaining": None if limit is None else max(limit - used, 0),
-        "reached": limit is not None and used >= limit,
-        "window_s": 60,
-    }
-
-
-def _concurrency(row: Limit, limit: int | None, in_flight: int) -> dict[str, Any]:
-    return {
-        "mechanism": row.mechanism,
-        "label": row.label,
-        "unit": row.unit,
-        "limit": limit,
-        "in_flight": in_flight,
-        "reached": limit is not None and in_flight >= limit,
-    }
-
-
-def account_limits(snap: UsageSnapshot, rates: RateUsage, now: datetime) -> dict[str, Any]:
-    """One entry per account limit of core/limit_table.py, in its order."""
-    s = snap.settings
-    out: dict[str, Any] = {}
-    for row in ACCOUNT_LIMITS:
-        value = s.limit(row.name)
-        if row.mechanism == "cap":
-            out[row.name] = _cap(row, snap.cap_usage(row, to_ms(now)), value, now)
-        elif row.mechanism == "rate":
-            out[row.name] = _rate(row, value, rates.requests if row.unit == "requests" else rates.tokens)
-        else:
-            out[row.name] = _concurrency(row, value, rates.in_flight)
-    return out
-
-
-def key_limit_legend() -> list[dict[str, str]]:
-    """How the page words each key limit: the JSON field and its unit."""
-    units = {"cap": "{unit}/{window}", "rate": "{short}/min", "concurrency": "in flight"}
-    short = {"requests": "req", "tokens": "tokens", "credits": "credits"}
-    return [
-        {
-            "name": row.name,
-            "suffix": units[row.mechanism].format(unit=row.unit, window=row.window, short=short[row.unit]),
-        }
-        for row in KEY_LIMITS
-    ]
 
 
 def build_summary(
@@ -234,15 +149,13 @@ def build_summary(
 
     s = snap.settings
     today = snap.days[-1]
-    floor = _micro(s.reserve_credits_for_review) or 0
-    available = snap.balance - floor - snap.held
     return {
         "object": "inference_dashboard",
         "account": account,
         "days": days,
         "start": snap.days[0].day,
         "end": today.day,
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "daily": [{"date": d.day, **_counts(d.total)} for d in snap.days],
         "totals": _counts(total),
         "by_model": [{"model": m, **_counts(c)} for m, c in ranked(by_model)],
@@ -263,13 +176,7 @@ def build_summary(
             **account_limits(snap, rates or RateUsage(), now),
         },
         "key_limits": key_limit_legend(),
-        "balance": {
-            "balance": format_credits(snap.balance),
-            "held": format_credits(snap.held),
-            "reserve_floor": format_credits(floor),
-            "available": format_credits(max(available, 0)),
-            "floor_reached": available <= 0,
-        },
+        "balance": balance_row(snap),
     }
 
 

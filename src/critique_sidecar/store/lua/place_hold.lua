@@ -29,6 +29,7 @@ end
 
 local s = redis.call('HMGET', K_settings, 'enabled', 'reserve_floor', 'block_when_cap_reached',
   'training_opt_in', unpack(ACCOUNT_LIMIT_FIELDS))
+local SETTINGS_BEFORE_LIMITS = 4
 local kc = redis.call('HMGET', K_key_controls, 'expires_at_ms', 'models', unpack(KEY_LIMIT_FIELDS))
 local optin = (s[4] == '1') and 1 or 0
 local a = redis.call('HMGET', K_account, 'balance', 'held')
@@ -47,7 +48,7 @@ local function collect(stored, first, count, row_of)
     end
   end
 end
-collect(s, 4, #ACCOUNT_LIMIT_FIELDS, ACCOUNT_LIMIT)
+collect(s, SETTINGS_BEFORE_LIMITS, #ACCOUNT_LIMIT_FIELDS, ACCOUNT_LIMIT)
 collect(kc, 2, #KEY_LIMIT_FIELDS, KEY_LIMIT)
 
 -- Sliding-window logs, per scope with a rate limit set: a sorted set of every request admitted
@@ -126,6 +127,26 @@ end
 
 if s[1] == '0' then return refuse('inference_disabled') end
 
+-- A spend rate that refuses is announced to the account's webhook once per window, limit and
+-- key (the marker in the limiter names the window last announced): a runaway loop trips it
+-- many times a second, the receiver hears of it once. Like settle.lua's budget notifications,
+-- an outbox of the wrong type skips the event, never the refusal.
+local function tripped(row, limit, used)
+  if not redis.call('HGET', K_settings, 'notify_url') then return end
+  local size = row.window == 'minute' and MINUTE_MS or HOUR_MS
+  local start = string.format('%d', math.floor(now / size) * size)
+  local marker = 'trip:' .. row.scope .. ':' .. row.name .. (row.scope == 'key' and (':' .. kid) or '')
+  if redis.call('HGET', K_limiter, marker) == start then return end
+  local t = redis.call('TYPE', K_notify_outbox)['ok']
+  if t ~= 'none' and t ~= 'stream' then return end
+  redis.call('HSET', K_limiter, marker, start)
+  redis.call('XADD', K_notify_outbox, 'MAXLEN', '~', 10000, '*', 'kind', row.name, 'scope', row.scope,
+    'key_id', row.scope == 'key' and kid or '', 'window', start, 'used', string.format('%d', used),
+    'limit', string.format('%d', limit), 'balance', string.format('%d', balance), 'request_id', rid,
+    'ts_ms', string.format('%d', now))
+  redis.call('PUBLISH', 'crt:notify:wake', K_notify_outbox)
+end
+
 -- Caps: the window's counter plus what is in flight plus this request, against the cap.
 local hard = s[3] ~= '0'
 local warnings = {}
@@ -153,6 +174,7 @@ for p = 1, LIMIT_COUNT do
       used = (tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'admitted')) or 0) + 1
     end
     if used > values[p] then
+      if row.window == 'minute' or row.window == 'hour' then tripped(row, values[p], used) end
       if hard or not row.soft then return refuse(row.code, string.format('%d', values[p])) end
       warnings[#warnings + 1] = row.code
     end
