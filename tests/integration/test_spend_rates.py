@@ -97,6 +97,7 @@ async def test_a_late_settlement_counts_in_the_newest_window(env: Env) -> None:
     """A settlement stamped before the window the account is in (a journaled replay, another
     sidecar's clock) counts in that newest window, never in one already gone."""
     await env.accounts.grant(env.account, 1000 * MICRO)
+    await env.configure(credits_per_hour=1000)  # spend is kept while a spend rate is set
     old = await env.admit()
     env.clock.at = NOON + timedelta(minutes=1, seconds=5)
     await env.settle(await env.admit(), USED)  # the limiter's window is now 12:01
@@ -214,3 +215,15 @@ async def test_the_limits_route_shows_each_limit_of_the_account_and_the_calling_
     assert key["tokens_per_minute"]["limit"] is None and key["credits_per_hour"]["cap"] is None
     assert body["balance"]["held"] == format_credits(admit[2].hold)
     assert body["balance"]["balance"] == format_credits(100 * MICRO - spent)
+
+
+async def test_accounts_and_keys_without_a_spend_rate_keep_no_spend(env: Env) -> None:
+    """The spend windows cost nothing where no spend rate (or key credit limit) is set."""
+    await env.accounts.grant(env.account, 1000 * MICRO)
+    await env.settle(await env.admit(), USED)
+    assert await env.redis.hkeys(ks.limiter(env.account)) == []
+    await env.configure(credits_per_minute=5)
+    charged = await env.settle(await env.admit(), USED)
+    assert await env.redis.hkeys(ks.limiter(env.account)) == [b"sp"]
+    raw: bytes = await env.redis.hget(ks.limiter(env.account), "sp")  # type: ignore[assignment]
+    assert raw.split(b"|")[1] == str(charged).encode()

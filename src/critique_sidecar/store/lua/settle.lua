@@ -33,15 +33,19 @@ local charge = tonumber(A_charge)
 if (tonumber(a[1]) or 0) - charge < -9007199254740991 then return reject('balance would underflow') end
 local amt = hold_amount(redis.call('HGET', K_holds, rid))
 local info = redis.call('HGET', K_hold_info, rid)
+-- What the account set that this settlement feeds: webhooks, and spend rates (whose window
+-- spend is kept only while one is set: an account without pays nothing for them).
+local notify = redis.pcall('HMGET', K_settings, 'notify_url', 'notify_thresholds', 'notify_low_balance',
+  'credits_per_minute', 'credits_per_hour')
+local account_spend = charge > 0 and not notify.err and (notify[4] or notify[5]) and true or false
 local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'}}
-if info or charge > 0 then written[#written + 1] = {K_limiter, 'hash'} end
+if info or account_spend then written[#written + 1] = {K_limiter, 'hash'} end
 local function typed(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind, t end
 for _, w in ipairs(written) do
   local fits, t = typed(w[1], w[2])
   if not fits then return reject('WRONGTYPE ' .. w[1] .. ' is a ' .. t) end
 end
 -- Notifications never fail a charge: keys of the wrong type skip them (nothing is queued).
-local notify = redis.pcall('HMGET', K_settings, 'notify_url', 'notify_thresholds', 'notify_low_balance')
 if notify.err or (notify[1] and not typed(K_notify_outbox, 'stream')) then notify = {} end
 
 -- The charge: release the hold, take the credits.
@@ -70,12 +74,9 @@ for _, c in ipairs(CREDIT_COUNTERS) do
   end
 end
 
--- The spend rates' minute and hour, the account's and the key's (counted whether a rate is set
--- or not, so one set mid-window sees the window's spend).
-if charge > 0 then
-  add_spend('sp', charge, tonumber(A_now_ms))
-  if A_key_id ~= '' then add_spend('sp:' .. A_key_id, charge, tonumber(A_now_ms)) end
-end
+-- The spend rates' minute and hour: the account's while it has a spend rate; the key's while
+-- it has a credit limit (its hold was counted in the key's held credits: the hold info says so).
+if account_spend then add_spend('sp', charge, tonumber(A_now_ms)) end
 
 -- Undo what admission counted for this hold: the key's held credits and in-flight count; in
 -- the minute windows, the token bound becomes the tokens used (if the entry is still there).
@@ -83,6 +84,7 @@ if info then
   local k, h, n, wa, wk, bound = read_hold_info(info)
   if k then
     release_counters(k, h, n)
+    if charge > 0 and tonumber(h) > 0 then add_spend('sp:' .. k, charge, tonumber(A_now_ms)) end
     local used = string.format('%d', inp + out)
     for _, w in ipairs({{wa, K_account_window, 'tw'}, {wk, K_key_window, 'tw:' .. k}}) do
       local entry = rid .. ':' .. bound
