@@ -3,7 +3,7 @@ gateway) against the adversarial fake upstream (devtools/adversarial.py), at acc
 reserve floors and hard caps. Whatever the client asks and whatever the model server reports:
 
 - every charge is at most its hold (the hold computed here by hand from the request we sent);
-- the reserve floor and the daily and monthly caps are never crossed;
+- the reserve floor, the daily and monthly caps and the spend rate are never crossed;
 - conservation: each account's balance change is the sum of its recorded charges;
 - one record per admitted request, no hold left open, every journal empty at the end.
 
@@ -52,8 +52,11 @@ CONTEXT = {"deepseek/deepseek-v4-flash": 1_000_000, "tencent/hy3-preview": 262_1
 BUDGET = 32_768  # every model's max_output_tokens
 MAX_N = 8
 
-# (balance, reserve floor, daily cap, monthly cap) in credits; None: no cap.
-ACCOUNTS = [("10", "9", None, None), ("20", "0", "3", None), ("6", "1", None, "4"), ("2", "0", "1.5", "1.8")]
+# (balance, reserve floor, daily cap, monthly cap, credits per minute) in credits; None: no cap.
+ACCOUNTS = [
+    ("10", "9", None, None, None), ("20", "0", "3", None, None), ("6", "1", None, "4", None),
+    ("2", "0", "1.5", "1.8", None), ("20", "0", None, None, "1.2"),
+]  # fmt: skip
 
 
 def micro(credits: str) -> int:
@@ -268,8 +271,12 @@ def send(door: FrontDoor, key: str, account: str, path: str, body: dict[str, Any
     return Sent(path, door.name, account, status, request_id, hold, shown, cut)
 
 
-def set_limits(stack: Stack, account: str, floor: str, daily: str | None, monthly: str | None) -> None:
+def set_limits(
+    stack: Stack, account: str, floor: str, daily: str | None, monthly: str | None, per_minute: str | None
+) -> None:
     fields = {"reserve_floor": micro(floor)}
+    if per_minute is not None:
+        fields["credits_per_minute"] = micro(per_minute)
     if daily is not None:
         fields["daily_credit_cap"] = micro(daily)
     if monthly is not None:
@@ -289,14 +296,14 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
     rng = random.Random(SEED)
     why = f"CRITIQUE_ADVERSARIAL_SEED={SEED}"
     doors = [door_of(stack, "envoy"), door_of(stack, "asgi")]
-    accounts: dict[str, tuple[str, str, str, str | None, str | None]] = {}
+    accounts: dict[str, tuple[str, str, str, str | None, str | None, str | None]] = {}
     keys: dict[str, str] = {}
     for door in doors:
-        for i, (balance, floor, daily, monthly) in enumerate(ACCOUNTS):
+        for i, (balance, floor, daily, monthly, per_minute) in enumerate(ACCOUNTS):
             name = f"{account}-{door.name}-{i}"
             keys[name] = funded(stack, name, balance)
-            set_limits(stack, name, floor, daily, monthly)
-            accounts[name] = (door.name, balance, floor, daily, monthly)
+            set_limits(stack, name, floor, daily, monthly, per_minute)
+            accounts[name] = (door.name, balance, floor, daily, monthly, per_minute)
     plan = []
     for door in doors:
         names = [a for a, spec in accounts.items() if spec[0] == door.name]
@@ -325,7 +332,7 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
     holds = {s.request_id: s for s in admitted}
     endpoints = {r["endpoint"] for a in accounts for r in ledger(stack, a).records}
     assert endpoints == {"chat.completions", "messages", "responses", "completions", "embeddings"}, (why, endpoints)
-    for name, (_door, balance, floor, daily, monthly) in accounts.items():
+    for name, (_door, balance, floor, daily, monthly, per_minute) in accounts.items():
         state = ledger(stack, name)
         assert state.held == 0 and state.holds == 0, (why, name)
         ids = state.request_ids()
@@ -340,6 +347,13 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
         for cap in (daily, monthly):
             if cap is not None:
                 assert state.charged <= micro(cap), (why, name, "cap crossed", state.charged, cap)
+        if per_minute is not None:  # a spend rate: no UTC minute settles more than it
+            minutes: dict[int, int] = {}
+            at = 0
+            for record in state.records:  # in settlement order; a late one counts in the newest minute
+                at = max(at, int(record["ts_ms"]) // 60_000)
+                minutes[at] = minutes.get(at, 0) + int(record["credits"])
+            assert max(minutes.values(), default=0) <= micro(per_minute), (why, name, "spend rate crossed", minutes)
         for record in state.records:
             s = holds.get(record["request_id"])
             if s is None:  # one of `unseen`: at most the largest of their holds

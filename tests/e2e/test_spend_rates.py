@@ -40,8 +40,10 @@ def settled_per_minute(stack: Stack, account: str) -> dict[int, Decimal]:
     with redis.Redis.from_url(str(stack.redis_url)) as r:
         rows = r.xrange(ks.usage_stream(account))
     out: dict[int, Decimal] = defaultdict(Decimal)
-    for _, f in rows:
-        out[int(f[b"ts_ms"]) // 60_000] += Decimal(int(f[b"credits"])) / 1_000_000
+    at = 0
+    for _, f in rows:  # in settlement order; a late one counts in the newest minute, as the ledger does
+        at = max(at, int(f[b"ts_ms"]) // 60_000)
+        out[at] += Decimal(int(f[b"credits"])) / 1_000_000
     return out
 
 
