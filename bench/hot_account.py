@@ -40,10 +40,9 @@ ACCOUNT = "hot"
 BALANCE = 10**15
 
 
-async def worker(port: int, wid: int, duration: float, concurrency: int, sources_file: str | None) -> int:
+async def worker(port: int, wid: int, duration: float, concurrency: int, sources: dict[str, str] | None) -> int:
     client = aioredis.Redis(port=port)
-    if sources_file:
-        sources = json.loads(Path(sources_file).read_text())
+    if sources:
         redis_ledger.register = lambda redis, script: redis.register_script(sources[script])  # type: ignore[assignment]
     ledger = RedisLedger(client, autopipeline=True)
     done = 0
@@ -130,7 +129,8 @@ def main() -> int:
     p.add_argument("--sources", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(uvloop.run(worker(args.port, args.id, args.duration, args.concurrency, args.sources)))
+        sources = json.loads(Path(args.sources).read_text()) if args.sources else None
+        print(uvloop.run(worker(args.port, args.id, args.duration, args.concurrency, sources)))
         return 0
     variants: list[tuple[str, str | None]] = [("working tree", None)]
     with redis_server() as port:
@@ -139,7 +139,9 @@ def main() -> int:
             path.write_text(json.dumps(sources_at(args.baseline)))
             variants.append((args.baseline, str(path)))
         rows = [(label, one_run(port, args, sources)) for label, sources in variants]
-    print(f"one account, profile {args.profile}, {args.processes} processes x {args.concurrency} loops, {args.duration:g} s")
+    print(
+        f"one account, profile {args.profile}, {args.processes} processes x {args.concurrency} loops, {args.duration:g} s"
+    )
     print("scripts      | req/s  | Redis cores busy | Redis us/req | req/s per Redis core")
     for label, r in rows:
         print(
