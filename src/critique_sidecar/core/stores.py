@@ -82,8 +82,36 @@ class OpenHold:
     expires_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class GrantView:
+    """One live credit grant (store/lua/lib/grants.lua). state: w (waiting for its effective
+    time), a (active), x (expired: what is left is held by open requests)."""
+
+    grant_id: str
+    category: str  # paid | promotional
+    amount: int  # micro-credits granted
+    remaining: int  # micro-credits not spent (nor expired)
+    held: int  # micro-credits open holds hold on it
+    priority: int  # 0-100, lower spends first
+    effective_ms: int  # 0: effective at once
+    expires_ms: int  # 0: never
+    created_ms: int
+    state: str
+
+    def spend_key(self) -> tuple[int, float, int, int, str]:
+        """Spend order: priority, soonest expiry (none last), promotional first, oldest."""
+        return (
+            self.priority, self.expires_ms or float("inf"), 0 if self.category == "promotional" else 1,
+            self.created_ms, self.grant_id.rjust(24, "0"),
+        )  # fmt: skip
+
+
 class AccountStore(Protocol):
     async def balance(self, account: str) -> Balance: ...
+
+    async def grants(self, account: str) -> list[GrantView]:
+        """The account's live grants, in spend order."""
+        ...
 
     async def open_holds(self, account: str, limit: int = 1000) -> list[OpenHold]:
         """Up to `limit` open holds, soonest to expire first."""
@@ -97,6 +125,18 @@ class CreditChangeResult:
     balance_after: int  # micro-credits (for insufficient: what open holds need)
     audit_id: str
     ts_ms: int  # when the change was first applied
+    grant_id: str = ""  # the grant a grant created
+
+
+@dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """A grant's terms (docs/design.md, "Grants"): its category, when it becomes effective and
+    expires (ms since the epoch; 0: at once, never) and its priority (0-100, lower spends first)."""
+
+    category: str = "paid"
+    effective_ms: int = 0
+    expires_ms: int = 0
+    priority: int = 50
 
 
 def fingerprint(*parts: object) -> str:
@@ -106,7 +146,15 @@ def fingerprint(*parts: object) -> str:
 
 class CreditChanges(Protocol):
     async def apply(
-        self, account: str, delta: int, idempotency_key: str, request_fingerprint: str, change: Change, action: str
+        self,
+        account: str,
+        delta: int,
+        idempotency_key: str,
+        request_fingerprint: str,
+        change: Change,
+        action: str,
+        terms: GrantTerms | None = None,
+        now_ms: int | None = None,
     ) -> CreditChangeResult:
         """A grant (delta > 0) or debit, once per Idempotency-Key, with its audit entry."""
         ...

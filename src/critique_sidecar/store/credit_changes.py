@@ -6,11 +6,12 @@ the script runs alone) and never applied without its audit entry."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import orjson
 
-from ..core.stores import CreditChangeResult, fingerprint
+from ..core.stores import CreditChangeResult, GrantTerms, fingerprint
 from . import audit
 from . import keyspace as ks
 from .errors import store_call
@@ -35,12 +36,24 @@ class RedisCreditChanges:
         request_fingerprint: str,
         change: audit.Change,
         action: str,
+        terms: GrantTerms | None = None,
+        now_ms: int | None = None,
     ) -> CreditChangeResult:
         ks.check_account(account)
         digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
         fields = audit.static_fields(change, action, account, None, idempotency_key)
-        status, before, after, audit_id, ts_ms = await self._script(
-            keys=[ks.account(account), ks.idempotency(account, digest), ks.audit(account)],
-            args=[delta, request_fingerprint, self._ttl_s, orjson.dumps(fields), "1" if delta < 0 else "0"],
+        t = terms or GrantTerms()
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        status, before, after, audit_id, ts_ms, grant_id = await self._script(
+            keys=[
+                ks.account(account), ks.idempotency(account, digest), ks.audit(account), ks.grants(account),
+                ks.grants_done(account),
+            ],
+            args=[
+                delta, request_fingerprint, self._ttl_s, orjson.dumps(fields), "1" if delta < 0 else "0",
+                t.category, t.effective_ms, t.expires_ms, t.priority, now,
+            ],
+        )  # fmt: skip
+        return CreditChangeResult(
+            as_text(status), int(before), int(after), as_text(audit_id), int(ts_ms), as_text(grant_id)
         )
-        return CreditChangeResult(as_text(status), int(before), int(after), as_text(audit_id), int(ts_ms))

@@ -34,6 +34,17 @@ def holds(account: str) -> str:
     return f"{_tag(account)}:holds"
 
 
+def grants(account: str) -> str:
+    """Hash: grant id -> "remaining|held|priority|expires ms|effective ms|category|created ms|amount|state"
+    (store/lua/lib/grants.lua): the account's live credit grants."""
+    return f"{_tag(account)}:grants"
+
+
+def grants_done(account: str) -> str:
+    """Stream: grants that left the live hash (exhausted or expired), capped."""
+    return f"{_tag(account)}:grants:done"
+
+
 def hold_expiry(account: str) -> str:
     """Sorted set: request id scored by expiry (ms)."""
     return f"{_tag(account)}:holdexp"

@@ -27,6 +27,8 @@ class HoldKeys(NamedTuple):
     account_window: str  # sorted set: the account's last minute of admissions
     key_window: str  # sorted set: the key's
     notify_outbox: str  # stream: a spend rate's trip is announced here (accounts with a webhook)
+    grants: str  # hash: grant id -> its packed state (store/lua/lib/grants.lua)
+    grants_done: str  # stream: exhausted and expired grants (capped history)
 
 
 class HoldArgs(NamedTuple):
@@ -71,6 +73,8 @@ class SettleKeys(NamedTuple):
     key_window: str
     settings: str
     notify_outbox: str  # stream: budget notifications waiting for delivery
+    grants: str
+    grants_done: str
 
 
 class SettleArgs(NamedTuple):

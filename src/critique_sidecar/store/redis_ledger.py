@@ -59,6 +59,8 @@ class RedisLedger:
             account_window=ks.minute_window(a),
             key_window=ks.minute_window(a, hold.key_id),
             notify_outbox=ks.notify_outbox(a),
+            grants=ks.grants(a),
+            grants_done=ks.grants_done(a),
         )
         args = HoldArgs(
             request_id=hold.request_id,
@@ -109,6 +111,8 @@ class RedisLedger:
             key_window=ks.minute_window(a, record.key_id),
             settings=ks.settings(a),
             notify_outbox=ks.notify_outbox(a),
+            grants=ks.grants(a),
+            grants_done=ks.grants_done(a),
         )
         args = SettleArgs(
             request_id=record.request_id,

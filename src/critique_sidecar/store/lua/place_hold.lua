@@ -9,13 +9,18 @@ local PER_MIN = 60000  -- the rate limits' window, ms
 
 --#include hold_counters
 --#include spend_rate
+--#include grants
 
 -- Release holds whose owner never settled (bounded per call; every admission sweeps).
+-- Their credits return to the grants they were allocated on (on an expired grant they expire).
 local stale = redis.call('ZRANGEBYSCORE', K_hold_expiry, '-inf', now, 'LIMIT', 0, 100)
+local grants_exist = #stale > 0 and redis.call('EXISTS', K_grants) == 1
 for _, old in ipairs(stale) do
-  local amt = hold_amount(redis.call('HGET', K_holds, old))
+  local value = redis.call('HGET', K_holds, old)
+  local amt = hold_amount(value)
   if amt then
     redis.call('HINCRBY', K_account, 'held', -amt)
+    if grants_exist then grants_release(K_grants, K_grants_done, K_account, value, amt, now) end
     redis.call('HDEL', K_holds, old)
   end
   redis.call('ZREM', K_hold_expiry, old)
@@ -25,6 +30,13 @@ for _, old in ipairs(stale) do
     if k then release_counters(k, h, n) end
     redis.call('HDEL', K_hold_info, old)
   end
+end
+
+-- Grants: an account from before them gets its `legacy` grant; the sweep brings grants whose
+-- time came into the balance and expires those past their expiry, before the balance is read.
+local live_grants = nil
+if grants_migrate(K_grants, K_account, now) then
+  live_grants = grants_sweep(K_grants, K_grants_done, K_account, now, nil)
 end
 
 local s = redis.call('HMGET', K_settings, 'enabled', 'reserve_floor', 'block_when_cap_reached',
@@ -229,7 +241,17 @@ if worst then
   return answer('rate_limit_exceeded', '', worst, worst_wait == math.huge and -1 or worst_wait, false)
 end
 
-redis.call('HSET', K_holds, rid, string.format('%d', amount) .. ':' .. kid)  -- names its key: set_key_controls.lua
+-- The hold names its key (set_key_controls.lua) and the grants it holds credits on, in spend order.
+local allocation = ''
+if live_grants then
+  local alloc = grants_allocate(live_grants, amount)
+  for _, p in ipairs(alloc) do
+    p[1].held = p[1].held + p[2]
+    grant_store(K_grants, K_grants_done, p[1], now)
+  end
+  allocation = allocation_format(alloc)
+end
+redis.call('HSET', K_holds, rid, string.format('%d', amount) .. ':' .. kid .. '|' .. allocation)
 redis.call('ZADD', K_hold_expiry, tonumber(A_expires_ms), rid)
 redis.call('HINCRBY', K_account, 'held', amount)
 -- The request counters of every request cap in the table (set or not: a cap set mid-window

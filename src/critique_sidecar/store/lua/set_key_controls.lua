@@ -13,7 +13,7 @@ if not credits and not in_flight then return 1 end
 local holds = redis.call('HGETALL', KEYS[3])
 for i = 1, #holds, 2 do
   local rid = holds[i]
-  local amount, owner = string.match(holds[i + 1], '^(%d+):(.*)$')
+  local amount, owner = string.match(holds[i + 1], '^(%d+):([^|]*)')
   if owner == kid then
     local info = redis.call('HGET', KEYS[2], rid) or (kid .. '|0|0|0|0|0|0')
     local k, h, n, rest = string.match(info, '^(.-)|(%d+)|(%d+)|(.*)$')

@@ -6,6 +6,7 @@ if done then return REPLY{applied = 0, charged = tonumber(done)} end
 
 --#include hold_counters
 --#include spend_rate
+--#include grants
 
 -- Validation: everything is checked before anything changes, so a settlement Redis cannot apply
 -- fails whole, with an error naming why (store/redis_ledger.py turns it into a rejection, not an
@@ -31,14 +32,16 @@ for i = 1, 2 do
 end
 local charge = tonumber(A_charge)
 if (tonumber(a[1]) or 0) - charge < -9007199254740991 then return reject('balance would underflow') end
-local amt = hold_amount(redis.call('HGET', K_holds, rid))
+local hold = redis.call('HGET', K_holds, rid)
+local amt = hold_amount(hold)
 local info = redis.call('HGET', K_hold_info, rid)
 -- What the account set that this settlement feeds: webhooks, and spend rates (whose window
 -- spend is kept only while one is set: an account without pays nothing for them).
 local notify = redis.pcall('HMGET', K_settings, 'notify_url', 'notify_thresholds', 'notify_low_balance',
   'credits_per_minute', 'credits_per_hour')
 local account_spend = charge > 0 and not notify.err and (notify[4] or notify[5]) and true or false
-local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'}}
+local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'},
+  {K_grants, 'hash'}, {K_grants_done, 'stream'}}
 if info or account_spend then written[#written + 1] = {K_limiter, 'hash'} end
 local function typed(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind, t end
 for _, w in ipairs(written) do
@@ -55,6 +58,20 @@ if amt then
 end
 redis.call('ZREM', K_hold_expiry, rid)
 if charge ~= 0 then redis.call('HINCRBY', K_account, 'balance', -charge) end
+-- The grants pay (lib/grants.lua): the hold's allocation in its order, each grant's part of the
+-- hold released (on an expired grant, the part not charged expires now); a charge beyond it
+-- (a hold already swept) from the grants' available in spend order, the rest as debt. An
+-- account without grants is charged as before them (its `legacy` grant comes at admission).
+local now = tonumber(A_now_ms)
+local paid = {order = {}}
+if redis.call('EXISTS', K_grants) == 1 then
+  local left = charge
+  if amt then left = grants_charge(K_grants, K_grants_done, K_account, hold, amt, charge, now, paid) end
+  if left > 0 then
+    grants_draw_available(K_grants, K_grants_done, grants_sweep(K_grants, K_grants_done, K_account, now, nil),
+      left, now, paid, true)
+  end
+end
 
 -- The day's rollups (the dashboard's totals, per model, per key and per endpoint; key caps
 -- count these).
@@ -102,6 +119,8 @@ end
 
 -- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
 -- Retention trims instead (store/usage_retention.py).
+fields[#fields + 1] = 'paid_by'  -- "<grant>:<micro-credits>,..." in the order they paid
+fields[#fields + 1] = paid_format(paid)
 redis.call('XADD', K_usage, '*', unpack(fields))
 
 -- Budget notifications, only for accounts that set a webhook. Once per threshold, window and

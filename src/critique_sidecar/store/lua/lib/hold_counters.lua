@@ -1,5 +1,6 @@
 -- A hold and what its admission counted, and their undoing. The holds hash maps a request id to
--- "<held micro-credits>:<key id>" (a bare number from before keys were named there). A hold info
+-- "<held micro-credits>:<key id>|<grant>=<x>,..." (the credits held on each grant, lib/grants.lua;
+-- none from before grants, a bare number from before keys were named there). A hold info
 -- entry "key|held micro-credits|in flight 1/0|in account window 1/0|in key window 1/0|tokens|at
 -- ms" says what was counted per key and per minute window: place_hold.lua writes one when it
 -- counted anything, set_key_controls.lua when a key limit set later counts an open hold. The

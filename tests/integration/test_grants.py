@@ -1,0 +1,352 @@
+"""Credit grants on real Redis (store/lua/lib/grants.lua, docs/design.md "Grants"): random grant
+sets (categories, priorities, expiries, effective times) and random sequences of holds,
+settlements, releases, debits and clock advances crossing expiries while holds are open, each
+step compared with a small pure-Python model of the spend order; and the migration of an
+account from before grants, open holds included."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from critique_sidecar.core.audit import Actor, Change
+from critique_sidecar.core.ledger import HoldRequest, UsageRecord
+from critique_sidecar.core.stores import GrantTerms
+from critique_sidecar.store import keyspace as ks
+from critique_sidecar.store.accounts import RedisAccounts
+from critique_sidecar.store.credit_changes import RedisCreditChanges
+from critique_sidecar.store.redis_ledger import RedisLedger
+
+T0 = 1_795_000_000_000  # ms
+HOUR = 3_600_000
+CHANGE = Change(Actor("cli", "test"), "req", T0)
+
+
+# -- the model -----------------------------------------------------------------------------------
+
+
+@dataclass
+class G:
+    id: str
+    remaining: int
+    held: int
+    priority: int
+    expires: int
+    effective: int
+    category: str
+    created: int
+    amount: int
+    state: str
+
+    def order(self) -> tuple[int, float, int, int, int]:
+        return (self.priority, self.expires or float("inf"), 0 if self.category == "promotional" else 1,
+                self.created, int(self.id[1:]))  # fmt: skip
+
+    def packed(self) -> str:
+        return (f"{self.remaining}|{self.held}|{self.priority}|{self.expires}|{self.effective}|{self.category}|"
+                f"{self.created}|{self.amount}|{self.state}")  # fmt: skip
+
+
+@dataclass
+class Hold:
+    amount: int
+    expires: int
+    alloc: list[tuple[str, int]]
+
+
+@dataclass
+class Model:
+    grants: dict[str, G] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)
+    balance: int = 0
+    expired: int = 0
+    granted: int = 0
+    spent: int = 0
+    seq: int = 0
+
+    @property
+    def held(self) -> int:
+        return sum(h.amount for h in self.holds.values())
+
+    def ordered(self) -> list[G]:
+        return sorted(self.grants.values(), key=G.order)
+
+    def store(self, g: G) -> None:
+        if g.state != "w" and g.held <= 0 and g.remaining == 0:
+            self.grants.pop(g.id, None)
+
+    def expire(self, g: G, part: int) -> None:
+        if part > 0:
+            g.remaining -= part
+            self.balance -= part
+            self.expired += part
+
+    def sweep(self, now: int) -> None:
+        for g in self.ordered():
+            if g.state == "w" and g.effective <= now:
+                g.state = "a"
+                self.balance += g.remaining
+            if g.state == "a" and g.expires and g.expires <= now:
+                g.state = "x"
+                self.expire(g, g.remaining - g.held)
+            self.store(g)
+
+    def grant(self, amount: int, terms: GrantTerms, now: int) -> str:
+        self.sweep(now)
+        self.seq += 1
+        g = G(f"g{self.seq}", amount, 0, terms.priority, terms.expires_ms, terms.effective_ms, terms.category, now,
+              amount, "w")  # fmt: skip
+        self.grants[g.id] = g
+        self.granted += amount
+        if terms.effective_ms <= now:
+            g.state = "a"
+            self.balance += amount
+            if terms.expires_ms and terms.expires_ms <= now:
+                g.state = "x"
+                self.expire(g, g.remaining)
+        self.store(g)
+        return g.id
+
+    def draw(self, left: int) -> list[tuple[str, int]]:
+        out = []
+        for g in self.ordered():
+            avail = g.remaining - g.held
+            if left > 0 and g.state == "a" and avail > 0:
+                take = min(avail, left)
+                g.remaining -= take
+                left -= take
+                out.append((g.id, take))
+                self.store(g)
+        assert left == 0, "the model never draws into debt"
+        return out
+
+    def debit(self, amount: int, now: int) -> bool:
+        self.sweep(now)
+        if self.balance - amount < self.held:
+            return False
+        self.balance -= amount
+        self.spent += amount
+        self.draw(amount)
+        return True
+
+    def release(self, hold: Hold) -> None:
+        for gid, x in hold.alloc:
+            g = self.grants[gid]
+            g.held -= x
+            if g.state == "x":
+                self.expire(g, x)
+            self.store(g)
+
+    def place(self, rid: str, amount: int, now: int, expires: int) -> bool:
+        for old, h in sorted(self.holds.items(), key=lambda kv: (kv[1].expires, kv[0])):
+            if h.expires <= now:
+                self.release(h)
+                del self.holds[old]
+        self.sweep(now)
+        if self.balance - self.held < amount:
+            return False
+        alloc, left = [], amount
+        for g in self.ordered():
+            avail = g.remaining - g.held
+            if left > 0 and g.state == "a" and avail > 0:
+                x = min(avail, left)
+                g.held += x
+                left -= x
+                alloc.append((g.id, x))
+        assert left == 0, "admission's funds check covers the allocation"
+        self.holds[rid] = Hold(amount, expires, alloc)
+        return True
+
+    def settle(self, rid: str, charge: int) -> list[tuple[str, int]]:
+        hold = self.holds.pop(rid)
+        self.balance -= charge
+        self.spent += charge
+        left, paid = charge, []
+        for gid, x in hold.alloc:
+            g = self.grants[gid]
+            take = min(x, left)
+            g.remaining -= take
+            g.held -= x
+            left -= take
+            if g.state == "x":
+                self.expire(g, x - take)
+            self.store(g)
+            if take:
+                paid.append((gid, take))
+        assert left == 0
+        return paid
+
+
+# -- driving the real ledger ---------------------------------------------------------------------
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def record(account: str, rid: str, charge: int, now: int) -> UsageRecord:
+    return UsageRecord(rid, account, "key_t", "m", 1, 1, charge, "0", "v", False, False, "ok", 1, now, "2026-11-18",
+                       "2026-11")  # fmt: skip
+
+
+async def last_paid_by(r: aioredis.Redis, account: str) -> str:
+    """The newest usage record's `paid_by`."""
+    last: Any = await r.xrevrange(ks.usage_stream(account), count=1)
+    return _text(last[0][1][b"paid_by"])
+
+
+async def check(r: aioredis.Redis, account: str, m: Model) -> None:
+    live = {_text(k): _text(v) for k, v in (await r.hgetall(ks.grants(account))).items()}
+    assert live == {g.id: g.packed() for g in m.grants.values()}
+    acct = {_text(k): _text(v) for k, v in (await r.hgetall(ks.account(account))).items()}
+    balance, held, expired = int(acct.get("balance", 0)), int(acct.get("held", 0)), int(acct.get("expired", 0))
+    assert (balance, held, expired) == (m.balance, m.held, m.expired)
+    # balance == the effective grants' remaining; held == the grants' held == the holds'
+    assert balance == sum(g.remaining for g in m.grants.values() if g.state != "w")
+    assert held == sum(g.held for g in m.grants.values())
+    # conservation, to the micro-credit: granted = spent + remaining + expired
+    assert m.granted == m.spent + sum(g.remaining for g in m.grants.values()) + expired
+    assert balance - held >= 0
+    for g in m.grants.values():
+        assert 0 <= g.held <= g.remaining
+        if g.state == "x":
+            assert g.remaining == g.held  # an expired grant keeps only what holds hold
+
+
+grant_terms = st.builds(
+    lambda cat, prio, eff, exp: (cat, prio, eff, exp),
+    st.sampled_from(["paid", "promotional"]),
+    st.sampled_from([0, 50, 50, 50, 100]),
+    st.sampled_from([None, None, 1, 5]),  # effective in hours from the start
+    st.sampled_from([None, None, 2, 3, 6, 8]),  # expires in hours from the start
+)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("hold"), st.integers(1, 40), st.sampled_from([1, 10])),  # amount, ttl hours
+        st.tuples(st.just("hold"), st.integers(1, 15), st.just(10)),
+        st.tuples(st.just("settle"), st.integers(0, 10), st.integers(0, 100)),  # which hold, charge percent
+        st.tuples(st.just("release"), st.integers(0, 10), st.just(0)),
+        st.tuples(st.just("debit"), st.integers(1, 30), st.just(0)),
+        st.tuples(st.just("advance"), st.integers(1, 150), st.just(0)),  # minutes
+        st.tuples(st.just("grant"), st.integers(1, 50), st.just(0)),
+    ),
+    min_size=2,
+    max_size=30,
+)
+
+
+async def scenario(redis_url: str, grants: list[tuple[int, tuple[str, int, int | None, int | None]]],
+                   ops: list[tuple[str, int, int]]) -> None:  # fmt: skip
+    r = aioredis.Redis.from_url(redis_url)
+    account = "acct-" + uuid.uuid4().hex[:12]
+    ledger, accounts = RedisLedger(r), RedisAccounts(r)
+    changes = RedisCreditChanges(r, 3600)
+    m, now, n = Model(), T0, 0
+    try:
+
+        async def grant(amount: int, spec: tuple[str, int, int | None, int | None]) -> None:
+            cat, prio, eff, exp = spec
+            terms = GrantTerms(cat, T0 + eff * HOUR if eff else 0, T0 + exp * HOUR if exp else 0, prio)
+            await accounts.grant(account, amount, category=cat, effective_ms=terms.effective_ms,
+                                 expires_ms=terms.expires_ms, priority=prio, now_ms=now)  # fmt: skip
+            m.grant(amount, terms, now)
+
+        for amount, spec in grants:
+            await grant(amount, spec)
+            await check(r, account, m)
+        for op, a, b in ops:
+            if op == "hold":
+                n += 1
+                rid = f"r{n}"
+                exp = now + b * HOUR
+                res = await ledger.place_hold(HoldRequest(account, rid, a, now, exp, "2026-11-18", "2026-11"))
+                assert (res.code is None) == m.place(rid, a, now, exp), res
+            elif op in ("settle", "release") and m.holds:
+                rid = sorted(m.holds)[a % len(m.holds)]
+                charge = m.holds[rid].amount * b // 100
+                paid = m.settle(rid, charge)
+                s = await ledger.settle(record(account, rid, charge, now))
+                assert s.applied and s.credits == charge
+                paid_by = await last_paid_by(r, account)
+                assert paid_by == ",".join(f"{g}:{x}" for g, x in paid)
+                # every settlement draws its full charge from its own hold's grants
+                assert sum(int(p.split(":")[1]) for p in paid_by.split(",") if p) == charge
+            elif op == "debit":
+                n += 1
+                ch = await changes.apply(account, -a, f"idem-{n}", f"fp-{n}", CHANGE, "credits.debit", now_ms=now)
+                assert (ch.status == "applied") == m.debit(a, now), ch
+            elif op == "advance":
+                now += a * 60_000
+                continue  # nothing in Redis moves until the next script runs
+            elif op == "grant":
+                await grant(a, ("promotional", 20, None, (now - T0) // HOUR + 1))
+            await check(r, account, m)
+    finally:
+        await r.aclose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(grants=st.lists(st.tuples(st.integers(1, 60), grant_terms), min_size=2, max_size=6), ops=steps)
+def test_grants_follow_the_spend_order_and_conserve_credits(
+    redis_url: str, grants: list[tuple[int, tuple[str, int, int | None, int | None]]], ops: list[tuple[str, int, int]]
+) -> None:
+    asyncio.run(scenario(redis_url, grants, ops))
+
+
+async def test_an_expiring_promotional_grant_is_spent_first_and_expiry_never_takes_held_credits(
+    redis_client: aioredis.Redis, account: str
+) -> None:
+    accounts, ledger = RedisAccounts(redis_client), RedisLedger(redis_client)
+    await accounts.grant(account, 100, now_ms=T0)  # paid, no expiry
+    await accounts.grant(account, 30, category="promotional", expires_ms=T0 + HOUR, now_ms=T0)
+    r = await ledger.place_hold(HoldRequest(account, "r1", 50, T0, T0 + 10 * HOUR, "2026-11-18", "2026-11"))
+    assert r.code is None
+    assert _text(await redis_client.hget(ks.holds(account), "r1")) == "50:|g2=30,g1=20"
+    # the promotional grant expires while the hold is open: its 30 are all held, so nothing
+    # leaves the balance
+    r = await ledger.place_hold(HoldRequest(account, "r2", 1, T0 + 2 * HOUR, T0 + 10 * HOUR, "2026-11-18", "2026-11"))
+    assert r.code is None and r.funds == {"balance": 130, "floor": 0, "held": 51}
+    await ledger.settle(record(account, "r1", 40, T0 + 2 * HOUR))
+    assert await last_paid_by(redis_client, account) == "g2:30,g1:10"
+    b = await accounts.balance(account)
+    assert (b.balance, b.held) == (90, 1)
+    assert await redis_client.hget(ks.account(account), "expired") in (None, b"0")
+
+
+async def test_an_account_from_before_grants_migrates_with_its_open_holds(
+    redis_client: aioredis.Redis, account: str
+) -> None:
+    ledger = RedisLedger(redis_client)
+    # the state a ledger from before grants left: a balance and an open hold without allocation
+    await redis_client.hset(ks.account(account), mapping={"balance": 1000, "held": 300})
+    await redis_client.hset(ks.holds(account), "old", "300:key_a")
+    await redis_client.zadd(ks.hold_expiry(account), {"old": T0 + HOUR})
+    r = await ledger.place_hold(HoldRequest(account, "new", 200, T0, T0 + HOUR, "2026-11-18", "2026-11"))
+    assert r.code is None and r.funds == {"balance": 1000, "floor": 0, "held": 500}
+    grants = await RedisAccounts(redis_client).grants(account)
+    assert [(g.grant_id, g.category, g.remaining, g.held, g.expires_ms) for g in grants] == [
+        ("legacy", "paid", 1000, 500, 0)
+    ]
+    # a promotional grant now spends before legacy; the old hold still draws on legacy
+    await RedisAccounts(redis_client).grant(account, 50, category="promotional", now_ms=T0)
+    s = await ledger.settle(record(account, "old", 250, T0))
+    assert s.credits == 250
+    assert await last_paid_by(redis_client, account) == "legacy:250"
+    g = {x.grant_id: x for x in await RedisAccounts(redis_client).grants(account)}
+    assert (g["legacy"].remaining, g["legacy"].held) == (750, 200)
+    assert g["g1"].remaining == 50
+    b = await RedisAccounts(redis_client).balance(account)
+    assert (b.balance, b.held) == (800, 200)
+    await ledger.settle(record(account, "new", 200, T0))
+    g = {x.grant_id: x for x in await RedisAccounts(redis_client).grants(account)}
+    assert (g["legacy"].remaining, g["legacy"].held) == (550, 0)
+    # idempotent: the same settlement again changes nothing
+    again = await ledger.settle(record(account, "new", 200, T0))
+    assert not again.applied
+    assert (await RedisAccounts(redis_client).balance(account)).balance == 600
