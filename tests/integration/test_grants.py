@@ -350,3 +350,51 @@ async def test_an_account_from_before_grants_migrates_with_its_open_holds(
     again = await ledger.settle(record(account, "new", 200, T0))
     assert not again.applied
     assert (await RedisAccounts(redis_client).balance(account)).balance == 600
+
+
+async def test_a_settlement_after_its_hold_expired_draws_in_spend_order_and_debt_is_paid_by_the_next_grant(
+    redis_client: aioredis.Redis, account: str
+) -> None:
+    accounts, ledger = RedisAccounts(redis_client), RedisLedger(redis_client)
+    await accounts.grant(account, 100, now_ms=T0)
+    await accounts.grant(account, 20, category="promotional", now_ms=T0)
+    await ledger.place_hold(HoldRequest(account, "r1", 50, T0, T0 + 60_000, "2026-11-18", "2026-11"))
+    # the next admission sweeps r1 (its owner never settled in time): g2's 20 and g1's 30 are free
+    r = await ledger.place_hold(HoldRequest(account, "r2", 10, T0 + 120_000, T0 + HOUR, "2026-11-18", "2026-11"))
+    assert r.funds == {"balance": 120, "floor": 0, "held": 10}
+    # the late settlement of r1 is still charged: from what is available, in spend order
+    s = await ledger.settle(record(account, "r1", 50, T0 + 180_000))
+    assert s.applied and s.credits == 50
+    assert await last_paid_by(redis_client, account) == "g2:10,g1:40"
+    # a bare debit beyond every grant's available becomes debt (the balance below what holds need)
+    assert await accounts.grant(account, -200, now_ms=T0 + 180_000) == -130
+    g = {x.grant_id: (x.remaining, x.held) for x in await accounts.grants(account)}
+    assert g == {"g2": (10, 10), "debt": (-140, 0)}
+    # the next grant pays the debt first
+    assert await accounts.grant(account, 500, now_ms=T0 + 180_000) == 370
+    g = {x.grant_id: (x.remaining, x.held) for x in await accounts.grants(account)}
+    assert g == {"g2": (10, 10), "g3": (360, 0)}
+    await ledger.settle(record(account, "r2", 10, T0 + 180_000))
+    assert await last_paid_by(redis_client, account) == "g2:10"
+    b = await accounts.balance(account)
+    assert (b.balance, b.held) == (360, 0)
+    done: Any = await redis_client.xrange(ks.grants_done(account))
+    assert [_text(e[1][b"grant"]) for e in done] == ["g1", "debt", "g2"]
+
+
+async def test_a_grant_waits_for_its_effective_time_and_expires_unheld(
+    redis_client: aioredis.Redis, account: str
+) -> None:
+    accounts, ledger = RedisAccounts(redis_client), RedisLedger(redis_client)
+    await accounts.grant(account, 40, effective_ms=T0 + HOUR, expires_ms=T0 + 3 * HOUR, now_ms=T0)
+    r = await ledger.place_hold(HoldRequest(account, "r1", 10, T0, T0 + 10 * HOUR, "2026-11-18", "2026-11"))
+    assert r.code == "insufficient_credits" and r.funds["balance"] == 0
+    r = await ledger.place_hold(HoldRequest(account, "r1", 10, T0 + HOUR, T0 + 10 * HOUR, "2026-11-18", "2026-11"))
+    assert r.code is None and r.funds == {"balance": 40, "floor": 0, "held": 10}
+    # at expiry the unheld 30 leave the balance; the hold keeps its 10 and settles 4 of them
+    r = await ledger.place_hold(HoldRequest(account, "r2", 1, T0 + 3 * HOUR, T0 + 10 * HOUR, "2026-11-18", "2026-11"))
+    assert r.code == "insufficient_credits" and r.funds == {"balance": 10, "floor": 0, "held": 10}
+    await ledger.settle(record(account, "r1", 4, T0 + 3 * HOUR))
+    acct = await redis_client.hmget(ks.account(account), "balance", "held", "expired")
+    assert acct == [b"0", b"0", b"36"]
+    assert await accounts.grants(account) == []
