@@ -22,6 +22,7 @@ from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.credit_changes import RedisCreditChanges
 from critique_sidecar.store.redis_ledger import RedisLedger
+from critique_sidecar.store.usage_records import record_json
 
 T0 = 1_795_000_000_000  # ms
 HOUR = 3_600_000
@@ -314,6 +315,8 @@ async def test_an_expiring_promotional_grant_is_spent_first_and_expiry_never_tak
     assert r.code is None and r.funds == {"balance": 130, "floor": 0, "held": 51}
     await ledger.settle(record(account, "r1", 40, T0 + 2 * HOUR))
     assert await last_paid_by(redis_client, account) == "g2:30,g1:10"
+    last: Any = await redis_client.xrevrange(ks.usage_stream(account), count=1)
+    assert record_json(*last[0])["paid_by"] == "g2:30,g1:10"  # the export's and CloudEvents' shape
     b = await accounts.balance(account)
     assert (b.balance, b.held) == (90, 1)
     assert await redis_client.hget(ks.account(account), "expired") in (None, b"0")

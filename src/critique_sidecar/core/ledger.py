@@ -64,6 +64,7 @@ class UsageRecord:
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     endpoint: str = "chat.completions"
+    paid_by: str = ""  # filled by the ledger with the charge: the grants that paid it (settle.lua)
 
 
 @dataclass(frozen=True, slots=True)

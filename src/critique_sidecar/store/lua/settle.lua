@@ -119,8 +119,13 @@ end
 
 -- No MAXLEN here: a length cap could drop records the billing consumer has not acknowledged.
 -- Retention trims instead (store/usage_retention.py).
-fields[#fields + 1] = 'paid_by'  -- "<grant>:<micro-credits>,..." in the order they paid
-fields[#fields + 1] = paid_format(paid)
+-- paid_by: "<grant>:<micro-credits>,..." in the order they paid (the caller's value is a placeholder).
+local paid_at = nil
+for i = 1, #fields, 2 do
+  if fields[i] == 'paid_by' then paid_at = i + 1 end
+end
+if not paid_at then paid_at = #fields + 2; fields[paid_at - 1] = 'paid_by' end
+fields[paid_at] = paid_format(paid)
 redis.call('XADD', K_usage, '*', unpack(fields))
 
 -- Budget notifications, only for accounts that set a webhook. Once per threshold, window and
