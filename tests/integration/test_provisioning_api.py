@@ -142,6 +142,69 @@ async def test_bad_credit_changes_are_400s_that_change_nothing(
     assert await admin.redis.xlen(ks.audit(account)) == 0
 
 
+async def test_grants_with_terms_are_listed_in_spend_order_with_what_expires_when(admin: Admin, account: str) -> None:
+    path = f"/v1/accounts/{account}/credits/grant"
+    paid = await admin.call("POST", path, json={"credits": "10"}, headers={"idempotency-key": "p"})
+    assert paid.status_code == 200 and paid.json()["grant_id"] == "g1"
+    promo = {"credits": "3", "category": "promotional", "expires_at": "2099-01-01T00:00:00Z", "priority": 50}
+    r = await admin.call("POST", path, json=promo, headers={"idempotency-key": "promo"})
+    assert r.status_code == 200 and r.json()["grant_id"] == "g2" and r.json()["balance_after"] == "13.000000"
+    again = await admin.call("POST", path, json=promo, headers={"idempotency-key": "promo"})
+    assert again.json() == r.json() and again.headers["idempotent-replayed"] == "true"
+    # the same key with other terms is a different request
+    other = await admin.call("POST", path, json={**promo, "priority": 49}, headers={"idempotency-key": "promo"})
+    assert other.status_code == 409
+    later = {"credits": "5", "effective_at": "2099-01-01T00:00:00+00:00", "expires_at": "2099-02-01"}
+    r = await admin.call("POST", path, json=later, headers={"idempotency-key": "later"})
+    assert r.status_code == 200 and r.json()["credits"] == "5.000000" and r.json()["balance_after"] == "13.000000"
+    listed = (await admin.call("GET", f"/v1/accounts/{account}/credits/grants")).json()
+    assert listed["account"] == account
+    assert [(g["id"], g["category"], g["state"], g["remaining"], g["expires_at"]) for g in listed["data"]] == [
+        ("g2", "promotional", "active", "3.000000", "2099-01-01T00:00:00.000Z"),
+        ("g3", "paid", "waiting", "5.000000", "2099-02-01T00:00:00.000Z"),
+        ("g1", "paid", "active", "10.000000", None),
+    ]
+    assert listed["data"][1]["effective_at"] == "2099-01-01T00:00:00.000Z" and listed["data"][0]["priority"] == 50
+    # a debit draws in spend order: the promotional grant first
+    r = await admin.call("POST", f"/v1/accounts/{account}/credits/debit", json={"credits": "4"},
+                         headers={"idempotency-key": "d"})  # fmt: skip
+    assert r.status_code == 200 and r.json()["balance_after"] == "9.000000"
+    listed = (await admin.call("GET", f"/v1/accounts/{account}/credits/grants")).json()
+    assert [(g["id"], g["remaining"]) for g in listed["data"]] == [("g3", "5.000000"), ("g1", "9.000000")]
+
+
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("grant", {"credits": "1", "category": "free"}, "category"),
+        ("grant", {"credits": "1", "category": 1}, "category"),
+        ("grant", {"credits": "1", "priority": 101}, "priority"),
+        ("grant", {"credits": "1", "priority": -1}, "priority"),
+        ("grant", {"credits": "1", "priority": "5"}, "priority"),
+        ("grant", {"credits": "1", "priority": True}, "priority"),
+        ("grant", {"credits": "1", "priority": 1.5}, "priority"),
+        ("grant", {"credits": "1", "expires_at": "tomorrow"}, "expires_at"),
+        ("grant", {"credits": "1", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
+        ("grant", {"credits": "1", "expires_at": 4102444800}, "expires_at"),
+        ("grant", {"credits": "1", "effective_at": "2099-13-01"}, "effective_at"),
+        ("grant", {"credits": "1", "effective_at": "x" * 1000}, "effective_at"),
+        ("grant", {"credits": "1", "effective_at": "2099-02-01", "expires_at": "2099-01-01"}, "expires_at"),
+        ("debit", {"credits": "1", "priority": 5}, "priority"),
+        ("debit", {"credits": "1", "expires_at": "2099-01-01"}, "expires_at"),
+    ],
+)
+async def test_bad_grant_terms_are_400s_naming_the_field(
+    admin: Admin, account: str, path: str, body: dict[str, Any], param: str
+) -> None:
+    await admin.redis.hset(ks.account(account), "balance", 5)
+    r = await admin.call("POST", f"/v1/accounts/{account}/credits/{path}", json=body, headers={"idempotency-key": "k"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
+    assert r.json()["error"]["param"] == param
+    assert await admin.redis.hget(ks.account(account), "balance") == b"5"
+    assert not await admin.redis.exists(ks.grants(account))
+    assert await admin.redis.xlen(ks.audit(account)) == 0
+
+
 # -- keys ----------------------------------------------------------------------------------
 
 

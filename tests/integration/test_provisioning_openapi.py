@@ -135,6 +135,12 @@ async def test_every_operation_conforms_to_the_served_openapi_document(checked: 
     await checked("POST", f"{a}/credits/debit", 200, json={"credits": "1.5"}, headers={"idempotency-key": "d"})
     await checked("POST", f"{a}/credits/debit", 402, json={"credits": "100"}, headers={"idempotency-key": "d2"})
     await checked("GET", f"{a}/credits", 200)
+    await checked("POST", f"{a}/credits/grant", 200, json={"credits": "2", "category": "promotional",
+                  "expires_at": "2099-01-01T00:00:00Z", "priority": 10}, headers={"idempotency-key": "g2"})  # fmt: skip
+    await checked(
+        "POST", f"{a}/credits/grant", 400, json={"credits": "2", "priority": 101}, headers={"idempotency-key": "g3"}
+    )
+    await checked("GET", f"{a}/credits/grants", 200)
 
     await checked("GET", f"{a}/settings", 200)
     await checked("PATCH", f"{a}/settings", 200, json={"monthly_credit_cap": "50", "daily_request_cap": 10})

@@ -71,6 +71,8 @@ def build_operations() -> list[Operation]:
         Operation("getCredits", "GET", f"{acct}/credits", "Balance, held credits and open holds", ot.CREDITS, s.Balance),
         Operation("grantCredits", "POST", f"{acct}/credits/grant", "Add credits (once per Idempotency-Key)",
                   ot.CREDITS, s.CreditResult, 200, s.CreditChange, idempotent=True),
+        Operation("listGrants", "GET", f"{acct}/credits/grants",
+                  "The account's live credit grants in spend order, with what expires when", ot.CREDITS, s.GrantList),
         Operation("debitCredits", "POST", f"{acct}/credits/debit",
                   "Remove credits (once per Idempotency-Key; never below what open holds need)",
                   ot.CREDITS, s.CreditResult, 200, s.CreditChange, idempotent=True),
@@ -155,6 +157,10 @@ def build_admin_app(service: Provisioning, tokens: OperatorTokenCheck) -> Starle
     @handler
     async def grantCredits(request: Request, change: audit.Change) -> Response:
         return await credit_change(request, change, "credits.grant")
+
+    @handler
+    async def listGrants(request: Request, change: audit.Change) -> Response:
+        return reply(await service.grants(account(request)))
 
     @handler
     async def debitCredits(request: Request, change: audit.Change) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 from google.protobuf.descriptor import FieldDescriptor
 from pydantic import (
@@ -18,6 +18,7 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
 )
@@ -27,6 +28,7 @@ from pydantic.json_schema import WithJsonSchema
 from ..core.account_settings import AccountSettings, limit_type
 from ..core.account_settings import _credits as settings_credits
 from ..core.errors import ApiError
+from ..core.key_controls import parse_time_ms
 from ..core.limit_table import KEY_LIMITS, MAX_CREDITS, Limit
 from ..core.scopes import DEFAULT_KEY_SCOPES, KNOWN_SCOPES
 from ..core.usage_schema import SCHEMA as RECORD_SCHEMA
@@ -105,9 +107,23 @@ class KeyRotate(_Strict):
     )
 
 
+GRANT_TERMS = ("category", "effective_at", "expires_at", "priority")
+
+
 class CreditChange(_Strict):
     credits: Credits = Field(description="amount to grant or debit, > 0")
     note: Name | None = None
+    # A grant's terms (docs/design.md, "Grants"); a debit takes none of them.
+    category: Literal["paid", "promotional"] | None = Field(None, description="grants only; default paid")
+    effective_at: str | None = Field(
+        None, description="grants only: RFC 3339 UTC time the credits join the balance; default now"
+    )
+    expires_at: str | None = Field(
+        None, description="grants only: RFC 3339 UTC time what is left expires; default never"
+    )
+    priority: Annotated[StrictInt, Field(ge=0, le=100)] | None = Field(
+        None, description="grants only: 0-100, lower spends first; default 50"
+    )
 
     @field_validator("credits")
     @classmethod
@@ -115,6 +131,20 @@ class CreditChange(_Strict):
         if value <= 0:
             raise ValueError("must be greater than 0")
         return value
+
+    @field_validator("effective_at", "expires_at")
+    @classmethod
+    def _time(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        ms = parse_time_ms(value)
+        effective = info.data.get("effective_at")
+        if info.field_name == "expires_at" and effective is not None and ms <= parse_time_ms(effective):
+            raise ValueError("must be after effective_at")
+        return value
+
+    def terms_given(self) -> list[str]:
+        return [name for name in GRANT_TERMS if getattr(self, name) is not None]
 
 
 def parse(model: type[_Strict], data: Any, what: str) -> Any:
@@ -178,6 +208,26 @@ class CreditResult(_Strict):
     idempotency_key: str
     applied_at: str
     audit_id: str
+    grant_id: str | None = Field(None, description="the grant a grant created")
+
+
+class Grant(_Strict):
+    id: str
+    category: str
+    state: str = Field(
+        description="waiting (not yet effective), active, expired (only what open requests hold is left)"
+    )
+    amount: CreditText
+    remaining: CreditText
+    held: CreditText
+    priority: int
+    effective_at: str | None
+    expires_at: str | None
+
+
+class GrantList(_Strict):
+    account: str
+    data: list[Grant] = Field(description="the live grants, in spend order")
 
 
 class Hold(_Strict):

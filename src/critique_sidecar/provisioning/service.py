@@ -8,19 +8,19 @@ the core's interfaces (core/stores.py), given by the wiring (admin.py)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from ..core import audit
 from ..core.account_settings import SettingsPatch, SettingsStore
 from ..core.errors import ApiError
-from ..core.key_controls import KeyControls
+from ..core.key_controls import KeyControls, parse_time_ms
 from ..core.key_grants import clamp, grant
 from ..core.keys import KeyRecord
 from ..core.money import MICRO, format_credits
 from ..core.scopes import DEFAULT_KEY_SCOPES
-from ..core.stores import AccountStore, AuditTrail, CreditChanges, KeyStore, UsageRecords, fingerprint
+from ..core.stores import AccountStore, AuditTrail, CreditChanges, GrantTerms, KeyStore, UsageRecords, fingerprint
 from ..core.webhook_address import Network
 from . import schemas as s
 
@@ -245,8 +245,19 @@ class Provisioning:
         idem = check_idempotency_key(idempotency_key)
         micro = int(body.credits * MICRO)
         delta = micro if action == "credits.grant" else -micro
-        fp = fingerprint(action, account, micro, body.note or "")
-        r = await self.credit_changes.apply(account, delta, idem, fp, change, action)
+        terms = GrantTerms(
+            category=body.category or "paid",
+            effective_ms=parse_time_ms(body.effective_at) if body.effective_at else 0,
+            expires_ms=parse_time_ms(body.expires_at) if body.expires_at else 0,
+            priority=50 if body.priority is None else body.priority,
+        )
+        if action != "credits.grant" and body.terms_given():
+            name = body.terms_given()[0]
+            raise ApiError("invalid_request", f"{name} is for grants only: a debit draws in spend order", param=name)
+        # Default terms fingerprint as before grants had terms (records made before stay replays).
+        extra = () if terms == GrantTerms() else astuple(terms)
+        fp = fingerprint(action, account, micro, body.note or "", *extra)
+        r = await self.credit_changes.apply(account, delta, idem, fp, change, action, terms, change.ts_ms)
         if r.status == "conflict":
             raise ApiError(
                 "idempotency_conflict",
@@ -263,14 +274,37 @@ class Provisioning:
         result = s.CreditResult(
             account=account,
             action=action,
-            credits=format_credits(abs(r.balance_after - r.balance_before)),
+            credits=format_credits(micro),
             balance_before=format_credits(r.balance_before),
             balance_after=format_credits(r.balance_after),
             idempotency_key=idem,
             applied_at=iso(r.ts_ms),
             audit_id=r.audit_id,
+            grant_id=r.grant_id or None,
         )
         return result, r.status == "replay"
+
+    async def grants(self, account: str) -> s.GrantList:
+        """The account's live grants, in spend order, with what expires when."""
+        check_account(account)
+        states = {"w": "waiting", "a": "active", "x": "expired"}
+        return s.GrantList(
+            account=account,
+            data=[
+                s.Grant(
+                    id=g.grant_id,
+                    category=g.category,
+                    state=states.get(g.state, g.state),
+                    amount=format_credits(g.amount),
+                    remaining=format_credits(g.remaining),
+                    held=format_credits(g.held),
+                    priority=g.priority,
+                    effective_at=iso(g.effective_ms) if g.effective_ms else None,
+                    expires_at=iso(g.expires_ms) if g.expires_ms else None,
+                )
+                for g in await self.accounts.grants(account)
+            ],
+        )
 
     async def balance(self, account: str) -> s.Balance:
         check_account(account)
