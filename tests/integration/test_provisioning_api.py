@@ -205,6 +205,35 @@ async def test_bad_grant_terms_are_400s_naming_the_field(
     assert await admin.redis.xlen(ks.audit(account)) == 0
 
 
+def test_the_cli_grants_with_terms_and_lists_grants(
+    redis_url: str, account: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from critique_sidecar.cli import main
+
+    monkeypatch.setenv("CRITIQUE_REDIS_URL", redis_url)
+    base = ["credits", "grant", "--account", account]
+    assert main([*base, "--credits", "4"]) == 0 and "(grant g1)" in capsys.readouterr().out
+    promo = [*base, "--credits", "1.5", "--category", "promotional", "--expires-at", "2099-01-01T00:00:00Z",
+             "--priority", "10", "--idempotency-key", "cli-promo"]  # fmt: skip
+    assert main(promo) == 0 and "balance 5.500000 credits (grant g2)" in capsys.readouterr().out
+    assert main(promo) == 0 and "already applied" in capsys.readouterr().out
+    assert main([*base, "--credits", "1", "--priority", "101"]) == 2 and "priority" in capsys.readouterr().err
+    assert main([*base, "--credits", "1", "--expires-at", "soon"]) == 2 and "expires_at" in capsys.readouterr().err
+    assert main([*base, "--credits", "-1", "--priority", "5"]) == 2 and "grants only" in capsys.readouterr().err
+    assert main(["credits", "grants", "--account", account, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["data"]
+    assert [(g["id"], g["category"], g["remaining"], g["priority"], g["expires_at"]) for g in listed] == [
+        ("g2", "promotional", "1.500000", 10, "2099-01-01T00:00:00.000Z"),
+        ("g1", "paid", "4.000000", 50, None),
+    ]
+    assert main(["credits", "grants", "--account", account]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("id\tcategory") and table[1].startswith("g2\tpromotional\tactive\t1.500000")
+    assert table[2].endswith("never")
+
+
 # -- keys ----------------------------------------------------------------------------------
 
 

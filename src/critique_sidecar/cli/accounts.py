@@ -74,16 +74,40 @@ async def _credits_cmd(args: argparse.Namespace, redis: Any) -> int:
     if args.action == "grant":
         from decimal import Decimal
 
-        from ..provisioning.schemas import CreditChange
+        from ..provisioning.schemas import CreditChange, parse
 
         action = "credits.grant" if args.credits >= 0 else "credits.debit"
         if args.credits == 0:
             raise CliError("--credits must not be 0")
-        body = CreditChange(credits=Decimal(abs(args.credits)) / 1_000_000)
+        data: dict[str, Any] = {"credits": str(Decimal(abs(args.credits)) / 1_000_000)}
+        for name in ("category", "effective_at", "expires_at", "priority"):
+            if getattr(args, name) is not None:
+                data[name] = getattr(args, name)
+        body = parse(CreditChange, data, "credit change")
         idem = args.idempotency_key or "cli_" + uuid.uuid4().hex
         result, replayed = await _provisioning(redis).change_credits(_cli_change(), args.account, action, body, idem)
         note = " (already applied under this idempotency key: nothing changed)" if replayed else ""
-        print(f"account {args.account}: balance {result.balance_after} credits{note}")
+        grant = f" (grant {result.grant_id})" if result.grant_id else ""
+        print(f"account {args.account}: balance {result.balance_after} credits{grant}{note}")
+        return 0
+    if args.action == "grants":
+        listed = await _provisioning(redis).grants(args.account)
+        if args.json:
+            print(listed.model_dump_json())
+            return 0
+        print("id\tcategory\tstate\tremaining\theld\tpriority\teffective_at\texpires_at")
+        for g in listed.data:
+            row = (
+                g.id,
+                g.category,
+                g.state,
+                g.remaining,
+                g.held,
+                g.priority,
+                g.effective_at or "-",
+                g.expires_at or "never",
+            )
+            print("\t".join(str(x) for x in row))
         return 0
     b = await accounts.balance(args.account)
     out = {

@@ -164,9 +164,16 @@ def _credits_commands(sub: Commands) -> None:
     grant.add_argument(
         "--idempotency-key", help="apply at most once under this key (a retry prints the first result); default: new"
     )
+    grant.add_argument("--category", choices=("paid", "promotional"), help="the grant's category (default paid)")
+    grant.add_argument("--effective-at", help="RFC 3339 UTC time the credits join the balance (default now)")
+    grant.add_argument("--expires-at", help="RFC 3339 UTC time what is left of the grant expires (default never)")
+    grant.add_argument("--priority", type=int, help="0-100, lower spends first (default 50)")
     show = credits.add_parser("show", help="balance and open holds")
     show.add_argument("--account", required=True)
     show.add_argument("--json", action="store_true")
+    grants = credits.add_parser("grants", help="the account's live grants in spend order, with what expires when")
+    grants.add_argument("--account", required=True)
+    grants.add_argument("--json", action="store_true")
 
 
 def _settings_commands(sub: Commands) -> None:
