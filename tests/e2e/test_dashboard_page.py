@@ -60,6 +60,8 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
     agent = stack.create_key(account, "read:inference,write:inference")
     second = stack.create_key(account, "write:inference")
     stack.cli("credits", "grant", "--account", account, "--credits", "40")
+    stack.cli("credits", "grant", "--account", account, "--credits", "0.05", "--category", "promotional",
+              "--expires-at", "2099-01-01T00:00:00Z", "--priority", "10")  # fmt: skip
     stack.cli("settings", "set", "--account", account, "--daily-credit-cap", "0.5", "--monthly-credit-cap", "20",
               "--daily-request-cap", "500", "--reserve-floor", "5")  # fmt: skip
     sent = 0
@@ -120,6 +122,15 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
         "rows => rows.map(r => [r.dataset.model, r.querySelector('[data-col=credits]').textContent, r.querySelector('[data-col=requests]').dataset.value])",
     )
     assert models == [[m["model"], m["credits"], str(m["requests"])] for m in summary["by_model"]]
+    # Grants, in spend order: the promotional one first (it spent first), then the paid one.
+    grants = await page.eval_on_selector_all(
+        "#grants-table tbody tr",
+        "rows => rows.map(r => ['remaining', 'held', 'expires_at'].reduce((o, c) =>"
+        " (o.push(r.querySelector('[data-col=' + c + ']').textContent), o), [r.dataset.grant]))",
+    )
+    assert grants == [[g["id"], g["remaining"], g["held"], g["expires_at"] or "never"] for g in summary["grants"]]
+    assert [(g[0], g[3]) for g in grants] == [("g2", "2099-01-01T00:00:00Z"), ("g1", "never")]
+    assert summary["grants"][0]["remaining"] != "0.050000"  # the promotional grant paid first
     endpoints = await page.eval_on_selector_all(
         "#endpoints-table tbody tr",
         "rows => rows.map(r => [r.dataset.endpoint, r.querySelector('[data-col=credits]').textContent])",
@@ -137,14 +148,16 @@ async def test_dashboard_page_shows_what_the_api_returns(stack: Stack, account: 
         "#limits .limit",
         "els => els.map(e => [e.dataset.limit, e.dataset.spent || e.dataset.balance, e.dataset.cap || e.dataset.floor, e.dataset.percent || ''])",
     )
+    caps = [n for n, v in summary["limits"].items() if isinstance(v, dict) and v.get("mechanism") == "cap"]
+    assert caps[:3] == ["daily_request_cap", "daily_credit_cap", "monthly_credit_cap"]  # the limit table's order
     want = [
         [
             name,
             str(summary["limits"][name]["spent"]),
-            str(summary["limits"][name]["cap"]),
-            summary["limits"][name]["percent"],
+            None if summary["limits"][name]["cap"] is None else str(summary["limits"][name]["cap"]),
+            summary["limits"][name]["percent"] or "",
         ]
-        for name in ("daily_request_cap", "daily_credit_cap", "monthly_credit_cap")  # the limit table's order
+        for name in caps
     ]
     assert limits == [*want, ["balance", summary["balance"]["balance"], summary["balance"]["reserve_floor"], ""]]
     fill = await page.eval_on_selector("[data-limit=daily_request_cap] .fill", "e => e.style.width")

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +24,8 @@ from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.credit_changes import RedisCreditChanges
 from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.usage_records import record_json
+
+from .usage_kit import NOW, api_for
 
 T0 = 1_795_000_000_000  # ms
 HOUR = 3_600_000
@@ -401,3 +404,25 @@ async def test_a_grant_waits_for_its_effective_time_and_expires_unheld(
     acct = await redis_client.hmget(ks.account(account), "balance", "held", "expired")
     assert acct == [b"0", b"0", b"36"]
     assert await accounts.grants(account) == []
+
+
+async def test_the_dashboard_summary_lists_the_grants_in_spend_order(
+    redis_client: aioredis.Redis, http: httpx.AsyncClient, account: str
+) -> None:
+    accounts, ledger = RedisAccounts(redis_client), RedisLedger(redis_client)
+    now = int(NOW.timestamp() * 1000)
+    await accounts.grant(account, 5_000_000, now_ms=now)
+    await accounts.grant(account, 1_500_000, category="promotional", expires_ms=now + 86_400_000, priority=20,
+                         now_ms=now)  # fmt: skip
+    await accounts.grant(account, 2_000_000, effective_ms=now + 3_600_000, now_ms=now)
+    await ledger.place_hold(HoldRequest(account, "r1", 2_000_000, now, now + 60_000, "2026-11-26", "2026-11"))
+    data = await (await api_for(http, redis_client, account)).ok(days="7")
+    assert data["grants"] == [
+        {"id": "g2", "category": "promotional", "state": "active", "remaining": "1.500000", "held": "1.500000",
+         "priority": 20, "effective_at": None, "expires_at": "2026-11-27T15:30:00Z"},
+        {"id": "g1", "category": "paid", "state": "active", "remaining": "5.000000", "held": "0.500000",
+         "priority": 50, "effective_at": None, "expires_at": None},
+        {"id": "g3", "category": "paid", "state": "waiting", "remaining": "2.000000", "held": "0.000000",
+         "priority": 50, "effective_at": "2026-11-26T16:30:00Z", "expires_at": None},
+    ]  # fmt: skip
+    assert data["balance"]["balance"] == "6.500000" and data["balance"]["held"] == "2.000000"

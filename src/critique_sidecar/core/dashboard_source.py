@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from .account_settings import AccountSettings
 from .key_controls import KeyControls
 from .limit_table import Limit
+from .stores import GrantView
 
 RECORD_ID_MAX_LEN = 41  # "<ms>-<seq>", both unsigned 64-bit
 
@@ -88,6 +89,7 @@ class UsageSnapshot:
     settings: AccountSettings
     month_counters: dict[str, int] = field(default_factory=dict)  # the month hash's counters
     spend: SpendWindows = SpendWindows()
+    grants: list[GrantView] = field(default_factory=list)  # the live grants, in spend order
 
     def cap_usage(self, row: Limit, now_ms: int = 0) -> int:
         """What an account cap (core/limit_table.py) counts in its current window: settled

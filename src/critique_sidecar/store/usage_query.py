@@ -25,6 +25,7 @@ from ..core.dashboard_source import (
 )
 from ..core.key_controls import KeyControls
 from . import keyspace as ks
+from .accounts import parse_grant
 from .errors import store_call
 from .scripts import register
 from .usage_records import as_text, record_json
@@ -81,8 +82,9 @@ class UsageQuery:
         """The given UTC days' rollups, the month's spend, balance and settings, atomically."""
         ks.check_account(account)
         keys = [ks.account(account), ks.settings(account), ks.month(account, month), ks.limiter(account)]
-        keys += [ks.day(account, d) for d in days]
-        acct, settings, month_data, spend, *day_data = await self._snapshot(keys=keys, args=[])
+        keys += [ks.grants(account)] + [ks.day(account, d) for d in days]
+        acct, settings, month_data, spend, grants_data, *day_data = await self._snapshot(keys=keys, args=[])
+        grants = [g for i, v in _pairs(grants_data).items() if (g := parse_grant(i, v)) is not None]
         month_counters = _own_counters(_pairs(month_data))
         return UsageSnapshot(
             days=[parse_day(d, _pairs(flat)) for d, flat in zip(days, day_data, strict=True)],
@@ -92,6 +94,7 @@ class UsageQuery:
             settings=AccountSettings.from_hash(_pairs(settings)),
             month_counters=month_counters,
             spend=SpendWindows.parse(as_text(spend) if spend else ""),
+            grants=sorted(grants, key=lambda g: g.spend_key()),
         )
 
     @store_call

@@ -46,6 +46,7 @@ from ..core.dashboard_source import (
 from ..core.errors import ApiError
 from ..core.money import format_credits
 from ..core.scopes import DASHBOARD, DASHBOARD_PATH
+from ..core.stores import GrantView
 from ..json_http import json_response
 from .limits import account_limits, balance_row, iso, key_limit_legend
 
@@ -177,6 +178,29 @@ def build_summary(
         },
         "key_limits": key_limit_legend(),
         "balance": balance_row(snap),
+        "grants": [grant_row(g) for g in snap.grants],
+    }
+
+
+_GRANT_STATES = {"w": "waiting", "a": "active", "x": "expired"}
+
+
+def grant_row(g: GrantView) -> dict[str, Any]:
+    """One live grant as the dashboard shows it, in spend order: what is left, what requests in
+    flight hold on it, and when it expires (null: never)."""
+
+    def at(ms: int) -> str | None:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ms else None
+
+    return {
+        "id": g.grant_id,
+        "category": g.category,
+        "state": _GRANT_STATES.get(g.state, g.state),
+        "remaining": format_credits(g.remaining),
+        "held": format_credits(g.held),
+        "priority": g.priority,
+        "effective_at": at(g.effective_ms),
+        "expires_at": at(g.expires_ms),
     }
 
 
