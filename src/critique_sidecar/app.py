@@ -143,6 +143,7 @@ def build_components(config: Config, redis: Any | None = None, clock: Clock = ut
     redis_ledger = RedisLedger(
         redis,
         settled_ttl_s=config.settled_ttl_s,
+        grant_notice_days=config.grant_notice_days,
         autopipeline=config.redis_autopipeline and not config.redis_cluster,
     )
     ledger = JournalingLedger(ObservedLedger(redis_ledger, observer), SettlementJournal(config.journal_path))

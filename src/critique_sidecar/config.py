@@ -252,6 +252,12 @@ class NotificationSettings(BaseModel):
         1.0, gt=0, description="First retry delay of a failed webhook delivery; doubled per attempt (capped at 300 s)."
     )
     notify_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook delivery attempt.")
+    grant_notice_days: int = Field(
+        7,
+        ge=0,
+        le=3650,
+        description="A credit grant is announced to the account's webhook (grant.expiring, once per grant) when an admission finds it this many days or fewer from its expiry; 0: never.",
+    )
     notify_allow_http: bool = Field(
         False,
         description="Deliver budget webhooks to http:// URLs too (otherwise https:// only; for tests and private networks).",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from critique_sidecar.core.audit import Actor, Change
 from critique_sidecar.core.ledger import HoldRequest, UsageRecord
-from critique_sidecar.core.stores import GrantTerms
+from critique_sidecar.core.stores import GrantTerms, Notification
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
 from critique_sidecar.store.credit_changes import RedisCreditChanges
@@ -426,3 +427,38 @@ async def test_the_dashboard_summary_lists_the_grants_in_spend_order(
          "priority": 50, "effective_at": "2026-11-26T16:30:00Z", "expires_at": None},
     ]  # fmt: skip
     assert data["balance"]["balance"] == "6.500000" and data["balance"]["held"] == "2.000000"
+
+
+async def test_a_grant_near_its_expiry_is_announced_once_to_the_webhook(
+    redis_client: aioredis.Redis, account: str
+) -> None:
+    accounts, ledger = RedisAccounts(redis_client), RedisLedger(redis_client, grant_notice_days=7)
+    day = 86_400_000
+    await redis_client.hset(ks.settings(account), "notify_url", "https://hooks.example.com/x")
+    await accounts.grant(account, 1_000_000, now_ms=T0)  # no expiry: never announced
+    await accounts.grant(account, 2_000_000, category="promotional", expires_ms=T0 + 10 * day, now_ms=T0)
+    await accounts.grant(account, 3_000_000, expires_ms=T0 + 5 * day, now_ms=T0)
+
+    async def events() -> list[dict[str, Any]]:
+        rows: Any = await redis_client.xrange(ks.notify_outbox(account))
+        return [Notification(account, _text(i), {_text(k): _text(v) for k, v in f.items()}).payload() for i, f in rows]
+
+    for n, at in enumerate([T0, T0 + 1000, T0 + 3 * day, T0 + 4 * day]):
+        await ledger.place_hold(HoldRequest(account, f"r{n}", 1, at, at + 60_000, "2026-11-18", "2026-11"))
+        await ledger.settle(record(account, f"r{n}", 1, at))
+        if at == T0 + 1000:
+            assert [e["grant_id"] for e in await events()] == ["g3"]  # once, however many admissions
+    got = await events()
+    assert [(e["type"], e["grant_id"], e["category"]) for e in got] == [
+        ("grant.expiring", "g3", "paid"),
+        ("grant.expiring", "g2", "promotional"),
+    ]
+    assert got[0]["expires_at"] == datetime.fromtimestamp((T0 + 5 * day) / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # g3 expires first, so it pays first: announced at the first admission, before any charge
+    assert (got[0]["remaining"], got[1]["remaining"]) == ("3.000000", "2.000000")
+    assert len({e["id"] for e in got}) == 2 and got[0]["id"].startswith("evt_")
+    # an account without a webhook queues nothing
+    quiet = account + "-q"
+    await RedisAccounts(redis_client).grant(quiet, 5, expires_ms=T0 + day, now_ms=T0)
+    await ledger.place_hold(HoldRequest(quiet, "q", 1, T0, T0 + 60_000, "2026-11-18", "2026-11"))
+    assert await redis_client.exists(ks.notify_outbox(quiet)) == 0

@@ -212,6 +212,8 @@ class Notification:
         f = self.fields
         if f.get("kind") == "low_balance":  # once per fall below the level: the stream id tells falls apart
             key = f"{self.account}|low_balance|{self.stream_id}"
+        elif f.get("kind") == "grant_expiring":  # once per grant
+            key = f"{self.account}|grant.expiring|{f.get('grant_id')}"
         elif f.get("scope"):  # a spend rate's trip: once per limit, key and window
             key = f"{self.account}|{f['scope']}:{f.get('kind')}|{f.get('key_id')}|{f.get('window')}"
         else:
@@ -235,7 +237,16 @@ class Notification:
             "created_at_ms": int(f.get("ts_ms") or 0),
         }
         used, limit = int(f.get("used") or 0), int(f.get("limit") or 0)
-        if f.get("scope"):  # place_hold.lua: a spend rate refused a request
+        if kind == "grant_expiring":  # place_hold.lua: a grant within CRITIQUE_GRANT_NOTICE_DAYS of expiry
+            expires = int(f.get("expires_ms") or 0)
+            body.update(
+                type="grant.expiring",
+                grant_id=f.get("grant_id"),
+                category=f.get("category"),
+                remaining=format_credits(int(f.get("remaining") or 0)),
+                expires_at=datetime.fromtimestamp(expires / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+        elif f.get("scope"):  # place_hold.lua: a spend rate refused a request
             start = int(f.get("window") or 0)
             body.update(
                 type="limit.tripped",

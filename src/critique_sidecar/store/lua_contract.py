@@ -40,6 +40,7 @@ class HoldArgs(NamedTuple):
     key_id: str
     model: str
     tokens: int  # input bound + output bound (tokens-per-minute limits)
+    grant_notice_ms: int  # a grant this close to its expiry is announced once (grant.expiring); 0: never
 
 
 class HoldReply(NamedTuple):

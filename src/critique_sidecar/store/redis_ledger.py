@@ -26,9 +26,12 @@ def _s(value: Any) -> str:
 
 
 class RedisLedger:
-    def __init__(self, redis: Any, settled_ttl_s: int = 7 * 86400, autopipeline: bool = False) -> None:
+    def __init__(
+        self, redis: Any, settled_ttl_s: int = 7 * 86400, autopipeline: bool = False, grant_notice_days: int = 7
+    ) -> None:
         self._redis = redis
         self._settled_ttl = settled_ttl_s
+        self._grant_notice_ms = grant_notice_days * 86_400_000
         self._batcher: CommandBatcher | None = None
         if autopipeline:  # one dedicated connection, concurrent scripts share writes (store/batcher.py)
             self._batcher = CommandBatcher(redis)
@@ -71,6 +74,7 @@ class RedisLedger:
             key_id=hold.key_id,
             model=hold.model,
             tokens=hold.tokens,
+            grant_notice_ms=self._grant_notice_ms,
         )
         r = HoldReply(*await self._place_hold(keys=list(keys), args=list(args)))
         code = _s(r.code)

@@ -34,9 +34,25 @@ end
 
 -- Grants: an account from before them gets its `legacy` grant; the sweep brings grants whose
 -- time came into the balance and expires those past their expiry, before the balance is read.
+-- A grant nearing its expiry is announced to the account's webhook once (grant.expiring; the
+-- marker is a field of the account hash, set in this same script); like the trips below, an
+-- outbox of the wrong type skips the event, never the admission.
+local notice_ms, notify_set = tonumber(A_grant_notice_ms) or 0, nil
+local function expiring(g)
+  if notice_ms <= 0 or g.expires - now > notice_ms or g.remaining <= 0 then return end
+  if notify_set == nil then notify_set = redis.call('HGET', K_settings, 'notify_url') and true or false end
+  if not notify_set then return end
+  local t = redis.call('TYPE', K_notify_outbox)['ok']
+  if t ~= 'none' and t ~= 'stream' then return end
+  if redis.call('HSETNX', K_account, 'notified:grant:' .. g.id, 1) == 0 then return end
+  redis.call('XADD', K_notify_outbox, 'MAXLEN', '~', 10000, '*', 'kind', 'grant_expiring', 'grant_id', g.id,
+    'category', g.category, 'remaining', string.format('%d', g.remaining), 'expires_ms', string.format('%d', g.expires),
+    'balance', redis.call('HGET', K_account, 'balance') or '0', 'request_id', rid, 'ts_ms', string.format('%d', now))
+  redis.call('PUBLISH', 'crt:notify:wake', K_notify_outbox)
+end
 local live_grants = nil
 if grants_migrate(K_grants, K_account, now) then
-  live_grants = grants_sweep(K_grants, K_grants_done, K_account, now, nil)
+  live_grants = grants_sweep(K_grants, K_grants_done, K_account, now, expiring)
 end
 
 local s = redis.call('HMGET', K_settings, 'enabled', 'reserve_floor', 'block_when_cap_reached',
