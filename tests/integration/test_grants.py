@@ -49,9 +49,10 @@ class G:
     amount: int
     state: str
 
-    def order(self) -> tuple[int, float, int, int, int]:
+    def order(self) -> tuple[int, float, int, int, int, str]:
+        seq = int(self.id[1:]) if self.id[:1] == "g" and self.id[1:].isdigit() else -1  # legacy: -1
         return (self.priority, self.expires or float("inf"), 0 if self.category == "promotional" else 1,
-                self.created, int(self.id[1:]))  # fmt: skip
+                self.created, seq, self.id)  # fmt: skip
 
     def packed(self) -> str:
         return (f"{self.remaining}|{self.held}|{self.priority}|{self.expires}|{self.effective}|{self.category}|"
@@ -62,7 +63,7 @@ class G:
 class Hold:
     amount: int
     expires: int
-    alloc: list[tuple[str, int]]
+    alloc: list[tuple[str, int]] | None  # None: placed before the account had grants
 
 
 @dataclass
@@ -92,6 +93,12 @@ class Model:
             self.balance -= part
             self.expired += part
 
+    def migrate(self) -> None:
+        """An account from before grants: its balance and open holds become the `legacy` grant."""
+        if not self.grants and (self.balance or self.held):
+            self.grants["legacy"] = G("legacy", self.balance, self.held, 50, 0, 0, "paid", 0, self.balance, "a")
+            self.granted += self.balance
+
     def sweep(self, now: int) -> None:
         for g in self.ordered():
             if g.state == "w" and g.effective <= now:
@@ -103,6 +110,7 @@ class Model:
             self.store(g)
 
     def grant(self, amount: int, terms: GrantTerms, now: int) -> str:
+        self.migrate()
         self.sweep(now)
         self.seq += 1
         g = G(f"g{self.seq}", amount, 0, terms.priority, terms.expires_ms, terms.effective_ms, terms.category, now,
@@ -132,6 +140,7 @@ class Model:
         return out
 
     def debit(self, amount: int, now: int) -> bool:
+        self.migrate()
         self.sweep(now)
         if self.balance - amount < self.held:
             return False
@@ -141,6 +150,12 @@ class Model:
         return True
 
     def release(self, hold: Hold) -> None:
+        if hold.alloc is None:
+            legacy = self.grants.get("legacy")
+            if legacy:
+                legacy.held = max(legacy.held - hold.amount, 0)
+                self.store(legacy)
+            return
         for gid, x in hold.alloc:
             g = self.grants[gid]
             g.held -= x
@@ -149,10 +164,13 @@ class Model:
             self.store(g)
 
     def place(self, rid: str, amount: int, now: int, expires: int) -> bool:
+        had_grants = bool(self.grants)
         for old, h in sorted(self.holds.items(), key=lambda kv: (kv[1].expires, kv[0])):
             if h.expires <= now:
-                self.release(h)
+                if had_grants:
+                    self.release(h)
                 del self.holds[old]
+        self.migrate()
         self.sweep(now)
         if self.balance - self.held < amount:
             return False
@@ -168,12 +186,16 @@ class Model:
         self.holds[rid] = Hold(amount, expires, alloc)
         return True
 
-    def settle(self, rid: str, charge: int) -> list[tuple[str, int]]:
+    def settle(self, rid: str, charge: int, now: int) -> list[tuple[str, int]]:
         hold = self.holds.pop(rid)
         self.balance -= charge
         self.spent += charge
         left, paid = charge, []
-        for gid, x in hold.alloc:
+        alloc = hold.alloc
+        if alloc is None:  # a hold from before grants draws on legacy, then in spend order
+            legacy = self.grants.get("legacy")
+            alloc = [("legacy", min(hold.amount, legacy.held))] if legacy else []
+        for gid, x in alloc:
             g = self.grants[gid]
             take = min(x, left)
             g.remaining -= take
@@ -184,7 +206,13 @@ class Model:
             self.store(g)
             if take:
                 paid.append((gid, take))
-        assert left == 0
+        if left > 0:
+            assert hold.alloc is None, "a hold's allocation covers its charge"
+            self.sweep(now)
+            merged = dict(paid)
+            for gid, take in self.draw(left):
+                merged[gid] = merged.get(gid, 0) + take
+            paid = list(merged.items())
         return paid
 
 
@@ -246,14 +274,26 @@ steps = st.lists(
 )
 
 
+Legacy = tuple[int, list[tuple[int, int]]] | None  # a balance and open holds (amount, ttl hours) from before grants
+
+
 async def scenario(redis_url: str, grants: list[tuple[int, tuple[str, int, int | None, int | None]]],
-                   ops: list[tuple[str, int, int]]) -> None:  # fmt: skip
+                   ops: list[tuple[str, int, int]], legacy: Legacy = None) -> None:  # fmt: skip
     r = aioredis.Redis.from_url(redis_url)
     account = "acct-" + uuid.uuid4().hex[:12]
     ledger, accounts = RedisLedger(r), RedisAccounts(r)
     changes = RedisCreditChanges(r, 3600)
     m, now, n = Model(), T0, 0
     try:
+        if legacy is not None:  # what a ledger from before grants left
+            balance, old = legacy
+            balance = max(balance, sum(a for a, _ in old))
+            await r.hset(ks.account(account), mapping={"balance": balance, "held": sum(a for a, _ in old)})
+            m.balance = balance
+            for i, (amount, ttl) in enumerate(old):
+                await r.hset(ks.holds(account), f"old{i}", f"{amount}:key_old")
+                await r.zadd(ks.hold_expiry(account), {f"old{i}": T0 + ttl * HOUR})
+                m.holds[f"old{i}"] = Hold(amount, T0 + ttl * HOUR, None)
 
         async def grant(amount: int, spec: tuple[str, int, int | None, int | None]) -> None:
             cat, prio, eff, exp = spec
@@ -275,7 +315,7 @@ async def scenario(redis_url: str, grants: list[tuple[int, tuple[str, int, int |
             elif op in ("settle", "release") and m.holds:
                 rid = sorted(m.holds)[a % len(m.holds)]
                 charge = m.holds[rid].amount * b // 100
-                paid = m.settle(rid, charge)
+                paid = m.settle(rid, charge, now)
                 s = await ledger.settle(record(account, rid, charge, now))
                 assert s.applied and s.credits == charge
                 paid_by = await last_paid_by(r, account)
@@ -296,12 +336,20 @@ async def scenario(redis_url: str, grants: list[tuple[int, tuple[str, int, int |
         await r.aclose()
 
 
+legacies = st.none() | st.tuples(
+    st.integers(0, 100), st.lists(st.tuples(st.integers(1, 20), st.sampled_from([1, 10])), max_size=3)
+)
+
+
 @settings(max_examples=300, deadline=None)
-@given(grants=st.lists(st.tuples(st.integers(1, 60), grant_terms), min_size=2, max_size=6), ops=steps)
+@given(grants=st.lists(st.tuples(st.integers(1, 60), grant_terms), min_size=2, max_size=6), ops=steps, legacy=legacies)
 def test_grants_follow_the_spend_order_and_conserve_credits(
-    redis_url: str, grants: list[tuple[int, tuple[str, int, int | None, int | None]]], ops: list[tuple[str, int, int]]
+    redis_url: str,
+    grants: list[tuple[int, tuple[str, int, int | None, int | None]]],
+    ops: list[tuple[str, int, int]],
+    legacy: Legacy,
 ) -> None:
-    asyncio.run(scenario(redis_url, grants, ops))
+    asyncio.run(scenario(redis_url, grants, ops, legacy))
 
 
 async def test_an_expiring_promotional_grant_is_spent_first_and_expiry_never_takes_held_credits(
