@@ -189,6 +189,7 @@ async def test_grants_with_terms_are_listed_in_spend_order_with_what_expires_whe
         ("grant", {"credits": "1", "effective_at": "2099-13-01"}, "effective_at"),
         ("grant", {"credits": "1", "effective_at": "x" * 1000}, "effective_at"),
         ("grant", {"credits": "1", "effective_at": "2099-02-01", "expires_at": "2099-01-01"}, "expires_at"),
+        ("grant", {"credits": "1", "expires_at": "2020-01-01T00:00:00Z"}, "expires_at"),
         ("debit", {"credits": "1", "priority": 5}, "priority"),
         ("debit", {"credits": "1", "expires_at": "2099-01-01"}, "expires_at"),
     ],

@@ -254,6 +254,8 @@ class Provisioning:
         if action != "credits.grant" and body.terms_given():
             name = body.terms_given()[0]
             raise ApiError("invalid_request", f"{name} is for grants only: a debit draws in spend order", param=name)
+        if terms.expires_ms and terms.expires_ms <= change.ts_ms:
+            raise ApiError("invalid_request", "expires_at must be in the future", param="expires_at")
         # Default terms fingerprint as before grants had terms (records made before stay replays).
         extra = () if terms == GrantTerms() else astuple(terms)
         fp = fingerprint(action, account, micro, body.note or "", *extra)
