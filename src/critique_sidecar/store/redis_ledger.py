@@ -154,7 +154,7 @@ RECORD_FIELDS = (
     "ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens",
     "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms",
     "overage", "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens",
-    "endpoint",
+    "endpoint", "end_user",
 )  # fmt: skip
 
 

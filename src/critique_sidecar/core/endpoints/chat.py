@@ -8,6 +8,7 @@ from .. import scopes
 from ..tokens import TokenCounts, openai_usage
 from . import openai_stream
 from .base import (
+    OPENAI_END_USER,
     Endpoint,
     Limits,
     MeteredBody,
@@ -18,11 +19,12 @@ from .base import (
     input_estimate,
     load_object,
     model_of,
+    openai_end_user,
     positive_int,
 )
 
 NAME = "chat.completions"
-_METERED = ("model", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n")
+_METERED = ("model", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n", *OPENAI_END_USER)
 _BOUND_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
@@ -68,6 +70,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         body["model"] = model.id  # the upstream must see which model it serves
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=stream,
         body=body,
         changed=defaulted or bound_changed or options_changed,

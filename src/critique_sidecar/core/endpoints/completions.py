@@ -11,6 +11,7 @@ from __future__ import annotations
 from .. import scopes
 from . import chat, openai_stream
 from .base import (
+    OPENAI_END_USER,
     Endpoint,
     Limits,
     MeteredBody,
@@ -21,12 +22,13 @@ from .base import (
     input_estimate,
     load_object,
     model_of,
+    openai_end_user,
     positive_int,
     text_or_tokens,
 )
 
 NAME = "completions"
-_METERED = ("model", "max_tokens", "stream", "stream_options", "n", "best_of", "echo")
+_METERED = ("model", "max_tokens", "stream", "stream_options", "n", "best_of", "echo", *OPENAI_END_USER)
 API_DEFAULT_MAX_TOKENS = 16  # what OpenAI and vLLM generate when a completions request names no bound
 
 
@@ -49,6 +51,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         body["model"] = model.id
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=stream,
         body=body,
         changed=defaulted or bound_changed or options_changed,

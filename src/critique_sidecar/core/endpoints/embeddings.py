@@ -11,10 +11,22 @@ from typing import Any
 
 from .. import scopes
 from ..tokens import TokenCounts, count
-from .base import Endpoint, Limits, MeteredBody, bad, input_bound, input_estimate, load_object, model_of, text_or_tokens
+from .base import (
+    OPENAI_END_USER,
+    Endpoint,
+    Limits,
+    MeteredBody,
+    bad,
+    input_bound,
+    input_estimate,
+    load_object,
+    model_of,
+    openai_end_user,
+    text_or_tokens,
+)
 
 NAME = "embeddings"
-_METERED = ("model", "input", "encoding_format", "dimensions")
+_METERED = ("model", "input", "encoding_format", "dimensions", *OPENAI_END_USER)
 
 
 def parse(raw: bytes, limits: Limits) -> MeteredBody:
@@ -26,6 +38,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         raise bad("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=False,
         body=body,
         changed=False,

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .. import scopes
+from .. import end_user, scopes
 from ..tokens import TokenCounts, count, counts, part
 from .base import (
     KEEP,
@@ -42,7 +42,7 @@ from .base import (
 )
 
 NAME = "messages"
-_METERED = ("model", "max_tokens", "stream", "messages")
+_METERED = ("model", "max_tokens", "stream", "messages", "metadata")
 _DELTA_TEXT = ("text", "thinking", "partial_json")
 
 
@@ -67,6 +67,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         changed = True
     return MeteredBody(
         model=model,
+        end_user=end_user.from_metadata(body),
         stream=boolean(body, "stream"),
         body=body,
         changed=changed,

@@ -22,6 +22,7 @@ from .. import scopes
 from ..tokens import TokenCounts, openai_usage
 from .base import (
     KEEP,
+    OPENAI_END_USER,
     TERMINAL,
     Endpoint,
     Limits,
@@ -34,11 +35,15 @@ from .base import (
     input_estimate,
     load_object,
     model_of,
+    openai_end_user,
     positive_int,
 )
 
 NAME = "responses"
-_METERED = ("model", "max_output_tokens", "stream", "previous_response_id", "conversation", "store", "background")
+_METERED = (
+    "model", "max_output_tokens", "stream", "previous_response_id", "conversation", "store", "background",
+    *OPENAI_END_USER,
+)  # fmt: skip
 _SERVER_SIDE = {
     "previous_response_id": "a previous response",
     "conversation": "a conversation",
@@ -72,6 +77,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         body["model"] = model.id
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=stream,
         body=body,
         changed=defaulted or bound_changed or store_changed,
