@@ -108,6 +108,8 @@ class RedisLedger:
             key_window=ks.minute_window(a, record.key_id),
             settings=ks.settings(a),
             notify_outbox=ks.notify_outbox(a),
+            end_users=ks.end_users(a, record.day),
+            end_user_counts=ks.end_user_counts(a, record.day),
         )
         args = SettleArgs(
             request_id=record.request_id,
@@ -119,6 +121,7 @@ class RedisLedger:
             model=record.model,
             key_id=record.key_id,
             endpoint=record.endpoint,
+            end_user=record.end_user,
             input_tokens=record.input_tokens,
             output_tokens=record.output_tokens,
             day=record.day,
