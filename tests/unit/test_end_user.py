@@ -131,11 +131,12 @@ def test_escapes_decode_before_the_check(name: str, limits: Limits) -> None:
 
 
 @pytest.mark.parametrize("name", OPENAI)
-def test_a_user_named_twice_is_refused(name: str, limits: Limits) -> None:
-    # We would attribute the last; a model server reading the first would see another user.
+def test_a_user_named_twice_is_the_last_and_still_checked(name: str, limits: Limits) -> None:
+    # Attribution bills nothing, so a repeated field is not refused as a metered one is.
     fn, base = OPENAI[name]
-    raw = orjson.dumps(base)[:-1] + b',"user":"a","user":"b"}'
-    assert refused(fn, raw, limits).param == "user"
+    prefix = orjson.dumps(base)[:-1]
+    assert fn(prefix + b',"user":"a","user":"b"}', limits).end_user == "b"
+    assert refused(fn, prefix + b',"user":"a","user":7}', limits).param == "user"
 
 
 def test_messages_names_the_end_user_in_metadata_user_id(limits: Limits) -> None:

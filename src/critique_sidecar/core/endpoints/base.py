@@ -160,6 +160,9 @@ def bad(message: str, param: str | None = None) -> ApiError:
 
 
 # The OpenAI APIs' end-user fields, the preferred first (`user` is the older, deprecated name).
+# Not among an endpoint's metered fields (named twice, the last is attributed): the id is the
+# client's own claim and bills nothing, and `"user"` is in nearly every chat body as a role, so
+# checking it would put every multi-turn request on the slow exact parse.
 OPENAI_END_USER = ("safety_identifier", "user")
 
 

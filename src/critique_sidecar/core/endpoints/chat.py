@@ -8,7 +8,6 @@ from .. import scopes
 from ..tokens import TokenCounts, openai_usage
 from . import openai_stream
 from .base import (
-    OPENAI_END_USER,
     Endpoint,
     Limits,
     MeteredBody,
@@ -24,7 +23,7 @@ from .base import (
 )
 
 NAME = "chat.completions"
-_METERED = ("model", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n", *OPENAI_END_USER)
+_METERED = ("model", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n")
 _BOUND_FIELDS = ("max_tokens", "max_completion_tokens")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from .. import scopes
 from . import chat, openai_stream
 from .base import (
-    OPENAI_END_USER,
     Endpoint,
     Limits,
     MeteredBody,
@@ -28,7 +27,7 @@ from .base import (
 )
 
 NAME = "completions"
-_METERED = ("model", "max_tokens", "stream", "stream_options", "n", "best_of", "echo", *OPENAI_END_USER)
+_METERED = ("model", "max_tokens", "stream", "stream_options", "n", "best_of", "echo")
 API_DEFAULT_MAX_TOKENS = 16  # what OpenAI and vLLM generate when a completions request names no bound
 
 

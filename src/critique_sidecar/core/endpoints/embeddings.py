@@ -12,7 +12,6 @@ from typing import Any
 from .. import scopes
 from ..tokens import TokenCounts, count
 from .base import (
-    OPENAI_END_USER,
     Endpoint,
     Limits,
     MeteredBody,
@@ -26,7 +25,7 @@ from .base import (
 )
 
 NAME = "embeddings"
-_METERED = ("model", "input", "encoding_format", "dimensions", *OPENAI_END_USER)
+_METERED = ("model", "input", "encoding_format", "dimensions")
 
 
 def parse(raw: bytes, limits: Limits) -> MeteredBody:

@@ -42,7 +42,7 @@ from .base import (
 )
 
 NAME = "messages"
-_METERED = ("model", "max_tokens", "stream", "messages", "metadata")
+_METERED = ("model", "max_tokens", "stream", "messages")
 _DELTA_TEXT = ("text", "thinking", "partial_json")
 
 

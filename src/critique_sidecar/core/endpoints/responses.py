@@ -22,7 +22,6 @@ from .. import scopes
 from ..tokens import TokenCounts, openai_usage
 from .base import (
     KEEP,
-    OPENAI_END_USER,
     TERMINAL,
     Endpoint,
     Limits,
@@ -40,10 +39,7 @@ from .base import (
 )
 
 NAME = "responses"
-_METERED = (
-    "model", "max_output_tokens", "stream", "previous_response_id", "conversation", "store", "background",
-    *OPENAI_END_USER,
-)  # fmt: skip
+_METERED = ("model", "max_output_tokens", "stream", "previous_response_id", "conversation", "store", "background")
 _SERVER_SIDE = {
     "previous_response_id": "a previous response",
     "conversation": "a conversation",
