@@ -64,6 +64,7 @@ class UsageRecord:
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     endpoint: str = "chat.completions"
+    end_user: str = ""  # the end user the request was made for (core/end_user.py); "" when none
 
 
 @dataclass(frozen=True, slots=True)

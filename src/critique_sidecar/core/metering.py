@@ -235,6 +235,7 @@ class Meter:
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             endpoint=req.endpoint,
+            end_user=req.body.end_user,
             credits=charge.credits if charge else 0,
             usd=format(charge.usd, "f") if charge else "0",
             price_version=price.version,

@@ -44,6 +44,22 @@ def day(account: str, day: str) -> str:
     return f"{_tag(account)}:d:{day}"
 
 
+def end_users(account: str, day: str) -> str:
+    """Sorted set: the day's end users scored by credits (micro-credits), for the top N; only
+    written for requests that name an end user (core/end_user.py)."""
+    return f"{_tag(account)}:eu:{day}"
+
+
+def end_user_counts(account: str, day: str) -> str:
+    """Hash: the day's c:/r:/i:/o:<end user> (credits, requests, input and output tokens)."""
+    return f"{_tag(account)}:euc:{day}"
+
+
+def end_user_scratch(account: str) -> str:
+    """Sorted set: store/lua/end_users.lua's working union, deleted before the script returns."""
+    return f"{_tag(account)}:eu:scratch"
+
+
 def month(account: str, month: str) -> str:
     return f"{_tag(account)}:m:{month}"
 

@@ -71,6 +71,8 @@ class SettleKeys(NamedTuple):
     key_window: str
     settings: str
     notify_outbox: str  # stream: budget notifications waiting for delivery
+    end_users: str  # sorted set: the day's end users by credits (written only for a named end user)
+    end_user_counts: str  # hash: the day's counts per end user
 
 
 class SettleArgs(NamedTuple):
@@ -82,6 +84,7 @@ class SettleArgs(NamedTuple):
     model: str
     key_id: str
     endpoint: str  # core/endpoints' name: the dashboard's usage by endpoint
+    end_user: str  # core/end_user.py's id, "" when none: the dashboard's usage by end user
     input_tokens: int
     output_tokens: int
     day: str  # window names, for notifications

@@ -109,6 +109,8 @@ class RedisLedger:
             key_window=ks.minute_window(a, record.key_id),
             settings=ks.settings(a),
             notify_outbox=ks.notify_outbox(a),
+            end_users=ks.end_users(a, record.day),
+            end_user_counts=ks.end_user_counts(a, record.day),
         )
         args = SettleArgs(
             request_id=record.request_id,
@@ -120,6 +122,7 @@ class RedisLedger:
             model=record.model,
             key_id=record.key_id,
             endpoint=record.endpoint,
+            end_user=record.end_user,
             input_tokens=record.input_tokens,
             output_tokens=record.output_tokens,
             day=record.day,
@@ -155,7 +158,7 @@ RECORD_FIELDS = (
     "ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens",
     "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms",
     "overage", "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens",
-    "endpoint",
+    "endpoint", "end_user",
 )  # fmt: skip
 
 

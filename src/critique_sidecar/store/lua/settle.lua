@@ -40,6 +40,10 @@ local notify = redis.pcall('HMGET', K_settings, 'notify_url', 'notify_thresholds
 local account_spend = charge > 0 and not notify.err and (notify[4] or notify[5]) and true or false
 local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'}}
 if info or account_spend then written[#written + 1] = {K_limiter, 'hash'} end
+if A_end_user ~= '' then
+  written[#written + 1] = {K_end_users, 'zset'}
+  written[#written + 1] = {K_end_user_counts, 'hash'}
+end
 local function typed(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind, t end
 for _, w in ipairs(written) do
   local fits, t = typed(w[1], w[2])
@@ -66,6 +70,19 @@ for _, p in ipairs({'', 'm:' .. A_model .. ':', 'k:' .. A_key_id .. ':', 'e:' ..
   redis.call('HINCRBY', K_day, p .. 'out', out)
 end
 redis.call('EXPIRE', K_day, tonumber(A_window_ttl_s))
+-- Per end user, beside the day hash (so reading the day never reads every end user): credits
+-- in a sorted set, where the top N is a range; the counts in a hash, read for the N shown.
+-- Requests without an end user (most) touch neither.
+if A_end_user ~= '' then
+  local u = A_end_user
+  redis.call('ZINCRBY', K_end_users, charge, u)
+  redis.call('HINCRBY', K_end_user_counts, 'c:' .. u, charge)
+  redis.call('HINCRBY', K_end_user_counts, 'r:' .. u, 1)
+  redis.call('HINCRBY', K_end_user_counts, 'i:' .. u, inp)
+  redis.call('HINCRBY', K_end_user_counts, 'o:' .. u, out)
+  redis.call('EXPIRE', K_end_users, tonumber(A_window_ttl_s))
+  redis.call('EXPIRE', K_end_user_counts, tonumber(A_window_ttl_s))
+end
 -- The credit counters of the table's monthly credit caps (the day's are the rollups).
 for _, c in ipairs(CREDIT_COUNTERS) do
   if c[1] == 'month' then
