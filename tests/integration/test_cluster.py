@@ -431,3 +431,16 @@ async def test_end_user_rollups_and_their_query_on_every_master(redis_client: Re
         assert rows == [("other", 5000, 1), ("eu/ann", 4000, 2), ("eu/bo", 2000, 1)] and not top.has_more
         found = await query.end_users(a, [day], 10, "eu/")
         assert [(u, c.credits) for u, c in found.rows] == [("eu/ann", 4000), ("eu/bo", 2000)] and not found.has_more
+
+
+# -- per-end-user limits (tests/integration/test_end_user_limits.py), on the Cluster -------------
+
+from .test_end_user_limits import (  # noqa: E402 - collected here, with the Cluster `redis_client`
+    test_a_burst_of_one_new_end_user_admits_exactly_what_its_daily_cap_holds,
+    test_requests_per_minute_per_end_user_admit_exactly_the_limit,
+)
+
+__all__ += [
+    "test_a_burst_of_one_new_end_user_admits_exactly_what_its_daily_cap_holds",
+    "test_requests_per_minute_per_end_user_admit_exactly_the_limit",
+]

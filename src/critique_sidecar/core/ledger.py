@@ -21,6 +21,7 @@ class HoldRequest:
     key_id: str = ""
     model: str = ""
     tokens: int = 0  # input bound + output bound, counted against tokens-per-minute limits
+    end_user: str = ""  # the request's end user (core/end_user.py): per-end-user limits
 
 
 @dataclass(frozen=True, slots=True)

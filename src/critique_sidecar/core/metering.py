@@ -162,6 +162,7 @@ class Meter:
                 key_id=identity.key_id,
                 model=body.model.id,
                 tokens=tokens,
+                end_user=body.end_user,
             )
         )
         if result.code is not None:

@@ -60,6 +60,22 @@ def end_user_scratch(account: str) -> str:
     return f"{_tag(account)}:eu:scratch"
 
 
+def end_user_month(account: str, month: str) -> str:
+    """Hash: the month's credits (micro-credits) per end user, what end-user monthly caps count."""
+    return f"{_tag(account)}:eum:{month}"
+
+
+def end_user_limits(account: str, end_user: str) -> str:
+    """Hash: one end user's own limits (the limit table's per-end-user rows), overriding the
+    account's defaults."""
+    return f"{_tag(account)}:eul:{end_user}"
+
+
+def end_user_window(account: str, end_user: str) -> str:
+    """Sorted set: the end user's admissions in the last minute (per-end-user rate limits)."""
+    return f"{_tag(account)}:win:u:{end_user}"
+
+
 def month(account: str, month: str) -> str:
     return f"{_tag(account)}:m:{month}"
 

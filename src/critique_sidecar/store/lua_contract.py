@@ -27,6 +27,10 @@ class HoldKeys(NamedTuple):
     account_window: str  # sorted set: the account's last minute of admissions
     key_window: str  # sorted set: the key's
     notify_outbox: str  # stream: a spend rate's trip is announced here (accounts with a webhook)
+    end_user_limits: str  # hash: the request's end user's own limits (overriding the account's defaults)
+    end_user_window: str  # sorted set: the end user's last minute of admissions
+    end_user_counts: str  # hash: the day's counts per end user (c:<id>: credits)
+    end_user_month: str  # hash: the month's credits per end user
 
 
 class HoldArgs(NamedTuple):
@@ -38,6 +42,7 @@ class HoldArgs(NamedTuple):
     key_id: str
     model: str
     tokens: int  # input bound + output bound (tokens-per-minute limits)
+    end_user: str  # "" when the request names none
 
 
 class HoldReply(NamedTuple):
@@ -73,6 +78,7 @@ class SettleKeys(NamedTuple):
     notify_outbox: str  # stream: budget notifications waiting for delivery
     end_users: str  # sorted set: the day's end users by credits (written only for a named end user)
     end_user_counts: str  # hash: the day's counts per end user
+    end_user_month: str  # hash: the month's credits per end user (end-user monthly caps)
 
 
 class SettleArgs(NamedTuple):
@@ -123,6 +129,7 @@ def _limit_row(row: Limit, position: int) -> str:
         "code": _lua_string(row.code),
         "soft": "true" if row.soft else "false",
         "least": str(row.least),
+        "each": _lua_string(row.each) if row.each else "''",
         "position": str(position),
     }
     return "{" + ", ".join(f"{k} = {v}" for k, v in values.items()) + "}"
@@ -144,6 +151,9 @@ def limits_prelude() -> str:
     i-th field is row i's), and the window counters the caps need. Rows are built only for
     limits that are set: an account without limits pays for none."""
     account_fields = ", ".join(_lua_string(row.field) for row in ACCOUNT_LIMITS)
+    per_end_user = [(i, row) for i, row in enumerate(ACCOUNT_LIMITS, 1) if row.each == "end_user"]
+    end_user_fields = ", ".join(_lua_string(row.field) for _, row in per_end_user)
+    end_user_index = ", ".join(str(i) for i, _ in per_end_user)
     key_fields = ", ".join(_lua_string(row.field) for row in KEY_LIMITS)
     counters = {unit: _counters(unit) for unit in ("requests", "credits")}
     return (
@@ -152,6 +162,8 @@ def limits_prelude() -> str:
         + f"local LIMIT_COUNT = {len(LIMITS)}\n"
         f"local ACCOUNT_LIMIT_FIELDS = {{{account_fields}}}\n"
         f"local KEY_LIMIT_FIELDS = {{{key_fields}}}\n"
+        f"local END_USER_FIELDS = {{{end_user_fields}}}\n"
+        f"local END_USER_INDEX = {{{end_user_index}}}\n"
         f"local REQUEST_COUNTERS = {{{counters['requests']}}}\n"
         f"local CREDIT_COUNTERS = {{{counters['credits']}}}\n"
     )

@@ -59,6 +59,10 @@ class RedisLedger:
             account_window=ks.minute_window(a),
             key_window=ks.minute_window(a, hold.key_id),
             notify_outbox=ks.notify_outbox(a),
+            end_user_limits=ks.end_user_limits(a, hold.end_user),
+            end_user_window=ks.end_user_window(a, hold.end_user),
+            end_user_counts=ks.end_user_counts(a, hold.day),
+            end_user_month=ks.end_user_month(a, hold.month),
         )
         args = HoldArgs(
             request_id=hold.request_id,
@@ -69,6 +73,7 @@ class RedisLedger:
             key_id=hold.key_id,
             model=hold.model,
             tokens=hold.tokens,
+            end_user=hold.end_user,
         )
         r = HoldReply(*await self._place_hold(keys=list(keys), args=list(args)))
         code = _s(r.code)
@@ -111,6 +116,7 @@ class RedisLedger:
             notify_outbox=ks.notify_outbox(a),
             end_users=ks.end_users(a, record.day),
             end_user_counts=ks.end_user_counts(a, record.day),
+            end_user_month=ks.end_user_month(a, record.month),
         )
         args = SettleArgs(
             request_id=record.request_id,
