@@ -30,6 +30,7 @@ from .core.upstream import UpstreamHeader, read_credentials
 from .observability import Metrics, RequestLog, Telemetry
 from .store.capture_sink import JsonlFileSink, RedisStreamSink
 from .store.cluster import BoundedRedisCluster
+from .store.end_user_limits import RedisEndUserLimits
 from .store.journal import JournalingLedger, SettlementJournal
 from .store.key_store import RedisKeyStore
 from .store.notify_outbox import NotifyOutbox
@@ -174,6 +175,7 @@ def web_context(c: Components, config: Config, metrics: Any = None) -> WebContex
             c.redis, known_models=frozenset(m.id for m in c.catalog.models), webhook_networks=config.notify_networks
         ),
         webhook_networks=config.notify_networks,
+        end_user_limits=RedisEndUserLimits(c.redis),
     )
 
 

@@ -3,7 +3,7 @@ gateway) against the adversarial fake upstream (devtools/adversarial.py), at acc
 reserve floors and hard caps. Whatever the client asks and whatever the model server reports:
 
 - every charge is at most its hold (the hold computed here by hand from the request we sent);
-- the reserve floor, the daily and monthly caps and the spend rate are never crossed;
+- the reserve floor, the daily and monthly caps, the spend rate and each end user's cap are never crossed;
 - conservation: each account's balance change is the sum of its recorded charges;
 - one record per admitted request, no hold left open, every journal empty at the end.
 
@@ -52,11 +52,13 @@ CONTEXT = {"deepseek/deepseek-v4-flash": 1_000_000, "tencent/hy3-preview": 262_1
 BUDGET = 32_768  # every model's max_output_tokens
 MAX_N = 8
 
-# (balance, reserve floor, daily cap, monthly cap, credits per minute) in credits; None: no cap.
+# (balance, reserve floor, daily cap, monthly cap, credits per minute, each end user's daily
+# cap) in credits; None: no cap. Every request names one of END_USERS.
 ACCOUNTS = [
-    ("10", "9", None, None, None), ("20", "0", "3", None, None), ("6", "1", None, "4", None),
-    ("2", "0", "1.5", "1.8", None), ("20", "0", None, None, "1.2"),
+    ("10", "9", None, None, None, None), ("20", "0", "3", None, None, None), ("6", "1", None, "4", None, None),
+    ("2", "0", "1.5", "1.8", None, None), ("20", "0", None, None, "1.2", None), ("20", "0", None, None, None, "0.6"),
 ]  # fmt: skip
+END_USERS = ("u0", "u1", "u2")
 
 
 def micro(credits: str) -> int:
@@ -272,9 +274,17 @@ def send(door: FrontDoor, key: str, account: str, path: str, body: dict[str, Any
 
 
 def set_limits(
-    stack: Stack, account: str, floor: str, daily: str | None, monthly: str | None, per_minute: str | None
+    stack: Stack,
+    account: str,
+    floor: str,
+    daily: str | None,
+    monthly: str | None,
+    per_minute: str | None,
+    per_end_user: str | None,
 ) -> None:
     fields = {"reserve_floor": micro(floor)}
+    if per_end_user is not None:
+        fields["end_user_daily_credit_cap"] = micro(per_end_user)
     if per_minute is not None:
         fields["credits_per_minute"] = micro(per_minute)
     if daily is not None:
@@ -296,18 +306,21 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
     rng = random.Random(SEED)
     why = f"CRITIQUE_ADVERSARIAL_SEED={SEED}"
     doors = [door_of(stack, "envoy"), door_of(stack, "asgi")]
-    accounts: dict[str, tuple[str, str, str, str | None, str | None, str | None]] = {}
+    accounts: dict[str, tuple[str, str, str, str | None, str | None, str | None, str | None]] = {}
     keys: dict[str, str] = {}
     for door in doors:
-        for i, (balance, floor, daily, monthly, per_minute) in enumerate(ACCOUNTS):
+        for i, (balance, floor, daily, monthly, per_minute, per_end_user) in enumerate(ACCOUNTS):
             name = f"{account}-{door.name}-{i}"
             keys[name] = funded(stack, name, balance)
-            set_limits(stack, name, floor, daily, monthly, per_minute)
-            accounts[name] = (door.name, balance, floor, daily, monthly, per_minute)
+            set_limits(stack, name, floor, daily, monthly, per_minute, per_end_user)
+            accounts[name] = (door.name, balance, floor, daily, monthly, per_minute, per_end_user)
     plan = []
     for door in doors:
         names = [a for a, spec in accounts.items() if spec[0] == door.name]
-        plan += [(door, rng.choice(names), *random_request(rng)) for _ in range(PER_DOOR)]
+        for _ in range(PER_DOOR):
+            name = rng.choice(names)
+            path, body, headers = random_request(rng)
+            plan.append((door, name, path, body, {**headers, "x-critique-end-user": rng.choice(END_USERS)}))
     rng.shuffle(plan)
 
     with ThreadPoolExecutor(6) as pool:
@@ -332,7 +345,7 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
     holds = {s.request_id: s for s in admitted}
     endpoints = {r["endpoint"] for a in accounts for r in ledger(stack, a).records}
     assert endpoints == {"chat.completions", "messages", "responses", "completions", "embeddings"}, (why, endpoints)
-    for name, (_door, balance, floor, daily, monthly, per_minute) in accounts.items():
+    for name, (_door, balance, floor, daily, monthly, per_minute, per_end_user) in accounts.items():
         state = ledger(stack, name)
         assert state.held == 0 and state.holds == 0, (why, name)
         ids = state.request_ids()
@@ -354,6 +367,12 @@ def test_randomized_adversarial_traffic_never_breaks_the_hold(stack: Stack, asgi
                 at = max(at, int(record["ts_ms"]) // 60_000)
                 minutes[at] = minutes.get(at, 0) + int(record["credits"])
             assert max(minutes.values(), default=0) <= micro(per_minute), (why, name, "spend rate crossed", minutes)
+        if per_end_user is not None:  # each end user's daily cap, one by one
+            by_user: dict[str, int] = {}
+            for record in state.records:
+                by_user[record["end_user"]] = by_user.get(record["end_user"], 0) + int(record["credits"])
+            assert set(by_user) <= set(END_USERS), (why, name, by_user)
+            assert max(by_user.values(), default=0) <= micro(per_end_user), (why, name, "end-user cap crossed", by_user)
         for record in state.records:
             s = holds.get(record["request_id"])
             if s is None:  # one of `unseen`: at most the largest of their holds

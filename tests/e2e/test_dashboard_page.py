@@ -287,3 +287,75 @@ async def test_dashboard_page_shows_rate_limits_and_each_keys_limits(stack: Stac
 
 
 # <<< limits
+
+
+async def test_dashboard_page_shows_end_users_and_finds_them_by_prefix(
+    stack: Stack, account: str, browser: Any
+) -> None:
+    agent = stack.create_key(account, "read:inference,write:inference")
+    stack.cli("credits", "grant", "--account", account, "--credits", "40")
+    client = openai.OpenAI(api_key=agent["key"], base_url=stack.base_url + "/api/v1", max_retries=0, timeout=30)
+    users = [f"shop/customer-{i:02d}" for i in range(12)] + ["lab/<b>bold</b>"]
+    for i, user in enumerate(users):
+        for _ in range(1 + i % 3):  # different totals, so the ranking is by credits
+            client.chat.completions.create(
+                model=MODELS[0], messages=[{"role": "user", "content": f"[[tokens:{10 + i}]] hi"}], user=user
+            )
+    client.chat.completions.create(model=MODELS[0], messages=[{"role": "user", "content": "no end user"}])
+
+    summary = api(stack, agent["key"], days="30")
+    assert len(summary["by_end_user"]) == 10 and summary["end_users_more"] is True
+    found = api(stack, agent["key"], view="end_users", days="30", prefix="lab/", limit="10")
+    assert [r["end_user"] for r in found["data"]] == ["lab/<b>bold</b>"]
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    await page.goto(stack.base_url + "/inference-dashboard")
+    await page.fill("#api-key", agent["key"])
+    await page.click("#load")
+    await page.wait_for_selector("body[data-state=ready]", timeout=15_000)
+
+    async def rows() -> list[list[str]]:
+        return await page.eval_on_selector_all(  # type: ignore[no-any-return]
+            "#end-users-table tbody tr[data-end-user]",
+            "rows => rows.map(r => [r.dataset.endUser, r.querySelector('[data-col=credits]').textContent,"
+            " r.querySelector('[data-col=requests]').dataset.value])",
+        )
+
+    def expected(data: list[dict[str, Any]]) -> list[list[str]]:
+        return [[r["end_user"], r["credits"], str(r["requests"])] for r in data]
+
+    assert await rows() == expected(summary["by_end_user"])
+    assert "top 10" in (await page.text_content("#end-users-note") or "")
+
+    # Search: the ids with the prefix, the markup in an id shown as text, never as markup.
+    await page.fill("#end-user-prefix", "lab/")
+    await page.click("#end-user-search button")
+    await page.wait_for_selector("#end-users-table[data-prefix='lab/']", timeout=10_000)
+    await page.wait_for_selector("body[data-state=ready]")
+    assert await rows() == expected(found["data"])
+    assert await page.text_content("#end-users-table tbody td[data-col=end_user]") == "lab/<b>bold</b>"
+    assert await page.query_selector("#end-users-table b") is None
+
+    shop = api(stack, agent["key"], view="end_users", days="30", prefix="shop/customer-1", limit="10")
+    await page.fill("#end-user-prefix", "shop/customer-1")
+    await page.click("#end-user-search button")
+    await page.wait_for_selector("#end-users-table[data-prefix='shop/customer-1']", timeout=10_000)
+    await page.wait_for_selector("body[data-state=ready]")
+    assert await rows() == expected(shop["data"]) and len(shop["data"]) == 2
+
+    await page.fill("#end-user-prefix", "nobody")
+    await page.click("#end-user-search button")
+    await page.wait_for_selector("#end-users-table[data-prefix='nobody']", timeout=10_000)
+    await page.wait_for_selector("body[data-state=ready]")
+    assert await rows() == [] and "No end user" in (await page.text_content("#end-users-table tbody") or "")
+
+    # Clearing the search shows the top 10 again.
+    await page.fill("#end-user-prefix", "")
+    await page.click("#end-user-search button")
+    await page.wait_for_selector("#end-users-table[data-prefix='']", timeout=10_000)
+    await page.wait_for_selector("body[data-state=ready]")
+    assert await rows() == expected(summary["by_end_user"])
+    assert problems == []
+    await page.close()

@@ -36,6 +36,7 @@ def test_cli_settings_set_and_show(
         "reserve_credits_for_review": "2.250000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
         "requests_per_minute": 600, "tokens_per_minute": None, "max_concurrent": 8,
         "credits_per_minute": "0.500000", "credits_per_hour": None,
+        "end_user_daily_credit_cap": None, "end_user_monthly_credit_cap": None, "end_user_requests_per_minute": None,
         "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     code, out, _ = _cli(
@@ -47,6 +48,7 @@ def test_cli_settings_set_and_show(
     assert out.splitlines() == [  # the limits in the limit table's order (core/limit_table.py)
         "enabled: false", "daily_request_cap: 40", "daily_credit_cap: none", "monthly_credit_cap: 100.000000",
         "credits_per_minute: 0.500000", "credits_per_hour: none", "requests_per_minute: 600", "tokens_per_minute: none", "max_concurrent: 8",
+        "end_user_daily_credit_cap: none", "end_user_monthly_credit_cap: none", "end_user_requests_per_minute: none",
         "reserve_credits_for_review: 2.250000", "block_when_cap_reached: false", "deepseek_training_opt_in: true",
         "notify_webhook_url: none", "notify_thresholds_percent: none", "notify_low_balance_credits: none",
     ]  # fmt: skip
@@ -115,3 +117,32 @@ def test_cli_notification_settings_and_secret(
         monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--notify-webhook-secret", "short"
     )
     assert code == 2 and "--notify-webhook-secret" in err
+
+
+def test_cli_end_users_set_limits_and_show(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], redis_url: str, account: str
+) -> None:
+    code, _, _ = _cli(monkeypatch, capsys, redis_url, "settings", "set", "--account", account, "--end-user-rpm", "30")
+    assert code == 0
+    code, out, _ = _cli(
+        monkeypatch, capsys, redis_url, "end-users", "set-limits", "--account", account, "--end-user", "u-1",
+        "--daily-credit-cap", "1.5", "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["effective"] == {
+        "daily_credit_cap": "1.500000", "monthly_credit_cap": None, "requests_per_minute": 30
+    }  # fmt: skip
+    code, out, _ = _cli(monkeypatch, capsys, redis_url, "end-users", "show", "--account", account, "--end-user", "u-1")
+    assert code == 0 and out.splitlines() == [
+        "daily_credit_cap: 1.500000 (own)", "monthly_credit_cap: none (account default)",
+        "requests_per_minute: 30 (account default)",
+    ]  # fmt: skip
+    code, _, err = _cli(
+        monkeypatch, capsys, redis_url, "end-users", "set-limits", "--account", account, "--end-user", "u-1",
+        "--rpm", "0",
+    )  # fmt: skip
+    assert code == 2 and "--rpm:" in err
+    code, _, err = _cli(
+        monkeypatch, capsys, redis_url, "end-users", "show", "--account", account, "--end-user", " padded",
+    )  # fmt: skip
+    assert code == 2 and "--end-user" in err

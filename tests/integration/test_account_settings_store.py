@@ -32,6 +32,7 @@ async def test_defaults_for_an_unconfigured_account(env: Env) -> None:
         "reserve_credits_for_review": "0.000000", "block_when_cap_reached": True, "deepseek_training_opt_in": False,
     "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
     "credits_per_minute": None, "credits_per_hour": None,
+    "end_user_daily_credit_cap": None, "end_user_monthly_credit_cap": None, "end_user_requests_per_minute": None,
     "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     assert await env.redis.exists(ks.settings(env.account)) == 0  # reading writes nothing

@@ -39,10 +39,13 @@ from critique_sidecar.store.journal import JournalingLedger, SettlementJournal
 from critique_sidecar.store.key_store import RedisKeyStore
 from critique_sidecar.store.redis_ledger import RedisLedger
 from critique_sidecar.store.settings_store import RedisSettingsStore
+from critique_sidecar.store.usage_query import UsageQuery
 from critique_sidecar.store.warmup import warm_up
 
 from .account_kit import Clock
 from .clusterkit import redis_cluster
+from .usage_kit import NOW as RECORD_DAY
+from .usage_kit import record
 
 CATALOG = load_catalog()
 USD_PER_CREDIT = Decimal("0.01")
@@ -122,7 +125,8 @@ def spread_accounts(r: RedisCluster, prefix: str, per_node: int = 1) -> list[str
 async def test_three_masters_and_one_slot_per_account(redis_client: RedisCluster, account: str) -> None:
     assert len(redis_client.get_primaries()) == 3
     keys = [ks.account(account), ks.settings(account), ks.holds(account), ks.hold_expiry(account), ks.day(account, "2026-11-26"),
-            ks.month(account, "2026-11"), ks.settled(account, "req_x"), ks.usage_stream(account), ks.account_keys(account)]  # fmt: skip
+            ks.month(account, "2026-11"), ks.settled(account, "req_x"), ks.usage_stream(account), ks.account_keys(account),
+            ks.end_users(account, "2026-11-26"), ks.end_user_counts(account, "2026-11-26"), ks.end_user_scratch(account)]  # fmt: skip
     slots = {await redis_client.cluster_keyslot(k) for k in keys}
     assert len(slots) == 1  # every script of an account runs on one node
     accounts = spread_accounts(redis_client, account)
@@ -410,4 +414,33 @@ __all__ += [
     "keyed",
     "test_a_key_spend_rate_stops_that_key_only",
     "test_a_runaway_loop_is_stopped_within_the_minute_and_resumes_in_the_next",
+]
+
+
+# -- end users, on the Cluster ---------------------------------------------------------------------
+
+
+async def test_end_user_rollups_and_their_query_on_every_master(redis_client: RedisCluster, account: str) -> None:
+    ledger, query = RedisLedger(redis_client), UsageQuery(redis_client)
+    day = RECORD_DAY.strftime("%Y-%m-%d")
+    for a in spread_accounts(redis_client, account):
+        for i, who in enumerate(["eu/ann", "eu/bo", "eu/ann", "", "other"]):
+            assert (await ledger.settle(record(a, credits=1000 * (i + 1), end_user=who))).applied
+        top = await query.end_users(a, [day], 10)
+        rows = [(u, c.credits, c.requests) for u, c in top.rows]
+        assert rows == [("other", 5000, 1), ("eu/ann", 4000, 2), ("eu/bo", 2000, 1)] and not top.has_more
+        found = await query.end_users(a, [day], 10, "eu/")
+        assert [(u, c.credits) for u, c in found.rows] == [("eu/ann", 4000), ("eu/bo", 2000)] and not found.has_more
+
+
+# -- per-end-user limits (tests/integration/test_end_user_limits.py), on the Cluster -------------
+
+from .test_end_user_limits import (  # noqa: E402 - collected here, with the Cluster `redis_client`
+    test_a_burst_of_one_new_end_user_admits_exactly_what_its_daily_cap_holds,
+    test_requests_per_minute_per_end_user_admit_exactly_the_limit,
+)
+
+__all__ += [
+    "test_a_burst_of_one_new_end_user_admits_exactly_what_its_daily_cap_holds",
+    "test_requests_per_minute_per_end_user_admit_exactly_the_limit",
 ]

@@ -39,6 +39,7 @@ def record(
     out: int = 5,
     credits: int = 1234,
     endpoint: str = "chat.completions",
+    end_user: str = "",
 ) -> UsageRecord:
     n = next(_seq)
     return UsageRecord(
@@ -46,7 +47,7 @@ def record(
         input_tokens=inp, output_tokens=out, credits=credits, usd=str(Decimal(credits) / 10**8),
         price_version=f"v1/{model}/private", opt_in=False, estimated=False, status="ok", latency_ms=7,
         ts_ms=int(at.timestamp() * 1000), day=at.strftime("%Y-%m-%d"), month=at.strftime("%Y-%m"),
-        endpoint=endpoint,
+        endpoint=endpoint, end_user=end_user,
     )  # fmt: skip
 
 

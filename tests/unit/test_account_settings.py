@@ -71,6 +71,7 @@ def test_hash_round_trip_and_lua_semantics() -> None:
         "reserve_credits_for_review": MAX_CREDITS, "block_when_cap_reached": False, "deepseek_training_opt_in": True,
         "requests_per_minute": 60, "tokens_per_minute": 90000, "max_concurrent": 3,
         "credits_per_minute": "0.5", "credits_per_hour": 20,
+        "end_user_daily_credit_cap": "1.5", "end_user_monthly_credit_cap": 10, "end_user_requests_per_minute": 6,
     })  # fmt: skip
     stored, _ = full.hash_changes()
     back = AccountSettings.from_hash(stored)
@@ -79,6 +80,8 @@ def test_hash_round_trip_and_lua_semantics() -> None:
         "reserve_credits_for_review": "1000000000.000000", "block_when_cap_reached": False, "deepseek_training_opt_in": True,
         "requests_per_minute": 60, "tokens_per_minute": 90000, "max_concurrent": 3,
         "credits_per_minute": "0.500000", "credits_per_hour": "20.000000",
+        "end_user_daily_credit_cap": "1.500000", "end_user_monthly_credit_cap": "10.000000",
+        "end_user_requests_per_minute": 6,
         "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
     }  # fmt: skip
     # As place_hold.lua reads them: only '0' disables/softens, only '1' opts in, junk caps are no caps.

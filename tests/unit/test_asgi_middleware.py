@@ -22,6 +22,7 @@ from critique_sidecar.asgi._http import MAX_BODY_BYTES
 from critique_sidecar.config import Config
 from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.metering import Meter
+from critique_sidecar.core.wire import END_USER_HEADER
 from critique_sidecar.envoy.config import EnvoyOptions
 from critique_sidecar.store import keyspace as ks
 from critique_sidecar.store.accounts import RedisAccounts
@@ -312,6 +313,21 @@ async def test_inner_app_sees_the_admitted_request(core: Components, key: str) -
     sent = json.loads(inner.body)
     assert sent["model"] == MODEL and sent["stream_options"] == {"include_usage": True}  # default filled, usage asked
     assert dict(seen)["content-length"] == str(len(inner.body))
+
+
+async def test_the_end_user_is_recorded_and_its_header_never_reaches_the_inner_app(
+    core: Components, key: str, account: str
+) -> None:
+    inner = Inner(json_response(completion()), [])
+    app = Middleware(inner, components=core)
+    await call(app, key=key, headers={END_USER_HEADER: "hdr-user"}, body=chat_body(user="body-user"))
+    assert [k for k, _ in inner.scope["headers"] if k.decode().lower() == END_USER_HEADER] == []
+    assert json.loads(inner.body)["user"] == "body-user"  # the body goes on as sent
+    await call(app, key=key, body=chat_body(safety_identifier="sid", user="body-user"))
+    await call(app, key=key, body=chat_body())
+    assert [r[b"end_user"] for r in await records(core, account)] == [b"hdr-user", b"sid", b""]
+    bad = await call(app, key=key, headers={END_USER_HEADER: "a\tb"}, body=chat_body())
+    assert bad.status == 400 and json.loads(bad.body)["error"]["param"] == END_USER_HEADER
 
 
 async def test_json_response_is_held_until_complete_then_charged(core: Components, key: str, account: str) -> None:

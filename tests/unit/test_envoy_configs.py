@@ -62,6 +62,7 @@ SIDECAR_HTTP_PATHS = {
     "/api/dashboard/inference-api",
     "/api/settings/inference-api/keys",
     "/api/settings/inference-api/limits",
+    "/api/settings/inference-api/end-users",
     "/inference-dashboard",
 }
 

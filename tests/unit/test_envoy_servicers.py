@@ -24,7 +24,7 @@ from critique_sidecar.core.catalog import load_catalog
 from critique_sidecar.core.endpoints.chat import ENDPOINT as CHAT
 from critique_sidecar.core.metering import Meter
 from critique_sidecar.core.scopes import MODELS_PATH
-from critique_sidecar.core.wire import MODEL_HEADER, OPT_IN_HEADER
+from critique_sidecar.core.wire import END_USER_HEADER, MODEL_HEADER, OPT_IN_HEADER
 from critique_sidecar.envoy.authz import AuthorizationServicer
 from critique_sidecar.envoy.ext_proc import ExtProcServicer
 from critique_sidecar.envoy.identity import NAMESPACE
@@ -199,6 +199,31 @@ async def test_a_refusal_is_an_immediate_response_in_the_error_shape(core: Core)
     immediate = reply.immediate_response
     assert immediate.status.code == 401 and immediate.details == "invalid_api_key"
     assert orjson.loads(immediate.body)["error"]["code"] == "invalid_api_key"
+    await s.finish()
+    assert core.ledger.holds == [] and core.ledger.records == []
+
+
+async def test_the_end_user_header_is_recorded_wins_over_the_body_and_never_goes_upstream(core: Core) -> None:
+    s = Stream(core.servicer())
+    reply = await s.send(request_headers({"authorization": f"Bearer {core.key}", END_USER_HEADER: "hdr-user"}))
+    assert END_USER_HEADER in reply.request_headers.response.header_mutation.remove_headers
+    body = orjson.loads(chat())
+    reply = await s.send(request_body(orjson.dumps({**body, "user": "body-user"})))
+    assert not reply.request_body.response.body_mutation.body  # the body's user goes on as sent
+    await s.send(response_headers(200, "application/json"))
+    await s.send(response_body(COMPLETION, end=True))
+    await s.finish()
+    [record] = core.ledger.records
+    assert record.end_user == "hdr-user"
+
+
+async def test_a_bad_end_user_header_is_a_400_naming_it_and_holds_nothing(core: Core) -> None:
+    s = Stream(core.servicer())
+    await s.send(request_headers({"authorization": f"Bearer {core.key}", END_USER_HEADER: "x" * 300}))
+    reply = await s.send(request_body(chat()))
+    immediate = reply.immediate_response
+    error = orjson.loads(immediate.body)["error"]
+    assert immediate.status.code == 400 and (error["code"], error["param"]) == ("invalid_request", END_USER_HEADER)
     await s.finish()
     assert core.ledger.holds == [] and core.ledger.records == []
 

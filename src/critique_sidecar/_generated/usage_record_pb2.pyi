@@ -5,7 +5,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class UsageRecord(_message.Message):
-    __slots__ = ("ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens", "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms", "overage", "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "endpoint", "paid_by")
+    __slots__ = ("ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens", "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms", "overage", "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens", "endpoint", "end_user", "paid_by")
     TS_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class UsageRecord(_message.Message):
     CACHE_WRITE_1H_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    END_USER_FIELD_NUMBER: _ClassVar[int]
     PAID_BY_FIELD_NUMBER: _ClassVar[int]
     ts_ms: int
     request_id: str
@@ -47,5 +48,6 @@ class UsageRecord(_message.Message):
     cache_write_1h_tokens: int
     reasoning_tokens: int
     endpoint: str
+    end_user: str
     paid_by: str
-    def __init__(self, ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., account: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., credits: _Optional[int] = ..., usd: _Optional[str] = ..., price_version: _Optional[str] = ..., opt_in: _Optional[bool] = ..., estimated: _Optional[bool] = ..., status: _Optional[str] = ..., latency_ms: _Optional[int] = ..., overage: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_5m_tokens: _Optional[int] = ..., cache_write_1h_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., endpoint: _Optional[str] = ..., paid_by: _Optional[str] = ...) -> None: ...
+    def __init__(self, ts_ms: _Optional[int] = ..., request_id: _Optional[str] = ..., account: _Optional[str] = ..., key_id: _Optional[str] = ..., model: _Optional[str] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., credits: _Optional[int] = ..., usd: _Optional[str] = ..., price_version: _Optional[str] = ..., opt_in: _Optional[bool] = ..., estimated: _Optional[bool] = ..., status: _Optional[str] = ..., latency_ms: _Optional[int] = ..., overage: _Optional[int] = ..., cached_input_tokens: _Optional[int] = ..., cache_write_5m_tokens: _Optional[int] = ..., cache_write_1h_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., endpoint: _Optional[str] = ..., end_user: _Optional[str] = ..., paid_by: _Optional[str] = ...) -> None: ...

@@ -8,6 +8,7 @@ from typing import Any, NoReturn, TypeAlias
 from ..core.money import parse_credits
 from ..core.scopes import DEFAULT_KEY_SCOPES, parse_scopes
 from ..core.wire import MAX_RESPONSE_BODY_BYTES
+from . import end_users
 from .accounts import _SETTING_FLAGS
 from .keys import _add_key_control_flags
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="critique-sidecar", description=DESCRIPTION)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_serving_commands, _envoy_config_command, _keys_commands, _credits_commands, _settings_commands,
-                _usage_commands, _notify_commands, _operator_token_parser):  # fmt: skip
+                end_users.add_commands, _usage_commands, _notify_commands, _operator_token_parser):  # fmt: skip
         add(sub)
     return p
 

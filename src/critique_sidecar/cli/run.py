@@ -18,6 +18,7 @@ from ..core.catalog import CatalogError
 from ..core.errors import ApiError, StoreUnavailable
 from ..listen_check import ListenTaken, check_listen_free
 from ..observability.logs import configure_logging
+from . import end_users
 from .accounts import _credits_cmd, _settings_cmd
 from .common import CliError, _with_redis
 from .envoy import _envoy_config, _envoy_merge
@@ -29,7 +30,7 @@ from .usage import _usage_cmd
 
 # Commands that talk to Redis: beside a running `make run` stack they use its Redis. (The
 # servers, `serve` and `gateway`, take theirs from the environment only.)
-REDIS_COMMANDS = ("keys", "credits", "settings", "usage", "notify", "notify-worker", "operator-tokens")
+REDIS_COMMANDS = ("keys", "credits", "settings", "end-users", "usage", "notify", "notify-worker", "operator-tokens")
 
 
 # Long-running servers: in json log mode everything they write to stderr is JSON.
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "settings":
             return asyncio.run(_with_redis(config, lambda redis: _settings_cmd(args, redis, config)))
         handler = {
+            "end-users": end_users.run,
             "credits": _credits_cmd,
             "notify": _notify_cmd,
             "operator-tokens": _operator_tokens_cmd,

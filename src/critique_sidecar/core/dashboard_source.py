@@ -101,6 +101,14 @@ class UsageSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class EndUsers:
+    """Usage per end user over some days: the ones asked for, most credits first."""
+
+    rows: list[tuple[str, Counts]]
+    has_more: bool  # more end users than shown (or, for a prefix, than were looked at)
+
+
+@dataclass(frozen=True, slots=True)
 class ActivityPage:
     entries: list[tuple[str, dict[str, Any]]]  # (record id, the record as JSON), newest first
     has_more: bool
@@ -148,3 +156,8 @@ class DashboardSource(Protocol):
     async def rates(self, account: str, now_ms: int) -> RateUsage: ...
 
     async def key_usage(self, account: str, key_id: str, day: str, now_ms: int) -> KeyUsage: ...
+
+    async def end_users(self, account: str, days: Sequence[str], limit: int, prefix: str = "") -> EndUsers:
+        """The `limit` end users with the most credits over `days`, among those whose id starts
+        with `prefix` (all of them when "")."""
+        ...

@@ -34,6 +34,8 @@ ERROR_TABLE: dict[str, tuple[int, str]] = {
     "credits_per_hour_reached": (429, "rate_limit_error"),
     "key_credits_per_minute_reached": (429, "rate_limit_error"),
     "key_credits_per_hour_reached": (429, "rate_limit_error"),
+    "end_user_daily_credit_cap_reached": (429, "rate_limit_error"),
+    "end_user_monthly_credit_cap_reached": (429, "rate_limit_error"),
     "rate_limit_exceeded": (429, "rate_limit_error"),
     # provisioning API (operator tokens, idempotent credit changes)
     "invalid_operator_token": (401, "authentication_error"),

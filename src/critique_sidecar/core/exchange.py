@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from . import end_user
 from .auth import Authenticator, Identity, authorize
 from .endpoints.base import Endpoint, StreamTally, client_key, read_json
 from .errors import ApiError
@@ -35,6 +36,7 @@ from .tokens import decode_body
 from .upstream import UpstreamHeader
 from .wire import (
     CREDITS_CHARGED_HEADER,
+    END_USER_HEADER,
     ESTIMATED_USD_HEADER,
     MAX_REQUEST_BODY_BYTES,
     MODEL_HEADER,
@@ -89,6 +91,7 @@ class Exchange:
     credentials: Mapping[str, UpstreamHeader] = field(default_factory=dict)
     identity: Identity | None = None
     opt_in: bool = False
+    end_user_header: str | None = None  # X-Critique-End-User as sent, checked at admission
     metered: MeteredRequest | None = None
     response_status: int = 0
     encoding: str = ""
@@ -118,6 +121,7 @@ class Exchange:
             identity = found
         self.identity = identity
         self.opt_in = headers.get(OPT_IN_HEADER, "").strip().lower() == "true"
+        self.end_user_header = headers.get(END_USER_HEADER)
         return [*NEVER_UPSTREAM, *self.endpoint.key_headers, *ours(headers)]
 
     async def admit(self, raw: bytes) -> UpstreamRequest:
@@ -129,6 +133,8 @@ class Exchange:
                 raise ApiError("request_too_large", f"Request body exceeds {MAX_REQUEST_BODY_BYTES} bytes")
             body = self.meter.parse(self.endpoint, raw)
             model = body.model.id
+            if self.end_user_header is not None:  # the header wins over the body
+                body.end_user = end_user.from_header(self.end_user_header, END_USER_HEADER)
             self.metered = await self.meter.admit(self.identity, body, self.opt_in, self.endpoint.name, self.request_id)
         except ApiError as error:
             raise self._denied(error, self.identity, model) from None

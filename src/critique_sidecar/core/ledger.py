@@ -21,6 +21,7 @@ class HoldRequest:
     key_id: str = ""
     model: str = ""
     tokens: int = 0  # input bound + output bound, counted against tokens-per-minute limits
+    end_user: str = ""  # the request's end user (core/end_user.py): per-end-user limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,7 @@ class UsageRecord:
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
     endpoint: str = "chat.completions"
+    end_user: str = ""  # the end user the request was made for (core/end_user.py); "" when none
     paid_by: str = ""  # filled by the ledger with the charge: the grants that paid it (settle.lua)
 
 

@@ -19,7 +19,7 @@ integer micro-credits; a stored value counts only when it is an integer in the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Literal
 
@@ -53,6 +53,9 @@ class Limit:
     label: str  # the dashboard row's title
     help: str  # CLI help and docs
     soft: bool = False  # follows block_when_cap_reached; otherwise always hard
+    # "end_user": counted per end user of the account (the request's end user; none: not
+    # applied); the account's value is the default and an end user's own hash may override it.
+    each: Literal["", "end_user"] = ""
 
     @property
     def least(self) -> int:
@@ -114,11 +117,29 @@ LIMITS: tuple[Limit, ...] = (
           "the key's tokens per minute (input + max output at admission)"),
     _concurrency("account", "the account's requests in flight at once; none clears it"),
     _concurrency("key", "the key's requests in flight at once"),
+    replace(_cap("account", "end_user_daily_credit_cap", "credits", "day", "end_user_daily_credit_cap_reached",
+                 "End-user daily credit cap", "each end user's daily credit cap (UTC day, always hard); "
+                 "end users may have their own (end-users set-limits); none clears it", soft=False), each="end_user"),
+    replace(_cap("account", "end_user_monthly_credit_cap", "credits", "month", "end_user_monthly_credit_cap_reached",
+                 "End-user monthly credit cap", "each end user's monthly credit cap (UTC month, always hard); "
+                 "end users may have their own (end-users set-limits); none clears it", soft=False), each="end_user"),
+    replace(_rate("account", "end_user_requests_per_minute", "requests", "eu_rpm", "--end-user-rpm", 1_000_000,
+                  "End-user requests per minute", "each end user's requests per minute; end users may have "
+                  "their own (end-users set-limits); none clears it"), each="end_user"),
 )  # fmt: skip
+END_USER_LIMITS = tuple(limit for limit in LIMITS if limit.each == "end_user")
 
 ACCOUNT_LIMITS = tuple(limit for limit in LIMITS if limit.scope == "account")
 KEY_LIMITS = tuple(limit for limit in LIMITS if limit.scope == "key")
 REFUSALS = {limit.code: limit for limit in LIMITS if limit.code != "rate_limit_exceeded"}
+
+
+def limit_id(row: Limit) -> str:
+    """How a refusal names the limit (X-Critique-Limit, error.param): <scope>:<limit>, with the
+    per-end-user limits under their own scope (end_user:daily_credit_cap)."""
+    if row.each == "end_user":
+        return "end_user:" + row.name.removeprefix("end_user_")
+    return f"{row.scope}:{row.name}"
 
 
 def limit(scope: Scope, name: str) -> Limit:

@@ -14,7 +14,7 @@ from . import wire
 from .clock import window_end
 from .errors import ApiError
 from .key_controls import iso_ms
-from .limit_table import REFUSALS, Limit
+from .limit_table import REFUSALS, Limit, limit_id
 from .money import format_credits
 
 # Header names: core/wire.py.
@@ -105,7 +105,7 @@ def retry_after_s(ms: int) -> str:
 
 
 _UNITS = {"requests_per_minute": "requests per minute", "tokens_per_minute": "tokens per minute"}
-_WHOSE = {"account": "this account", "key": "this API key"}
+_WHOSE = {"account": "this account", "key": "this API key", "end_user": "this end user"}
 
 
 def rate_refusal(control: str, retry_after_ms: int, tokens: int) -> ApiError:
@@ -151,7 +151,7 @@ _LIFTS = {
 def cap_message(row: Limit, limit: str = "") -> str:
     """A cap's refusal, from its row: what, whose, and when it lifts (`limit`: its value, as the
     script names it, for the spend rates)."""
-    whose = _WHOSE[row.scope]
+    whose = _WHOSE["end_user" if row.each == "end_user" else row.scope]
     lifts = _LIFTS[row.window]
     if row.window in ("minute", "hour"):
         of = f" of {format_credits(int(limit))} credits" if limit.isdigit() else ""
@@ -167,7 +167,7 @@ def limit_named(code: str, control: str, funds: dict[str, int]) -> str | None:
         return f"{scope}:{rest.partition(':')[0]}" if rest else None
     row = REFUSALS.get(code)
     if row is not None:
-        return f"{row.scope}:{row.name}"
+        return limit_id(row)
     if code == "insufficient_credits":
         return "account:reserve_floor" if funds.get("floor", 0) > 0 else "account:balance"
     return None

@@ -162,6 +162,7 @@ class Meter:
                 key_id=identity.key_id,
                 model=body.model.id,
                 tokens=tokens,
+                end_user=body.end_user,
             )
         )
         if result.code is not None:
@@ -235,6 +236,7 @@ class Meter:
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             endpoint=req.endpoint,
+            end_user=req.body.end_user,
             credits=charge.credits if charge else 0,
             usd=format(charge.usd, "f") if charge else "0",
             price_version=price.version,

@@ -29,6 +29,8 @@ KEYS_PATH = "/api/settings/inference-api/keys"
 KEYS_MANAGE = frozenset({ADMIN_INFERENCE})
 # Each limit's use and what is left, for the caller's account and key.
 LIMITS_PATH = "/api/settings/inference-api/limits"
+# One end user's own limits, `?end_user=<id>` (a query parameter: Envoy routes by exact path).
+END_USERS_PATH = "/api/settings/inference-api/end-users"
 
 _ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("GET", MODELS_PATH): MODELS,
@@ -39,6 +41,9 @@ _ROUTES: dict[tuple[str, str], frozenset[str]] = {
     ("POST", KEYS_PATH): KEYS_MANAGE,
     ("DELETE", KEYS_PATH): KEYS_MANAGE,
     ("GET", LIMITS_PATH): SETTINGS_READ,
+    ("GET", END_USERS_PATH): SETTINGS_READ,
+    ("PUT", END_USERS_PATH): SETTINGS_WRITE,
+    ("DELETE", END_USERS_PATH): SETTINGS_WRITE,
 }
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # Every header of ours starts with this. Clients may not send any (a client could otherwise
-# fake the routing header or a charge), except OPT_IN_HEADER, which the exchange reads first.
+# fake the routing header or a charge), except the request options (OPTION_HEADERS), which
+# the exchange reads first. No x-critique-* header ever reaches a model server.
 HEADER_PREFIX = "x-critique-"
 OPT_IN_HEADER = "x-critique-deepseek-training-opt-in"  # request option: "true" opts in
+END_USER_HEADER = "x-critique-end-user"  # request option: the end user (core/end_user.py)
+OPTION_HEADERS = (OPT_IN_HEADER, END_USER_HEADER)
 MODEL_HEADER = "x-critique-model"  # set by the exchange; the proxy routes by it, then drops it
 
 # Response headers the exchange adds.
@@ -57,5 +60,5 @@ def ours(names: Iterable[str]) -> list[str]:
 
 
 def spoofed(names: Iterable[str]) -> list[str]:
-    """Client headers to strip before the request goes on: ours, except the opt-in option."""
-    return [k for k in ours(names) if k != OPT_IN_HEADER]
+    """Client headers to strip before the request goes on: ours, except the request options."""
+    return [k for k in ours(names) if k not in OPTION_HEADERS]

@@ -58,7 +58,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServicer):
             error.headers.setdefault(SDK_REQUEST_ID_HEADER, http.headers.get(SDK_REQUEST_ID_HEADER) or new_request_id())
             return denied(error)
         # The model upstream never sees the key; the sidecar's own routes re-check it.
-        # The opt-in header is a request option ext_proc still has to read, not identity.
+        # The request options (opt-in, end user) are for ext_proc to read, and to strip.
         remove = list(endpoint.key_headers) if endpoint is not None else []
         remove += spoofed(http.headers)
         return pb.CheckResponse(

@@ -20,7 +20,7 @@ import yaml
 from ..core.catalog import Catalog
 from ..core.endpoints import ENDPOINTS, NOT_SERVED, Endpoint
 from ..core.errors import ApiError
-from ..core.scopes import DASHBOARD_PATH, KEYS_PATH, LIMITS_PATH, MODELS_PATH, SETTINGS_PATH
+from ..core.scopes import DASHBOARD_PATH, END_USERS_PATH, KEYS_PATH, LIMITS_PATH, MODELS_PATH, SETTINGS_PATH
 from ..core.upstream import BaseUrl, UpstreamServer, ca_file_default
 from ..core.wire import HEADER_PREFIX, MODEL_HEADER, ROUTE_PATH_CONTEXT
 from .identity import NAMESPACE as EXT_AUTHZ_NAMESPACE
@@ -39,7 +39,7 @@ ROUTE_PREFIX = "critique_"  # every product route's name starts with it (merge.p
 STAT_PREFIX = "critique"
 SIDECAR_CLUSTERS = ("sidecar_grpc", "sidecar_http")
 DASHBOARD_PAGE = "/inference-dashboard"
-APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH, KEYS_PATH, LIMITS_PATH)
+APP_PATHS = (MODELS_PATH, SETTINGS_PATH, DASHBOARD_PATH, KEYS_PATH, LIMITS_PATH, END_USERS_PATH)
 METERED_PATHS = tuple(e.path for e in ENDPOINTS)
 PRODUCT_PATHS = (*METERED_PATHS, *APP_PATHS, DASHBOARD_PAGE)
 # What the ext_proc stream needs to see of the request (path, keys, trace id) and response

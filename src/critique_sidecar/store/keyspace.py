@@ -55,6 +55,38 @@ def day(account: str, day: str) -> str:
     return f"{_tag(account)}:d:{day}"
 
 
+def end_users(account: str, day: str) -> str:
+    """Sorted set: the day's end users scored by credits (micro-credits), for the top N; only
+    written for requests that name an end user (core/end_user.py)."""
+    return f"{_tag(account)}:eu:{day}"
+
+
+def end_user_counts(account: str, day: str) -> str:
+    """Hash: the day's c:/r:/i:/o:<end user> (credits, requests, input and output tokens)."""
+    return f"{_tag(account)}:euc:{day}"
+
+
+def end_user_scratch(account: str) -> str:
+    """Sorted set: store/lua/end_users.lua's working union, deleted before the script returns."""
+    return f"{_tag(account)}:eu:scratch"
+
+
+def end_user_month(account: str, month: str) -> str:
+    """Hash: the month's credits (micro-credits) per end user, what end-user monthly caps count."""
+    return f"{_tag(account)}:eum:{month}"
+
+
+def end_user_limits(account: str, end_user: str) -> str:
+    """Hash: one end user's own limits (the limit table's per-end-user rows), overriding the
+    account's defaults."""
+    return f"{_tag(account)}:eul:{end_user}"
+
+
+def end_user_window(account: str, end_user: str) -> str:
+    """Sorted set: the end user's admissions in the last minute (per-end-user rate limits)."""
+    return f"{_tag(account)}:win:u:{end_user}"
+
+
 def month(account: str, month: str) -> str:
     return f"{_tag(account)}:m:{month}"
 

@@ -27,6 +27,10 @@ class HoldKeys(NamedTuple):
     account_window: str  # sorted set: the account's last minute of admissions
     key_window: str  # sorted set: the key's
     notify_outbox: str  # stream: a spend rate's trip is announced here (accounts with a webhook)
+    end_user_limits: str  # hash: the request's end user's own limits (overriding the account's defaults)
+    end_user_window: str  # sorted set: the end user's last minute of admissions
+    end_user_counts: str  # hash: the day's counts per end user (c:<id>: credits)
+    end_user_month: str  # hash: the month's credits per end user
     grants: str  # hash: grant id -> its packed state (store/lua/lib/grants.lua)
     grants_done: str  # stream: exhausted and expired grants (capped history)
 
@@ -40,6 +44,7 @@ class HoldArgs(NamedTuple):
     key_id: str
     model: str
     tokens: int  # input bound + output bound (tokens-per-minute limits)
+    end_user: str  # "" when the request names none
     grant_notice_ms: int  # a grant this close to its expiry is announced once (grant.expiring); 0: never
 
 
@@ -74,6 +79,9 @@ class SettleKeys(NamedTuple):
     key_window: str
     settings: str
     notify_outbox: str  # stream: budget notifications waiting for delivery
+    end_users: str  # sorted set: the day's end users by credits (written only for a named end user)
+    end_user_counts: str  # hash: the day's counts per end user
+    end_user_month: str  # hash: the month's credits per end user (end-user monthly caps)
     grants: str
     grants_done: str
 
@@ -87,6 +95,7 @@ class SettleArgs(NamedTuple):
     model: str
     key_id: str
     endpoint: str  # core/endpoints' name: the dashboard's usage by endpoint
+    end_user: str  # core/end_user.py's id, "" when none: the dashboard's usage by end user
     input_tokens: int
     output_tokens: int
     day: str  # window names, for notifications
@@ -125,6 +134,7 @@ def _limit_row(row: Limit, position: int) -> str:
         "code": _lua_string(row.code),
         "soft": "true" if row.soft else "false",
         "least": str(row.least),
+        "each": _lua_string(row.each) if row.each else "''",
         "position": str(position),
     }
     return "{" + ", ".join(f"{k} = {v}" for k, v in values.items()) + "}"
@@ -146,6 +156,9 @@ def limits_prelude() -> str:
     i-th field is row i's), and the window counters the caps need. Rows are built only for
     limits that are set: an account without limits pays for none."""
     account_fields = ", ".join(_lua_string(row.field) for row in ACCOUNT_LIMITS)
+    per_end_user = [(i, row) for i, row in enumerate(ACCOUNT_LIMITS, 1) if row.each == "end_user"]
+    end_user_fields = ", ".join(_lua_string(row.field) for _, row in per_end_user)
+    end_user_index = ", ".join(str(i) for i, _ in per_end_user)
     key_fields = ", ".join(_lua_string(row.field) for row in KEY_LIMITS)
     counters = {unit: _counters(unit) for unit in ("requests", "credits")}
     return (
@@ -154,6 +167,8 @@ def limits_prelude() -> str:
         + f"local LIMIT_COUNT = {len(LIMITS)}\n"
         f"local ACCOUNT_LIMIT_FIELDS = {{{account_fields}}}\n"
         f"local KEY_LIMIT_FIELDS = {{{key_fields}}}\n"
+        f"local END_USER_FIELDS = {{{end_user_fields}}}\n"
+        f"local END_USER_INDEX = {{{end_user_index}}}\n"
         f"local REQUEST_COUNTERS = {{{counters['requests']}}}\n"
         f"local CREDIT_COUNTERS = {{{counters['credits']}}}\n"
     )

@@ -62,6 +62,10 @@ class RedisLedger:
             account_window=ks.minute_window(a),
             key_window=ks.minute_window(a, hold.key_id),
             notify_outbox=ks.notify_outbox(a),
+            end_user_limits=ks.end_user_limits(a, hold.end_user),
+            end_user_window=ks.end_user_window(a, hold.end_user),
+            end_user_counts=ks.end_user_counts(a, hold.day),
+            end_user_month=ks.end_user_month(a, hold.month),
             grants=ks.grants(a),
             grants_done=ks.grants_done(a),
         )
@@ -74,6 +78,7 @@ class RedisLedger:
             key_id=hold.key_id,
             model=hold.model,
             tokens=hold.tokens,
+            end_user=hold.end_user,
             grant_notice_ms=self._grant_notice_ms,
         )
         r = HoldReply(*await self._place_hold(keys=list(keys), args=list(args)))
@@ -115,6 +120,9 @@ class RedisLedger:
             key_window=ks.minute_window(a, record.key_id),
             settings=ks.settings(a),
             notify_outbox=ks.notify_outbox(a),
+            end_users=ks.end_users(a, record.day),
+            end_user_counts=ks.end_user_counts(a, record.day),
+            end_user_month=ks.end_user_month(a, record.month),
             grants=ks.grants(a),
             grants_done=ks.grants_done(a),
         )
@@ -128,6 +136,7 @@ class RedisLedger:
             model=record.model,
             key_id=record.key_id,
             endpoint=record.endpoint,
+            end_user=record.end_user,
             input_tokens=record.input_tokens,
             output_tokens=record.output_tokens,
             day=record.day,
@@ -163,7 +172,7 @@ RECORD_FIELDS = (
     "ts_ms", "request_id", "account", "key_id", "model", "input_tokens", "output_tokens",
     "credits", "usd", "price_version", "opt_in", "estimated", "status", "latency_ms",
     "overage", "cached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "reasoning_tokens",
-    "endpoint", "paid_by",
+    "endpoint", "end_user", "paid_by",
 )  # fmt: skip
 
 

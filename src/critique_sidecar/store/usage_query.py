@@ -3,8 +3,11 @@ the activity log (the usage stream, newest first).
 
 The rollups are the per-day hashes `settle.lua` increments atomically with each charge:
 fields `credits requests in out` (and `admitted`, counted by admission), `m:<model>:<field>`
-per model, `k:<key id>:<field>` per API key and `e:<endpoint>:<field>` per endpoint. A dashboard view of N days reads N hashes,
-whatever the traffic was."""
+per model, `k:<key id>:<field>` per API key and `e:<endpoint>:<field>` per endpoint. A dashboard
+view of N days reads N hashes, whatever the traffic was.
+
+End users are not in the day hash (an account may have very many): each day has a sorted set
+of its end users by credits and a hash of their counts (store/lua/end_users.lua reads them)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from ..core.dashboard_source import (
     ActivityPage,
     Counts,
     DayRollup,
+    EndUsers,
     KeyInfo,
     KeyUsage,
     RateUsage,
@@ -30,6 +34,7 @@ from .errors import store_call
 from .scripts import register
 from .usage_records import as_text, record_json
 
+PREFIX_SCAN_CAP = 1000  # a prefix search ranks at most this many matches (the first by id)
 _COUNTERS = {"credits": "credits", "requests": "requests", "in": "input_tokens", "out": "output_tokens"}
 
 
@@ -76,6 +81,7 @@ class UsageQuery:
     def __init__(self, redis: Any) -> None:
         self._redis = redis
         self._snapshot = register(redis, "usage_snapshot")
+        self._end_users = register(redis, "end_users")
 
     @store_call
     async def snapshot(self, account: str, days: Sequence[str], month: str) -> UsageSnapshot:
@@ -96,6 +102,19 @@ class UsageQuery:
             spend=SpendWindows.parse(as_text(spend) if spend else ""),
             grants=sorted(grants, key=lambda g: g.spend_key()),
         )
+
+    @store_call
+    async def end_users(self, account: str, days: Sequence[str], limit: int, prefix: str = "") -> EndUsers:
+        ks.check_account(account)
+        keys = [ks.end_user_scratch(account)]
+        for d in days:
+            keys += [ks.end_users(account, d), ks.end_user_counts(account, d)]
+        more, *rows = await self._end_users(keys=keys, args=[limit, prefix, PREFIX_SCAN_CAP])
+        found = [
+            (as_text(u), Counts(credits=_int(c), requests=_int(r), input_tokens=_int(i), output_tokens=_int(o)))
+            for u, c, r, i, o in rows
+        ]
+        return EndUsers(found, bool(more))
 
     @store_call
     async def activity(self, account: str, before: str | None, limit: int) -> ActivityPage:

@@ -14,7 +14,7 @@ JSON shape of one record (dashboard activity log and `critique-sidecar usage exp
      "credits": "0.000123", "usd": "0.00000123", "price_version": "...", "opt_in": false,
      "estimated": false, "status": "ok", "latency_ms": 45, "overage": 0, "endpoint": "chat",
      "cached_input_tokens": 0, "cache_write_5m_tokens": 0, "cache_write_1h_tokens": 0,
-     "reasoning_tokens": 0, "paid_by": "g3:120,legacy:3"}
+     "reasoning_tokens": 0, "end_user": "", "paid_by": "g3:120,legacy:3"}
 
 The four dimensions are parts of their totals (cache reads and writes of `input_tokens`,
 reasoning of `output_tokens`), so a bill is explained line by line without counting twice.

@@ -17,12 +17,14 @@ from ..core.auth import Authenticator, Identity, authorize
 from ..core.catalog import Catalog
 from ..core.clock import Clock, utc_now
 from ..core.dashboard_source import DashboardSource
+from ..core.end_user_limits import EndUserLimitsStore
 from ..core.errors import ApiError
 from ..core.scopes import MODELS, MODELS_PATH
 from ..core.stores import KeyAdmin
 from ..core.webhook_address import Network
 from ..json_http import error_response, http_error
 from .dashboard import dashboard_routes
+from .end_users import end_user_routes
 from .keys import key_routes
 from .limits import limits_routes
 from .models import model_list
@@ -43,6 +45,8 @@ class WebContext:
     keys: KeyAdmin | None = None
     # Non-public networks a budget webhook URL may name (Config.notify_networks).
     webhook_networks: tuple[Network, ...] = ()
+    # End users' own limits; None: not served.
+    end_user_limits: EndUserLimitsStore | None = None
 
 
 async def identify(ctx: WebContext, request: Request, any_of: frozenset[str]) -> Identity:
@@ -68,6 +72,10 @@ def build_web_app(ctx: WebContext) -> Starlette:
     if ctx.settings is not None:
         routes += settings_routes(
             ctx.settings, lambda request, any_of: identify(ctx, request, any_of), ctx.webhook_networks
+        )
+    if ctx.end_user_limits is not None and ctx.settings is not None:
+        routes += end_user_routes(
+            ctx.end_user_limits, ctx.settings, lambda request, any_of: identify(ctx, request, any_of)
         )
     if ctx.dashboard is not None:
         routes += dashboard_routes(ctx.dashboard, lambda request, any_of: identify(ctx, request, any_of), ctx.clock)

@@ -6,6 +6,11 @@ key, each cap's status and the balance against the reserve floor. It reads the d
 hashes only (N of them) and the balance and settings, all in one atomic read, so the numbers
 agree with each other and with the ledger.
 
+The summary's `by_end_user` is the period's top 10 end users by credits (core/end_user.py), with
+`end_users_more` true when there are others. End users by prefix (`?view=end_users&prefix=P&days=
+7|30|90&limit=1..100`, default 10): the end users whose id starts with P, most credits first
+(among the first 1000 ids with that prefix; `has_more` says there were more). No prefix: the top N.
+
 Activity (`?view=activity&limit=N&cursor=C`): the usage records newest first, `limit` 1..200
 (default 50). Keyset pagination: `next_cursor` is an opaque token for the position after the
 last record returned (derived from its stream id), so records arriving meanwhile never shift,
@@ -32,12 +37,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..core import end_user
 from ..core.auth import Identity
 from ..core.clock import Clock, day_window, month_window, to_ms
 from ..core.dashboard_source import (
     ActivityPage,
     Counts,
     DashboardSource,
+    EndUsers,
     KeyInfo,
     RateUsage,
     UsageSnapshot,
@@ -55,6 +62,8 @@ DAYS = (7, 30, 90)
 DEFAULT_DAYS = 30
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+TOP_END_USERS = 10  # the summary's by_end_user
+MAX_END_USERS = 100
 _CURSOR_PREFIX = "u1:"
 
 Identify = Callable[[Request, frozenset[str]], Awaitable[Identity]]
@@ -75,12 +84,21 @@ def parse_days(raw: str | None) -> int:
     raise _bad("days", "'days' must be 7, 30 or 90")
 
 
-def parse_limit(raw: str | None) -> int:
+def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT, most: int = MAX_LIMIT) -> int:
     if raw is None:
-        return DEFAULT_LIMIT
-    if re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= MAX_LIMIT:
+        return default
+    if re.fullmatch(r"[0-9]{1,4}", raw) and 1 <= int(raw) <= most:
         return int(raw)
-    raise _bad("limit", f"'limit' must be an integer from 1 to {MAX_LIMIT}")
+    raise _bad("limit", f"'limit' must be an integer from 1 to {most}")
+
+
+def parse_prefix(raw: str | None) -> str:
+    """An end-user id prefix: what an id may hold (core/end_user.py), but it may end in a space."""
+    if raw is None or raw == "":
+        return ""
+    if len(raw) <= end_user.MAX_LEN and raw.isprintable() and not raw[0].isspace():
+        return raw
+    raise _bad("prefix", f"'prefix' must be 1 to {end_user.MAX_LEN} printable characters")
 
 
 def encode_cursor(stream_id: str) -> str:
@@ -130,6 +148,7 @@ def build_summary(
     days: int,
     now: datetime,
     rates: RateUsage | None = None,
+    end_users: EndUsers | None = None,
 ) -> dict[str, Any]:
     now = now.astimezone(UTC)
     total = Counts()
@@ -161,6 +180,8 @@ def build_summary(
         "totals": _counts(total),
         "by_model": [{"model": m, **_counts(c)} for m, c in ranked(by_model)],
         "by_endpoint": [{"endpoint": e, **_counts(c)} for e, c in ranked(by_endpoint)],
+        "by_end_user": end_user_rows(end_users),
+        "end_users_more": end_users is not None and end_users.has_more,
         "by_key": [
             {
                 "key_id": k,
@@ -201,6 +222,23 @@ def grant_row(g: GrantView) -> dict[str, Any]:
         "priority": g.priority,
         "effective_at": at(g.effective_ms),
         "expires_at": at(g.expires_ms),
+    }
+
+
+def end_user_rows(found: EndUsers | None) -> list[dict[str, Any]]:
+    rows = found.rows if found is not None else []
+    ranked = sorted(rows, key=lambda r: (-r[1].credits, -r[1].requests, r[0]))
+    return [{"end_user": u, **_counts(c)} for u, c in ranked]
+
+
+def build_end_users(found: EndUsers, days: int, prefix: str, limit: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "days": days,
+        "prefix": prefix,
+        "limit": limit,
+        "data": end_user_rows(found),
+        "has_more": found.has_more,
     }
 
 
@@ -251,15 +289,22 @@ def dashboard_routes(source: DashboardSource, identify: Identify, clock: Clock) 
             limit = parse_limit(q.get("limit"))
             before = decode_cursor(q.get("cursor"))
             return _json(build_activity(await source.activity(identity.account, before, limit), limit))
-        if view != "summary":
-            raise _bad("view", "'view' must be 'summary' (the default) or 'activity'")
+        if view not in ("summary", "end_users"):
+            raise _bad("view", "'view' must be 'summary' (the default), 'activity' or 'end_users'")
         days = parse_days(q.get("days"))
         now = clock()
-        snap = await source.snapshot(identity.account, window_days(now, days), month_window(now.astimezone(UTC)))
+        period = window_days(now, days)
+        if view == "end_users":
+            limit = parse_limit(q.get("limit"), TOP_END_USERS, MAX_END_USERS)
+            prefix = parse_prefix(q.get("prefix"))
+            found = await source.end_users(identity.account, period, limit, prefix)
+            return _json(build_end_users(found, days, prefix, limit))
+        snap = await source.snapshot(identity.account, period, month_window(now.astimezone(UTC)))
         key_ids = sorted({k for d in snap.days for k in d.by_key})
         keys = await source.keys(identity.account, key_ids) if key_ids else {}
         rates = await source.rates(identity.account, to_ms(now))
-        return _json(build_summary(identity.account, snap, keys, days, now, rates))
+        top = await source.end_users(identity.account, period, TOP_END_USERS)
+        return _json(build_summary(identity.account, snap, keys, days, now, rates, top))
 
     async def dashboard_page(request: Request) -> Response:
         body, csp = page()

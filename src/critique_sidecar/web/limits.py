@@ -83,6 +83,8 @@ def account_limits(snap: UsageSnapshot, rates: RateUsage, now: datetime) -> dict
     s = snap.settings
     out: dict[str, Any] = {}
     for row in ACCOUNT_LIMITS:
+        if row.each == "end_user":  # counted per end user: the account's value is a default
+            continue
         value = s.limit(row.name)
         if row.mechanism == "cap":
             out[row.name] = cap_row(row, snap.cap_usage(row, to_ms(now)), value, now)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .. import end_user
 from ..catalog import Catalog, MediaKind, Model
 from ..errors import ApiError
 from ..tokens import TokenCounts
@@ -58,6 +59,7 @@ class MeteredBody:
     hide_usage: bool = False  # stream: the client did not ask for the usage we asked for
     model_defaulted: bool = False
     capture_input: Any = None  # what the training capture keeps of the request (opt-in only)
+    end_user: str = ""  # the end user the body names (core/end_user.py); "" when none
 
     @property
     def output_bound(self) -> int:
@@ -155,6 +157,18 @@ def read_json(endpoint: Endpoint, body: bytes) -> tuple[Any, TokenCounts | None,
 
 def bad(message: str, param: str | None = None) -> ApiError:
     return ApiError("invalid_request", message, param=param)
+
+
+# The OpenAI APIs' end-user fields, the preferred first (`user` is the older, deprecated name).
+# Not among an endpoint's metered fields (named twice, the last is attributed): the id is the
+# client's own claim and bills nothing, and `"user"` is in nearly every chat body as a role, so
+# checking it would put every multi-turn request on the slow exact parse.
+OPENAI_END_USER = ("safety_identifier", "user")
+
+
+def openai_end_user(body: dict[str, Any]) -> str:
+    """The end user an OpenAI body names (core/end_user.py): `safety_identifier`, else `user`."""
+    return end_user.from_body(body, *OPENAI_END_USER)
 
 
 def too_deep() -> ApiError:

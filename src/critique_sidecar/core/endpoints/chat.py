@@ -18,6 +18,7 @@ from .base import (
     input_estimate,
     load_object,
     model_of,
+    openai_end_user,
     positive_int,
 )
 
@@ -68,6 +69,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         body["model"] = model.id  # the upstream must see which model it serves
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=stream,
         body=body,
         changed=defaulted or bound_changed or options_changed,

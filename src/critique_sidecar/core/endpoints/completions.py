@@ -21,6 +21,7 @@ from .base import (
     input_estimate,
     load_object,
     model_of,
+    openai_end_user,
     positive_int,
     text_or_tokens,
 )
@@ -49,6 +50,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         body["model"] = model.id
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=stream,
         body=body,
         changed=defaulted or bound_changed or options_changed,

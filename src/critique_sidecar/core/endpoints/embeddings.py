@@ -11,7 +11,18 @@ from typing import Any
 
 from .. import scopes
 from ..tokens import TokenCounts, count
-from .base import Endpoint, Limits, MeteredBody, bad, input_bound, input_estimate, load_object, model_of, text_or_tokens
+from .base import (
+    Endpoint,
+    Limits,
+    MeteredBody,
+    bad,
+    input_bound,
+    input_estimate,
+    load_object,
+    model_of,
+    openai_end_user,
+    text_or_tokens,
+)
 
 NAME = "embeddings"
 _METERED = ("model", "input", "encoding_format", "dimensions")
@@ -26,6 +37,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         raise bad("'encoding_format' must be 'float' or 'base64'", "encoding_format")
     return MeteredBody(
         model=model,
+        end_user=openai_end_user(body),
         stream=False,
         body=body,
         changed=False,

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .. import scopes
+from .. import end_user, scopes
 from ..tokens import TokenCounts, count, counts, part
 from .base import (
     KEEP,
@@ -67,6 +67,7 @@ def parse(raw: bytes, limits: Limits) -> MeteredBody:
         changed = True
     return MeteredBody(
         model=model,
+        end_user=end_user.from_metadata(body),
         stream=boolean(body, "stream"),
         body=body,
         changed=changed,

@@ -5,6 +5,7 @@
 -- Nothing is read or written for a limit that is not set.
 local rid, amount, now = A_request_id, tonumber(A_amount), tonumber(A_now_ms)
 local kid, model, tokens = A_key_id or '', A_model or '', tonumber(A_tokens) or 0
+local eu = A_end_user or ''  -- the request's end user ('' when none: no end-user limit applies)
 local PER_MIN = 60000  -- the rate limits' window, ms
 
 --#include hold_counters
@@ -28,6 +29,7 @@ for _, old in ipairs(stale) do
   if info then
     local k, h, n = read_hold_info(info)
     if k then release_counters(k, h, n) end
+    release_end_user(info)
     redis.call('HDEL', K_hold_info, old)
   end
 end
@@ -78,6 +80,26 @@ local function collect(stored, first, count, row_of)
 end
 collect(s, SETTINGS_BEFORE_LIMITS, #ACCOUNT_LIMIT_FIELDS, ACCOUNT_LIMIT)
 collect(kc, 2, #KEY_LIMIT_FIELDS, KEY_LIMIT)
+-- Per-end-user limits: the account's values are defaults, an end user's own hash overrides
+-- them; a request naming no end user is under none of them.
+if eu ~= '' then
+  local own = redis.call('HMGET', K_end_user_limits, unpack(END_USER_FIELDS))
+  for j, i in ipairs(END_USER_INDEX) do
+    local raw = own[j]
+    if raw and string.find(raw, '^%d+$') then
+      local row = ACCOUNT_LIMIT(i)
+      if tonumber(raw) >= row.least then rows[row.position], values[row.position] = row, tonumber(raw) end
+    end
+  end
+else
+  for _, i in ipairs(END_USER_INDEX) do rows[ACCOUNT_LIMIT(i).position] = nil end
+end
+-- The window a rate row counts in, and how a refusal names the row (X-Critique-Limit).
+local function scope_of(row) return row.each == 'end_user' and 'end_user' or row.scope end
+local function named(row)
+  if row.each == 'end_user' then return 'end_user:' .. string.sub(row.name, 10) end
+  return row.scope .. ':' .. row.name
+end
 
 -- Sliding-window logs, per scope with a rate limit set: a sorted set of every request admitted
 -- in the last minute ("<request id>:<tokens>" scored by admission ms); the limiter hash keeps
@@ -85,8 +107,8 @@ collect(kc, 2, #KEY_LIMIT_FIELDS, KEY_LIMIT)
 local windows, by_scope = {}, {}
 local function window(scope)
   if by_scope[scope] then return by_scope[scope] end
-  local zkey = scope == 'key' and K_key_window or K_account_window
-  local sumfield = scope == 'key' and ('tw:' .. kid) or 'tw'
+  local zkey = (scope == 'key' and K_key_window) or (scope == 'end_user' and K_end_user_window) or K_account_window
+  local sumfield = (scope == 'key' and ('tw:' .. kid)) or (scope == 'end_user' and ('tw:u:' .. eu)) or 'tw'
   local sum = tonumber(redis.call('HGET', K_limiter, sumfield)) or 0
   -- Entries leave the window here (bounded per call; each is removed once: amortised O(1)).
   local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - PER_MIN, 'LIMIT', 0, 500)
@@ -106,7 +128,7 @@ local function window(scope)
   return w
 end
 for p = 1, LIMIT_COUNT do
-  if rows[p] and rows[p].mechanism == 'rate' then window(rows[p].scope)[rows[p].unit] = values[p] end
+  if rows[p] and rows[p].mechanism == 'rate' then window(scope_of(rows[p]))[rows[p].unit] = values[p] end
 end
 
 -- The tightest requests and tokens limit (least remaining), as the x-ratelimit-* headers show it.
@@ -180,6 +202,7 @@ local hard = s[3] ~= '0'
 local warnings = {}
 local function prefix(scope) return scope == 'key' and ('k:' .. kid .. ':') or '' end
 local key_held = nil  -- the key's open holds, read once when a key credit cap is set
+local eu_held = nil  -- the end user's open holds, read once when an end-user credit cap applies
 for p = 1, LIMIT_COUNT do
   local row = rows[p]
   if row and row.mechanism == 'cap' then
@@ -190,9 +213,16 @@ for p = 1, LIMIT_COUNT do
       if row.scope == 'key' then
         key_held = key_held or tonumber(redis.call('HGET', K_limiter, 'h:' .. kid)) or 0
         open = key_held
+      elseif row.each == 'end_user' then
+        eu_held = eu_held or tonumber(redis.call('HGET', K_limiter, 'hu:' .. eu)) or 0
+        open = eu_held
       end
       local settled
-      if row.window == 'minute' or row.window == 'hour' then  -- a spend rate
+      if row.each == 'end_user' then  -- the day's rollup per end user, or the month's counter
+        settled = row.window == 'month' and tonumber(redis.call('HGET', K_end_user_month, eu))
+          or tonumber(redis.call('HGET', K_end_user_counts, 'c:' .. eu))
+        settled = settled or 0
+      elseif row.window == 'minute' or row.window == 'hour' then  -- a spend rate
         settled = spent_in(row.scope == 'key' and ('sp:' .. kid) or 'sp', row.window, now)
       else
         settled = tonumber(redis.call('HGET', counters, prefix(row.scope) .. 'credits')) or 0
@@ -216,7 +246,7 @@ if balance - floor - held < amount then return refuse('insufficient_credits') en
 local worst, worst_wait = nil, -1
 local function limited(row, limit, wait)  -- wait: ms until it fits; -2: it never can
   if wait == -2 then wait = math.huge end
-  if wait > worst_wait then worst, worst_wait = row.scope .. ':' .. row.name .. ':' .. limit, wait end
+  if wait > worst_wait then worst, worst_wait = named(row) .. ':' .. limit, wait end
 end
 local key_in_flight = false  -- count this request in the key's in-flight counter
 for p = 1, LIMIT_COUNT do
@@ -232,7 +262,7 @@ for p = 1, LIMIT_COUNT do
     end
     if in_flight + 1 > limit then limited(row, limit, 1000) end
   elseif row.mechanism == 'rate' then
-    local w = by_scope[row.scope]
+    local w = by_scope[scope_of(row)]
     if row.unit == 'requests' and w.count + 1 > limit then
       -- Wait until enough of the oldest entries have left the window.
       local e = redis.call('ZRANGE', w.zkey, w.count - limit, w.count - limit, 'WITHSCORES')
@@ -287,11 +317,18 @@ end
 local in_acct = by_scope['account'] and 1 or 0
 local in_key = by_scope['key'] and 1 or 0
 local key_hold = key_held and amount or 0
+local eu_hold = eu_held and amount or 0
 if key_hold > 0 then redis.call('HINCRBY', K_limiter, 'h:' .. kid, key_hold) end
+if eu_hold > 0 then redis.call('HINCRBY', K_limiter, 'hu:' .. eu, eu_hold) end
 if key_in_flight then redis.call('HINCRBY', K_limiter, 'n:' .. kid, 1) end
-if key_hold > 0 or key_in_flight or in_acct + in_key > 0 then
-  redis.call('HSET', K_hold_info, rid, table.concat({kid, string.format('%d', key_hold),
-    key_in_flight and 1 or 0, in_acct, in_key, string.format('%d', tokens), string.format('%d', now)}, '|'))
+if key_hold > 0 or key_in_flight or in_acct + in_key > 0 or eu_hold > 0 then
+  local fields = {kid, string.format('%d', key_hold), key_in_flight and 1 or 0, in_acct, in_key,
+    string.format('%d', tokens), string.format('%d', now)}
+  if eu_hold > 0 then  -- the end user last: its id may hold any printable character
+    fields[#fields + 1] = string.format('%d', eu_hold)
+    fields[#fields + 1] = eu
+  end
+  redis.call('HSET', K_hold_info, rid, table.concat(fields, '|'))
 end
 held = held + amount
 return answer('ok', table.concat(warnings, ','), '', 0, true)

@@ -43,6 +43,11 @@ local account_spend = charge > 0 and not notify.err and (notify[4] or notify[5])
 local written = {{K_hold_expiry, 'zset'}, {K_day, 'hash'}, {K_month, 'hash'}, {K_usage, 'stream'},
   {K_grants, 'hash'}, {K_grants_done, 'stream'}}
 if info or account_spend then written[#written + 1] = {K_limiter, 'hash'} end
+if A_end_user ~= '' then
+  written[#written + 1] = {K_end_users, 'zset'}
+  written[#written + 1] = {K_end_user_counts, 'hash'}
+  written[#written + 1] = {K_end_user_month, 'hash'}
+end
 local function typed(key, kind) local t = redis.call('TYPE', key)['ok'] return t == 'none' or t == kind, t end
 for _, w in ipairs(written) do
   local fits, t = typed(w[1], w[2])
@@ -83,6 +88,22 @@ for _, p in ipairs({'', 'm:' .. A_model .. ':', 'k:' .. A_key_id .. ':', 'e:' ..
   redis.call('HINCRBY', K_day, p .. 'out', out)
 end
 redis.call('EXPIRE', K_day, tonumber(A_window_ttl_s))
+-- Per end user, beside the day hash (so reading the day never reads every end user): credits
+-- in a sorted set, where the top N is a range; the counts in a hash, read for the N shown.
+-- Requests without an end user (most) touch neither.
+if A_end_user ~= '' then
+  local u = A_end_user
+  redis.call('ZINCRBY', K_end_users, charge, u)
+  redis.call('HINCRBY', K_end_user_counts, 'c:' .. u, charge)
+  redis.call('HINCRBY', K_end_user_counts, 'r:' .. u, 1)
+  redis.call('HINCRBY', K_end_user_counts, 'i:' .. u, inp)
+  redis.call('HINCRBY', K_end_user_counts, 'o:' .. u, out)
+  redis.call('EXPIRE', K_end_users, tonumber(A_window_ttl_s))
+  redis.call('EXPIRE', K_end_user_counts, tonumber(A_window_ttl_s))
+  -- The month's credits per end user: what an end-user monthly cap counts (the day's: c:<id>).
+  redis.call('HINCRBY', K_end_user_month, u, charge)
+  redis.call('EXPIRE', K_end_user_month, tonumber(A_window_ttl_s))
+end
 -- The credit counters of the table's monthly credit caps (the day's are the rollups).
 for _, c in ipairs(CREDIT_COUNTERS) do
   if c[1] == 'month' then
@@ -99,6 +120,7 @@ if account_spend then add_spend('sp', charge, tonumber(A_now_ms)) end
 -- the minute windows, the token bound becomes the tokens used (if the entry is still there).
 if info then
   local k, h, n, wa, wk, bound = read_hold_info(info)
+  release_end_user(info)
   if k then
     release_counters(k, h, n)
     if charge > 0 and tonumber(h) > 0 then add_spend('sp:' .. k, charge, tonumber(A_now_ms)) end
@@ -145,7 +167,9 @@ if notify[1] then
     local caps = {}
     for i = 1, #ACCOUNT_LIMIT_FIELDS do
       local row = ACCOUNT_LIMIT(i)
-      if row.mechanism == 'cap' and (row.window == 'day' or row.window == 'month') then caps[#caps + 1] = row end
+      if row.mechanism == 'cap' and row.each ~= 'end_user' and (row.window == 'day' or row.window == 'month') then
+        caps[#caps + 1] = row
+      end
     end
     local fields_ = {}
     for i, row in ipairs(caps) do fields_[i] = row.field end
