@@ -75,6 +75,8 @@ class Model:
     granted: int = 0
     spent: int = 0
     seq: int = 0
+    swept: dict[str, int] = field(default_factory=dict)  # holds the expiry sweep released, unsettled
+    had_debt: bool = False
 
     @property
     def held(self) -> int:
@@ -99,15 +101,26 @@ class Model:
             self.grants["legacy"] = G("legacy", self.balance, self.held, 50, 0, 0, "paid", 0, self.balance, "a")
             self.granted += self.balance
 
+    def pay_debt(self, g: G) -> None:
+        """An effective grant pays the account's debt first."""
+        debt = self.grants.get("debt")
+        if debt and debt.remaining < 0 and g.id != "debt" and g.remaining > g.held:
+            pay = min(-debt.remaining, g.remaining - g.held)
+            debt.remaining += pay
+            g.remaining -= pay
+            self.store(debt)
+
     def sweep(self, now: int) -> None:
         for g in self.ordered():
             if g.state == "w" and g.effective <= now:
                 g.state = "a"
                 self.balance += g.remaining
-            if g.state == "a" and g.expires and g.expires <= now:
+                self.pay_debt(g)
+            if g.state == "a" and g.expires and g.expires <= now and g.id != "debt":
                 g.state = "x"
                 self.expire(g, g.remaining - g.held)
-            self.store(g)
+            if g.id in self.grants:
+                self.store(g)
 
     def grant(self, amount: int, terms: GrantTerms, now: int) -> str:
         self.migrate()
@@ -120,13 +133,14 @@ class Model:
         if terms.effective_ms <= now:
             g.state = "a"
             self.balance += amount
+            self.pay_debt(g)
             if terms.expires_ms and terms.expires_ms <= now:
                 g.state = "x"
                 self.expire(g, g.remaining)
         self.store(g)
         return g.id
 
-    def draw(self, left: int) -> list[tuple[str, int]]:
+    def draw(self, left: int, now: int = 0, into_debt: bool = False) -> list[tuple[str, int]]:
         out = []
         for g in self.ordered():
             avail = g.remaining - g.held
@@ -136,8 +150,25 @@ class Model:
                 left -= take
                 out.append((g.id, take))
                 self.store(g)
-        assert left == 0, "the model never draws into debt"
+        if left > 0:
+            assert into_debt, "only a charge beyond its hold goes into debt"
+            debt = self.grants.setdefault("debt", G("debt", 0, 0, 100, 0, 0, "paid", now, 0, "a"))
+            debt.remaining -= left
+            out.append(("debt", left))
+            self.had_debt = True
+            self.store(debt)
         return out
+
+    def settle_late(self, rid: str, charge: int, now: int) -> list[tuple[str, int]]:
+        """The settlement of a hold the expiry sweep already released: from what is available."""
+        del self.swept[rid]
+        self.migrate()
+        self.balance -= charge
+        self.spent += charge
+        if not charge:
+            return []
+        self.sweep(now)
+        return self.draw(charge, now, into_debt=True)
 
     def debit(self, amount: int, now: int) -> bool:
         self.migrate()
@@ -170,6 +201,7 @@ class Model:
                 if had_grants:
                     self.release(h)
                 del self.holds[old]
+                self.swept[old] = h.amount
         self.migrate()
         self.sweep(now)
         if self.balance - self.held < amount:
@@ -187,6 +219,7 @@ class Model:
         return True
 
     def settle(self, rid: str, charge: int, now: int) -> list[tuple[str, int]]:
+        self.migrate()
         hold = self.holds.pop(rid)
         self.balance -= charge
         self.spent += charge
@@ -210,7 +243,7 @@ class Model:
             assert hold.alloc is None, "a hold's allocation covers its charge"
             self.sweep(now)
             merged = dict(paid)
-            for gid, take in self.draw(left):
+            for gid, take in self.draw(left, now, into_debt=True):
                 merged[gid] = merged.get(gid, 0) + take
             paid = list(merged.items())
         return paid
@@ -245,8 +278,12 @@ async def check(r: aioredis.Redis, account: str, m: Model) -> None:
     assert held == sum(g.held for g in m.grants.values())
     # conservation, to the micro-credit: granted = spent + remaining + expired
     assert m.granted == m.spent + sum(g.remaining for g in m.grants.values()) + expired
-    assert balance - held >= 0
+    if not m.had_debt:
+        assert balance - held >= 0  # never negative from an expiry
     for g in m.grants.values():
+        if g.id == "debt":
+            assert g.remaining < 0 and g.held == 0
+            continue
         assert 0 <= g.held <= g.remaining
         if g.state == "x":
             assert g.remaining == g.held  # an expired grant keeps only what holds hold
@@ -261,11 +298,14 @@ grant_terms = st.builds(
 )
 steps = st.lists(
     st.one_of(
-        st.tuples(st.just("hold"), st.integers(1, 40), st.sampled_from([1, 10])),  # amount, ttl hours
+        st.tuples(st.just("hold"), st.integers(1, 40), st.sampled_from([0, 1, 10])),  # amount, ttl hours
         st.tuples(st.just("hold"), st.integers(1, 15), st.just(10)),
         st.tuples(st.just("settle"), st.integers(0, 10), st.integers(0, 100)),  # which hold, charge percent
         st.tuples(st.just("release"), st.integers(0, 10), st.just(0)),
+        st.tuples(st.just("late"), st.integers(0, 10), st.integers(0, 100)),  # a swept hold settles late
         st.tuples(st.just("debit"), st.integers(1, 30), st.just(0)),
+        st.tuples(st.just("drain"), st.just(0), st.just(0)),  # debit everything available
+        st.tuples(st.just("overdraw"), st.integers(1, 40), st.just(0)),
         st.tuples(st.just("advance"), st.integers(1, 150), st.just(0)),  # minutes
         st.tuples(st.just("grant"), st.integers(1, 50), st.just(0)),
     ),
@@ -305,7 +345,13 @@ async def scenario(redis_url: str, grants: list[tuple[int, tuple[str, int, int |
         for amount, spec in grants:
             await grant(amount, spec)
             await check(r, account, m)
-        for op, a, b in ops:
+        queue = list(ops)
+        while queue:
+            op, a, b = queue.pop(0)
+            if op == "overdraw":  # a hold that expires at once, swept by the next admission, all
+                # that is available debited, then the swept hold settles late in full: into debt
+                queue[0:0] = [("hold", a, 0), ("hold", 1, 10), ("drain", 0, 0), ("late", -(n + 1), 100)]
+                continue
             if op == "hold":
                 n += 1
                 rid = f"r{n}"
@@ -322,8 +368,21 @@ async def scenario(redis_url: str, grants: list[tuple[int, tuple[str, int, int |
                 assert paid_by == ",".join(f"{g}:{x}" for g, x in paid)
                 # every settlement draws its full charge from its own hold's grants
                 assert sum(int(p.split(":")[1]) for p in paid_by.split(",") if p) == charge
-            elif op == "debit":
+            elif op == "late" and m.swept:
+                rid = f"r{-a}" if a < 0 else sorted(m.swept)[a % len(m.swept)]
+                if rid not in m.swept:
+                    continue
+                charge = m.swept[rid] * b // 100
+                paid = m.settle_late(rid, charge, now)
+                s = await ledger.settle(record(account, rid, charge, now))
+                assert s.applied and s.credits == charge
+                assert await last_paid_by(r, account) == ",".join(f"{g}:{x}" for g, x in paid)
+            elif op in ("debit", "drain"):
                 n += 1
+                if op == "drain":
+                    a = m.balance - m.held
+                    if a <= 0:
+                        continue
                 ch = await changes.apply(account, -a, f"idem-{n}", f"fp-{n}", CHANGE, "credits.debit", now_ms=now)
                 assert (ch.status == "applied") == m.debit(a, now), ch
             elif op == "advance":

@@ -56,6 +56,11 @@ end
 -- Notifications never fail a charge: keys of the wrong type skip them (nothing is queued).
 if notify.err or (notify[1] and not typed(K_notify_outbox, 'stream')) then notify = {} end
 
+-- An account from before grants gets its `legacy` grant first (its balance, its open holds this
+-- one included), as at admission: so the balance is always the grants' remaining.
+local now = tonumber(A_now_ms)
+local has_grants = grants_migrate(K_grants, K_account, now)
+
 -- The charge: release the hold, take the credits.
 if amt then
   redis.call('HINCRBY', K_account, 'held', -amt)
@@ -65,11 +70,10 @@ redis.call('ZREM', K_hold_expiry, rid)
 if charge ~= 0 then redis.call('HINCRBY', K_account, 'balance', -charge) end
 -- The grants pay (lib/grants.lua): the hold's allocation in its order, each grant's part of the
 -- hold released (on an expired grant, the part not charged expires now); a charge beyond it
--- (a hold already swept) from the grants' available in spend order, the rest as debt. An
--- account without grants is charged as before them (its `legacy` grant comes at admission).
-local now = tonumber(A_now_ms)
+-- (a hold already swept) from the grants' available in spend order, the rest as debt (an
+-- account with nothing granted included).
 local paid = {order = {}}
-if redis.call('EXISTS', K_grants) == 1 then
+if has_grants or charge > 0 then
   local left = charge
   if amt then left = grants_charge(K_grants, K_grants_done, K_account, hold, amt, charge, now, paid) end
   if left > 0 then
