@@ -21,7 +21,8 @@ def _tag(account: str) -> str:
 
 
 def account(account: str) -> str:
-    """Hash: balance, held (micro-credits)."""
+    """Hash: balance (the effective grants' remaining), held (open holds), expired (granted credits
+    that expired unspent), grant_seq (the last grant number), micro-credits."""
     return f"{_tag(account)}:acct"
 
 
@@ -30,7 +31,8 @@ def settings(account: str) -> str:
 
 
 def holds(account: str) -> str:
-    """Hash: request id -> "<held micro-credits>:<key id>" (store/lua/lib/hold_counters.lua)."""
+    """Hash: request id -> "<held micro-credits>:<key id>|<grant>=<x>,..." (the credits held on each
+    grant: store/lua/lib/grants.lua; store/lua/lib/hold_counters.lua)."""
     return f"{_tag(account)}:holds"
 
 
