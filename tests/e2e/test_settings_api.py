@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "enabled": True, "monthly_credit_cap": None, "daily_credit_cap": None, "daily_request_cap": None,
     "reserve_credits_for_review": "0.000000", "block_when_cap_reached": True, "deepseek_training_opt_in": False,
     "requests_per_minute": None, "tokens_per_minute": None, "max_concurrent": None,
+    "credits_per_minute": None, "credits_per_hour": None,
+    "end_user_daily_credit_cap": None, "end_user_monthly_credit_cap": None, "end_user_requests_per_minute": None,
     "notify_webhook_url": None, "notify_thresholds_percent": [], "notify_low_balance_credits": None,
 }  # fmt: skip
 
