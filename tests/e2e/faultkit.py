@@ -113,7 +113,14 @@ def stream_text(stack: Stack, key: str, payload: dict[str, Any], timeout: float 
 
 
 def upstream_requests(stack: Stack) -> list[dict[str, Any]]:
+    """The fake model server's last 200 requests, oldest first, each with its number `n`."""
     return httpx.get(f"http://127.0.0.1:{stack.ports['upstream']}/_fake/requests", timeout=10).json()  # type: ignore[no-any-return]
+
+
+def upstream_count(stack: Stack) -> int:
+    """How many requests the fake model server has received in all (not capped like the list)."""
+    seen = upstream_requests(stack)
+    return int(seen[-1]["n"]) if seen else 0
 
 
 def upstream_saw(stack: Stack, marker: str) -> bool:

@@ -81,7 +81,19 @@ def expected_charge(
 
 
 def upstream_seen(stack: Stack) -> list[dict[str, Any]]:
+    """The fake model server's last 200 requests, oldest first, each with its number `n`."""
     return httpx.get(f"http://127.0.0.1:{stack.ports['upstream']}/_fake/requests").json()  # type: ignore[no-any-return]
+
+
+def upstream_count(stack: Stack) -> int:
+    """How many requests the fake model server has received in all (its last one's number)."""
+    seen = upstream_seen(stack)
+    return int(seen[-1]["n"]) if seen else 0
+
+
+def upstream_since(stack: Stack, count: int) -> list[dict[str, Any]]:
+    """The requests the fake model server received after it had received `count`."""
+    return [s for s in upstream_seen(stack) if s["n"] > count]
 
 
 def usage_records(stack: Stack, account: str) -> list[dict[str, str]]:

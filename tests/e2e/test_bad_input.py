@@ -27,7 +27,7 @@ import redis
 from critique_sidecar.core.keys import ALPHABET, generate_key
 from critique_sidecar.devtools.stack import Stack
 
-from .faultkit import CHAT_PATH, MODEL, body, funded, ledger, upstream_requests
+from .faultkit import CHAT_PATH, MODEL, body, funded, ledger, upstream_count, upstream_requests
 
 LIMIT = 4 * 1024 * 1024  # EnvoyOptions.max_request_bytes
 QUICK_S = 3.0
@@ -68,7 +68,7 @@ def error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 def untouched(stack: Stack, account: str, seen_before: int) -> None:
     """Nothing went upstream, no hold, no record, the balance as granted."""
-    assert len(upstream_requests(stack)) == seen_before
+    assert upstream_count(stack) == seen_before
     state = ledger(stack, account)
     assert state.records == [] and state.holds == 0 and state.held == 0 and state.balance == 50_000_000
 
@@ -77,7 +77,7 @@ def untouched(stack: Stack, account: str, seen_before: int) -> None:
 
 
 def test_body_over_the_limit_is_413_at_once(stack: Stack, key: str, account: str) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     over = json.dumps(body("x" * LIMIT)).encode()
     r, elapsed = send(stack, over, key)
     error(r, 413, "request_too_large")
@@ -154,7 +154,7 @@ BAD_BODIES = {
 
 @pytest.mark.parametrize("name", list(BAD_BODIES))
 def test_malformed_json_is_400(stack: Stack, key: str, account: str, name: str) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     r, elapsed = send(stack, BAD_BODIES[name], key)
     error(r, 400, "invalid_request")
     assert elapsed < QUICK_S
@@ -173,7 +173,7 @@ WRONG_TYPES = [
 
 @pytest.mark.parametrize(("field", "value"), WRONG_TYPES, ids=[f"{f}={v!r}" for f, v in WRONG_TYPES])
 def test_wrong_types_are_400_naming_the_field(stack: Stack, key: str, account: str, field: str, value: Any) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     payload = {**body(), field: value}
     r, _ = send(stack, json.dumps(payload).encode(), key)
     assert error(r, 400, "invalid_request")["param"] == field
@@ -181,7 +181,7 @@ def test_wrong_types_are_400_naming_the_field(stack: Stack, key: str, account: s
 
 
 def test_unknown_model_is_404(stack: Stack, key: str, account: str) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     r, _ = send(stack, json.dumps(body(model="acme/no-such-model")).encode(), key)
     error(r, 404, "model_not_found")
     untouched(stack, account, seen)
@@ -190,7 +190,7 @@ def test_unknown_model_is_404(stack: Stack, key: str, account: str) -> None:
 def test_duplicate_metered_json_keys_are_refused(stack: Stack, key: str, account: str) -> None:
     """JSON naming a billed field twice: we would bill the last value while a model server
     reading the first could serve another model or more tokens, so it is refused."""
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     raw = b'{"model":"acme/no-such-model","model":"%s","messages":[{"role":"user","content":"dup"}]}' % MODEL.encode()
     r, _ = send(stack, raw, key)
     assert error(r, 400, "invalid_request")["param"] == "model"
@@ -206,7 +206,7 @@ def test_duplicate_metered_json_keys_are_refused(stack: Stack, key: str, account
 def test_two_authorization_headers_are_401_and_charge_nobody(stack: Stack, key: str, account: str) -> None:
     other_account = account + "-other"
     other = funded(stack, other_account, "50")
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     for pair in ((key, other), (other, key), (key, key)):
         r, elapsed = send(stack, json.dumps(body()).encode(), headers=[("authorization", f"Bearer {k}") for k in pair])
         error(r, 401, "invalid_api_key")
@@ -223,7 +223,7 @@ def test_two_authorization_headers_are_401_and_charge_nobody(stack: Stack, key: 
 def test_absurd_headers_get_431_json_not_an_empty_reply(
     stack: Stack, key: str, account: str, headers: dict[str, str]
 ) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     r, elapsed = send(stack, json.dumps(body()).encode(), key, headers)
     error(r, 431, "invalid_request")
     assert elapsed < QUICK_S
@@ -251,11 +251,11 @@ def test_a_malformed_http_request_gets_an_answer(stack: Stack) -> None:
     ids=["50 KB key", "non-ascii", "basic auth", "no token", "no scheme", "two tokens"],
 )
 def test_absurd_authorization_is_401(stack: Stack, account: str, authorization: bytes) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     r, elapsed = send(stack, json.dumps(body()).encode(), headers=[(b"authorization", authorization)])
     error(r, 401, "invalid_api_key")
     assert elapsed < QUICK_S
-    assert len(upstream_requests(stack)) == seen
+    assert upstream_count(stack) == seen
 
 
 def _key_lookups(stack: Stack) -> int:
@@ -270,7 +270,7 @@ def _bad_checksum(good: str) -> str:
 
 
 def test_bad_checksum_keys_are_refused_before_any_redis_lookup(stack: Stack, key: str, account: str) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     forged = [_bad_checksum(generate_key()) for _ in range(5)] + [_bad_checksum(key)]
     before = _key_lookups(stack)
     for k in forged:

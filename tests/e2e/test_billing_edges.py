@@ -16,7 +16,7 @@ import pytest
 
 from critique_sidecar.devtools.stack import Stack
 
-from .faultkit import CHAT_PATH, MODEL, funded, ledger, upstream_requests
+from .faultkit import CHAT_PATH, MODEL, funded, ledger, upstream_count, upstream_requests
 from .helpers import FrontDoor, wait_for_records
 
 GRANT = 50_000_000  # micro-credits: what funded(..., "50") grants
@@ -34,7 +34,7 @@ def refused(r: httpx.Response, status: int, code: str) -> None:
 
 
 def untouched(stack: Stack, account: str, seen_before: int) -> None:
-    assert len(upstream_requests(stack)) == seen_before
+    assert upstream_count(stack) == seen_before
     state = ledger(stack, account)
     assert (state.records, state.holds, state.held, state.balance) == ([], 0, 0, GRANT)
 
@@ -62,7 +62,7 @@ def bearer(key: str) -> list[tuple[str, str]]:
 def test_escaped_names_are_duplicates_on_both_doors(
     stack: Stack, front_door: FrontDoor, key: str, account: str, raw: bytes
 ) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     refused(post(front_door, raw % MODEL.encode(), bearer(key)), 400, "invalid_request")
     untouched(stack, account, seen)
 
@@ -71,7 +71,7 @@ def test_escaped_names_are_duplicates_on_both_doors(
 def test_1000_levels_of_nesting_are_400_on_both_doors(
     stack: Stack, front_door: FrontDoor, key: str, account: str, stream: bool
 ) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     raw = b'{"model":"%s","stream":%s,"messages":[{"role":"user","content":"x"}],"metadata":%s%s}' % (
         MODEL.encode(),
         b"true" if stream else b"false",
@@ -89,7 +89,7 @@ def test_two_authorization_headers_are_401_on_both_doors(
     stack: Stack, front_door: FrontDoor, key: str, account: str, which: str
 ) -> None:
     other = key if which == "same" else funded(stack, account + "-other", "50")
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}).encode()
     refused(post(front_door, body, [*bearer(key), *bearer(other)]), 401, "invalid_api_key")
     r = httpx.get(front_door.base_url + "/api/settings/inference-api", headers=[*bearer(key), *bearer(other)])
@@ -101,7 +101,7 @@ def test_two_authorization_headers_are_401_on_both_doors(
 def test_a_request_without_a_body_never_reaches_a_model(
     stack: Stack, front_door: FrontDoor, key: str, account: str, framing: str
 ) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     headers = [*bearer(key), ("x-critique-model", MODEL)]
     content: Any = b"" if framing == "content-length 0" else iter([b""])
     r = httpx.post(front_door.chat_url, content=content, headers=headers, timeout=30)
@@ -135,7 +135,7 @@ def h2_headers_then_trailers(port: int, headers: list[tuple[str, str]]) -> tuple
 
 
 def test_http2_headers_and_trailers_without_data_never_reach_a_model(stack: Stack, key: str, account: str) -> None:
-    seen = len(upstream_requests(stack))
+    seen = upstream_count(stack)
     status, body = h2_headers_then_trailers(
         stack.ports["envoy"],
         [

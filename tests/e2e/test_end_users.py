@@ -17,7 +17,7 @@ from critique_sidecar.core.scopes import DASHBOARD_PATH
 from critique_sidecar.core.wire import END_USER_HEADER
 from critique_sidecar.devtools.stack import Stack
 
-from .helpers import FrontDoor, balance, funded_key, upstream_seen, usage_records
+from .helpers import FrontDoor, balance, funded_key, upstream_count, upstream_since, usage_records
 
 MODEL = "deepseek/deepseek-v4-flash"
 EMBED = "example/text-embedding-small"
@@ -42,7 +42,7 @@ def test_the_sdks_name_end_users_and_the_dashboard_shows_them(
     stack: Stack, front_door: FrontDoor, account: str
 ) -> None:
     key = funded_key(stack, account)
-    before = len(upstream_seen(stack))
+    before = upstream_count(stack)
     c = oa(front_door, key)
     c.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=16, user="acme/alice")
     c.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=16, user="acme/alice")
@@ -72,7 +72,7 @@ def test_the_sdks_name_end_users_and_the_dashboard_shows_them(
     ]
 
     # The model server got the body's fields as sent, and never the header.
-    seen = upstream_seen(stack)[before:]
+    seen = upstream_since(stack, before)
     assert len(seen) == len(records)
     assert all(
         not k.lower().startswith("x-critique-") or k.lower() == "x-critique-model" for s in seen for k in s["headers"]

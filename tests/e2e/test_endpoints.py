@@ -15,7 +15,16 @@ import pytest
 
 from critique_sidecar.devtools.stack import Stack
 
-from .helpers import FrontDoor, balance, expected_charge, funded_key, upstream_seen, usage_records, wait_for_records
+from .helpers import (
+    FrontDoor,
+    balance,
+    expected_charge,
+    funded_key,
+    upstream_count,
+    upstream_seen,
+    usage_records,
+    wait_for_records,
+)
 
 MODEL = "deepseek/deepseek-v4-flash"
 EMBED = "example/text-embedding-small"
@@ -142,14 +151,12 @@ def test_embeddings_pass_through_byte_for_byte_and_bill_input(
 
 def test_input_kept_on_a_server_is_refused_before_any_hold(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, "1")
-    before, seen = balance(stack, account), len(upstream_seen(stack))
+    before, seen = balance(stack, account), upstream_count(stack)
     for extra in ({"previous_response_id": "resp_other_tenant"}, {"conversation": "conv_1"}, {"background": True}):
         with pytest.raises(openai.BadRequestError) as caught:
             sdk(front_door, key).responses.create(model=MODEL, input="go on", **extra)  # type: ignore[call-overload]
         assert caught.value.code == "invalid_request" and caught.value.param == next(iter(extra))
-    assert (
-        balance(stack, account) == before and len(upstream_seen(stack)) == seen and usage_records(stack, account) == []
-    )
+    assert balance(stack, account) == before and upstream_count(stack) == seen and usage_records(stack, account) == []
 
 
 def test_an_image_in_responses_cannot_cross_a_floor(stack: Stack, front_door: FrontDoor, account: str) -> None:
@@ -179,10 +186,10 @@ def test_nothing_else_under_the_api_reaches_a_model_server(
     stack: Stack, front_door: FrontDoor, account: str, method: str, path: str, status: int, words: str
 ) -> None:
     key = funded_key(stack, account, "0")
-    seen = len(upstream_seen(stack))
+    seen = upstream_count(stack)
     r = httpx.request(
         method, front_door.base_url + path, headers={"authorization": f"Bearer {key}"}, json={"model": MODEL}
     )
     assert r.status_code == status and words in r.json()["error"]["message"], r.text
     assert r.json()["error"]["code"] in ("not_found", "method_not_allowed")
-    assert len(upstream_seen(stack)) == seen
+    assert upstream_count(stack) == seen

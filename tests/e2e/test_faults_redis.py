@@ -33,7 +33,7 @@ from .faultkit import (
     post,
     restart_redis,
     restart_sidecar,
-    upstream_requests,
+    upstream_count,
     upstream_saw,
     wait_health,
 )
@@ -59,7 +59,7 @@ def test_redis_killed_at_admission_503_fast_nothing_upstream_health_flips(tmp_pa
         warm, _ = post(stack, key, body("warm up"))
         assert warm.status_code == 200
         assert wait_health(stack, SERVING) >= 0
-        seen_before = len(upstream_requests(stack))
+        seen_before = upstream_count(stack)
 
         stack.stop("redis", signal.SIGKILL)
         timings = {}
@@ -69,7 +69,7 @@ def test_redis_killed_at_admission_503_fast_nothing_upstream_health_flips(tmp_pa
             timings[name] = elapsed
         r, elapsed = post(stack, key, body("streamed during outage", stream=True))
         assert_service_unavailable(r, elapsed, "stream")
-        assert len(upstream_requests(stack)) == seen_before  # nothing reached the upstream unpaid
+        assert upstream_count(stack) == seen_before  # nothing reached the upstream unpaid
         to_not_serving = wait_health(stack, NOT_SERVING)
 
         restart_redis(stack)
@@ -90,7 +90,7 @@ def test_redis_frozen_at_admission_503_within_bound_and_recovers(tmp_path: Path,
     with fault_stack(tmp_path, sidecar_env={"CRITIQUE_HOLD_TTL_S": "3", "CRITIQUE_REQUEST_DEADLINE_S": "2"}) as stack:
         key = funded(stack, account)
         assert post(stack, key, body("warm up"))[0].status_code == 200
-        seen_before = len(upstream_requests(stack))
+        seen_before = upstream_count(stack)
 
         stack.send_signal("redis", signal.SIGSTOP)
         try:
@@ -100,7 +100,7 @@ def test_redis_frozen_at_admission_503_within_bound_and_recovers(tmp_path: Path,
                 assert_service_unavailable(r, elapsed, f"frozen {i}")
                 timings.append(round(elapsed, 2))
             wait_health(stack, NOT_SERVING)
-            assert len(upstream_requests(stack)) == seen_before
+            assert upstream_count(stack) == seen_before
         finally:
             stack.send_signal("redis", signal.SIGCONT)
         wait_health(stack, SERVING)

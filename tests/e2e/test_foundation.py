@@ -12,7 +12,7 @@ import pytest
 
 from critique_sidecar.devtools.stack import REPO, Stack, envoy_binary
 
-from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_seen
+from .helpers import FrontDoor, balance, client, expected_charge, funded_key, upstream_count, upstream_seen
 
 MSG = [{"role": "user", "content": "Summarize this retry policy in three bullets."}]
 
@@ -111,12 +111,12 @@ def test_builder_scopes_also_work(stack: Stack, front_door: FrontDoor, account: 
 
 def test_empty_balance_gets_402_and_nothing_reaches_upstream(stack: Stack, front_door: FrontDoor, account: str) -> None:
     key = funded_key(stack, account, "0")
-    seen_before = len(upstream_seen(stack))
+    seen_before = upstream_count(stack)
     with pytest.raises(openai.APIStatusError) as err:
         client(front_door, key).chat.completions.create(model="deepseek/deepseek-v4-flash", messages=MSG)
     assert err.value.status_code == 402
     assert err.value.code == "insufficient_credits"
-    assert len(upstream_seen(stack)) == seen_before
+    assert upstream_count(stack) == seen_before
     assert balance(stack, account) == 0
 
 

@@ -29,6 +29,7 @@ GET /_fake/requests returns the headers and bodies of the last requests seen.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,9 @@ APIS: dict[str, Handler] = {
 
 def build_app(history: int = 200, api_key: str | None = None) -> Starlette:
     seen: deque[dict[str, Any]] = deque(maxlen=history)
+    # Each request's number, counted from the start and never capped like `seen`: a test asks
+    # "did anything reach the model server since n" even after `seen` has turned over.
+    numbers = itertools.count(1)
     expected = f"Bearer {api_key}" if api_key else None
 
     def refused(request: Request) -> Response | None:
@@ -68,10 +72,18 @@ def build_app(history: int = 200, api_key: str | None = None) -> Starlette:
     def served(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             if (denied := refused(request)) is not None:
-                seen.append({"headers": dict(request.headers), "body": None, "path": request.url.path, "status": 401})
+                seen.append(
+                    {
+                        "n": next(numbers),
+                        "headers": dict(request.headers),
+                        "body": None,
+                        "path": request.url.path,
+                        "status": 401,
+                    }
+                )
                 return denied
             body = orjson.loads(await request.body())
-            seen.append({"headers": dict(request.headers), "body": body, "path": request.url.path})
+            seen.append({"n": next(numbers), "headers": dict(request.headers), "body": body, "path": request.url.path})
             return await handler(request, body)
 
         return endpoint
