@@ -149,7 +149,11 @@ def start_baseline(workdir: Path, upstream: Upstream, ref: str) -> Gateway:
         workdir,
         upstream,
         envoy_config=src / "envoy.yaml",
-        sidecar_env={"PYTHONPATH": str(src / "src")},
+        # Its own catalog too: the catalog's format changes with the code that reads it.
+        sidecar_env={
+            "PYTHONPATH": str(src / "src"),
+            "CRITIQUE_CATALOG_PATH": str(src / "src/critique_sidecar/catalog.toml"),
+        },
     )
 
 
