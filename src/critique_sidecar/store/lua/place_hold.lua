@@ -84,13 +84,7 @@ collect(kc, 2, #KEY_LIMIT_FIELDS, KEY_LIMIT)
 -- them; a request naming no end user is under none of them.
 if eu ~= '' then
   local own = redis.call('HMGET', K_end_user_limits, unpack(END_USER_FIELDS))
-  for j, i in ipairs(END_USER_INDEX) do
-    local raw = own[j]
-    if raw and string.find(raw, '^%d+$') then
-      local row = ACCOUNT_LIMIT(i)
-      if tonumber(raw) >= row.least then rows[row.position], values[row.position] = row, tonumber(raw) end
-    end
-  end
+  collect(own, 0, #END_USER_FIELDS, function(j) return ACCOUNT_LIMIT(END_USER_INDEX[j]) end)
 else
   for _, i in ipairs(END_USER_INDEX) do rows[ACCOUNT_LIMIT(i).position] = nil end
 end
